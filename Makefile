@@ -1,0 +1,47 @@
+# FANGS developer entry points.  `make demo` and `make test` do all set-up on a
+# fresh Debian 12 machine; `make setup` is idempotent and cheap when done.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+TRIAL := $(PY) -m twisted.trial
+SANDBOX_IMAGE := fangs-sandbox/node:20
+
+.PHONY: setup system venv image test unit e2e demo bench clean
+
+setup: system venv image
+
+system:
+	bash scripts/setup-system.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	# Expose Debian's BCC (and only it) to the venv: all of dist-packages would
+	# shadow the venv's pyOpenSSL.
+	mkdir -p $(VENV)/debian-bcc
+	ln -sfn /usr/lib/python3/dist-packages/bcc $(VENV)/debian-bcc/bcc
+	echo $(VENV)/debian-bcc > $(SITE)/fangs-debian-bcc.pth
+	$(PY) -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
+	touch $@
+
+image:
+	$(PY) -m fangs.runner.image --ensure $(SANDBOX_IMAGE)
+
+test: setup
+	$(TRIAL) -j2 tests
+
+unit: venv
+	$(TRIAL) -j2 tests
+
+demo: setup
+	bash scripts/demo.sh
+
+bench: setup
+	$(PY) -m fangs.bench
+
+clean:
+	rm -rf _trial_temp build

@@ -1,0 +1,360 @@
+"""
+The orchestrator's C{/v1} HTTP API on Klein.
+
+Handlers are short: structure the input with the wire converter, call the
+domain (L{fangs.orchestrator.core.Orchestrator}), render JSON.  Every error,
+from any route or from routing itself, leaves through L{OrchestratorAPI.error}
+as the one JSON envelope C{{"error": {"code", "message", "trace_id"}}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Dict, Iterator, List, Optional
+
+from klein import Klein
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from fangs import wire
+from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge
+from fangs.orchestrator import store as S
+from fangs.orchestrator.core import Orchestrator
+from fangs.orchestrator.site import MAX_NDJSON_LINE
+
+log = Logger()
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+JSON = b"application/json"
+NDJSON = b"application/x-ndjson"
+MAX_PAGE_SIZE = 500
+DEFAULT_PAGE_SIZE = 50
+EXPORT_PAGE = 1000
+
+
+def traceID(request: IRequest) -> str:
+    """
+    The request's trace id: from a W3C C{traceparent} header when it has a
+    valid one, else a fresh random one (kept on the request).
+    """
+    existing = getattr(request, "fangsTraceID", None)
+    if existing:
+        return existing
+    header = request.getHeader(b"traceparent")
+    value = None
+    if header:
+        m = _TRACEPARENT.match(header.decode("latin-1").strip().lower())
+        if m and m.group(1) != "0" * 32:
+            value = m.group(1)
+    if value is None:
+        value = os.urandom(16).hex()
+    request.fangsTraceID = value  # type: ignore[attr-defined]
+    return value
+
+
+def runIDFromPath(text: str) -> str:
+    if not _RUN_ID.match(text):
+        raise BadRequest("run id must be 32 lower-case hex characters")
+    return text
+
+
+def readBody(request: IRequest) -> bytes:
+    if getattr(request, "bodyTooLarge", False):
+        raise PayloadTooLarge("request body exceeds %d bytes" % (request.bodyLimit,))
+    request.content.seek(0)
+    return request.content.read()
+
+
+def ndjsonLines(request: IRequest) -> Iterator[bytes]:
+    """
+    The request body's lines, each at most L{MAX_NDJSON_LINE} bytes.
+    """
+    content = request.content
+    content.seek(0)
+    lineno = 0
+    while True:
+        line = content.readline(MAX_NDJSON_LINE + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > MAX_NDJSON_LINE and not line.endswith(b"\n"):
+            raise PayloadTooLarge("line %d exceeds %d bytes" % (lineno, MAX_NDJSON_LINE))
+        yield line
+
+
+def queryArg(request: IRequest, name: str) -> Optional[str]:
+    values = request.args.get(name.encode())
+    if not values:
+        return None
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("query parameter %s is not UTF-8" % (name,)) from None
+
+
+def pageSize(request: IRequest) -> int:
+    raw = queryArg(request, "page_size")
+    if raw is None:
+        return DEFAULT_PAGE_SIZE
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+        raise BadRequest("page_size must be an integer from 1 to %d" % (MAX_PAGE_SIZE,))
+    return int(raw)
+
+
+def timeArg(request: IRequest, name: str) -> Optional[int]:
+    raw = queryArg(request, name)
+    if raw is None:
+        return None
+    try:
+        when = wire.parseTimestamp(raw)
+    except wire.WireError:
+        raise BadRequest("%s must be an RFC 3339 timestamp, like 2026-05-22T01:23:45Z" % (name,)) from None
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def nsToTimestamp(ns: Optional[int]) -> Optional[str]:
+    return None if ns is None else wire.formatTimestamp(wire.timestampFromNs(ns))
+
+
+def runJSON(run: S.RunRow) -> Dict[str, Any]:
+    """
+    The public view of a run.
+    """
+    return {
+        "run_id": run.id,
+        "package_name": run.package_name,
+        "version": run.version,
+        "kind": run.kind,
+        "state": run.state,
+        "verdict": run.verdict,
+        "target_runner": run.target_runner,
+        "runner_id": run.runner_id,
+        "created_at": nsToTimestamp(run.created_ns),
+        "dispatched_at": nsToTimestamp(run.dispatched_ns),
+        "finished_at": nsToTimestamp(run.finished_ns),
+        "result_status": run.result_status,
+        "failure_reason": run.failure_reason,
+        "cancel_requested": run.cancel_requested,
+        "events_emitted": run.events_emitted,
+        "events_dropped": run.events_dropped,
+        "events_received": run.events_received,
+        "batches_received": run.batches_received,
+        "duration": run.duration_ns,
+    }
+
+
+class OrchestratorAPI:
+    app = Klein()
+
+    def __init__(self, core: Orchestrator) -> None:
+        self.core = core
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    # -- rendering ------------------------------------------------------------
+
+    def _json(self, request: IRequest, value: Any, code: int = 200) -> bytes:
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", JSON)
+        return wire.dumps(value) + b"\n"
+
+    @app.handle_errors
+    def error(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(CancelledError):
+            return b""  # the client went away; nothing to answer
+        trace = traceID(request)
+        if failure.check(FangsError):
+            err = failure.value
+            status, code, message = err.status, err.code, err.message
+        elif failure.check(wire.WireError):
+            status, code, message = 400, "bad_request", str(failure.value)
+        elif failure.check(MethodNotAllowed):
+            status, code = 405, "method_not_allowed"
+            message = "method %s not allowed on %s" % (
+                request.method.decode("latin-1"),
+                request.path.decode("latin-1", "replace"),
+            )
+        elif failure.check(NotFound):
+            status, code = 404, "not_found"
+            message = "no route %s %s" % (
+                request.method.decode("latin-1"),
+                request.path.decode("latin-1", "replace"),
+            )
+        elif failure.check(HTTPException):
+            status, code, message = failure.value.code, "http_error", failure.value.description or ""
+        else:
+            status, code, message = 500, "internal", "internal error; see the orchestrator log (trace %s)" % (trace,)
+            log.failure(
+                "unhandled error on {method} {path} (trace {trace_id})",
+                failure,
+                method=request.method,
+                path=request.path,
+                trace_id=trace,
+            )
+        if status >= 400 and status < 500:
+            log.info(
+                "{method} {path} -> {status} {code}: {message} (trace {trace_id})",
+                method=request.method.decode("latin-1"),
+                path=request.path.decode("latin-1", "replace"),
+                status=status,
+                code=code,
+                message=message,
+                trace_id=trace,
+            )
+        body = wire.ErrorEnvelope(wire.ErrorBody(code=code, message=message, trace_id=trace))
+        return self._json(request, body, status)
+
+    # -- runners --------------------------------------------------------------
+
+    @app.route("/v1/health", methods=["GET"])
+    def health(self, request: IRequest) -> bytes:
+        return self._json(
+            request,
+            wire.HealthResponse(status="ok", orchestrator_id=self.core.orchestratorID, version=self.core.version),
+        )
+
+    @app.route("/v1/runners/register", methods=["POST"])
+    def register(self, request: IRequest) -> bytes:
+        reg = wire.loads(readBody(request), wire.RunnerRegistration)
+        return self._json(request, self.core.register(reg))
+
+    @app.route("/v1/runners/<runnerID>/heartbeat", methods=["POST"])
+    async def heartbeat(self, request: IRequest, runnerID: str) -> bytes:
+        body = readBody(request)
+        beat = wire.loads(body, wire.Heartbeat) if body.strip() else wire.Heartbeat()
+        return self._json(request, await self.core.heartbeat(runnerID, beat))
+
+    @app.route("/v1/runners/<runnerID>/jobs", methods=["GET"])
+    async def jobs(self, request: IRequest, runnerID: str) -> bytes:
+        lease = await self.core.pollJob(runnerID)
+        if lease is None:
+            request.setResponseCode(204)
+            return b""
+        runID, jobJSON = lease
+
+        def written(_: Any) -> None:
+            d = self.core.confirmDispatch(runID, jobJSON)
+            _logErrors(d, "confirming dispatch of run {run_id}", run_id=runID)
+
+        def lost(f: Failure) -> None:
+            _logErrors(self.core.dispatcher.release(runID, runnerID), "releasing run {run_id}", run_id=runID)
+
+        request.notifyFinish().addCallbacks(written, lost)
+        request.setHeader(b"Content-Type", JSON)
+        return jobJSON.encode("utf-8") + b"\n"
+
+    # -- scans and runs ---------------------------------------------------------
+
+    @app.route("/v1/scans", methods=["POST"])
+    async def scans(self, request: IRequest) -> bytes:
+        req = wire.loads(readBody(request), wire.ScanRequest)
+        key = request.getHeader(b"Idempotency-Key")
+        if key is not None:
+            key = key.decode("latin-1").strip()
+            if not 1 <= len(key) <= 200:
+                raise BadRequest("Idempotency-Key must be 1-200 characters")
+        runID, created = await self.core.submitScan(req, key)
+        return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
+
+    @app.route("/v1/runs/<runID>/events", methods=["POST"])
+    async def postEvents(self, request: IRequest, runID: str) -> bytes:
+        runID = runIDFromPath(runID)
+        if getattr(request, "bodyTooLarge", False):
+            raise PayloadTooLarge("event stream too large")
+        progress = await self.core.ingestLines(runID, ndjsonLines(request))
+        return self._json(
+            request,
+            wire.IngestAck(
+                received_batches=progress.received_batches,
+                received_events=progress.received_events,
+                persisted=progress.persisted,
+            ),
+        )
+
+    @app.route("/v1/runs/<runID>/result", methods=["POST"])
+    async def postResult(self, request: IRequest, runID: str) -> bytes:
+        runID = runIDFromPath(runID)
+        result = wire.loads(readBody(request), wire.ScanResult)
+        await self.core.recordResult(runID, result)
+        return self._json(request, wire.ResultAck(recorded=True))
+
+    @app.route("/v1/runs", methods=["GET"])
+    async def listRuns(self, request: IRequest) -> bytes:
+        state = queryArg(request, "state")
+        if state is not None and state not in S.ALL_STATES:
+            raise BadRequest("state must be one of %s" % (", ".join(S.ALL_STATES),))
+        flt = S.RunFilter(
+            package=queryArg(request, "package"),
+            state=state,
+            since_ns=timeArg(request, "since"),
+            until_ns=timeArg(request, "until"),
+        )
+        try:
+            page = await self.core.store.listRuns(flt, pageSize(request), queryArg(request, "page_token"))
+        except S.BadPageToken as e:
+            raise BadRequest(str(e)) from None
+        return self._json(
+            request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""}
+        )
+
+    @app.route("/v1/runs/<runID>", methods=["GET"])
+    async def getRun(self, request: IRequest, runID: str) -> bytes:
+        run = await self.core.requireRun(runIDFromPath(runID))
+        counts = await self.core.store.eventCounts(run.id)
+        body = runJSON(run)
+        body["job"] = json.loads(run.job)
+        body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
+        return self._json(request, body)
+
+    @app.route("/v1/runs/<runID>/events", methods=["GET"])
+    async def exportEvents(self, request: IRequest, runID: str) -> Any:
+        run = await self.core.requireRun(runIDFromPath(runID))
+        eventType = None
+        typeArg = queryArg(request, "type")
+        if typeArg is not None:
+            eventType = wire.EVENT_TYPE_IDS.get(typeArg)
+            if eventType is None:
+                raise BadRequest("type must be one of %s" % (", ".join(wire.EVENT_TYPE_IDS),))
+        request.setHeader(b"Content-Type", NDJSON)
+        after = (0, -1)
+        while True:
+            page = await self.core.store.eventPage(run.id, after, EXPORT_PAGE, eventType)
+            if not page:
+                break
+            request.write(b"".join(_eventLine(e) for e in page))
+            after = (page[-1].seq, page[-1].idx)
+            if len(page) < EXPORT_PAGE:
+                break
+        return b""
+
+    @app.route("/v1/runs/<runID>/cancel", methods=["POST"])
+    async def cancelRun(self, request: IRequest, runID: str) -> bytes:
+        run = await self.core.cancel(runIDFromPath(runID))
+        return self._json(request, {"run_id": run.id, "state": run.state, "cancel_requested": run.cancel_requested})
+
+
+def _eventLine(e: S.StoredEvent) -> bytes:
+    head = json.dumps(
+        {
+            "id": e.id,
+            "seq": e.seq,
+            "idx": e.idx,
+            "type": e.type,
+            "type_name": wire.EVENT_TYPE_NAMES.get(e.type, "unknown"),
+            "received_at": nsToTimestamp(e.received_ns),
+        },
+        separators=(",", ":"),
+    )
+    return (head[:-1] + ',"payload":' + e.data + "}\n").encode("utf-8")
+
+
+def _logErrors(d: Any, what: str, **kw: Any) -> None:
+    d.addErrback(lambda f: log.failure(what + " failed", f, **kw))

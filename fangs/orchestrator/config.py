@@ -1,0 +1,158 @@
+"""
+The orchestrator's YAML configuration (C{conf/orchestrator.yaml}).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import attrs
+import yaml
+
+from fangs.wire import WatchedPath
+
+DEFAULT_WATCHED_PATHS: Tuple[WatchedPath, ...] = (
+    WatchedPath("/etc/"),
+    WatchedPath("/etc/shadow", True),
+    WatchedPath("/etc/passwd", True),
+    WatchedPath("/root/"),
+    WatchedPath("/root/.ssh/", True),
+    WatchedPath("/root/.aws/", True),
+    WatchedPath("/root/.npmrc", True),
+    WatchedPath("/root/.docker/", True),
+    WatchedPath("/root/.kube/", True),
+    WatchedPath("/root/.gnupg/", True),
+    WatchedPath("/proc/self/environ", True),
+    WatchedPath("/tmp/"),
+    WatchedPath("/usr/"),
+    WatchedPath("/dev/"),
+)
+
+DEFAULT_SANDBOX_IMAGE = "fangs-sandbox/node:20"
+
+
+class ConfigError(ValueError):
+    """
+    The configuration file cannot be used; the message says where and why.
+    """
+
+
+@attrs.frozen
+class AllowSpec:
+    kind: str
+    value: str
+    note: str = ""
+
+
+@attrs.frozen
+class OrchestratorConfig:
+    path: Optional[str] = None
+    raw: str = ""
+    watchedPaths: Tuple[WatchedPath, ...] = DEFAULT_WATCHED_PATHS
+    allow: Tuple[AllowSpec, ...] = ()
+    #: The raw C{allow:} mapping, for the differ's config-entry loader.
+    allowSection: Dict[str, Any] = attrs.field(factory=dict)
+    sandboxImage: str = DEFAULT_SANDBOX_IMAGE
+    scanDurationSeconds: float = 120.0
+    graceSeconds: float = 2.0
+
+
+def defaultConfigPath() -> Optional[str]:
+    """
+    The shipped C{conf/orchestrator.yaml}: the repository's copy when running
+    from a checkout, else the installed data file.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [
+        os.path.join(here, "..", "..", "conf", "orchestrator.yaml"),
+        os.path.join(sys.prefix, "share", "fangs", "conf", "orchestrator.yaml"),
+    ]
+    for c in candidates:
+        if os.path.exists(c):
+            return os.path.normpath(c)
+    return None
+
+
+_ALLOW_KINDS = {"cidrs": "cidr", "snis": "sni", "paths": "path", "dns": "dns", "execs": "exec"}
+
+
+def loadConfig(path: Optional[str]) -> OrchestratorConfig:
+    """
+    Read the YAML file at C{path}.  A missing C{path} (None) gives the
+    defaults; a file that cannot be read or parsed raises L{ConfigError}.
+    """
+    if path is None:
+        return OrchestratorConfig()
+    try:
+        with open(path, "rb") as f:
+            raw = f.read().decode("utf-8")
+    except OSError as e:
+        raise ConfigError("cannot read config %s: %s" % (path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config %s is not UTF-8" % (path,)) from None
+    try:
+        data = yaml.safe_load(raw) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError("config %s is not valid YAML: %s" % (path, e)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("config %s: top level must be a mapping" % (path,))
+
+    watched = DEFAULT_WATCHED_PATHS
+    items = data.get("watched_paths")
+    if items:
+        if not isinstance(items, list):
+            raise ConfigError("config %s: watched_paths must be a list" % (path,))
+        parsed: List[WatchedPath] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or not isinstance(item.get("prefix"), str):
+                raise ConfigError("config %s: watched_paths[%d] needs a string prefix" % (path, i))
+            prefix = item["prefix"]
+            if not prefix.startswith("/") or not 1 <= len(prefix.encode()) <= 256:
+                raise ConfigError(
+                    "config %s: watched_paths[%d] prefix %r must be absolute and at most 256 bytes"
+                    % (path, i, prefix)
+                )
+            parsed.append(WatchedPath(prefix, bool(item.get("cred") or item.get("cred_tagged"))))
+        watched = tuple(parsed)
+
+    allowSection = data.get("allow") or {}
+    if not isinstance(allowSection, dict):
+        raise ConfigError("config %s: allow must be a mapping" % (path,))
+    allow: List[AllowSpec] = []
+    for key, kind in _ALLOW_KINDS.items():
+        for i, item in enumerate(allowSection.get(key) or []):
+            if isinstance(item, str):
+                value, note = item, ""
+            elif isinstance(item, dict):
+                value, note = item.get("value"), item.get("note") or ""
+            else:
+                value, note = None, ""
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError("config %s: allow.%s[%d] needs a value" % (path, key, i))
+            allow.append(AllowSpec(kind, value.strip(), str(note)))
+
+    sandbox = data.get("sandbox") or {}
+    if not isinstance(sandbox, dict):
+        raise ConfigError("config %s: sandbox must be a mapping" % (path,))
+    image = sandbox.get("image", DEFAULT_SANDBOX_IMAGE)
+    if not isinstance(image, str) or not image:
+        raise ConfigError("config %s: sandbox.image must be a non-empty string" % (path,))
+
+    def seconds(key: str, default: float) -> float:
+        value = sandbox.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError("config %s: sandbox.%s must be a positive number" % (path, key))
+        return float(value)
+
+    return OrchestratorConfig(
+        path=path,
+        raw=raw,
+        watchedPaths=watched,
+        allow=tuple(allow),
+        allowSection=dict(allowSection),
+        sandboxImage=image,
+        scanDurationSeconds=seconds("duration_seconds", 120.0),
+        graceSeconds=seconds("grace_seconds", 2.0),
+    )

@@ -1,0 +1,361 @@
+"""
+The orchestrator's domain: submitting scans, handing jobs to runners,
+ingesting events, recording results, cancelling, and noticing lost runners.
+
+The HTTP layer (L{fangs.orchestrator.api}) only structures input, calls one
+method here and renders the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from fangs import wire
+from fangs.errors import BadRequest, ConflictError, NotFoundError
+from fangs.orchestrator import store as S
+from fangs.orchestrator.config import OrchestratorConfig
+from fangs.orchestrator.dispatcher import Dispatcher
+from fangs.orchestrator.registry import RunnerRegistry
+
+log = Logger()
+
+DEFAULT_DURATION_NS = 10 * wire.SECOND
+LOST_MARGIN_NS = 60 * wire.SECOND
+MAX_DURATION_NS = 24 * 3600 * wire.SECOND
+JOB_POLL_INTERVAL_NS = 5 * wire.SECOND
+HEARTBEAT_INTERVAL_NS = 30 * wire.SECOND
+JOB_KINDS = ("sensor_only", "sandbox_scan")
+
+
+class Analyzer:
+    """
+    What the orchestrator tells about finished runs; the differ implements
+    it.  The default does nothing.
+    """
+
+    def batchStored(self, runID: str, rows: List[S.EventRow], firstEventID: Optional[int]) -> None:
+        pass
+
+    def runFinished(self, runID: str) -> None:
+        pass
+
+
+@attrs.frozen
+class IngestProgress:
+    received_batches: int = 0
+    received_events: int = 0
+    persisted: int = 0
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        store: Any,
+        registry: RunnerRegistry,
+        dispatcher: Dispatcher,
+        config: OrchestratorConfig,
+        orchestratorID: str = "fangs-orchestrator",
+        version: str = "dev",
+        analyzer: Optional[Analyzer] = None,
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.config = config
+        self.orchestratorID = orchestratorID
+        self.version = version
+        self.analyzer = analyzer or Analyzer()
+
+    def nowNs(self) -> int:
+        return int(self.clock.seconds() * 1_000_000_000)
+
+    # -- runners -----------------------------------------------------------
+
+    def register(self, reg: wire.RunnerRegistration) -> wire.RegistrationAck:
+        if not reg.runner_id:
+            raise BadRequest("missing runner_id")
+        _checkRunnerID(reg.runner_id)
+        if reg.proto_version != wire.PROTO_VERSION:
+            raise BadRequest(
+                "proto_version %d != orchestrator %d" % (reg.proto_version, wire.PROTO_VERSION),
+                code="proto_version_mismatch",
+            )
+        self.registry.register(reg)
+        # Jobs may have waited for this runner (or any runner) while it was away.
+        self.dispatcher.wake(reg.runner_id)
+        return wire.RegistrationAck(
+            ok=True,
+            orchestrator_id=self.orchestratorID,
+            job_poll_interval=JOB_POLL_INTERVAL_NS,
+            heartbeat_interval=HEARTBEAT_INTERVAL_NS,
+        )
+
+    async def heartbeat(self, runnerID: str, beat: wire.Heartbeat) -> wire.HeartbeatAck:
+        if not self.registry.heartbeat(runnerID, beat):
+            return wire.HeartbeatAck(ok=False, unknown_runner=True)
+        cancel = await self.store.runsToCancel(runnerID)
+        return wire.HeartbeatAck(ok=True, cancel_runs=cancel)
+
+    async def pollJob(self, runnerID: str) -> Optional[S.RunRow]:
+        """
+        Wait for a job.  Raises L{NotFoundError} for an unregistered runner.
+        The returned lease must be confirmed or released by the caller.
+        """
+        if runnerID not in self.registry:
+            raise NotFoundError(
+                "runner not registered; POST /v1/runners/register first", code="unknown_runner"
+            )
+        self.registry.touch(runnerID)
+        return await self.dispatcher.poll(runnerID)
+
+    async def confirmDispatch(self, runID: str, jobJSON: str) -> None:
+        job = json.loads(jobJSON)
+        duration = job.get("duration") or DEFAULT_DURATION_NS
+        grace = (job.get("sandbox") or {}).get("grace_period") or 0
+        now = self.nowNs()
+        await self.store.confirmDispatch(runID, now, now + duration + grace + LOST_MARGIN_NS)
+        log.info("run {run_id} dispatched", run_id=runID)
+
+    # -- scans --------------------------------------------------------------
+
+    async def submitScan(
+        self, req: wire.ScanRequest, idempotencyKey: Optional[str] = None, requireTarget: bool = True
+    ) -> Tuple[str, bool]:
+        """
+        Queue a scan: apply defaults, create the run, wake a waiting runner.
+
+        @return: C{(run_id_hex, created)}.
+        """
+        target = req.target_runner or None
+        if target is None and requireTarget:
+            raise BadRequest("missing target_runner")
+        if target is not None:
+            _checkRunnerID(target)
+            if target not in self.registry:
+                raise NotFoundError("target_runner %r not registered" % (target,), code="unknown_runner")
+        job = self._withDefaults(req.job)
+        package = job.package_name or (job.sandbox.image if job.sandbox else "")
+        run = S.NewRun(
+            id=job.run_id.hex(),
+            package_name=package,
+            version=job.version,
+            kind=job.kind,
+            target_runner=target,
+            job=wire.dumps(job).decode("utf-8"),
+            created_ns=self.nowNs(),
+            idempotency_key=idempotencyKey,
+        )
+        try:
+            runID, created = await self.store.createRun(run)
+        except S.Conflict:
+            raise ConflictError("run_id %s exists already" % (run.id,)) from None
+        if created:
+            log.info(
+                "scan {run_id} queued: {package}@{version} for {target}",
+                run_id=runID,
+                package=package,
+                version=job.version,
+                target=target or "any runner",
+            )
+            self.dispatcher.wake(target)
+        return runID, created
+
+    def _withDefaults(self, job: wire.Job) -> wire.Job:
+        kind = job.kind or "sensor_only"
+        if kind not in JOB_KINDS:
+            raise BadRequest("job.kind must be one of %s" % (", ".join(JOB_KINDS),))
+        if kind == "sandbox_scan" and job.sandbox is None:
+            raise BadRequest("job.sandbox is required for a sandbox_scan")
+        if kind == "sensor_only" and job.sandbox is None and not job.cgroup_path:
+            raise BadRequest("a sensor_only job needs job.cgroup_path")
+        duration = job.duration or DEFAULT_DURATION_NS
+        if not 0 < duration <= MAX_DURATION_NS:
+            raise BadRequest("job.duration must be between 1 ns and 24 h")
+        for i, wp in enumerate(job.watched_paths or ()):
+            if not wp.prefix.startswith("/") or not 1 <= len(wp.prefix.encode()) <= 256:
+                raise BadRequest("job.watched_paths[%d].prefix must be absolute and at most 256 bytes" % (i,))
+        sandbox = job.sandbox
+        if sandbox is not None:
+            if sandbox.grace_period < 0 or sandbox.grace_period > 600 * wire.SECOND:
+                raise BadRequest("job.sandbox.grace_period must be between 0 and 10 minutes")
+            if sandbox.network_mode.lower() == "host":
+                raise BadRequest("job.sandbox.network_mode host is not allowed")
+            if not sandbox.image:
+                sandbox = attrs.evolve(sandbox, image=self.config.sandboxImage)
+        return attrs.evolve(
+            job,
+            kind=kind,
+            duration=duration,
+            watched_paths=list(job.watched_paths or self.config.watchedPaths),
+            run_id=job.run_id if not job.run_id.is_zero() else wire.RunID.generate(self.nowNs()),
+            dispatched_at=wire.timestampFromNs(self.nowNs()),
+            sandbox=sandbox,
+        )
+
+    # -- events -------------------------------------------------------------
+
+    async def requireRun(self, runID: str) -> S.RunRow:
+        run = await self.store.getRun(runID)
+        if run is None:
+            raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
+        return run
+
+    async def ingestLines(self, runID: str, lines: Iterable[bytes]) -> IngestProgress:
+        """
+        Store each NDJSON line (one L{wire.EventBatch}) in its own
+        transaction, in order.  A malformed line stops the stream with
+        L{BadRequest}; every batch before it stays stored.
+        """
+        run = await self.requireRun(runID)
+        batches = events = persisted = 0
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                seq, rows = parseBatchLine(line, runID)
+            except BadRequest as e:
+                raise BadRequest(
+                    "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
+                ) from None
+            now = self.nowNs()
+            outcome = await self.store.ingestBatch(runID, seq, rows, now, now + self._deadlineSpan(run))
+            batches += 1
+            events += len(rows)
+            persisted += outcome.events
+            if outcome.inserted:
+                self.analyzer.batchStored(runID, rows, None)
+        return IngestProgress(batches, events, persisted)
+
+    def _deadlineSpan(self, run: S.RunRow) -> int:
+        job = json.loads(run.job)
+        grace = (job.get("sandbox") or {}).get("grace_period") or 0
+        return (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
+
+    # -- results ------------------------------------------------------------
+
+    async def recordResult(self, runID: str, result: wire.ScanResult) -> S.RunRow:
+        if result.status not in wire.SCAN_STATUSES:
+            raise BadRequest("status must be one of ok, failed, timeout (got %r)" % (result.status,))
+        if not result.run_id.is_zero() and result.run_id.hex() != runID:
+            raise BadRequest("body run_id %s does not match the URL's %s" % (result.run_id.hex(), runID))
+        for name in ("events_emitted", "events_dropped", "duration"):
+            if getattr(result, name) < 0:
+                raise BadRequest("%s must not be negative" % (name,))
+        try:
+            run, changed = await self.store.recordResult(
+                runID,
+                result.status,
+                result.reason,
+                result.events_emitted,
+                result.events_dropped,
+                result.duration,
+                self.nowNs(),
+            )
+        except S.NotFound:
+            raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
+        if changed:
+            log.info(
+                "run {run_id} finished: {status} {reason} ({emitted} events emitted, {dropped} dropped,"
+                " {received} received)",
+                run_id=runID,
+                status=result.status,
+                reason=result.reason,
+                emitted=result.events_emitted,
+                dropped=result.events_dropped,
+                received=run.events_received,
+            )
+            self.analyzer.runFinished(runID)
+        return run
+
+    async def cancel(self, runID: str) -> S.RunRow:
+        try:
+            run = await self.store.cancelRun(runID, self.nowNs())
+        except S.NotFound:
+            raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
+        log.info("run {run_id} cancel requested (state {state})", run_id=runID, state=run.state)
+        return run
+
+    # -- housekeeping ---------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """
+        Prune stale runners and fail runs whose runner went quiet.  Never
+        raises (it runs from a timer).
+        """
+        try:
+            self.registry.prune()
+            lost = await self.store.sweepLost(self.nowNs())
+            for runID in lost:
+                log.warn("run {run_id} failed: runner lost", run_id=runID)
+                self.analyzer.runFinished(runID)
+        except Exception:
+            log.failure("housekeeping sweep failed")
+
+
+def _checkRunnerID(runnerID: str) -> None:
+    if not (1 <= len(runnerID) <= 128) or not all(c.isalnum() or c in "-_.:@" for c in runnerID):
+        raise BadRequest("runner id must be 1-128 characters of letters, digits and - _ . : @")
+
+
+def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
+    """
+    Validate one NDJSON line as an L{wire.EventBatch} and turn it into rows.
+
+    This is the ingest hot path, so it checks the shape by hand instead of
+    going through cattrs; the rules are the wire types'.
+    """
+    try:
+        batch = json.loads(line)
+    except RecursionError:
+        raise BadRequest("JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("malformed JSON: %s" % (e,)) from None
+    if not isinstance(batch, dict):
+        raise BadRequest("an event batch must be a JSON object")
+    seq = batch.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise BadRequest("seq must be an integer >= 1")
+    rid = batch.get("run_id")
+    if rid is not None:
+        try:
+            batchRun = wire.structure(rid, wire.RunID)
+        except wire.WireError as e:
+            raise BadRequest("run_id: %s" % (e,)) from None
+        if not batchRun.is_zero() and batchRun.hex() != runID:
+            raise BadRequest("batch run_id %s does not match the URL's %s" % (batchRun.hex(), runID))
+    items = batch.get("events")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise BadRequest("events must be an array")
+    rows = []
+    dumps = json.dumps
+    for idx, ev in enumerate(items):
+        if not isinstance(ev, dict):
+            raise BadRequest("events[%d] must be an object" % (idx,))
+        etype = ev.get("type")
+        if isinstance(etype, bool) or not isinstance(etype, int) or not 0 < etype < 256:
+            raise BadRequest("events[%d].type must be an integer from 1 to 255" % (idx,))
+        payload = ev.get("payload")
+        if not isinstance(payload, dict):
+            raise BadRequest("events[%d].payload must be an object" % (idx,))
+        header = payload.get("Header")
+        ts = pid = 0
+        if isinstance(header, dict):
+            ts = header.get("TsNs")
+            pid = header.get("PID")
+            if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**63:
+                ts = 0
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < 2**63:
+                pid = 0
+        rows.append(
+            S.EventRow(seq, idx, etype, ts, pid, dumps(payload, separators=(",", ":"), ensure_ascii=False))
+        )
+    return seq, rows

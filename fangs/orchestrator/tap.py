@@ -1,0 +1,139 @@
+"""
+C{twistd fangs-orchestrator}: options and service composition.
+
+    twistd -n fangs-orchestrator --addr 127.0.0.1:8443 --db var/fangs.db \\
+        --config conf/orchestrator.yaml --id fangs-orchestrator --poll-wait 25
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Optional
+
+from twisted.application import service, strports
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+import fangs
+from fangs.orchestrator.config import ConfigError, defaultConfigPath, loadConfig
+
+log = Logger()
+
+SWEEP_EVERY = 30.0
+
+
+def _addrToEndpoint(addr: str) -> str:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise usage.UsageError("--addr must be HOST:PORT (got %r)" % (addr,))
+    host = host.strip("[]") or "0.0.0.0"
+    return "tcp:%s:interface=%s" % (port, host.replace(":", r"\:"))
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run the FANGS orchestrator: the /v1 API for runners and operators, the job queue, "
+        "event storage and the differ."
+    )
+    optParameters = [
+        ["addr", None, "127.0.0.1:8443", "Listen address HOST:PORT (plain HTTP unless TLS options are given)."],
+        ["listen", None, None, "Listen on a Twisted endpoint string instead of --addr (e.g. tcp:8443:interface=::1)."],
+        ["db", None, "var/lib/fangs/fangs.db", "SQLite database path."],
+        ["config", None, None, "YAML configuration (default: the shipped conf/orchestrator.yaml)."],
+        ["id", None, "fangs-orchestrator", "Orchestrator id reported to runners."],
+        ["poll-wait", None, 25.0, "Seconds a job long-poll waits before answering 204.", float],
+        ["max-body", None, 64 * 1024, "Largest non-stream request body in bytes.", int],
+    ]
+
+    def postOptions(self) -> None:
+        if self["poll-wait"] <= 0 or self["poll-wait"] > 300:
+            raise usage.UsageError("--poll-wait must be between 0 and 300 seconds")
+        if self["max-body"] < 1024:
+            raise usage.UsageError("--max-body must be at least 1024 bytes")
+        self["endpoint"] = self["listen"] or _addrToEndpoint(self["addr"])
+        if self["config"] is None:
+            self["config"] = defaultConfigPath()
+        elif not os.path.exists(self["config"]):
+            raise usage.UsageError("--config %s does not exist" % (self["config"],))
+        try:
+            self["loaded-config"] = loadConfig(self["config"])
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+class OrchestratorService(service.MultiService):
+    """
+    Opens the store before anything else starts and closes it last.
+    """
+
+    def __init__(self, store: Any, core: Any) -> None:
+        super().__init__()
+        self.store = store
+        self.core = core
+        self._started: Optional[Deferred] = None
+
+    def privilegedStartService(self) -> None:
+        # Open and migrate the database before listening, so a bad database
+        # stops start-up with its own error instead of half a server.
+        self._started = Deferred.fromCoroutine(self._open())
+        super().privilegedStartService()
+
+    async def _open(self) -> None:
+        await self.store.start()
+        requeued = await self.store.requeueLeased()
+        if requeued:
+            log.info("{n} leased jobs went back to the queue", n=requeued)
+
+    def startService(self) -> None:
+        super().startService()
+
+    def stopService(self) -> Deferred:
+        self.core.dispatcher.cancelAll()
+        d = super().stopService()
+
+        def closeStore(r: Any) -> Any:
+            self.store.stop()
+            return r
+
+        return d.addBoth(closeStore)
+
+
+def makeService(options: Options, reactor: Any = None) -> service.IService:
+    if reactor is None:
+        from twisted.internet import reactor  # noqa: only here, never at import time
+
+    from fangs.orchestrator.api import OrchestratorAPI
+    from fangs.orchestrator.core import Orchestrator
+    from fangs.orchestrator.dispatcher import Dispatcher
+    from fangs.orchestrator.registry import PRUNE_EVERY, RunnerRegistry
+    from fangs.orchestrator.site import FangsSite
+    from fangs.orchestrator.store import SQLiteStore
+
+    dbPath = options["db"]
+    if dbPath != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(dbPath)), exist_ok=True)
+    store = SQLiteStore(dbPath, reactor)
+    registry = RunnerRegistry(reactor)
+    dispatcher = Dispatcher(reactor, store, pollWait=options["poll-wait"])
+    core = Orchestrator(
+        reactor,
+        store,
+        registry,
+        dispatcher,
+        options["loaded-config"],
+        orchestratorID=options["id"],
+        version=fangs.__version__,
+    )
+    api = OrchestratorAPI(core)
+    top = OrchestratorService(store, core)
+
+    sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
+    sweeper.clock = reactor
+    sweeper.setServiceParent(top)
+
+    site = FangsSite(api.resource(), maxBody=options["max-body"])
+    strports.service(options["endpoint"], site, reactor=reactor).setServiceParent(top)
+    return top
