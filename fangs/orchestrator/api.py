@@ -15,7 +15,7 @@ import re
 from typing import Any, Dict, Iterator, List, Optional
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -241,7 +241,7 @@ class OrchestratorAPI:
         runID, jobJSON = lease
 
         def written(_: Any) -> None:
-            d = self.core.confirmDispatch(runID, jobJSON)
+            d = Deferred.fromCoroutine(self.core.confirmDispatch(runID, jobJSON))
             _logErrors(d, "confirming dispatch of run {run_id}", run_id=runID)
 
         def lost(f: Failure) -> None:

@@ -1,0 +1,120 @@
+"""
+An orchestrator assembled in memory for tests: the real core, API, dispatcher
+and SQLite store (on C{:memory:}, run synchronously), a L{Clock}, and a
+L{StubTreq} that drives the real Klein resource.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Tuple
+
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from fangs import wire
+from fangs.orchestrator.api import OrchestratorAPI
+from fangs.orchestrator.config import OrchestratorConfig
+from fangs.orchestrator.core import Orchestrator
+from fangs.orchestrator.dispatcher import Dispatcher
+from fangs.orchestrator.registry import RunnerRegistry
+from fangs.orchestrator.store import SQLiteStore, synchronousRunner
+
+BASE = "http://orchestrator.test"
+
+
+class InMemoryOrchestrator:
+    def __init__(self, testCase: SynchronousTestCase, path: str = ":memory:", config: Optional[OrchestratorConfig] = None, clock: Optional[Clock] = None) -> None:
+        self.clock = clock or Clock()
+        self.clock.advance(1_800_000_000)  # a realistic epoch
+        self.store = SQLiteStore(path, runInThread=synchronousRunner)
+        testCase.successResultOf(Deferred.fromCoroutine(self.store.start()))
+        testCase.addCleanup(self.store.stop)
+        self.registry = RunnerRegistry(self.clock)
+        self.dispatcher = Dispatcher(self.clock, self.store, pollWait=25.0)
+        self.core = Orchestrator(
+            self.clock, self.store, self.registry, self.dispatcher, config or OrchestratorConfig()
+        )
+        self.api = OrchestratorAPI(self.core)
+        self.treq = StubTreq(self.api.resource())
+        self.test = testCase
+
+    # -- request helpers -------------------------------------------------------
+
+    def request(self, method: str, path: str, body: Any = None, headers: Any = None, raw: Optional[bytes] = None) -> Any:
+        data = raw
+        if body is not None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        d = self.treq.request(method, BASE + path, data=data, headers=headers)
+        self.treq.flush()
+        return self.test.successResultOf(d)
+
+    def call(self, method: str, path: str, body: Any = None, headers: Any = None, raw: Optional[bytes] = None) -> Tuple[int, Any]:
+        """
+        Make a request that completes at once; return (status, decoded JSON or
+        bytes).
+        """
+        response = self.request(method, path, body, headers, raw)
+        content = self.test.successResultOf(response.content())
+        ctype = response.headers.getRawHeaders(b"content-type", [b""])[0]
+        if ctype == b"application/json" and content:
+            return response.code, json.loads(content)
+        return response.code, content
+
+    def start(self, method: str, path: str, body: Any = None) -> Any:
+        """
+        Start a request that may stay pending (a long poll).
+        """
+        data = None if body is None else json.dumps(body).encode()
+        return self.treq.request(method, BASE + path, data=data)
+
+    def finish(self, d: Any) -> Tuple[int, Any]:
+        self.treq.flush()
+        response = self.test.successResultOf(d)
+        content = self.test.successResultOf(response.content())
+        if content and response.headers.getRawHeaders(b"content-type", [b""])[0] == b"application/json":
+            return response.code, json.loads(content)
+        return response.code, content
+
+    # -- domain helpers --------------------------------------------------------
+
+    def register(self, runnerID: str = "worker-1") -> None:
+        status, _ = self.call("POST", "/v1/runners/register", {"runner_id": runnerID, "proto_version": 1})
+        self.test.assertEqual(status, 200)
+
+    def submit(self, runnerID: Optional[str] = "worker-1", **job: Any) -> str:
+        body = {"Job": {"kind": "sandbox_scan", "package_name": "left-pad", "version": "1.3.0", "sandbox": {"image": "img"}}}
+        body["Job"].update(job)
+        if runnerID is not None:
+            body["target_runner"] = runnerID
+        status, reply = self.call("POST", "/v1/scans", body)
+        self.test.assertEqual(status, 202, reply)
+        return reply["run_id"]
+
+    def poll(self, runnerID: str = "worker-1") -> Tuple[int, Any]:
+        d = self.start("GET", "/v1/runners/%s/jobs" % (runnerID,))
+        self.treq.flush()
+        if self.dispatcher.waiterCount():
+            self.clock.advance(self.dispatcher.pollWait)
+        return self.finish(d)
+
+
+def batchLine(seq: int, events: Any, runID: Optional[str] = None) -> bytes:
+    body: dict = {"seq": seq, "events": events}
+    if runID is not None:
+        body["run_id"] = list(bytes.fromhex(runID))
+    return json.dumps(body).encode() + b"\n"
+
+
+def fileEvent(path: str, flags: int = 0, tags: int = 0, pid: int = 100) -> dict:
+    return {
+        "type": wire.EventType.FILE_ACCESS,
+        "payload": {
+            "Header": {"TsNs": 1000 + pid, "PID": pid, "PPID": 1, "Type": 1, "Tags": tags},
+            "PathName": path,
+            "Flags": flags,
+            "CommStr": "node",
+        },
+    }
