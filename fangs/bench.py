@@ -1,0 +1,279 @@
+"""
+C{make bench}: every benchmark, each figure printed next to a reference
+measured in the same run, as a ratio.  Nothing here is a pass/fail test.
+
+    python -m fangs.bench [ingest] [longpoll] [differ] [sensor] ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+RESULTS: List[Tuple[str, str, str, str, str]] = []
+
+
+def report(area: str, figure: str, value: str, reference: str, ratio: str) -> None:
+    RESULTS.append((area, figure, value, reference, ratio))
+    print("%-10s %-58s %16s   ref %-28s %s" % (area, figure, value, reference, ratio), flush=True)
+
+
+def raiseFileLimit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def freePort() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Orchestrator:
+    """
+    A C{twistd fangs-orchestrator} child process.
+    """
+
+    def __init__(self, extra: Optional[List[str]] = None) -> None:
+        self.dir = tempfile.mkdtemp(prefix="fangs-bench-")
+        self.db = os.path.join(self.dir, "fangs.db")
+        self.port = freePort()
+        self.url = "http://127.0.0.1:%d" % (self.port,)
+        self.log = open(os.path.join(self.dir, "orchestrator.log"), "wb")
+        env = dict(os.environ, PYTHONPATH=REPO)
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "--logfile=" + os.path.join(self.dir, "twistd.log"),
+             "fangs-orchestrator", "--addr", "127.0.0.1:%d" % (self.port,), "--db", self.db] + (extra or []),
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )
+        import urllib.request
+
+        for _ in range(150):
+            try:
+                urllib.request.urlopen(self.url + "/v1/health", timeout=1).read()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("orchestrator did not start; see %s" % (self.dir,))
+
+    def rssBytes(self) -> int:
+        with open("/proc/%d/status" % (self.proc.pid,)) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def post(url: str, body: Any, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers=headers or {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            content = r.read()
+            return r.status, json.loads(content) if content else None
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+# ---------------------------------------------------------------------------
+# Realistic events
+
+
+_PATHS = [
+    "/root/.npm/_cacache/content-v2/sha512/%02x/%02x/%s",
+    "/root/.npm/_cacache/index-v5/%02x/%02x/%s",
+    "/usr/lib/node_modules/npm/node_modules/%s/package.json",
+    "/tmp/t/node_modules/%s/index.js",
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+]
+
+
+def realisticEvent(rng: random.Random, i: int) -> Dict[str, Any]:
+    header = {
+        "TsNs": 1_000_000_000 + i * 1000,
+        "CgroupID": 4242,
+        "RunID": [24, 178, 8, 156, 202, 190, 201, 128, 0, 0, 0, 0, 0, 0, 0, 1],
+        "PID": 200 + i % 37,
+        "TID": 200 + i % 37,
+        "PPID": 199,
+        "UID": 0,
+        "GID": 0,
+        "Type": 1,
+        "Tags": 0,
+    }
+    r = rng.random()
+    if r < 0.85:
+        tmpl = rng.choice(_PATHS)
+        h = "%040x" % rng.getrandbits(160)
+        path = tmpl % (rng.getrandbits(8), rng.getrandbits(8), h) if tmpl.count("%") == 3 else (tmpl % ("pkg%d" % rng.randrange(300)) if "%s" in tmpl else tmpl)
+        return {"type": 1, "payload": {"Header": header, "DFD": -100, "Flags": rng.choice([0, 0, 0, 524288, 577]), "PathLen": len(path), "Truncated": 0, "PathName": path, "CommStr": "node"}}
+    if r < 0.93:
+        header["Type"] = 2
+        return {"type": 2, "payload": {"Header": header, "Argc": 3, "BinaryPathStr": "/bin/sh", "ArgvStrs": ["sh", "-c", "node install.js"], "CommStr": "sh"}}
+    if r < 0.97:
+        header["Type"] = 3
+        return {"type": 3, "payload": {"Header": header, "Family": 2, "Source": 1, "DestPort": 443, "Sockfd": 21, "DestIP": "104.16.%d.%d" % (rng.randrange(256), rng.randrange(256)), "CommStr": "node"}}
+    if r < 0.99:
+        header["Type"] = 4
+        return {"type": 4, "payload": {"Header": header, "Family": 2, "DestPort": 53, "QueryLen": 40, "QName": "registry.npmjs.org", "QType": 1, "DestIP": "127.0.0.11", "CommStr": "node"}}
+    header["Type"] = 5
+    return {"type": 5, "payload": {"Header": header, "Source": 3, "SourceName": "tcp_clienthello", "SniLen": 18, "SNI": "registry.npmjs.org", "DuplicateOf": "", "CommStr": "node"}}
+
+
+# ---------------------------------------------------------------------------
+# Ingest: HTTP into SQLite vs raw executemany
+
+
+def benchIngest(total: int = 100_000, batchSize: int = 64) -> None:
+    rng = random.Random(7)
+    events = [realisticEvent(rng, i) for i in range(total)]
+    batches = [events[i : i + batchSize] for i in range(0, total, batchSize)]
+    body = b"".join(
+        json.dumps({"run_id": [0] * 16, "seq": n + 1, "events": b}, separators=(",", ":")).encode() + b"\n"
+        for n, b in enumerate(batches)
+    )
+
+    # Reference: the same rows, the same schema, raw sqlite3 executemany.
+    from fangs.orchestrator.core import parseBatchLine
+    from fangs.orchestrator.store import MIGRATIONS
+
+    tmp = tempfile.mkdtemp(prefix="fangs-bench-ref-")
+    conn = sqlite3.connect(os.path.join(tmp, "ref.db"), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    for _, _, sql in MIGRATIONS:
+        conn.executescript(sql)
+    runID = "ab" * 16
+    conn.execute("INSERT INTO runs (id, state, job, queue_seq, created_ns) VALUES (?, 'running', '{}', 1, 0)", (runID,))
+    rows = []
+    for line in body.splitlines():
+        seq, evs = parseBatchLine(line, runID)
+        rows.extend((runID, e.seq, e.idx, e.type, e.ts_ns, 0, e.pid, e.data) for e in evs)
+    start = time.perf_counter()
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO events (run_id, seq, idx, type, ts_ns, received_ns, pid, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+    )
+    conn.execute("COMMIT")
+    refSeconds = time.perf_counter() - start
+    conn.close()
+    refRate = total / refSeconds
+
+    orch = Orchestrator()
+    try:
+        post(orch.url + "/v1/runners/register", {"runner_id": "bench", "proto_version": 1})
+        code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}, "duration": 3600 * 10**9}})
+        runID = queued["run_id"]
+        start = time.perf_counter()
+        code, ack = post(orch.url + "/v1/runs/%s/events" % (runID,), body, {"Content-Type": "application/x-ndjson"})
+        seconds = time.perf_counter() - start
+        assert code == 200 and ack["persisted"] == total, (code, ack)
+    finally:
+        orch.stop()
+    rate = total / seconds
+    report("ingest", "events/s over one HTTP connection into SQLite (%dk, %d/batch)" % (total // 1000, batchSize),
+           "%.0f/s" % rate, "executemany %.0f/s" % refRate, "ratio %.2f (target >= 0.5)" % (rate / refRate))
+
+
+# ---------------------------------------------------------------------------
+# Long-poll: 2,000 runners waiting at once
+
+
+def benchLongPoll(runners: int = 2000, scans: int = 300) -> None:
+    raiseFileLimit()
+    orch = Orchestrator(["--poll-wait", "25"])
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "fangs.bench_longpoll", orch.url, str(runners), str(scans), str(orch.proc.pid)],
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=600,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr[-2000:])
+        data = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        orch.stop()
+    lat = sorted(data["latencies"])
+    p50 = lat[len(lat) // 2] * 1000
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+    report("longpoll", "p99 POST /v1/scans -> job at its runner, %d polling" % (runners,), "%.1f ms" % p99,
+           "p50 %.1f ms" % p50, "target < 20 ms: %s" % ("met" if p99 < 20 else "NOT met"))
+    rss = data["rss"] / 2**20
+    report("longpoll", "orchestrator RSS with %d runners long-polling" % (runners,), "%.0f MB" % rss,
+           "idle %.0f MB" % (data["rss_idle"] / 2**20), "target < 300 MB: %s" % ("met" if rss < 300 else "NOT met"))
+
+
+BENCHES: Dict[str, Callable[[], None]] = {
+    "ingest": benchIngest,
+    "longpoll": benchLongPoll,
+}
+
+
+def _optional(name: str, module: str) -> None:
+    def run() -> None:
+        import importlib
+
+        mod = importlib.import_module(module)
+        mod.main(report)
+
+    BENCHES[name] = run
+
+
+_optional("differ", "fangs.orchestrator.bench_differ")
+_optional("sensor", "fangs.runner.bench_sensor")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHES)
+    failed = []
+    for name in names:
+        if name not in BENCHES:
+            print("unknown benchmark %r; choose from %s" % (name, ", ".join(BENCHES)), file=sys.stderr)
+            return 2
+        print("== %s" % (name,), flush=True)
+        try:
+            BENCHES[name]()
+        except Exception as e:
+            failed.append(name)
+            print("benchmark %s failed: %s: %s" % (name, type(e).__name__, e), file=sys.stderr, flush=True)
+    writeReport()
+    return 1 if failed else 0
+
+
+def writeReport() -> None:
+    os.makedirs(os.path.join(REPO, "build", "bench"), exist_ok=True)
+    path = os.path.join(REPO, "build", "bench", "report.md")
+    with open(path, "w") as f:
+        f.write("# FANGS benchmark report\n\nMeasured on %s, one run of `make bench`.\n\n" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),))
+        f.write("| area | figure | value | reference (same run) | ratio / target |\n|---|---|---|---|---|\n")
+        for row in RESULTS:
+            f.write("| %s |\n" % (" | ".join(row),))
+    print("report written to %s" % (path,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
