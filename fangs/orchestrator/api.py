@@ -22,8 +22,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from fangs import wire
+from fangs import npm, wire
 from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge
+from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.site import MAX_NDJSON_LINE
@@ -147,7 +148,77 @@ def runJSON(run: S.RunRow) -> Dict[str, Any]:
         "events_received": run.events_received,
         "batches_received": run.batches_received,
         "duration": run.duration_ns,
+        "decision": run.decision,
+        "deviation_count": run.deviation_count,
+        "max_severity": run.max_severity,
+        "analyzed_at": nsToTimestamp(run.analyzed_ns),
     }
+
+
+def deviationJSON(d: S.DeviationRow) -> Dict[str, Any]:
+    return {
+        "id": d.id,
+        "run_id": d.run_id,
+        "package_name": d.package_name,
+        "category": d.category,
+        "value": d.value,
+        "severity": d.severity,
+        "reason": d.reason,
+        "evidence_event_id": d.evidence_event_id,
+        "count": d.count,
+        "detected_at": nsToTimestamp(d.detected_ns),
+    }
+
+
+def eventJSON(e: S.StoredEvent) -> Dict[str, Any]:
+    return {
+        "id": e.id,
+        "run_id": e.run_id,
+        "seq": e.seq,
+        "idx": e.idx,
+        "type": e.type,
+        "type_name": wire.EVENT_TYPE_NAMES.get(e.type, "unknown"),
+        "received_at": nsToTimestamp(e.received_ns),
+        "payload": json.loads(e.data),
+    }
+
+
+def packageJSON(p: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(p)
+    for key in ("added_ns", "last_checked_ns"):
+        out[key.replace("_ns", "_at")] = nsToTimestamp(out.pop(key))
+    return out
+
+
+def actorOf(request: IRequest) -> str:
+    """
+    Who made a decision, for the audit trail.  Without authentication the
+    best we know is where the request came from.
+    """
+    identity = getattr(request, "fangsIdentity", None)
+    if identity:
+        return str(identity)
+    peer = request.getClientAddress()
+    return "anonymous@%s" % (getattr(peer, "host", "?"),)
+
+
+def jsonObject(request: IRequest) -> Dict[str, Any]:
+    body = readBody(request)
+    value = wire.decodeJSON(body)
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    return value
+
+
+def stringField(body: Dict[str, Any], name: str, required: bool = True, default: str = "") -> str:
+    value = body.get(name, None)
+    if value is None:
+        if required:
+            raise BadRequest("missing %s" % (name,))
+        return default
+    if not isinstance(value, str):
+        raise BadRequest("%s must be a string" % (name,))
+    return value
 
 
 class OrchestratorAPI:
@@ -312,7 +383,138 @@ class OrchestratorAPI:
         body = runJSON(run)
         body["job"] = json.loads(run.job)
         body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
+        body["deviations"] = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id)]
         return self._json(request, body)
+
+    # -- review ---------------------------------------------------------------------
+
+    @app.route("/v1/runs/<runID>/promote", methods=["POST"])
+    async def promote(self, request: IRequest, runID: str) -> bytes:
+        return await self._decide(request, runID, "promoted")
+
+    @app.route("/v1/runs/<runID>/reject", methods=["POST"])
+    async def reject(self, request: IRequest, runID: str) -> bytes:
+        return await self._decide(request, runID, "rejected")
+
+    @app.route("/v1/runs/<runID>/reanalyze", methods=["POST"])
+    async def reanalyze(self, request: IRequest, runID: str) -> bytes:
+        return await self._decide(request, runID, "reanalyze")
+
+    async def _decide(self, request: IRequest, runID: str, decision: str) -> bytes:
+        outcome = await self.core.decide(runIDFromPath(runID), decision, actorOf(request))
+        run = await self.core.requireRun(outcome.run_id)
+        return self._json(request, runJSON(run))
+
+    @app.route("/v1/pending", methods=["GET"])
+    async def pending(self, request: IRequest) -> bytes:
+        try:
+            page = await self.core.store.pendingRuns(pageSize(request), queryArg(request, "page_token"))
+        except S.BadPageToken as e:
+            raise BadRequest(str(e)) from None
+        return self._json(request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""})
+
+    @app.route("/v1/deviations", methods=["GET"])
+    async def deviations(self, request: IRequest) -> bytes:
+        severity = queryArg(request, "severity")
+        rank = 0
+        if severity is not None:
+            rank = differ.severityRank(severity)
+            if not rank:
+                raise BadRequest("severity must be one of low, medium, high, critical")
+        run = queryArg(request, "run")
+        flt = S.DeviationFilter(
+            package=queryArg(request, "package"),
+            min_severity_rank=rank,
+            run_id=runIDFromPath(run) if run is not None else None,
+            since_ns=timeArg(request, "since"),
+        )
+        try:
+            page = await self.core.store.listDeviations(flt, pageSize(request), queryArg(request, "page_token"))
+        except S.BadPageToken as e:
+            raise BadRequest(str(e)) from None
+        return self._json(
+            request, {"deviations": [deviationJSON(d) for d in page.items], "next_page_token": page.next_token or ""}
+        )
+
+    @app.route("/v1/deviations/<deviationID>", methods=["GET"])
+    async def deviation(self, request: IRequest, deviationID: str) -> bytes:
+        if not _RUN_ID.match(deviationID):
+            raise BadRequest("deviation id must be 32 lower-case hex characters")
+        found = await self.core.store.getDeviation(deviationID)
+        if found is None:
+            raise NotFoundError("deviation %s not found" % (deviationID,))
+        dev, event = found
+        body = deviationJSON(dev)
+        body["evidence_event"] = eventJSON(event) if event is not None else None
+        return self._json(request, body)
+
+    @app.route("/v1/packages", methods=["GET"])
+    async def packages(self, request: IRequest) -> bytes:
+        return self._json(request, {"packages": [packageJSON(p) for p in await self.core.store.listPackages()]})
+
+    @app.route("/v1/packages", methods=["POST"])
+    async def addPackage(self, request: IRequest) -> bytes:
+        body = jsonObject(request)
+        name = stringField(body, "name")
+        added = await self.core.addPackage(name, actorOf(request))
+        package = await self.core.store.getPackage(name)
+        return self._json(request, dict(packageJSON(package), added=added), 201 if added else 200)
+
+    @app.route("/v1/packages/<path:rest>", methods=["GET", "DELETE"])
+    async def package(self, request: IRequest, rest: str) -> bytes:
+        baseline = rest.endswith("/baseline")
+        name = rest[: -len("/baseline")] if baseline else rest
+        try:
+            npm.checkPackageName(name)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if request.method == b"DELETE":
+            if baseline:
+                raise BadRequest("a baseline is changed by promoting or rejecting runs, not deleted")
+            await self.core.removePackage(name, actorOf(request))
+            return self._json(request, {"name": name, "removed": True})
+        package = await self.core.store.getPackage(name)
+        if baseline:
+            if package is None and not await self.core.store.packageHasRuns(name):
+                raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
+            rows = await self.core.store.baselineFor(name)
+            return self._json(request, {"package_name": name, "fingerprints": rows})
+        if package is None:
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        return self._json(request, packageJSON(package))
+
+    @app.route("/v1/allow", methods=["GET"])
+    async def listAllow(self, request: IRequest) -> bytes:
+        package = queryArg(request, "package")
+        entries = await self.core.store.listAllow()
+        if package is not None:
+            entries = [e for e in entries if e["scope"] == "global" or e["package_name"] == package]
+        for e in entries:
+            e["created_at"] = nsToTimestamp(e.pop("created_ns"))
+        return self._json(request, {"entries": entries})
+
+    @app.route("/v1/allow", methods=["POST"])
+    async def addAllow(self, request: IRequest) -> bytes:
+        body = jsonObject(request)
+        package = stringField(body, "package_name", required=False)
+        scope = stringField(body, "scope", required=False, default="package" if package else "global")
+        entryID = await self.core.addAllow(
+            stringField(body, "kind"),
+            body.get("value"),
+            scope,
+            package,
+            stringField(body, "note", required=False),
+            actorOf(request),
+        )
+        entries = [e for e in await self.core.store.listAllow() if e["id"] == entryID]
+        entry = entries[0]
+        entry["created_at"] = nsToTimestamp(entry.pop("created_ns"))
+        return self._json(request, entry, 201)
+
+    @app.route("/v1/allow/<entryID>", methods=["DELETE"])
+    async def removeAllow(self, request: IRequest, entryID: str) -> bytes:
+        await self.core.removeAllow(entryID, actorOf(request))
+        return self._json(request, {"id": entryID, "removed": True})
 
     @app.route("/v1/runs/<runID>/events", methods=["GET"])
     async def exportEvents(self, request: IRequest, runID: str) -> Any:

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import attrs
 import yaml
 
+from fangs.orchestrator.allowlist import AllowEntry, AllowlistError, configEntries
 from fangs.wire import WatchedPath
 
 DEFAULT_WATCHED_PATHS: Tuple[WatchedPath, ...] = (
@@ -40,20 +41,12 @@ class ConfigError(ValueError):
 
 
 @attrs.frozen
-class AllowSpec:
-    kind: str
-    value: str
-    note: str = ""
-
-
-@attrs.frozen
 class OrchestratorConfig:
     path: Optional[str] = None
     raw: str = ""
     watchedPaths: Tuple[WatchedPath, ...] = DEFAULT_WATCHED_PATHS
-    allow: Tuple[AllowSpec, ...] = ()
-    #: The raw C{allow:} mapping, for the differ's config-entry loader.
-    allowSection: Dict[str, Any] = attrs.field(factory=dict)
+    #: Global allowlist entries from the C{allow:} section, validated.
+    allow: Tuple[AllowEntry, ...] = ()
     sandboxImage: str = DEFAULT_SANDBOX_IMAGE
     scanDurationSeconds: float = 120.0
     graceSeconds: float = 2.0
@@ -73,9 +66,6 @@ def defaultConfigPath() -> Optional[str]:
         if os.path.exists(c):
             return os.path.normpath(c)
     return None
-
-
-_ALLOW_KINDS = {"cidrs": "cidr", "snis": "sni", "paths": "path", "dns": "dns", "execs": "exec"}
 
 
 def loadConfig(path: Optional[str]) -> OrchestratorConfig:
@@ -118,20 +108,10 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         watched = tuple(parsed)
 
     allowSection = data.get("allow") or {}
-    if not isinstance(allowSection, dict):
-        raise ConfigError("config %s: allow must be a mapping" % (path,))
-    allow: List[AllowSpec] = []
-    for key, kind in _ALLOW_KINDS.items():
-        for i, item in enumerate(allowSection.get(key) or []):
-            if isinstance(item, str):
-                value, note = item, ""
-            elif isinstance(item, dict):
-                value, note = item.get("value"), item.get("note") or ""
-            else:
-                value, note = None, ""
-            if not isinstance(value, str) or not value.strip():
-                raise ConfigError("config %s: allow.%s[%d] needs a value" % (path, key, i))
-            allow.append(AllowSpec(kind, value.strip(), str(note)))
+    try:
+        allow = tuple(configEntries(allowSection))
+    except AllowlistError as e:
+        raise ConfigError("config %s: %s" % (path, e)) from None
 
     sandbox = data.get("sandbox") or {}
     if not isinstance(sandbox, dict):
@@ -151,7 +131,6 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         raw=raw,
         watchedPaths=watched,
         allow=tuple(allow),
-        allowSection=dict(allowSection),
         sandboxImage=image,
         scanDurationSeconds=seconds("duration_seconds", 120.0),
         graceSeconds=seconds("grace_seconds", 2.0),

@@ -9,6 +9,7 @@ method here and renders the answer.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import attrs
@@ -16,9 +17,11 @@ import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from fangs import wire
+from fangs import npm, wire
 from fangs.errors import BadRequest, ConflictError, NotFoundError
+from fangs.orchestrator import allowlist
 from fangs.orchestrator import store as S
+from fangs.orchestrator.analysis import credPathsOf
 from fangs.orchestrator.config import OrchestratorConfig
 from fangs.orchestrator.dispatcher import Dispatcher
 from fangs.orchestrator.registry import RunnerRegistry
@@ -217,6 +220,7 @@ class Orchestrator:
         """
         run = await self.requireRun(runID)
         span = self._deadlineSpan(run)
+        credPaths = credPathsOf(run)
         batches = events = persisted = 0
         # Up to INGEST_PIPELINE batches wait for the store's thread while the
         # next lines are parsed here: the store applies them in order, each
@@ -244,7 +248,7 @@ class Orchestrator:
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
                 now = self.nowNs()
-                inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span), rows))
+                inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows))
                 batches += 1
                 events += len(rows)
                 await settle(INGEST_PIPELINE)
@@ -305,6 +309,61 @@ class Orchestrator:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
         log.info("run {run_id} cancel requested (state {state})", run_id=runID, state=run.state)
         return run
+
+    # -- review ---------------------------------------------------------------
+
+    async def decide(self, runID: str, decision: str, actor: str) -> S.AnalysisOutcome:
+        """
+        C{promoted}, C{rejected} or C{reanalyze} a finished run.
+        """
+        await self.requireRun(runID)
+        analyze = getattr(self.analyzer, "analyze", None)
+        if analyze is None:
+            raise ConflictError("this orchestrator runs without a differ")
+        try:
+            return await analyze(runID, decision=decision, actor=actor)
+        except S.Conflict as e:
+            raise ConflictError(str(e)) from None
+        except S.NotFound:
+            raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
+
+    async def addPackage(self, name: str, actor: str) -> bool:
+        try:
+            npm.checkPackageName(name)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return await self.store.addPackage(name, actor, self.nowNs())
+
+    async def removePackage(self, name: str, actor: str) -> None:
+        if not await self.store.removePackage(name, actor, self.nowNs()):
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+
+    async def addAllow(self, kind: str, value: Any, scope: str, package: str, note: str, actor: str) -> str:
+        if not isinstance(note, str) or len(note) > 500:
+            raise BadRequest("note must be a string of at most 500 characters")
+        if scope == "package" and package:
+            try:
+                npm.checkPackageName(package)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+        try:
+            entry = allowlist.makeEntry(
+                "al" + os.urandom(7).hex(), kind, value, scope=scope, package_name=package, note=note
+            )
+        except allowlist.AllowlistError as e:
+            raise BadRequest(str(e)) from None
+        try:
+            return await self.store.addAllow(entry, actor, self.nowNs())
+        except S.Conflict as e:
+            raise ConflictError(str(e)) from None
+
+    async def removeAllow(self, entryID: str, actor: str) -> None:
+        try:
+            removed = await self.store.removeAllow(entryID, actor, self.nowNs())
+        except S.Conflict as e:
+            raise ConflictError(str(e)) from None
+        if not removed:
+            raise NotFoundError("allowlist entry %s not found" % (entryID,))
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -383,7 +442,7 @@ def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
                 ts = 0
             if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < 2**63:
                 pid = 0
-        rows.append(S.EventRow(seq, idx, etype, ts, pid, _encodePayload(payload)))
+        rows.append(S.EventRow(seq, idx, etype, ts, pid, _encodePayload(payload), payload))
     return seq, rows
 
 

@@ -128,7 +128,6 @@ from __future__ import annotations
 
 import enum
 import re
-from functools import lru_cache
 from typing import (
     AbstractSet,
     Any,
@@ -159,6 +158,7 @@ from fangs.orchestrator.allowlist import (
     providerFor,
     splitDestination,
 )
+from fangs.wire import TAG_CRED_ACCESS, EventType
 
 # ---------------------------------------------------------------------------
 # Categories
@@ -183,14 +183,12 @@ FACT_DEST_PID = "_dest_pid"
 FACT_CATEGORIES = (FACT_NETWORK, FACT_NAMED_PID, FACT_DEST_PID)
 _NETWORK_VALUE = "reached"
 
-# Event types (ref §1.5).
-FILE_ACCESS = 1
-EXEC = 2
-NET_CONNECT = 3
-DNS_QUERY = 4
-TLS_SNI = 5
-
-TAG_CRED_ACCESS = 2
+# Event types (ref §1.5) as plain ints for the hot path.
+FILE_ACCESS = int(EventType.FILE_ACCESS)
+EXEC = int(EventType.EXEC)
+NET_CONNECT = int(EventType.NET_CONNECT)
+DNS_QUERY = int(EventType.DNS_QUERY)
+TLS_SNI = int(EventType.TLS_SNI)
 
 O_WRONLY = 0o1
 O_RDWR = 0o2
@@ -244,10 +242,14 @@ class Severity(enum.IntEnum):
 SEVERITY_LABELS = tuple(s.label for s in Severity)
 
 
-def severityRank(label: str) -> int:
+def severityRank(label: Optional[str]) -> int:
     """
-    Rank of a severity label for comparisons (C{low} = 1 ... C{critical} = 4).
+    Rank of a severity label for comparisons and sorting: C{low} = 1 ...
+    C{critical} = 4, and 0 for "no severity" (C{None} or C{""}, e.g. a run
+    without deviations).  L{ValueError} for any other unknown label.
     """
+    if not label:
+        return 0
     return int(Severity.parse(label))
 
 
@@ -268,26 +270,51 @@ _R7_CACACHE_TMP = re.compile(r"(/\.npm/_cacache/tmp)/[a-f0-9]+")
 _R8_LONG_HEX = re.compile(r"/[a-f0-9]{12,}(?=/|\Z)")
 
 
+def _keepGroup(placeholder: str) -> Any:
+    # A callable replacement: no template expansion on every sub() call.
+    def replace(match: "re.Match[str]") -> str:
+        return match.group(1) + placeholder
+
+    return replace
+
+
+def _prefixGroup(prefix: str) -> Any:
+    def replace(match: "re.Match[str]") -> str:
+        return prefix + match.group(1)
+
+    return replace
+
+
+_SUB_PID = _prefixGroup("/proc/<PID>")
+_SUB_DATE = _prefixGroup("/<DATE>")
+_SUB_SHA = _keepGroup("/<SHA256>")
+_SUB_HASH = _keepGroup("/<HASH>")
+_SUB_HEX = _keepGroup("/<HEX>")
+
+
 def _applyRules(path: str) -> str:
     """
     The eight substitutions; each is gated by a cheap test that is true
-    whenever the rule could match, so most paths only pay for rule 8.
+    whenever the rule could match (tested against the ungated chain), so
+    most paths only pay for rule 8.
     """
     if path.startswith("/proc/"):
-        path = _R1_PROC_PID.sub(r"/proc/<PID>\1", path)
+        path = _R1_PROC_PID.sub(_SUB_PID, path)
     if path.startswith("/tmp/"):
         path = _R2_TMP_RAND.sub("/tmp/<RAND>", path)
-    # Rules 3 and 4 can only match the last component (no "/" inside).
+    # Rules 3 and 4 can only match the last component (no "/" inside), which
+    # must look like "dddd-dd-dd...".
     slash = path.rfind("/")
-    last = path[slash + 1 :]
-    if len(last) > 10 and last[4:5] == "-" and last[7:8] == "-":
-        if "-debug-" in last:
+    if len(path) - slash > 11 and path[slash + 5] == "-" and path[slash + 8] == "-":
+        if "-debug-" in path:
             path = _R3_DEBUG_LOG.sub("/<TIMESTAMP>-debug-<N>.log", path)
-        path = _R4_DATE_FILE.sub(r"/<DATE>\1", path)
+        path = _R4_DATE_FILE.sub(_SUB_DATE, path)
     if "/.npm/_cacache/" in path:
-        path = _R5_CACACHE_CONTENT.sub(r"\1/<SHA256>", path)
-        path = _R6_CACACHE_INDEX.sub(r"\1/<HASH>", path)
-        path = _R7_CACACHE_TMP.sub(r"\1/<HEX>", path)
+        path = _R5_CACACHE_CONTENT.sub(_SUB_SHA, path)
+        if "/.npm/_cacache/index-" in path:
+            path = _R6_CACACHE_INDEX.sub(_SUB_HASH, path)
+        if "/.npm/_cacache/tmp/" in path:
+            path = _R7_CACACHE_TMP.sub(_SUB_HEX, path)
     return _R8_LONG_HEX.sub("/<HEX>", path)
 
 
@@ -297,11 +324,6 @@ def normalizePath(path: str) -> str:
     reference's eight rules.
     """
     return _applyRules(canonicalPath(path))
-
-
-@lru_cache(maxsize=1 << 15)
-def _normalizeCanonical(canonical: str) -> str:
-    return _applyRules(canonical)
 
 
 def normalizeDNS(name: str) -> str:
@@ -388,6 +410,9 @@ class RunFacts:
 # per-event cost to one dict lookup and a few stores.
 _Record = List[Any]
 
+#: Entries of the per-set path memo before it is reset.
+_MEMO_LIMIT = 1 << 16
+
 
 def _intField(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
@@ -416,6 +441,7 @@ class FingerprintSet:
         "_destPid",
         "_cred",
         "_credProc",
+        "_memo",
     )
 
     def __init__(self, credPaths: Iterable[str] = DEFAULT_CRED_PATHS) -> None:
@@ -432,6 +458,8 @@ class FingerprintSet:
         self._network = t[FACT_NETWORK]
         self._named = t[FACT_NAMED_PID]
         self._destPid = t[FACT_DEST_PID]
+        # raw path -> (normalised value, cred by path); bounded.
+        self._memo: Dict[str, Tuple[str, bool]] = {}
         credPaths = tuple(credPaths)
         self._cred = PathPrefixes(credPaths)
         # /proc/self/... cred prefixes also cover /proc/<pid>/... and
@@ -443,22 +471,41 @@ class FingerprintSet:
 
     # -- feeding -----------------------------------------------------------
 
-    def add(self, event_id: int, type: int, payload: Mapping[str, Any]) -> None:
+    def add(self, event_id: int, kind: int, payload: Mapping[str, Any]) -> None:
         """
         Account for one event.  Never raises on a malformed payload.
+
+        (Hot path: exact C{type(...) is} checks instead of C{isinstance}
+        against C{typing} ABCs, which cost more than the rest of the work.
+        Payloads are decoded JSON, so they are plain C{dict}s.)
         """
-        if not isinstance(payload, Mapping):
-            return
-        if type == FILE_ACCESS:
+        if type(payload) is not dict:  # noqa: E721
+            if not isinstance(payload, Mapping):
+                return
+            payload = dict(payload)
+        if kind == FILE_ACCESS:
             path = payload.get("PathName")
-            if not path or not isinstance(path, str):
+            if not path or type(path) is not str:  # noqa: E721
                 return
             header = payload.get("Header")
-            tags = _intField(header.get("Tags")) if isinstance(header, Mapping) else 0
-            canonical = canonicalPath(path)
-            cred = bool(tags & TAG_CRED_ACCESS) or self._credPath(canonical)
-            value = _normalizeCanonical(canonical)
-            table = self._write if _intField(payload.get("Flags")) & WRITE_INTENT else self._read
+            tags = header.get("Tags", 0) if type(header) is dict else 0  # noqa: E721
+            if type(tags) is not int:  # noqa: E721
+                tags = 0
+            flags = payload.get("Flags", 0)
+            if type(flags) is not int:  # noqa: E721
+                flags = 0
+            memo = self._memo
+            hit = memo.get(path)
+            if hit is None:
+                canonical = canonicalPath(path)
+                hit = (_applyRules(canonical), self._credPath(canonical))
+                if len(memo) >= _MEMO_LIMIT:
+                    memo.clear()
+                memo[path] = hit
+            value, cred = hit
+            if tags & TAG_CRED_ACCESS:
+                cred = True
+            table = self._write if flags & WRITE_INTENT else self._read
             record = table.get(value)
             if record is None:
                 table[value] = [1, event_id, cred, False]
@@ -468,36 +515,36 @@ class FingerprintSet:
                     record[1] = event_id
                 if cred:
                     record[2] = True
-        elif type == EXEC:
+        elif kind == EXEC:
             binary = payload.get("BinaryPathStr")
-            if binary and isinstance(binary, str):
+            if binary and type(binary) is str:  # noqa: E721
                 value = normalizeExec(binary)
                 if value:
                     _bump(self._exec, value, event_id)
-        elif type == NET_CONNECT:
+        elif kind == NET_CONNECT:
             _bump(self._network, _NETWORK_VALUE, event_id)
             ip = payload.get("DestIP")
-            if not ip or not isinstance(ip, str) or not ip.strip():
+            if not ip or type(ip) is not str or not ip.strip():  # noqa: E721
                 return
             value = formatDestination(ip, payload.get("DestPort"))
             record = _bump(self._dest, value, event_id)
             record[3] = True
             _bump(self._destPid, "%d %s" % (_pid(payload), value), event_id)
-        elif type == DNS_QUERY or type == TLS_SNI:
+        elif kind == DNS_QUERY or kind == TLS_SNI:
             _bump(self._network, _NETWORK_VALUE, event_id)
-            name = payload.get("QName" if type == DNS_QUERY else "SNI")
-            if not name or not isinstance(name, str):
+            name = payload.get("QName" if kind == DNS_QUERY else "SNI")
+            if not name or type(name) is not str:  # noqa: E721
                 return
             value = normalizeHostName(name)
             if not value:
                 return
-            _bump(self._dns if type == DNS_QUERY else self._sni, value, event_id)
+            _bump(self._dns if kind == DNS_QUERY else self._sni, value, event_id)
             _bump(self._named, str(_pid(payload)), event_id)
 
     def addAll(self, events: Iterable[Tuple[int, int, Mapping[str, Any]]]) -> "FingerprintSet":
         add = self.add
-        for event_id, type, payload in events:
-            add(event_id, type, payload)
+        for event_id, kind, payload in events:
+            add(event_id, kind, payload)
         return self
 
     def _credPath(self, canonical: str) -> bool:
@@ -615,7 +662,7 @@ def _bump(table: Dict[str, _Record], value: str, event_id: int) -> _Record:
 
 def _pid(payload: Mapping[str, Any]) -> int:
     header = payload.get("Header")
-    if isinstance(header, Mapping):
+    if type(header) is dict:  # noqa: E721
         return _intField(header.get("PID"))
     return 0
 

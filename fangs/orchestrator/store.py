@@ -13,6 +13,7 @@ Timestamps are integer nanoseconds since the epoch, so ordering is exact.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import sqlite3
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -22,6 +23,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
+
+from fangs.orchestrator import differ
+from fangs.orchestrator.allowlist import AllowEntry, Allowlist, ConfigSync, planConfigSync
 
 log = Logger()
 
@@ -93,6 +97,10 @@ class RunRow:
     events_received: int
     batches_received: int
     verdict: Optional[str]
+    decision: Optional[str] = None
+    analyzed_ns: Optional[int] = None
+    deviation_count: int = 0
+    max_severity: Optional[str] = None
 
 
 _RUN_COLUMNS = [f.name for f in attrs.fields(RunRow)]
@@ -118,6 +126,8 @@ class EventRow:
     ts_ns: int
     pid: int
     data: str
+    #: The decoded payload, for fingerprint extraction (not stored as such).
+    payload: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -155,6 +165,54 @@ class Page:
 
 class BadPageToken(StoreError):
     pass
+
+
+@attrs.frozen
+class AnalysisOutcome:
+    run_id: str
+    package_name: str
+    verdict: str
+    deviations: int
+    max_severity: Optional[str]
+    #: Whether the verdict, deviation count or severity changed (a repeated
+    #: analysis of the same data changes nothing and notifies nobody).
+    changed: bool
+
+
+@attrs.frozen
+class DeviationRow:
+    id: str
+    run_id: str
+    package_name: str
+    category: str
+    value: str
+    severity: str
+    severity_rank: int
+    reason: str
+    evidence_event_id: int
+    count: int
+    detected_ns: int
+
+
+_DEVIATION_SELECT = (
+    "SELECT id, run_id, package_name, category, value, severity, severity_rank, reason,"
+    " evidence_event_id, count, detected_ns FROM deviations"
+)
+
+
+@attrs.frozen
+class DeviationFilter:
+    package: Optional[str] = None
+    min_severity_rank: int = 0
+    run_id: Optional[str] = None
+    since_ns: Optional[int] = None
+
+
+def deviationID(runID: str, category: str, value: str) -> str:
+    """
+    Deterministic, so a re-analysis yields the same ids.
+    """
+    return hashlib.sha256(("%s|%s|%s" % (runID, category, value)).encode("utf-8")).hexdigest()[:32]
 
 
 def encodeToken(values: Sequence[Any]) -> str:
@@ -234,6 +292,83 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
             data TEXT NOT NULL
         );
         CREATE INDEX events_by_run ON events(run_id, seq, idx);
+        """,
+    ),
+    (
+        2,
+        "differ",
+        """
+        ALTER TABLE runs ADD COLUMN decision TEXT;
+        ALTER TABLE runs ADD COLUMN analyzed_ns INTEGER;
+        ALTER TABLE runs ADD COLUMN deviation_count INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE runs ADD COLUMN max_severity TEXT;
+        ALTER TABLE runs ADD COLUMN severity_rank INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX runs_pending ON runs(severity_rank, finished_ns) WHERE verdict = 'deviations' AND decision IS NULL;
+        CREATE TABLE run_fingerprints (
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            category TEXT NOT NULL,
+            value TEXT NOT NULL,
+            count INTEGER NOT NULL,
+            first_event_id INTEGER NOT NULL,
+            cred INTEGER NOT NULL DEFAULT 0,
+            raw_ip INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (run_id, category, value)
+        ) WITHOUT ROWID;
+        CREATE TABLE baseline (
+            package_name TEXT NOT NULL,
+            category TEXT NOT NULL,
+            value TEXT NOT NULL,
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            count INTEGER NOT NULL,
+            added_ns INTEGER NOT NULL,
+            PRIMARY KEY (package_name, category, value, run_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX baseline_by_run ON baseline(run_id);
+        CREATE TABLE deviations (
+            id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            package_name TEXT NOT NULL,
+            category TEXT NOT NULL,
+            value TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            severity_rank INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            evidence_event_id INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            detected_ns INTEGER NOT NULL
+        );
+        CREATE INDEX deviations_by_run ON deviations(run_id);
+        CREATE INDEX deviations_by_detected ON deviations(detected_ns, id);
+        CREATE INDEX deviations_by_package ON deviations(package_name, detected_ns);
+        CREATE TABLE packages (
+            name TEXT PRIMARY KEY,
+            added_ns INTEGER NOT NULL,
+            added_by TEXT NOT NULL DEFAULT '',
+            last_checked_ns INTEGER,
+            last_seen_version TEXT,
+            etag TEXT
+        );
+        CREATE TABLE allowlist (
+            id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('global', 'package')),
+            package_name TEXT NOT NULL DEFAULT '',
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            note TEXT NOT NULL DEFAULT '',
+            source TEXT NOT NULL DEFAULT 'operator',
+            created_ns INTEGER NOT NULL,
+            created_by TEXT NOT NULL DEFAULT '',
+            UNIQUE (scope, package_name, kind, value)
+        );
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at_ns INTEGER NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX audit_by_target ON audit(target, at_ns);
         """,
     ),
 ]
@@ -519,13 +654,21 @@ class SQLiteStore:
     # -- events --------------------------------------------------------------
 
     def ingestBatch(
-        self, runID: str, seq: int, rows: Sequence[EventRow], nowNs: int, deadlineNs: int
+        self,
+        runID: str,
+        seq: int,
+        rows: Sequence[EventRow],
+        nowNs: int,
+        deadlineNs: int,
+        credPaths: Sequence[str] = (),
     ) -> "Deferred[IngestOutcome]":
         """
-        Store one batch in one transaction.  A batch already stored (same run
-        and C{seq}) is ignored, so a runner may resend safely.
+        Store one batch and its fingerprints in one transaction.  A batch
+        already stored (same run and C{seq}) is ignored, so a runner may
+        resend safely.  Fingerprints are extracted here, batch by batch, so
+        the verdict is ready as soon as the run ends.
         """
-        return self._call(self._thd_ingestBatch, runID, seq, rows, nowNs, deadlineNs)
+        return self._call(self._thd_ingestBatch, runID, seq, rows, nowNs, deadlineNs, credPaths)
 
     def _thd_ingestBatch(
         self,
@@ -535,6 +678,7 @@ class SQLiteStore:
         rows: Sequence[EventRow],
         nowNs: int,
         deadlineNs: int,
+        credPaths: Sequence[str] = (),
     ) -> IngestOutcome:
         with _transaction(conn):
             cur = conn.execute(
@@ -548,6 +692,27 @@ class SQLiteStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [(runID, r.seq, r.idx, r.type, r.ts_ns, nowNs, r.pid, r.data) for r in rows],
             )
+            if rows:
+                # One writer, one transaction: the ids just assigned are
+                # consecutive and end at last_insert_rowid().
+                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                fps = differ.FingerprintSet(credPaths or differ.DEFAULT_CRED_PATHS)
+                first = last - len(rows) + 1
+                for offset, r in enumerate(rows):
+                    if r.payload is not None:
+                        fps.add(first + offset, r.type, r.payload)
+                conn.executemany(
+                    "INSERT INTO run_fingerprints (run_id, category, value, count, first_event_id, cred, raw_ip)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (run_id, category, value) DO UPDATE SET"
+                    " count = count + excluded.count,"
+                    " first_event_id = MIN(first_event_id, excluded.first_event_id),"
+                    " cred = MAX(cred, excluded.cred), raw_ip = MAX(raw_ip, excluded.raw_ip)",
+                    [
+                        (runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip))
+                        for f in fps.rows()
+                    ],
+                )
             conn.execute(
                 "UPDATE runs SET events_received = events_received + ?,"
                 " batches_received = batches_received + 1, last_activity_ns = ?,"
@@ -691,6 +856,438 @@ class SQLiteStore:
             rows = rows[:pageSize]
             token = encodeToken([rows[-1].created_ns, rows[-1].id])
         return Page(rows, token)
+
+    # -- analysis (the differ's plan, executed in one transaction) -------------
+
+    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":
+        """
+        Compare the run's fingerprints with its package's baseline and store
+        the verdict, deviations and baseline rows, all in one transaction.
+        Idempotent: the plan depends only on the run's events, the other
+        runs' baseline rows, the allowlist and the operator's decision.
+        """
+        return self._call(self._thd_analyzeRun, runID, nowNs, credPaths)
+
+    def _thd_analyzeRun(self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str]) -> "AnalysisOutcome":
+        with _transaction(conn):
+            return self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)
+
+    def _thd_analyzeInTransaction(
+        self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str]
+    ) -> "AnalysisOutcome":
+        row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+        if row is None:
+            raise NotFound("run %s not found" % (runID,))
+        run = _runRow(row)
+        before = (run.verdict, run.deviation_count, run.max_severity)
+        fps = differ.FingerprintSet.fromRows(
+            (
+                differ.FingerprintRow(c, v, n, f, bool(cr), bool(ri))
+                for c, v, n, f, cr, ri in conn.execute(
+                    "SELECT category, value, count, first_event_id, cred, raw_ip FROM run_fingerprints WHERE run_id = ?",
+                    (runID,),
+                )
+            ),
+            credPaths or differ.DEFAULT_CRED_PATHS,
+        )
+        allow = Allowlist(self._thd_allowEntries(conn), run.package_name)
+        baselineKeys = {
+            (c, v)
+            for c, v in conn.execute(
+                "SELECT DISTINCT category, value FROM baseline WHERE package_name = ? AND run_id != ?",
+                (run.package_name, runID),
+            )
+        }
+        hasBaseline = (
+            conn.execute(
+                "SELECT 1 FROM runs WHERE package_name = ? AND id != ? AND verdict IN ('baseline', 'clean') LIMIT 1",
+                (run.package_name, runID),
+            ).fetchone()
+            is not None
+        )
+        plan = differ.planAnalysis(
+            fps,
+            baselineKeys,
+            allow,
+            # A run that finished "ok" without a single event means the
+            # sensor saw nothing: never a clean verdict, never a baseline.
+            runState=(run.result_status or "") if run.events_received else "no-events",
+            eventsDropped=run.events_dropped,
+            hasBaseline=hasBaseline,
+            rejected=run.decision == "rejected",
+            promoted=run.decision == "promoted",
+        )
+        conn.execute("DELETE FROM deviations WHERE run_id = ?", (runID,))
+        conn.executemany(
+            "INSERT INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
+            " evidence_event_id, count, detected_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    deviationID(runID, d.category, d.value),
+                    runID,
+                    run.package_name,
+                    d.category,
+                    d.value,
+                    d.severity.label,
+                    int(d.severity),
+                    d.reason,
+                    d.evidence_event_id,
+                    d.count,
+                    run.analyzed_ns or nowNs,
+                )
+                for d in plan.deviations
+            ],
+        )
+        conn.execute("DELETE FROM baseline WHERE run_id = ?", (runID,))
+        if run.package_name:
+            conn.executemany(
+                "INSERT OR IGNORE INTO baseline (package_name, category, value, run_id, count, added_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(run.package_name, f.category, f.value, runID, f.count, nowNs) for f in plan.baseline_add],
+            )
+        maxSeverity = plan.max_severity.label if plan.max_severity is not None else None
+        conn.execute(
+            "UPDATE runs SET verdict = ?, analyzed_ns = COALESCE(analyzed_ns, ?), deviation_count = ?,"
+            " max_severity = ?, severity_rank = ? WHERE id = ?",
+            (plan.verdict, nowNs, len(plan.deviations), maxSeverity, int(plan.max_severity or 0), runID),
+        )
+        after = (plan.verdict, len(plan.deviations), maxSeverity)
+        return AnalysisOutcome(runID, run.package_name, plan.verdict, len(plan.deviations), maxSeverity, after != before)
+
+    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":
+        """
+        An operator's decision on a finished run: C{promoted} (accept its
+        behaviour into the baseline) or C{rejected} (keep the findings, mark
+        it malicious, never baseline it); C{reanalyze} runs the analysis
+        again (after an allowlist change).  One transaction with its audit
+        row.
+
+        @raise NotFound: no such run.
+        @raise Conflict: the run is not finished, or cannot be promoted.
+        """
+        return self._call(self._thd_decide, runID, decision, actor, nowNs, credPaths)
+
+    def _thd_decide(
+        self, conn: sqlite3.Connection, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str]
+    ) -> "AnalysisOutcome":
+        with _transaction(conn):
+            row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+            if row is None:
+                raise NotFound("run %s not found" % (runID,))
+            run = _runRow(row)
+            if run.state not in TERMINAL_STATES or run.result_status is None and run.state != FAILED:
+                raise Conflict("run %s is still %s; decide once it has finished" % (runID, run.state))
+            if decision == "promoted":
+                if not differ.isComplete(run.result_status or "", run.events_dropped):
+                    raise Conflict(
+                        "run %s is incomplete (%s%s); an incomplete run cannot become baseline"
+                        % (
+                            runID,
+                            run.state,
+                            ", %d events dropped" % (run.events_dropped,) if run.events_dropped else "",
+                        )
+                    )
+                if not run.package_name:
+                    raise Conflict("run %s has no package to baseline" % (runID,))
+            if decision in ("promoted", "rejected"):
+                conn.execute("UPDATE runs SET decision = ? WHERE id = ?", (decision, runID))
+            outcome = self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)
+            conn.execute(
+                "INSERT INTO audit (at_ns, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                (
+                    nowNs,
+                    actor,
+                    {"promoted": "promote", "rejected": "reject"}.get(decision, decision),
+                    "run:" + runID,
+                    json.dumps({"verdict": outcome.verdict, "deviations": outcome.deviations, "previous_decision": run.decision}),
+                ),
+            )
+            return outcome
+
+    # -- review reads -------------------------------------------------------------
+
+    def deviationsForRun(self, runID: str) -> "Deferred[List[DeviationRow]]":
+        return self._call(
+            lambda conn: [
+                DeviationRow(*r)
+                for r in conn.execute(
+                    _DEVIATION_SELECT + " WHERE run_id = ? ORDER BY severity_rank DESC, category, value", (runID,)
+                )
+            ]
+        )
+
+    def getDeviation(self, deviationID: str) -> "Deferred[Optional[Tuple[DeviationRow, Optional[StoredEvent]]]]":
+        return self._call(self._thd_getDeviation, deviationID)
+
+    def _thd_getDeviation(self, conn: sqlite3.Connection, deviationID: str) -> Optional[Tuple["DeviationRow", Optional[StoredEvent]]]:
+        r = conn.execute(_DEVIATION_SELECT + " WHERE id = ?", (deviationID,)).fetchone()
+        if r is None:
+            return None
+        dev = DeviationRow(*r)
+        e = conn.execute(
+            "SELECT id, run_id, seq, idx, type, ts_ns, received_ns, pid, data FROM events WHERE id = ?",
+            (dev.evidence_event_id,),
+        ).fetchone()
+        return dev, (StoredEvent(*e) if e else None)
+
+    def listDeviations(self, filter: "DeviationFilter", pageSize: int, pageToken: Optional[str]) -> "Deferred[Page]":
+        after = decodeToken(pageToken, (int, str)) if pageToken else None
+        return self._call(self._thd_listDeviations, filter, pageSize, after)
+
+    def _thd_listDeviations(self, conn: sqlite3.Connection, filter: "DeviationFilter", pageSize: int, after: Optional[List[Any]]) -> Page:
+        where: List[str] = []
+        args: List[Any] = []
+        if filter.package is not None:
+            where.append("package_name = ?")
+            args.append(filter.package)
+        if filter.min_severity_rank:
+            where.append("severity_rank >= ?")
+            args.append(filter.min_severity_rank)
+        if filter.run_id is not None:
+            where.append("run_id = ?")
+            args.append(filter.run_id)
+        if filter.since_ns is not None:
+            where.append("detected_ns >= ?")
+            args.append(filter.since_ns)
+        if after is not None:
+            where.append("(detected_ns < ? OR (detected_ns = ? AND id < ?))")
+            args.extend([after[0], after[0], after[1]])
+        sql = _DEVIATION_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY detected_ns DESC, id DESC LIMIT ?"
+        args.append(pageSize + 1)
+        rows = [DeviationRow(*r) for r in conn.execute(sql, args)]
+        token = None
+        if len(rows) > pageSize:
+            rows = rows[:pageSize]
+            token = encodeToken([rows[-1].detected_ns, rows[-1].id])
+        return Page(rows, token)
+
+    def pendingRuns(self, pageSize: int, pageToken: Optional[str]) -> "Deferred[Page]":
+        """
+        Runs waiting for a decision, highest severity first, then newest.
+        """
+        after = decodeToken(pageToken, (int, int, str)) if pageToken else None
+        return self._call(self._thd_pendingRuns, pageSize, after)
+
+    def _thd_pendingRuns(self, conn: sqlite3.Connection, pageSize: int, after: Optional[List[Any]]) -> Page:
+        sql = _RUN_SELECT + " WHERE verdict = 'deviations' AND decision IS NULL"
+        args: List[Any] = []
+        if after is not None:
+            sql += (
+                " AND (severity_rank < ? OR (severity_rank = ? AND (COALESCE(finished_ns, 0) < ?"
+                " OR (COALESCE(finished_ns, 0) = ? AND id < ?))))"
+            )
+            args = [after[0], after[0], after[1], after[1], after[2]]
+        sql += " ORDER BY severity_rank DESC, COALESCE(finished_ns, 0) DESC, id DESC LIMIT ?"
+        args.append(pageSize + 1)
+        rows = [_runRow(r) for r in conn.execute(sql, args)]
+        token = None
+        if len(rows) > pageSize:
+            rows = rows[:pageSize]
+            last = rows[-1]
+            token = encodeToken([differ.severityRank(last.max_severity or ""), last.finished_ns or 0, last.id])
+        return Page(rows, token)
+
+    # -- packages and baselines -------------------------------------------------
+
+    def addPackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_addPackage, name, actor, nowNs)
+
+    def _thd_addPackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO packages (name, added_ns, added_by) VALUES (?, ?, ?)", (name, nowNs, actor)
+            )
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'package.add', ?)",
+                    (nowNs, actor, "package:" + name),
+                )
+            return cur.rowcount == 1
+
+    def removePackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_removePackage, name, actor, nowNs)
+
+    def _thd_removePackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            cur = conn.execute("DELETE FROM packages WHERE name = ?", (name,))
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'package.remove', ?)",
+                    (nowNs, actor, "package:" + name),
+                )
+            return cur.rowcount == 1
+
+    def listPackages(self) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(self._thd_listPackages)
+
+    def _thd_listPackages(self, conn: sqlite3.Connection, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        sql = (
+            "SELECT p.name, p.added_ns, p.last_checked_ns, p.last_seen_version,"
+            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name),"
+            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict IN ('baseline', 'clean')),"
+            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict = 'deviations' AND r.decision IS NULL),"
+            " (SELECT COUNT(DISTINCT category || char(0) || value) FROM baseline b WHERE b.package_name = p.name)"
+            " FROM packages p"
+        )
+        args: Tuple[Any, ...] = ()
+        if name is not None:
+            sql += " WHERE p.name = ?"
+            args = (name,)
+        sql += " ORDER BY p.name"
+        return [
+            {
+                "name": r[0],
+                "added_ns": r[1],
+                "last_checked_ns": r[2],
+                "last_seen_version": r[3],
+                "runs": r[4],
+                "baseline_runs": r[5],
+                "pending_runs": r[6],
+                "baseline_fingerprints": r[7],
+            }
+            for r in conn.execute(sql, args)
+        ]
+
+    def getPackage(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        return self._call(lambda conn: (self._thd_listPackages(conn, name) or [None])[0])
+
+    def baselineFor(self, package: str) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        The package's baseline: each fingerprint with the number of runs that
+        showed it and the first and last of them.
+        """
+        return self._call(
+            lambda conn: [
+                {
+                    "category": r[0],
+                    "value": r[1],
+                    "occurrences": r[2],
+                    "events": r[3],
+                    "first_seen_run_id": r[4],
+                    "last_seen_run_id": r[5],
+                }
+                for r in conn.execute(
+                    "SELECT category, value, COUNT(*), SUM(count), MIN(run_id), MAX(run_id) FROM baseline"
+                    " WHERE package_name = ? GROUP BY category, value ORDER BY category, value",
+                    (package,),
+                )
+            ]
+        )
+
+    def packageHasRuns(self, package: str) -> "Deferred[bool]":
+        return self._call(
+            lambda conn: conn.execute("SELECT 1 FROM runs WHERE package_name = ? LIMIT 1", (package,)).fetchone()
+            is not None
+        )
+
+    # -- allowlist ----------------------------------------------------------------
+
+    def _thd_allowEntries(self, conn: sqlite3.Connection) -> List[AllowEntry]:
+        return [
+            AllowEntry(id=r[0], kind=r[1], value=r[2], scope=r[3], package_name=r[4], note=r[5])
+            for r in conn.execute(
+                "SELECT id, kind, value, scope, package_name, note FROM allowlist ORDER BY scope, package_name, kind, value"
+            )
+        ]
+
+    def listAllow(self) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(
+            lambda conn: [
+                {
+                    "id": r[0],
+                    "kind": r[1],
+                    "value": r[2],
+                    "scope": r[3],
+                    "package_name": r[4] or None,
+                    "note": r[5],
+                    "source": r[6],
+                    "created_ns": r[7],
+                    "created_by": r[8],
+                }
+                for r in conn.execute(
+                    "SELECT id, kind, value, scope, package_name, note, source, created_ns, created_by FROM allowlist"
+                    " ORDER BY scope, package_name, kind, value"
+                )
+            ]
+        )
+
+    def addAllow(self, entry: AllowEntry, actor: str, nowNs: int) -> "Deferred[str]":
+        """
+        @raise Conflict: the same entry exists already.
+        """
+        return self._call(self._thd_addAllow, entry, actor, nowNs)
+
+    def _thd_addAllow(self, conn: sqlite3.Connection, entry: AllowEntry, actor: str, nowNs: int) -> str:
+        with _transaction(conn):
+            try:
+                conn.execute(
+                    "INSERT INTO allowlist (id, scope, package_name, kind, value, note, source, created_ns, created_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'operator', ?, ?)",
+                    (entry.id, entry.scope, entry.package_name, entry.kind, entry.value, entry.note, nowNs, actor),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("an identical %s allowlist entry exists already" % (entry.kind,)) from None
+            conn.execute(
+                "INSERT INTO audit (at_ns, actor, action, target, detail) VALUES (?, ?, 'allow.add', ?, ?)",
+                (nowNs, actor, "allow:" + entry.id, json.dumps({"kind": entry.kind, "value": entry.value, "scope": entry.scope, "package": entry.package_name})),
+            )
+            return entry.id
+
+    def removeAllow(self, entryID: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_removeAllow, entryID, actor, nowNs)
+
+    def _thd_removeAllow(self, conn: sqlite3.Connection, entryID: str, actor: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            row = conn.execute("SELECT source FROM allowlist WHERE id = ?", (entryID,)).fetchone()
+            if row is None:
+                return False
+            if row[0] == "config":
+                raise Conflict("allowlist entry %s comes from the configuration file; remove it there" % (entryID,))
+            conn.execute("DELETE FROM allowlist WHERE id = ?", (entryID,))
+            conn.execute(
+                "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'allow.remove', ?)",
+                (nowNs, actor, "allow:" + entryID),
+            )
+            return True
+
+    def syncConfigAllow(self, wanted: Sequence[AllowEntry], nowNs: int) -> "Deferred[ConfigSync]":
+        """
+        Make the config-managed entries equal the configuration file: new
+        lines added, changed notes updated, removed lines deleted.
+        """
+        return self._call(self._thd_syncConfigAllow, wanted, nowNs)
+
+    def _thd_syncConfigAllow(self, conn: sqlite3.Connection, wanted: Sequence[AllowEntry], nowNs: int) -> ConfigSync:
+        with _transaction(conn):
+            existing = [
+                AllowEntry(id=r[0], kind=r[1], value=r[2], scope=r[3], package_name=r[4], note=r[5])
+                for r in conn.execute(
+                    "SELECT id, kind, value, scope, package_name, note FROM allowlist WHERE source = 'config'"
+                )
+            ]
+            plan = planConfigSync(existing, wanted)
+            for e in plan.insert:
+                conn.execute(
+                    "INSERT OR REPLACE INTO allowlist (id, scope, package_name, kind, value, note, source, created_ns, created_by)"
+                    " VALUES (?, 'global', '', ?, ?, ?, 'config', ?, 'config')",
+                    (e.id, e.kind, e.value, e.note, nowNs),
+                )
+            for e in plan.update:
+                conn.execute("UPDATE allowlist SET note = ? WHERE id = ?", (e.note, e.id))
+            for entryID in plan.delete:
+                conn.execute("DELETE FROM allowlist WHERE id = ?", (entryID,))
+            return plan
+
+    def auditFor(self, target: str) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(
+            lambda conn: [
+                {"at_ns": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4])}
+                for r in conn.execute(
+                    "SELECT at_ns, actor, action, target, detail FROM audit WHERE target = ? ORDER BY id", (target,)
+                )
+            ]
+        )
 
 
 def _statements(sql: str) -> Iterable[str]:

@@ -86,6 +86,13 @@ class OrchestratorService(service.MultiService):
         requeued = await self.store.requeueLeased()
         if requeued:
             log.info("{n} leased jobs went back to the queue", n=requeued)
+        sync = await self.store.syncConfigAllow(self.core.config.allow, self.core.nowNs())
+        log.info(
+            "config allowlist synced: {added} added, {updated} updated, {removed} removed",
+            added=len(sync.insert),
+            updated=len(sync.update),
+            removed=len(sync.delete),
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -105,6 +112,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: only here, never at import time
 
+    from fangs.orchestrator.analysis import RunAnalyzer
     from fangs.orchestrator.api import OrchestratorAPI
     from fangs.orchestrator.core import Orchestrator
     from fangs.orchestrator.dispatcher import Dispatcher
@@ -118,6 +126,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     store = SQLiteStore(dbPath, reactor)
     registry = RunnerRegistry(reactor)
     dispatcher = Dispatcher(reactor, store, pollWait=options["poll-wait"])
+    analyzer = RunAnalyzer(reactor, store)
     core = Orchestrator(
         reactor,
         store,
@@ -126,6 +135,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         options["loaded-config"],
         orchestratorID=options["id"],
         version=fangs.__version__,
+        analyzer=analyzer,
     )
     api = OrchestratorAPI(core)
     top = OrchestratorService(store, core)

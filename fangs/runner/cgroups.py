@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from typing import Callable
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -90,12 +91,14 @@ class CgroupManager:
     Creates and removes the per-run parent cgroups under C{<root>/<parent>}.
     """
 
-    def __init__(self, root: str = DEFAULT_ROOT, parent: str = "fangs", v1Root: str | None = "/sys/fs/cgroup") -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, parent: str = "fangs", v1Root: str | None = "/sys/fs/cgroup",
+                 rmdir: Callable[[str], None] = os.rmdir) -> None:
         if not _SAFE_NAME.match(parent):
             raise ValueError("cgroup parent name %r is not a plain directory name" % (parent,))
         self.root = root
         self.parent = parent
         self.v1Root = v1Root
+        self._rmdir = rmdir
 
     def _v1Copies(self, runHex: str) -> list[str]:
         """
@@ -164,7 +167,7 @@ class CgroupManager:
             busy = []
             for path in pending:
                 try:
-                    _removeTree(path)
+                    _removeTree(path, self._rmdir)
                 except FileNotFoundError:
                     pass
                 except OSError as e:
@@ -180,7 +183,7 @@ class CgroupManager:
         return False
 
 
-def _removeTree(path: str) -> None:
+def _removeTree(path: str, rmdir: Callable[[str], None] = os.rmdir) -> None:
     """
     rmdir a cgroup and its (process-free) descendants, deepest first.  A
     cgroup directory's files are virtual: only directories are removed.
@@ -188,10 +191,10 @@ def _removeTree(path: str) -> None:
     for dirpath, dirnames, _ in os.walk(path, topdown=False):
         for d in dirnames:
             try:
-                os.rmdir(os.path.join(dirpath, d))
+                rmdir(os.path.join(dirpath, d))
             except FileNotFoundError:
                 pass
-    os.rmdir(path)
+    rmdir(path)
 
 
 def _rmdirQuietly(path: str) -> None:

@@ -21,7 +21,8 @@ import json
 from typing import Any, Optional, Type, TypeVar
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
@@ -187,11 +188,33 @@ class OrchestratorClient:
         by C{timeout} seconds (cancelled on expiry: L{defer.TimeoutError}).
         """
         d = Deferred.fromCoroutine(self._exchange(method, path, data, contentType))
-        d.addTimeout(self._timeout if timeout is None else timeout, self._clock)
-        return await d
+        limit = self._timeout if timeout is None else timeout
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        call = self._clock.callLater(limit, expire)
+        try:
+            return await d
+        except Exception as e:
+            # Twisted's Agent reports a cancelled request as
+            # ResponseNeverReceived([CancelledError]) and the like; give our
+            # callers a plain TimeoutError or CancelledError.
+            if expired:
+                raise TimeoutError("%s %s: no answer within %gs" % (method, path, limit)) from None
+            if _wasCancelled(e):
+                raise CancelledError() from None
+            raise
+        finally:
+            if call.active():
+                call.cancel()
 
     async def _exchange(self, method: str, path: str, data: Any,
                         contentType: Optional[bytes]) -> tuple[int, bytes]:
+        if isinstance(data, bytes):
+            data = BytesProducer(data)
         headers = {b"Accept": [_JSON]}
         if contentType is not None:
             headers[b"Content-Type"] = [contentType]
@@ -214,6 +237,38 @@ class OrchestratorClient:
         except wire.WireError as e:
             raise OrchestratorError(status, "bad_response", "cannot read %s: %s"
                                     % (cls.__name__, e)) from None
+
+
+@implementer(IBodyProducer)
+class BytesProducer:
+    """
+    A body known in advance, written at once (treq's default producer for
+    bytes goes through the global cooperator, which a test clock cannot
+    drive).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def _wasCancelled(e: BaseException) -> bool:
+    if isinstance(e, (CancelledError, ConnectingCancelledError)):
+        return True
+    return any(r.check(CancelledError) for r in getattr(e, "reasons", None) or ())
 
 
 def _segment(text: str) -> str:

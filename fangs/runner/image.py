@@ -80,6 +80,18 @@ def _run(argv: List[str], what: str, **kw) -> subprocess.CompletedProcess:
     return done
 
 
+def requireDocker() -> None:
+    """
+    Raise L{ImageError} unless the docker CLI reaches a running daemon.
+    """
+    try:
+        done = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True)
+    except FileNotFoundError:
+        raise ImageError("docker CLI is not installed (run `make setup`)") from None
+    if done.returncode != 0:
+        raise ImageError("dockerd is not answering (run `make setup`): %s" % (_tail(done.stderr),))
+
+
 def imageExists(tag: str) -> bool:
     return subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0
 
@@ -129,7 +141,7 @@ def populateRoot(root: Path, node: str = "/usr/bin/node", npmDir: str = "/usr/li
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("../lib/node_modules/npm/bin/" + script)
-    certs = root / caBundle.lstrip("/")
+    certs = root / CA_BUNDLE.lstrip("/")
     certs.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(caBundle, certs)
     # The default sandbox user: uid/gid 1000 with a home npm can write to.
@@ -156,6 +168,8 @@ def importRoot(root: Path, tag: str, changes: Iterable[str] = IMPORT_CHANGES) ->
     """
     C{tar -C root -c . | docker import --change ... - tag}.
     """
+    if not (root / "etc/passwd").is_file():
+        raise ImageError("%s is not a root filesystem" % (root,))
     argv = ["docker", "import"]
     for change in changes:
         argv += ["--change", change]
@@ -170,6 +184,8 @@ def importRoot(root: Path, tag: str, changes: Iterable[str] = IMPORT_CHANGES) ->
         tar.stderr.close()
         tar.wait()
     if tar.returncode != 0:
+        if imported.returncode == 0:
+            subprocess.run(["docker", "image", "rm", tag], capture_output=True)
         raise ImageError("tar of the root filesystem failed: %s" % (_tail(tarErr),))
     if imported.returncode != 0:
         raise ImageError("docker import failed: %s" % (_tail(imported.stderr),))
@@ -182,6 +198,7 @@ def buildSandboxImage(tag: str = SANDBOX_IMAGE, progress: Progress = _quiet, mir
     """
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed (run `make setup`)")
+    requireDocker()
     with tempfile.TemporaryDirectory(prefix="fangs-rootfs-", dir=workDir or "/var/tmp") as tmp:
         root = Path(tmp) / "root"
         progress("debootstrap %s (minbase) from %s ..." % (suite, mirror))
@@ -207,6 +224,7 @@ def ensureSandboxImage(tag: str = SANDBOX_IMAGE, progress: Progress = _quiet) ->
     """
     Build the image unless it exists.  Returns whether it was built.
     """
+    requireDocker()
     if imageExists(tag):
         progress("%s present" % (tag,))
         return False
@@ -241,9 +259,13 @@ def buildFixturesImage(tag: str = FIXTURES_IMAGE, base: str = SANDBOX_IMAGE, fix
         dockerfile += "LABEL io.fangs.fixtures=%s\n" % (_fixturesKey(base, fixtures),)
         (Path(tmp) / "Dockerfile").write_text(dockerfile)
         progress("docker build %s from %s ..." % (tag, base))
+        previous = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True)
         env = dict(os.environ, DOCKER_BUILDKIT="0")
         _run(["docker", "build", "--pull=false", "--network", "none", "-q", "-t", tag, tmp],
              "docker build " + tag, env=env)
+        # The image this tag named before is now dangling: drop it.
+        if previous.returncode == 0 and previous.stdout.strip():
+            subprocess.run(["docker", "image", "rm", previous.stdout.strip()], capture_output=True)
 
 
 def ensureFixturesImage(tag: str = FIXTURES_IMAGE, base: str = SANDBOX_IMAGE, fixtures: Path = FIXTURES_DIR,

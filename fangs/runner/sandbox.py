@@ -32,6 +32,7 @@ section 15 of the reference):
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import re
@@ -50,6 +51,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 
+from fangs.runner.cgroups import cgroupOfPid
 from fangs.wire import RunID, SandboxSpec
 
 log = Logger()
@@ -136,7 +138,7 @@ class ExitInfo:
 def npmInstallCommand(package: str, version: str) -> List[str]:
     """
     The sandbox command that installs C{package@version} with its install
-    scripts forced on, prints the last 20 lines of npm's output, waits 2 s
+    scripts forced on, prints the last 40 lines of npm's output, waits 2 s
     for stragglers, and exits with npm's own exit status.
 
     The package spec reaches the shell quoted with C{shlex.quote}, after
@@ -150,12 +152,12 @@ def npmInstallCommand(package: str, version: str) -> List[str]:
     if not isinstance(version, str) or version.startswith("-") or "\0" in version:
         raise ValueError("bad version %r" % (version,))
     spec = package + "@" + version if version else package
-    npm = ("npm install --no-audit --no-fund --ignore-scripts=false --dangerously-allow-all-scripts"
+    npm = ("npm install --no-audit --no-fund --no-update-notifier --ignore-scripts=false --dangerously-allow-all-scripts"
            " --foreground-scripts -- " + shlex.quote(spec))
     status = "/tmp/.fangs-npm-status"
     script = (
         "cd /tmp && mkdir -p t && cd t && npm init -y >/dev/null 2>&1"
-        " && { " + npm + " 2>&1; echo $? >" + status + "; } | tail -n 20;"
+        " && { " + npm + " 2>&1; echo $? >" + status + "; } | tail -n 40;"
         " s=$(cat " + status + " 2>/dev/null || echo 1); sleep 2; exit ${s:-1}"
     )
     return ["sh", "-c", script]
@@ -175,7 +177,6 @@ def makeBait(home: str = "/root") -> Dict[str, str]:
     akid = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
     secret = secrets.token_urlsafe(30)[:40]
     body = secrets.token_bytes(900)
-    import base64
 
     b64 = base64.b64encode(b"openssh-key-v1\0" + body).decode()
     lines = [b64[i:i + 70] for i in range(0, len(b64), 70)]
@@ -283,6 +284,10 @@ def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage:
             raise SandboxError("bad environment variable %r" % (key,))
         env[key] = value
     command = list(spec.command or [])
+    if not command or not all(isinstance(word, str) and "\0" not in word for word in command):
+        # The image's default command is a shell that exits 0 at once: a
+        # run that did nothing must not be reported ok.
+        raise SandboxError("sandbox command is empty or not a list of strings")
 
     if bait is None:
         bait = makeBait("/root")
@@ -321,7 +326,7 @@ def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage:
         "AutoRemove": False,
     }
     create = {
-        "command": command or None,
+        "command": command,
         "user": user,
         "environment": ["%s=%s" % kv for kv in sorted(env.items())],
         "working_dir": spec.working_dir or None,
@@ -405,7 +410,9 @@ def _thd_launch(api, plan: LaunchPlan) -> Dict[str, Any]:
             raise SandboxError("start container: %s" % (_oneLine(e.explanation or str(e)),)) from None
         raise
     # A container that already exited is not a launch failure: wait() reports it.
-    return {"id": cid, "imageID": imageID, "pid": state.get("Pid") or 0, "status": state.get("Status", "")}
+    pid = state.get("Pid") or 0
+    return {"id": cid, "imageID": imageID, "pid": pid, "status": state.get("Status", ""),
+            "cgroup": (cgroupOfPid(pid) or "") if pid else ""}
 
 
 def _exitInfo(state: Dict[str, Any]) -> ExitInfo:
@@ -498,15 +505,20 @@ class SandboxHandle:
 
     @ivar containerID: Docker's id of the container.
     @ivar imageID: the image id it was created from (the resolved digest).
+    @ivar pid: the container's first process on this machine right after
+        start (0 if it had already exited).
+    @ivar cgroupPath: that process's cgroup v2 path, C{<cgroup_parent>/<id>}
+        ("" if it had already exited).
     @ivar bait: the planted fake credentials, path → content.
     """
 
     def __init__(self, sandbox: "DockerSandbox", containerID: str, imageID: str, pid: int,
-                 bait: Dict[str, str]) -> None:
+                 bait: Dict[str, str], cgroupPath: str = "") -> None:
         self._sandbox = sandbox
         self.containerID = containerID
         self.imageID = imageID
         self.pid = pid
+        self.cgroupPath = cgroupPath
         self.bait = bait
         self._exit: Optional[ExitInfo] = None
         self._waiters: List[Deferred] = []
@@ -667,4 +679,4 @@ class DockerSandbox:
             raise SandboxError("docker: %s" % (_oneLine(str(e)),)) from None
         log.info("sandbox {cid} for run {run} from {image} ({status})", cid=started["id"][:12], run=runID.hex(),
                  image=plan.image, status=started["status"])
-        return SandboxHandle(self, started["id"], started["imageID"], started["pid"], plan.bait)
+        return SandboxHandle(self, started["id"], started["imageID"], started["pid"], plan.bait, started["cgroup"])

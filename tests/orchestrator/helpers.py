@@ -15,6 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fangs import wire
+from fangs.orchestrator.analysis import RunAnalyzer
 from fangs.orchestrator.api import OrchestratorAPI
 from fangs.orchestrator.config import OrchestratorConfig
 from fangs.orchestrator.core import Orchestrator
@@ -34,8 +35,9 @@ class InMemoryOrchestrator:
         testCase.addCleanup(self.store.stop)
         self.registry = RunnerRegistry(self.clock)
         self.dispatcher = Dispatcher(self.clock, self.store, pollWait=25.0)
+        self.analyzer = RunAnalyzer(self.clock, self.store)
         self.core = Orchestrator(
-            self.clock, self.store, self.registry, self.dispatcher, config or OrchestratorConfig()
+            self.clock, self.store, self.registry, self.dispatcher, config or OrchestratorConfig(), analyzer=self.analyzer
         )
         self.api = OrchestratorAPI(self.core)
         self.treq = StubTreq(self.api.resource())
@@ -118,3 +120,34 @@ def fileEvent(path: str, flags: int = 0, tags: int = 0, pid: int = 100) -> dict:
             "CommStr": "node",
         },
     }
+
+
+def execEvent(binary: str, pid: int = 101) -> dict:
+    return {"type": wire.EventType.EXEC, "payload": {"Header": {"TsNs": 5, "PID": pid, "PPID": 100, "Type": 2}, "BinaryPathStr": binary, "ArgvStrs": [binary], "CommStr": "sh"}}
+
+
+def connectEvent(ip: str, port: int, pid: int = 102) -> dict:
+    return {"type": wire.EventType.NET_CONNECT, "payload": {"Header": {"TsNs": 6, "PID": pid, "Type": 3}, "Family": 10 if ":" in ip else 2, "DestIP": ip, "DestPort": port, "CommStr": "node"}}
+
+
+def dnsEvent(name: str, pid: int = 102) -> dict:
+    return {"type": wire.EventType.DNS_QUERY, "payload": {"Header": {"TsNs": 7, "PID": pid, "Type": 4}, "QName": name, "QType": 1, "DestIP": "127.0.0.1", "DestPort": 53, "CommStr": "node"}}
+
+
+def sniEvent(name: str, pid: int = 102) -> dict:
+    return {"type": wire.EventType.TLS_SNI, "payload": {"Header": {"TsNs": 8, "PID": pid, "Type": 5}, "SNI": name, "Source": 3, "CommStr": "node"}}
+
+
+def runScan(o: "InMemoryOrchestrator", events: list, status: str = "ok", dropped: int = 0, package: str = "left-pad", version: str = "1.3.0") -> str:
+    """
+    A whole scan through the API: submit, dispatch, events, result.
+    """
+    runID = o.submit(package_name=package, version=version)
+    code, job = o.poll()
+    assert code == 200, (code, job)
+    if events:
+        code, ack = o.call("POST", "/v1/runs/%s/events" % (runID,), raw=batchLine(1, events))
+        assert code == 200, ack
+    code, ack = o.call("POST", "/v1/runs/%s/result" % (runID,), {"status": status, "events_emitted": len(events), "events_dropped": dropped})
+    assert code == 200, ack
+    return runID

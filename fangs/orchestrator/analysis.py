@@ -1,0 +1,72 @@
+"""
+When a run ends, analyse it: the store executes the differ's plan in one
+transaction and this tells whoever listens (the notifier) about verdicts that
+changed.  Analysis runs once per finished run; a repeated analysis of the
+same data changes nothing and tells nobody.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, List, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from fangs.orchestrator.store import AnalysisOutcome, RunRow
+
+log = Logger()
+
+
+def credPathsOf(run: RunRow) -> List[str]:
+    """
+    The cred-tagged watched prefixes of the run's job.
+    """
+    try:
+        job = json.loads(run.job)
+    except ValueError:
+        return []
+    return [w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged")]
+
+
+class RunAnalyzer:
+    def __init__(self, clock: IReactorTime, store: Any) -> None:
+        self._clock = clock
+        self._store = store
+        self.listeners: List[Callable[[AnalysisOutcome], Any]] = []
+        self.durations: List[float] = []
+
+    def batchStored(self, runID: str, rows: Any, firstEventID: Optional[int]) -> None:
+        pass  # fingerprints are extracted by the store inside the batch's transaction
+
+    def runFinished(self, runID: str) -> None:
+        d = Deferred.fromCoroutine(self.analyze(runID))
+        d.addErrback(lambda f: log.failure("analysis of run {run_id} failed", f, run_id=runID))
+
+    async def analyze(self, runID: str, decision: Optional[str] = None, actor: str = "system") -> AnalysisOutcome:
+        run = await self._store.getRun(runID)
+        if run is None:
+            raise LookupError(runID)
+        started = self._clock.seconds()
+        now = int(started * 1_000_000_000)
+        if decision is None:
+            outcome = await self._store.analyzeRun(runID, now, credPathsOf(run))
+        else:
+            outcome = await self._store.decide(runID, decision, actor, now, credPathsOf(run))
+        self.durations.append(self._clock.seconds() - started)
+        log.info(
+            "run {run_id} ({package}) verdict {verdict}: {deviations} deviations, max severity {severity}",
+            run_id=runID,
+            package=outcome.package_name,
+            verdict=outcome.verdict,
+            deviations=outcome.deviations,
+            severity=outcome.max_severity or "-",
+        )
+        if outcome.changed:
+            for listener in self.listeners:
+                try:
+                    listener(outcome)
+                except Exception:
+                    log.failure("verdict listener failed for run {run_id}", run_id=runID)
+        return outcome

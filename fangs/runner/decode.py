@@ -1,0 +1,403 @@
+"""
+Pure decoding for the eBPF sensor: ring buffer records to payload dicts, DNS
+and TLS ClientHello parsers, path canonicalisation and per-run watched-prefix
+matching.  Nothing here imports Twisted or BCC.
+
+The record layout mirrors C{bpf/sensor.c} (little-endian x86-64); the payload
+dicts follow the Go reference's JSON shape (PascalCase keys, a C{Header}
+object, C{CommStr}, raw byte arrays left out).  Keys starting with C{_} are
+for the sensor's own use and are removed before a payload is delivered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+# Record types: 1..5 are fangs.wire.EventType; the others stay inside the sensor.
+T_FILE = 1
+T_EXEC = 2
+T_NET = 3
+T_DNS = 4
+T_TLS = 5
+T_CHDIR = 100
+T_FORK = 101
+T_EXIT = 102
+T_FCHDIR = 103
+T_DIRFD = 104
+
+TAG_INTERESTING = 1
+TAG_CRED_ACCESS = 2
+TAGS_CRED = TAG_INTERESTING | TAG_CRED_ACCESS
+
+AT_FDCWD = -100
+#: open(2) flags that mean the caller may modify the file.
+WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND
+
+#: Bytes of path the kernel compares in its LPM trie (sensor.c LPM_CAP).
+LPM_CAP = 248
+
+SOURCE_NAMES = {1: "libssl", 2: "node_internal", 3: "tcp_clienthello"}
+
+_HDR = struct.Struct("<QQ16sIIIIII16sBBHI")
+HEADER_SIZE = _HDR.size  # 80
+_FILE = struct.Struct("<iiHBB")  # at 80; path at 100
+FILE_FIXED = 100
+_EXEC = struct.Struct("<BBHi")  # at 80
+_ANC = struct.Struct("<II16s")  # 5 of them at 88
+_ARGLEN = struct.Struct("<16H")  # at 208
+EXEC_BIN = 240
+EXEC_ARGV = 496
+ARG_CAP = 128
+EXEC_SIZE = 2544
+_NET = struct.Struct("<HHI16s")  # at 80
+NET_SIZE = 104
+_DATA = struct.Struct("<HHI16sHBBI")  # at 80; data at 112
+DATA_FIXED = 112
+_FORK = struct.Struct("<I")  # at 80
+
+assert HEADER_SIZE == 80 and _DATA.size == 32
+
+
+class DecodeError(ValueError):
+    """
+    A record too short for its type, or of an unknown type.
+    """
+
+
+def cstring(raw: bytes) -> bytes:
+    end = raw.find(b"\0")
+    return raw if end < 0 else raw[:end]
+
+
+def text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def formatIP(family: int, addr: bytes) -> str:
+    """
+    Like Go's C{net.IP.String()}: dotted quad, compressed IPv6 without
+    brackets, IPv4-mapped IPv6 as a dotted quad.
+    """
+    if family == 2:
+        return str(ipaddress.IPv4Address(addr[:4]))
+    if family == 10:
+        ip = ipaddress.IPv6Address(addr[:16])
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ip)
+    return ""
+
+
+def decodeRecord(data: bytes) -> Tuple[int, Dict[str, Any]]:
+    """
+    Turn one ring buffer record into C{(type, payload)}.
+
+    File records carry C{_path} (raw bytes), C{_resolve} (the kernel could not
+    match the path itself) and every record carries C{_slot}; internal types
+    (chdir, fork, exit) carry what the sensor needs to follow working
+    directories.  Raises L{DecodeError} for short or unknown records.
+    """
+    if len(data) < HEADER_SIZE:
+        raise DecodeError("record of %d bytes is shorter than the header" % (len(data),))
+    ts, cgid, runID, pid, tid, ppid, uid, gid, slot, comm, rtype, tags, _p0, _p1 = _HDR.unpack_from(data)
+    header = {
+        "TsNs": ts,
+        "CgroupID": cgid,
+        "RunID": list(runID),
+        "PID": pid,
+        "TID": tid,
+        "PPID": ppid,
+        "UID": uid,
+        "GID": gid,
+        "Type": rtype,
+        "Tags": tags,
+    }
+    payload: Dict[str, Any] = {"Header": header, "_slot": slot, "_run": runID}
+    if rtype == T_FILE or rtype == T_CHDIR or rtype == T_DIRFD:
+        if len(data) < FILE_FIXED:
+            raise DecodeError("file record of %d bytes" % (len(data),))
+        dfd, flags, pathLen, truncated, resolve = _FILE.unpack_from(data, HEADER_SIZE)
+        path = data[FILE_FIXED : FILE_FIXED + pathLen]
+        payload["DFD"] = dfd
+        payload["Flags"] = flags
+        payload["PathLen"] = pathLen
+        payload["Truncated"] = truncated
+        payload["_path"] = path
+        payload["_resolve"] = bool(resolve)
+    elif rtype == T_EXEC:
+        if len(data) < EXEC_SIZE:
+            raise DecodeError("exec record of %d bytes" % (len(data),))
+        argc, argvTruncated, binLen, dfd = _EXEC.unpack_from(data, HEADER_SIZE)
+        argLens = _ARGLEN.unpack_from(data, 208)
+        argv = []
+        for i in range(min(argc, 16)):
+            off = EXEC_ARGV + i * ARG_CAP
+            argv.append(text(data[off : off + min(argLens[i], ARG_CAP - 1)]))
+        ancestors = []
+        ancestorComms = []
+        chainEnded = False
+        for i in range(5):
+            apid, appid, acomm = _ANC.unpack_from(data, 88 + i * 24)
+            ancestors.append({"PID": apid, "PPID": appid, "Comm": list(acomm)})
+            if apid == 0:
+                chainEnded = True
+            if not chainEnded:
+                ancestorComms.append(text(cstring(acomm)))
+        payload["Argc"] = argc
+        payload["ArgvTruncated"] = argvTruncated
+        payload["DFD"] = dfd
+        payload["BinaryPathStr"] = text(data[EXEC_BIN : EXEC_BIN + min(binLen, 255)])
+        payload["ArgvStrs"] = argv
+        payload["Ancestors"] = ancestors
+        payload["AncestorComms"] = ancestorComms
+    elif rtype == T_NET:
+        if len(data) < NET_SIZE:
+            raise DecodeError("net record of %d bytes" % (len(data),))
+        family, port, fd, addr = _NET.unpack_from(data, HEADER_SIZE)
+        payload["Family"] = family
+        payload["Source"] = 1
+        payload["DestPort"] = port
+        payload["Sockfd"] = fd
+        payload["DestIP"] = formatIP(family, addr)
+    elif rtype == T_DNS or rtype == T_TLS:
+        if len(data) < DATA_FIXED:
+            raise DecodeError("data record of %d bytes" % (len(data),))
+        family, port, fd, addr, dataLen, source, _syscall, totalLen = _DATA.unpack_from(data, HEADER_SIZE)
+        body = data[DATA_FIXED : DATA_FIXED + dataLen]
+        if rtype == T_DNS:
+            payload["Family"] = family
+            payload["DestPort"] = port
+            payload["QueryLen"] = len(body)
+            try:
+                qname, qtype = parseDNSQuestion(body)
+                payload["ParseErr"] = None
+            except ValueError:
+                qname, qtype = "", 0
+                payload["ParseErr"] = {}
+            payload["QName"] = qname
+            payload["QType"] = qtype
+            payload["DestIP"] = formatIP(family, addr)
+        else:
+            payload["Source"] = source
+            payload["SourceName"] = SOURCE_NAMES.get(source, "unknown")
+            try:
+                sni = parseClientHelloSNI(body)
+                payload["ParseErr"] = None
+            except ValueError:
+                sni = ""
+                payload["ParseErr"] = {}
+            payload["SniLen"] = len(sni.encode("utf-8"))
+            payload["RawPayloadLen"] = len(body)
+            payload["SNI"] = sni
+            payload["DuplicateOf"] = ""
+            if family in (2, 10):
+                payload["Family"] = family
+                payload["DestPort"] = port
+                payload["DestIP"] = formatIP(family, addr)
+    elif rtype == T_FORK:
+        if len(data) < HEADER_SIZE + 4:
+            raise DecodeError("fork record of %d bytes" % (len(data),))
+        (payload["_child"],) = _FORK.unpack_from(data, HEADER_SIZE)
+    elif rtype in (T_EXIT, T_FCHDIR):
+        pass
+    else:
+        raise DecodeError("unknown record type %d" % (rtype,))
+    payload["CommStr"] = text(cstring(comm))
+    return rtype, payload
+
+
+# ---------------------------------------------------------------------------
+# DNS
+
+
+def parseDNSQuestion(msg: bytes) -> Tuple[str, int]:
+    """
+    The first question of a DNS message: C{(name, qtype)}.  Raises
+    L{ValueError} on anything malformed (short header, no question, label
+    over 63 bytes, compression pointer, overrun, missing type/class).
+    """
+    if len(msg) < 12:
+        raise ValueError("DNS message shorter than its header")
+    qdcount = int.from_bytes(msg[4:6], "big")
+    if qdcount == 0:
+        raise ValueError("DNS message has no question")
+    labels: List[bytes] = []
+    off = 12
+    while True:
+        if off >= len(msg):
+            raise ValueError("DNS name overruns the message")
+        n = msg[off]
+        off += 1
+        if n == 0:
+            break
+        if n & 0xC0:
+            raise ValueError("compression pointer or reserved label type in question")
+        if n > 63:
+            raise ValueError("DNS label longer than 63 bytes")
+        if off + n > len(msg):
+            raise ValueError("DNS label overruns the message")
+        labels.append(msg[off : off + n])
+        off += n
+    if off + 4 > len(msg):
+        raise ValueError("DNS question has no type and class")
+    qtype = int.from_bytes(msg[off : off + 2], "big")
+    return text(b".".join(labels)), qtype
+
+
+# ---------------------------------------------------------------------------
+# TLS
+
+
+def isClientHello(data: bytes) -> bool:
+    return len(data) >= 6 and data[0] == 0x16 and data[1] == 0x03 and data[5] == 0x01
+
+
+def parseClientHelloSNI(data: bytes) -> str:
+    """
+    The host_name of the server_name extension in a TLS record holding a
+    ClientHello (possibly cut short after the extension).  Raises
+    L{ValueError} when there is none or the bytes are malformed.
+    """
+    if len(data) < 43:
+        raise ValueError("too short for a ClientHello")
+    if data[0] != 0x16:
+        raise ValueError("not a handshake record")
+    if data[1] != 0x03:
+        raise ValueError("not a TLS record version")
+    if data[5] != 0x01:
+        raise ValueError("not a ClientHello")
+    off = 5 + 4 + 2 + 32  # record header, handshake header, client_version, random
+
+    def need(n: int) -> None:
+        if off + n > len(data):
+            raise ValueError("ClientHello truncated")
+
+    need(1)
+    off += 1 + data[off]  # session id
+    need(2)
+    off += 2 + int.from_bytes(data[off : off + 2], "big")  # cipher suites
+    need(1)
+    off += 1 + data[off]  # compression methods
+    need(2)
+    extEnd = min(len(data), off + 2 + int.from_bytes(data[off : off + 2], "big"))
+    off += 2
+    while off + 4 <= extEnd:
+        extType = int.from_bytes(data[off : off + 2], "big")
+        extLen = int.from_bytes(data[off + 2 : off + 4], "big")
+        off += 4
+        if extType == 0:
+            ext = data[off : min(off + extLen, extEnd)]
+            if len(ext) < 5:
+                raise ValueError("server_name extension truncated")
+            if ext[2] != 0:
+                raise ValueError("server_name is not a host_name")
+            nameLen = int.from_bytes(ext[3:5], "big")
+            if 5 + nameLen > len(ext):
+                raise ValueError("server_name truncated")
+            return text(ext[5 : 5 + nameLen])
+        off += extLen
+    raise ValueError("no server_name extension")
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+
+def canonicalPath(path: bytes, base: Optional[bytes] = None) -> bytes:
+    """
+    Lexically canonical absolute path: C{path} joined to C{base} when it is
+    relative, C{.} and empty segments dropped, C{..} applied (never above
+    C{/}).  Symbolic links are not followed.
+    """
+    if not path.startswith(b"/"):
+        if base is None:
+            raise ValueError("relative path without a base")
+        path = base + b"/" + path
+    out: List[bytes] = []
+    for seg in path.split(b"/"):
+        if seg == b"" or seg == b".":
+            continue
+        if seg == b"..":
+            if out:
+                out.pop()
+            continue
+        out.append(seg)
+    return b"/" + b"/".join(out)
+
+
+def _patterns(prefix: bytes) -> List[Tuple[bytes, bool]]:
+    """
+    The (pattern, exact) pairs a watched prefix stands for.  A prefix ending
+    in C{/} is a directory: everything under it, and the directory itself.  A
+    prefix without one names a file or a directory: itself exactly, or
+    anything under it after a C{/} (so C{/etc/passwd} never matches
+    C{/etc/passwd-}).
+    """
+    if prefix.endswith(b"/"):
+        pats = [(prefix, False)]
+        if len(prefix) > 1:
+            pats.append((prefix.rstrip(b"/") or b"/", True))
+        return pats
+    return [(prefix, True), (prefix + b"/", False)]
+
+
+def kernelEntries(watched: Iterable[Tuple[str, bool]]) -> Dict[bytes, int]:
+    """
+    LPM trie entries for one run: key bytes (at most L{LPM_CAP}; exact
+    patterns end in a NUL) to tags.  Over-long patterns are cut, so the kernel
+    may pass up a few paths that userspace then rejects.
+    """
+    out: Dict[bytes, int] = {}
+    for prefix, cred in watched:
+        for pat, exact in _patterns(prefix.encode("utf-8")):
+            key = (pat + b"\0" if exact else pat)[:LPM_CAP]
+            out[key] = out.get(key, 0) | (TAGS_CRED if cred else 0)
+    return out
+
+
+class PrefixMatcher:
+    """
+    A run's watched prefixes, matched the way the kernel's LPM trie does
+    (longest pattern wins, an exact pattern counting its NUL), on the full
+    canonical path.
+    """
+
+    def __init__(self, watched: Iterable[Tuple[str, bool]]) -> None:
+        merged: Dict[Tuple[bytes, bool], int] = {}
+        for prefix, cred in watched:
+            for pat, exact in _patterns(prefix.encode("utf-8")):
+                merged[(pat, exact)] = merged.get((pat, exact), 0) | (TAGS_CRED if cred else 0)
+        self._exact: Dict[bytes, int] = {}
+        prefixes: List[Tuple[int, bytes, int]] = []
+        for (pat, exact), tags in merged.items():
+            if exact:
+                self._exact[pat] = tags
+            else:
+                prefixes.append((len(pat), pat, tags))
+        prefixes.sort(reverse=True)
+        self._prefixes = prefixes
+
+    def match(self, path: bytes) -> Optional[int]:
+        """
+        The tags of the longest matching pattern, or C{None} when the path is
+        not watched.
+        """
+        # An exact pattern counts its NUL, so it is longer than any prefix
+        # pattern that can match the same path: it always wins.
+        exact = self._exact.get(path)
+        if exact is not None:
+            return exact
+        for _length, pat, tags in self._prefixes:
+            if path.startswith(pat):
+                return tags
+        return None
+
+
+def watchedTuples(watched: Sequence[Any]) -> List[Tuple[str, bool]]:
+    """
+    C{(prefix, cred_tagged)} pairs from L{fangs.wire.WatchedPath}-like
+    objects, keeping only absolute prefixes.
+    """
+    return [(w.prefix, bool(w.cred_tagged)) for w in watched if w.prefix.startswith("/")]

@@ -1,0 +1,634 @@
+# -*- test-case-name: tests.runner.test_service -*-
+"""
+The runner daemon: control-plane loops and the job lifecycle.
+
+L{RunnerService} starts the sensor, reaps containers left over by an earlier
+runner process, registers with the orchestrator (retrying with backoff for as
+long as it takes: the runner may start before the orchestrator), heartbeats,
+and long-polls for jobs, running up to C{maxConcurrent} of them at once.
+
+Each job (L{RunnerService._runJob}) goes through the same steps, each
+failure turned into a result rather than an exception:
+
+ 1. a per-run cgroup is created and registered with the sensor I{before}
+    the container starts, with the run's own L{EventStreamer} as the sink;
+ 2. the sandbox is launched with that cgroup as its parent;
+ 3. container exit races the job's duration (counted from the moment the
+    container runs, not from before the image pull) and any stop request
+    (operator cancel, runner shutdown);
+ 4. the grace period runs so late events are still captured, then the
+    container is stopped;
+ 5. the run's own drop count is read, the run leaves the sensor (which
+    drains), the streamer is closed (every event acknowledged or counted),
+    the cgroup is removed;
+ 6. the L{ScanResult} is posted, retried for a few minutes.
+
+A run stopped by the runner's shutdown is reported C{failed}, never C{ok}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import attrs
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, race
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from fangs.runner.client import NotRegistered, OrchestratorError, UnknownRun
+from fangs.runner.streamer import EventStreamer
+from fangs.wire import (
+    PROTO_VERSION,
+    SECOND,
+    Heartbeat,
+    Job,
+    RegistrationAck,
+    RunnerRegistration,
+    ScanResult,
+)
+
+log = Logger()
+
+CANCELLED = "cancelled by operator"
+SHUTTING_DOWN = "runner shutting down"
+TIMED_OUT = "job duration exceeded before container exit"
+
+#: Used when a job carries no duration (the orchestrator defaults it to 10 s).
+DEFAULT_DURATION = 10.0
+#: Used when the registration ack carries no heartbeat interval.
+DEFAULT_HEARTBEAT = 30.0
+
+
+@attrs.define(eq=False)
+class _ActiveRun:
+    job: Job
+    hex: str
+    streamer: Any = None
+    cgroup: Any = None
+    dropped: int = 0
+    reporting: bool = False
+    stopReason: Optional[str] = None
+    done: Optional[Deferred[None]] = None
+    _stopWaiters: List[Deferred[str]] = attrs.field(factory=list)
+
+    def requestStop(self, reason: str) -> None:
+        if self.stopReason is None:
+            self.stopReason = reason
+        waiters, self._stopWaiters = self._stopWaiters, []
+        for d in waiters:
+            if not d.called:
+                d.callback(self.stopReason)
+
+    def waitStop(self) -> Deferred[str]:
+        """
+        Fires with the stop reason once a stop is requested (at once if one
+        already was).
+        """
+        d: Deferred[str] = Deferred()
+        if self.stopReason is not None:
+            d.callback(self.stopReason)
+        else:
+            self._stopWaiters.append(d)
+        return d
+
+
+def _asDeferred(result: Any) -> Deferred[Any]:
+    if isinstance(result, Deferred):
+        return result
+    return Deferred.fromCoroutine(result)
+
+
+def _shortLogs(text: str, limit: int = 400) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    short = " | ".join(lines)
+    if len(short) > limit:
+        short = "\N{HORIZONTAL ELLIPSIS}" + short[-(limit - 1):]
+    return short
+
+
+def _cgroupInode(path: str) -> int:
+    return os.stat(path).st_ino
+
+
+class RunnerService(Service):
+    """
+    The runner's control plane; see the module docstring.
+
+    @param clock: the reactor (only its time is used).
+    @param client: an L{OrchestratorClient}.
+    @param sensor: the eBPF L{Sensor} (C{start}, C{addRun}, C{removeRun},
+        C{dropsFor}, C{stop}).
+    @param sandbox: the L{DockerSandbox} (C{reapStale}, C{launch}).
+    @param cgroups: the L{CgroupManager} (C{create}, C{remove}).
+    @param retryPolicy: C{attempt -> seconds} for every retry loop.
+    @param streamerFactory: C{(clock, client, runID) -> EventStreamer}.
+    """
+
+    name = "fangs-runner"
+
+    def __init__(self, clock: IReactorTime, client: Any, sensor: Any, sandbox: Any, cgroups: Any,
+                 runnerID: str, hostname: str, kernelVersion: str, maxConcurrent: int = 1,
+                 capabilities: Sequence[str] = ("sensor", "sandbox.docker"),
+                 retryPolicy: Optional[Callable[[int], float]] = None,
+                 streamerFactory: Optional[Callable[[IReactorTime, Any, Any], Any]] = None,
+                 cgroupInode: Callable[[str], int] = _cgroupInode,
+                 streamCloseTimeout: float = 60.0, resultRetryWindow: float = 300.0,
+                 shutdownTimeout: float = 30.0) -> None:
+        if maxConcurrent < 1:
+            raise ValueError("maxConcurrent must be at least 1")
+        self._clock = clock
+        self._client = client
+        self._sensor = sensor
+        self._sandbox = sandbox
+        self._cgroups = cgroups
+        self.runnerID = runnerID
+        self._hostname = hostname
+        self._kernelVersion = kernelVersion
+        self._maxConcurrent = maxConcurrent
+        self._capabilities = list(capabilities)
+        self._retryPolicy = retryPolicy or backoffPolicy(initialDelay=1.0, maxDelay=30.0)
+        self._streamerFactory = streamerFactory or EventStreamer
+        self._cgroupInode = cgroupInode
+        self._streamCloseTimeout = streamCloseTimeout
+        self._resultRetryWindow = resultRetryWindow
+        self._shutdownTimeout = shutdownTimeout
+
+        self.ack: Optional[RegistrationAck] = None
+        self._pollInterval = 0.0
+        self._heartbeat: Optional[LoopingCall] = None
+        self._heartbeatInterval = 0.0
+        self._main: Optional[Deferred[None]] = None
+        self._registering: Optional[Deferred[None]] = None
+        self._registerWaiters: List[Deferred[None]] = []
+        self._slotWaiters: List[Deferred[None]] = []
+        self._idleWaiters: List[Deferred[None]] = []
+        self._stopping = False
+        self.runs: Dict[str, _ActiveRun] = {}
+
+    # -- service lifecycle ---------------------------------------------------
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._stopping = False
+        self._main = Deferred.fromCoroutine(self._mainLoop())
+        self._main.addErrback(lambda f: log.failure("runner main loop failed", f))
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        self._stopping = True
+        log.info("runner {runner_id} draining: {n} runs to stop", runner_id=self.runnerID,
+                 n=len(self.runs))
+        for d in (self._main, self._registering):
+            if d is not None and not d.called:
+                d.cancel()
+        for run in list(self.runs.values()):
+            run.requestStop(SHUTTING_DOWN)
+        self._wake(self._slotWaiters)
+        return Deferred.fromCoroutine(self._drain())
+
+    async def _drain(self) -> None:
+        if self.runs:
+            waiter: Deferred[None] = Deferred()
+            self._idleWaiters.append(waiter)
+            waiter.addTimeout(self._shutdownTimeout, self._clock)
+            try:
+                await waiter
+            except Exception:
+                log.error("runs {runs} still reporting after {timeout}s; abandoning them",
+                          runs=sorted(self.runs), timeout=self._shutdownTimeout)
+                for run in list(self.runs.values()):
+                    if run.done is not None and not run.done.called:
+                        run.done.cancel()
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        try:
+            self._sensor.stop()
+        except Exception:
+            log.failure("stopping the sensor failed")
+
+    async def _mainLoop(self) -> None:
+        try:
+            try:
+                await self._sensor.start()
+            except Exception:
+                log.failure("the sensor did not start; this runner will not take jobs")
+                return
+            try:
+                reaped = await self._sandbox.reapStale()
+                if reaped:
+                    log.info("removed {n} stale sandbox containers", n=reaped)
+            except Exception:
+                log.failure("reaping stale sandbox containers failed")
+            await self._ensureRegistered()
+            await self._pollLoop()
+        except CancelledError:
+            pass
+
+    # -- registration and heartbeat ----------------------------------------
+
+    async def _ensureRegistered(self) -> None:
+        """
+        Register (once, however many callers ask at the same time), retrying
+        with backoff until the orchestrator accepts us or we stop.
+        """
+        if self._stopping:
+            return
+        waiter: Deferred[None] = Deferred()
+        self._registerWaiters.append(waiter)
+        if self._registering is None:
+            d = Deferred.fromCoroutine(self._registerUntilDone())
+            if not d.called:
+                self._registering = d
+            d.addBoth(self._registrationEnded)
+        await waiter
+
+    def _registrationEnded(self, result: Any) -> None:
+        self._registering = None
+        if isinstance(result, Failure) and not result.check(CancelledError):
+            log.failure("registration failed", result)
+        self._wake(self._registerWaiters)
+
+    async def _registerUntilDone(self) -> None:
+        registration = RunnerRegistration(
+            runner_id=self.runnerID,
+            hostname=self._hostname,
+            capabilities=self._capabilities,
+            kernel_version=self._kernelVersion,
+            proto_version=PROTO_VERSION,
+        )
+        attempt = 0
+        while not self._stopping:
+            try:
+                ack = await self._client.register(registration)
+            except CancelledError:
+                raise
+            except Exception as e:
+                delay = self._retryPolicy(attempt)
+                attempt += 1
+                log.warn("registering runner {runner_id} failed ({error}); retrying in "
+                         "{delay:.1f}s", runner_id=self.runnerID, error=_describe(e), delay=delay)
+                await deferLater(self._clock, delay)
+                continue
+            self._applyAck(ack)
+            log.info("runner {runner_id} registered with {orchestrator}",
+                     runner_id=self.runnerID, orchestrator=ack.orchestrator_id)
+            return
+
+    def _applyAck(self, ack: RegistrationAck) -> None:
+        self.ack = ack
+        self._pollInterval = max(0.0, ack.job_poll_interval / SECOND)
+        interval = ack.heartbeat_interval / SECOND
+        if interval <= 0:
+            interval = DEFAULT_HEARTBEAT
+        if self._heartbeat is not None and self._heartbeat.running:
+            if interval == self._heartbeatInterval:
+                return
+            self._heartbeat.stop()
+        self._heartbeatInterval = interval
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self._clock
+        self._heartbeat.start(interval, now=False).addErrback(
+            lambda f: log.failure("heartbeat loop stopped", f))
+
+    def _beat(self) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._sendHeartbeat())
+
+    def heartbeatBody(self) -> Heartbeat:
+        active = list(self.runs)
+        if self._stopping:
+            status = "draining"
+        elif active:
+            status = "running"
+        else:
+            status = "idle"
+        queued = 0
+        for run in self.runs.values():
+            if run.streamer is not None:
+                queued += run.streamer.unacked
+        return Heartbeat(
+            runner_id=self.runnerID,
+            active_run_id=active[0] if active else "",
+            status=status,
+            events_queued=queued,
+            active_run_ids=active,
+        )
+
+    async def _sendHeartbeat(self) -> None:
+        try:
+            ack = await self._client.heartbeat(self.runnerID, self.heartbeatBody())
+        except NotRegistered:
+            self._reregister("heartbeat answered 404")
+            return
+        except Exception as e:
+            log.warn("heartbeat failed: {error}", error=_describe(e))
+            return
+        try:
+            if ack.unknown_runner or not ack.ok:
+                self._reregister("heartbeat says the runner is unknown")
+            for runHex in ack.cancel_runs:
+                run = self.runs.get(runHex.lower())
+                if run is None:
+                    log.info("cancel for run {run_id} which is not running here", run_id=runHex)
+                    continue
+                log.info("run {run_id} cancelled by the orchestrator", run_id=run.hex)
+                run.requestStop(CANCELLED)
+        except Exception:
+            log.failure("handling the heartbeat answer failed")
+
+    def _reregister(self, why: str) -> None:
+        if self._stopping or self._registering is not None:
+            return
+        log.info("registering runner {runner_id} again: {why}", runner_id=self.runnerID, why=why)
+        d = Deferred.fromCoroutine(self._ensureRegistered())
+        d.addErrback(lambda f: log.failure("re-registration failed", f))
+
+    # -- polling -------------------------------------------------------------
+
+    def _busySlots(self) -> int:
+        return sum(1 for run in self.runs.values() if not run.reporting)
+
+    async def _pollLoop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            if self._busySlots() >= self._maxConcurrent:
+                waiter: Deferred[None] = Deferred()
+                self._slotWaiters.append(waiter)
+                await waiter
+                continue
+            try:
+                job = await self._client.poll(self.runnerID)
+            except CancelledError:
+                raise
+            except NotRegistered:
+                log.info("orchestrator does not know runner {runner_id}; registering again",
+                         runner_id=self.runnerID)
+                await self._ensureRegistered()
+                continue
+            except Exception as e:
+                delay = self._retryPolicy(failures)
+                failures += 1
+                log.warn("polling for jobs failed ({error}); retrying in {delay:.1f}s",
+                         error=_describe(e), delay=delay)
+                await deferLater(self._clock, delay)
+                continue
+            failures = 0
+            if job is None:
+                if self._pollInterval > 0:
+                    await deferLater(self._clock, self._pollInterval)
+                continue
+            self._startJob(job)
+
+    def _startJob(self, job: Job) -> None:
+        runHex = job.run_id.hex()
+        if runHex in self.runs:
+            log.warn("run {run_id} is already running here; ignoring the duplicate",
+                     run_id=runHex)
+            return
+        run = _ActiveRun(job=job, hex=runHex)
+        self.runs[runHex] = run
+        if self._stopping:
+            run.requestStop(SHUTTING_DOWN)
+        log.info("run {run_id} started: {kind} {package}@{version}", run_id=runHex,
+                 kind=job.kind, package=job.package_name, version=job.version)
+        d = Deferred.fromCoroutine(self._runJob(run))
+        run.done = d
+        d.addErrback(self._runCrashed, run)
+        d.addBoth(self._runEnded, run)
+
+    def _runCrashed(self, failure: Any, run: _ActiveRun) -> None:
+        if not failure.check(CancelledError):
+            log.failure("run {run_id} crashed", failure, run_id=run.hex)
+
+    def _runEnded(self, _: Any, run: _ActiveRun) -> None:
+        self.runs.pop(run.hex, None)
+        self._wake(self._slotWaiters)
+        if not self.runs:
+            self._wake(self._idleWaiters)
+
+    @staticmethod
+    def _wake(waiters: List[Deferred[None]]) -> None:
+        pending = list(waiters)
+        del waiters[:]
+        for d in pending:
+            if not d.called:
+                d.callback(None)
+
+    # -- the job lifecycle ---------------------------------------------------
+
+    async def _runJob(self, run: _ActiveRun) -> None:
+        job = run.job
+        start = self._clock.seconds()
+        streamer = self._streamerFactory(self._clock, self._client, job.run_id)
+        run.streamer = streamer
+        try:
+            status, reason = await self._execute(run)
+        except CancelledError:
+            raise
+        except Exception as e:
+            log.failure("run {run_id} failed inside the runner", run_id=run.hex)
+            status, reason = "failed", "runner error: %s" % (_describe(e),)
+        if run.stopReason == SHUTTING_DOWN and status == "ok":
+            status, reason = "failed", SHUTTING_DOWN
+
+        try:
+            stats = await streamer.close(self._clock.seconds() + self._streamCloseTimeout)
+            emitted = stats.eventsEmitted
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("run {run_id}: closing the event stream failed", run_id=run.hex)
+            emitted = streamer.stats().eventsEmitted
+        if run.cgroup is not None:
+            try:
+                await self._cgroups.remove(run.cgroup, self._clock)
+            except CancelledError:
+                raise
+            except Exception:
+                log.failure("run {run_id}: removing cgroup failed", run_id=run.hex)
+
+        result = ScanResult(
+            run_id=job.run_id,
+            status=status,
+            reason=reason,
+            events_emitted=emitted,
+            events_dropped=run.dropped,
+            duration=int(round((self._clock.seconds() - start) * SECOND)),
+        )
+        log.info("run {run_id} finished: {status} {reason} ({emitted} events, {dropped} dropped)",
+                 run_id=run.hex, status=status, reason=reason, emitted=emitted,
+                 dropped=run.dropped)
+        run.reporting = True
+        self._wake(self._slotWaiters)
+        await self._reportResult(result)
+
+    async def _execute(self, run: _ActiveRun) -> tuple[str, str]:
+        job = run.job
+        watched = list(job.watched_paths or [])
+        if job.sandbox is None:
+            return await self._executeSensorOnly(run, watched)
+        try:
+            run.cgroup = self._cgroups.create(run.hex)
+        except Exception as e:
+            return "failed", "create cgroup: %s" % (_describe(e),)
+        try:
+            self._sensor.addRun(job.run_id, run.cgroup.cgroupID, watched, run.streamer.add)
+        except Exception as e:
+            return "failed", "sensor attach: %s" % (_describe(e),)
+        try:
+            return await self._executeSandbox(run)
+        finally:
+            self._detach(run)
+
+    async def _executeSandbox(self, run: _ActiveRun) -> tuple[str, str]:
+        job = run.job
+        assert job.sandbox is not None
+        if run.stopReason is not None:
+            return "failed", run.stopReason
+        try:
+            handle = await self._sandbox.launch(job.run_id, job.sandbox, run.cgroup.relPath)
+        except CancelledError:
+            raise
+        except Exception as e:
+            return "failed", "sandbox launch: %s" % (_describe(e),)
+        try:
+            status, reason = await self._watchContainer(run, handle)
+            grace = job.sandbox.grace_period / SECOND
+            if grace > 0 and run.stopReason is None:
+                # Late events (async post-install work) are still captured.
+                await race([deferLater(self._clock, grace), run.waitStop()])
+        finally:
+            try:
+                await handle.stop()
+            except CancelledError:
+                raise
+            except Exception:
+                log.failure("run {run_id}: stopping container failed", run_id=run.hex)
+        return status, reason
+
+    async def _watchContainer(self, run: _ActiveRun, handle: Any) -> tuple[str, str]:
+        duration = run.job.duration / SECOND
+        if duration <= 0:
+            duration = DEFAULT_DURATION
+        index, value = await race([
+            Deferred.fromCoroutine(self._waitExit(handle)),
+            deferLater(self._clock, duration),
+            run.waitStop(),
+        ])
+        if index == 1:
+            return "timeout", TIMED_OUT
+        if index == 2:
+            return "failed", value
+        if isinstance(value, Exception):
+            return "failed", "container wait: %s" % (_describe(value),)
+        if value.exitCode == 0 and not value.oomKilled and not value.error:
+            return "ok", ""
+        reason = "exit code %d" % (value.exitCode,)
+        if value.oomKilled:
+            reason += " (OOM killed)"
+        if value.error:
+            reason += " error: %s" % (value.error,)
+        try:
+            tail = _shortLogs(await handle.logs(20))
+        except CancelledError:
+            raise
+        except Exception as e:
+            tail = "(logs unavailable: %s)" % (_describe(e),)
+        if tail:
+            reason += ": " + tail
+        return "failed", reason
+
+    @staticmethod
+    async def _waitExit(handle: Any) -> Any:
+        try:
+            return await handle.wait()
+        except CancelledError:
+            raise
+        except Exception as e:
+            return e
+
+    async def _executeSensorOnly(self, run: _ActiveRun, watched: List[Any]) -> tuple[str, str]:
+        """
+        Watch an existing cgroup (C{cgroup_path}) for the job's full duration.
+        """
+        job = run.job
+        if not job.cgroup_path:
+            return "failed", "sensor_only job without cgroup_path"
+        try:
+            cgroupID = self._cgroupInode(job.cgroup_path)
+        except OSError as e:
+            return "failed", "resolve cgroup id: %s" % (_describe(e),)
+        try:
+            self._sensor.addRun(job.run_id, cgroupID, watched, run.streamer.add)
+        except Exception as e:
+            return "failed", "sensor attach: %s" % (_describe(e),)
+        try:
+            duration = job.duration / SECOND
+            if duration <= 0:
+                duration = DEFAULT_DURATION
+            index, value = await race([deferLater(self._clock, duration), run.waitStop()])
+            if index == 1:
+                return "failed", value
+            return "ok", ""
+        finally:
+            self._detach(run)
+
+    def _detach(self, run: _ActiveRun) -> None:
+        """
+        Take the run's own drop count, then take it out of the sensor (which
+        drains its pending records into the streamer).
+        """
+        try:
+            run.dropped = int(self._sensor.dropsFor(run.job.run_id))
+        except Exception:
+            log.failure("run {run_id}: reading drops failed", run_id=run.hex)
+        try:
+            self._sensor.removeRun(run.job.run_id)
+        except Exception:
+            log.failure("run {run_id}: removing from the sensor failed", run_id=run.hex)
+
+    async def _reportResult(self, result: ScanResult) -> bool:
+        """
+        Post the result, retrying transient failures for
+        C{resultRetryWindow} seconds: the verdict depends on it.
+        """
+        runHex = result.run_id.hex()
+        deadline = self._clock.seconds() + self._resultRetryWindow
+        attempt = 0
+        while True:
+            try:
+                await self._client.postResult(result.run_id, result)
+            except CancelledError:
+                raise
+            except UnknownRun as e:
+                log.error("run {run_id}: orchestrator does not know the run ({error}); "
+                          "result dropped", run_id=runHex, error=str(e))
+                return False
+            except Exception as e:
+                if isinstance(e, OrchestratorError) and e.isPermanent():
+                    log.error("run {run_id}: orchestrator refused the result ({error})",
+                              run_id=runHex, error=str(e))
+                    return False
+                delay = self._retryPolicy(attempt)
+                attempt += 1
+                if self._clock.seconds() + delay > deadline:
+                    log.error("run {run_id}: giving up posting the result ({error})",
+                              run_id=runHex, error=_describe(e))
+                    return False
+                log.warn("run {run_id}: posting the result failed ({error}); retrying in "
+                         "{delay:.1f}s", run_id=runHex, error=_describe(e), delay=delay)
+                await deferLater(self._clock, delay)
+                continue
+            return True
+
+
+def _describe(e: BaseException) -> str:
+    reason = getattr(e, "reason", None)
+    if isinstance(reason, str) and reason:
+        return reason
+    text = str(e)
+    return text if text else e.__class__.__name__

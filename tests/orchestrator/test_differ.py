@@ -1,0 +1,699 @@
+"""
+Tests for L{fangs.orchestrator.differ}: plain functions, no reactor.
+"""
+
+import random
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from fangs.orchestrator import differ
+from fangs.orchestrator.allowlist import AllowEntry, Allowlist, canonicalPath
+from fangs.orchestrator.differ import (
+    FLAGS,
+    FS_READ,
+    FS_WRITE,
+    NET_DESTINATION,
+    NET_DNS,
+    NET_HTTPS_HOST,
+    PROC_EXEC,
+    SEVERITY_RULES,
+    FingerprintRow,
+    FingerprintSet,
+    Severity,
+    classify,
+    diff,
+    extract,
+    normalizeExec,
+    normalizePath,
+    planAnalysis,
+    severityRank,
+    verdict,
+)
+
+# ---------------------------------------------------------------------------
+# Event builders (payload shapes of ref 1.5; only the keys the differ reads
+# plus a little realism)
+
+
+def header(pid=100, tags=0, type=1):
+    return {"TsNs": 1, "CgroupID": 7, "PID": pid, "TID": pid, "PPID": 1, "Tags": tags, "Type": type}
+
+
+def fileEvent(path, flags=0, tags=0, pid=100):
+    return (1, {"Header": header(pid, tags, 1), "DFD": -100, "Flags": flags, "PathName": path, "CommStr": "node"})
+
+
+def execEvent(binary, pid=100):
+    return (2, {"Header": header(pid, 0, 2), "BinaryPathStr": binary, "ArgvStrs": [binary], "CommStr": "sh"})
+
+
+def connectEvent(ip, port, pid=100):
+    family = 10 if ":" in ip else 2
+    return (3, {"Header": header(pid, 0, 3), "Family": family, "DestIP": ip, "DestPort": port, "CommStr": "node"})
+
+
+def dnsEvent(qname, pid=100):
+    return (4, {"Header": header(pid, 0, 4), "QName": qname, "DestIP": "127.0.0.11", "DestPort": 53, "ParseErr": None})
+
+
+def sniEvent(sni, pid=100):
+    return (5, {"Header": header(pid, 0, 5), "SNI": sni, "SourceName": "tcp_clienthello", "DuplicateOf": ""})
+
+
+def numbered(events, start=1):
+    return [(start + i, t, p) for i, (t, p) in enumerate(events)]
+
+
+def fps(*events):
+    return extract(numbered(events))
+
+
+def byKey(fingerprints):
+    return {(r.category, r.value): r for r in fingerprints.fingerprints()}
+
+
+# ---------------------------------------------------------------------------
+# Normalisation
+
+
+class NormalizePathTests(SynchronousTestCase):
+    def test_referenceVectors(self) -> None:
+        """
+        The ten vectors of ref 3.3.
+        """
+        vectors = [
+            ("/proc/12345/status", "/proc/<PID>/status"),
+            ("/proc/self/maps", "/proc/self/maps"),
+            ("/tmp/npm-2156-abc/foo", "/tmp/<RAND>/foo"),
+            (
+                "/root/.npm/_logs/2026-05-22T17_02_24_700Z-debug-0.log",
+                "/root/.npm/_logs/<TIMESTAMP>-debug-<N>.log",
+            ),
+            ("/var/log/2026-05-22.log", "/var/log/<DATE>.log"),
+            (
+                "/root/.npm/_cacache/content-v2/sha256/ab/cd/abc123def",
+                "/root/.npm/_cacache/content-v2/sha256/<SHA256>",
+            ),
+            (
+                "/root/.npm/_cacache/index-v5/46/33/b2ab8c3e9f0d1a2b3c4d5e6f7a8b9c0d1e2f37ed",
+                "/root/.npm/_cacache/index-v5/<HASH>",
+            ),
+            ("/sys/fs/cgroup/abcdef123456789abc/cgroup.procs", "/sys/fs/cgroup/<HEX>/cgroup.procs"),
+            (
+                "/usr/local/lib/node_modules/npm/package.json",
+                "/usr/local/lib/node_modules/npm/package.json",
+            ),
+            ("/etc/passwd", "/etc/passwd"),
+        ]
+        for given, expected in vectors:
+            self.assertEqual(normalizePath(given), expected, given)
+
+    def test_canonicalisation(self) -> None:
+        vectors = [
+            ("/tmp/../root/.ssh/id_rsa", "/root/.ssh/id_rsa"),
+            ("/etc//shadow", "/etc/shadow"),
+            ("/etc/./passwd", "/etc/passwd"),
+            ("/proc/123/../self/environ", "/proc/self/environ"),
+            ("/tmp/npm-2156-abc/../npm-9999-x/y", "/tmp/<RAND>/y"),
+            ("/usr/lib/", "/usr/lib"),
+            ("/proc/42", "/proc/<PID>"),
+        ]
+        for given, expected in vectors:
+            self.assertEqual(normalizePath(given), expected, given)
+
+    def test_consecutiveHexBothCollapse(self) -> None:
+        """
+        The reference collapses only the first of two consecutive long-hex
+        components; we collapse both.
+        """
+        self.assertEqual(normalizePath("/aaaaaaaaaaaa/bbbbbbbbbbbb/x"), "/<HEX>/<HEX>/x")
+        self.assertEqual(normalizePath("/x/aaaaaaaaaaaa/bbbbbbbbbbbb"), "/x/<HEX>/<HEX>")
+        self.assertEqual(normalizePath("/x/aaaaaaaaaaa/y"), "/x/aaaaaaaaaaa/y")  # 11 chars
+        self.assertEqual(normalizePath("/x/AAAAAAAAAAAA/y"), "/x/AAAAAAAAAAAA/y")  # upper case
+
+    def test_trailingNewlineIsNotEnd(self) -> None:
+        """
+        C{\\Z} not C{$}: a trailing newline is part of the name.
+        """
+        self.assertEqual(normalizePath("/var/log/2026-05-22.log\n"), "/var/log/2026-05-22.log\n")
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from(
+                [
+                    "proc", "tmp", "123", "4567", "self", "npm-2156-abc", "x-999", ".npm",
+                    "_cacache", "content-v2", "index-v5", "sha256", "ab", "cd", "0f", "abc123def",
+                    "aaaaaaaaaaaa", "deadbeefdeadbeef", "2026-05-22.log", "2026-05-22",
+                    "2026-05-22T17_02_24_700Z-debug-0.log", "..", ".", "", "tmp", "etc", "passwd",
+                    "2026-05-22.tar", "x.log",
+                ]
+            ),
+            max_size=8,
+        )
+    )
+    def test_gatesAreInvisible(self, segments) -> None:
+        """
+        The cheap gates in front of the rules never change a result: the
+        gated chain equals the eight rules applied unconditionally.
+        """
+        path = canonicalPath("/" + "/".join(segments))
+        self.assertEqual(differ._applyRules(path), _ungated(path))
+
+    def test_execNormalisation(self) -> None:
+        self.assertEqual(normalizeExec(" /usr/bin/node\x00\x00 "), "/usr/bin/node")
+        self.assertEqual(normalizeExec("/tmp/npm-1234-ab/run.sh"), "/tmp/<RAND>/run.sh")
+        self.assertEqual(normalizeExec("sh"), "sh")
+        self.assertEqual(normalizeExec("\x00"), "")
+
+
+def _ungated(path):
+    rules = [
+        (r"^/proc/[0-9]+(/|\Z)", r"/proc/<PID>\1"),
+        (r"^/tmp/[a-zA-Z0-9._-]*-[0-9]{3,}([a-zA-Z0-9._-]*)", "/tmp/<RAND>"),
+        (r"/[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9_]+Z-debug-[0-9]+\.log\Z", "/<TIMESTAMP>-debug-<N>.log"),
+        (r"/[0-9]{4}-[0-9]{2}-[0-9]{2}(\.[a-zA-Z]+)\Z", r"/<DATE>\1"),
+        (r"(/\.npm/_cacache/[^/]+/[a-zA-Z0-9]+)/[a-f0-9]{2}/[a-f0-9]{2}/[a-f0-9]+", r"\1/<SHA256>"),
+        (r"(/\.npm/_cacache/index-[^/]+)/[a-f0-9]{2}/[a-f0-9]{2}/[a-f0-9]+", r"\1/<HASH>"),
+        (r"(/\.npm/_cacache/tmp)/[a-f0-9]+", r"\1/<HEX>"),
+        (r"/[a-f0-9]{12,}(?=/|\Z)", "/<HEX>"),
+    ]
+    for pattern, replacement in rules:
+        path = re.sub(pattern, replacement, path)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Extraction
+
+
+class ExtractionTests(SynchronousTestCase):
+    def test_everyCategory(self) -> None:
+        fingerprints = fps(
+            fileEvent("/etc/hosts", flags=0),
+            fileEvent("/tmp/out", flags=0o101),  # O_WRONLY|O_CREAT
+            execEvent("/usr/bin/git"),
+            connectEvent("140.82.114.6", 443),
+            dnsEvent("Registry.NPMJS.org."),
+            sniEvent(" Registry.npmjs.org "),
+        )
+        self.assertEqual(
+            sorted(byKey(fingerprints)),
+            sorted(
+                [
+                    (FS_READ, "/etc/hosts"),
+                    (FS_WRITE, "/tmp/out"),
+                    (PROC_EXEC, "/usr/bin/git"),
+                    (NET_DESTINATION, "140.82.114.6:443"),
+                    (NET_DNS, "registry.npmjs.org"),
+                    (NET_HTTPS_HOST, "registry.npmjs.org"),
+                ]
+            ),
+        )
+
+    def test_writeIntent(self) -> None:
+        cases = {
+            0: FS_READ,  # O_RDONLY
+            0o1: FS_WRITE,  # O_WRONLY
+            0o2: FS_WRITE,  # O_RDWR
+            0o100: FS_WRITE,  # O_CREAT
+            0o1000: FS_WRITE,  # O_TRUNC alone
+            0o2000: FS_WRITE,  # O_APPEND alone
+            0o2000000: FS_READ,  # O_CLOEXEC
+            0o200000: FS_READ,  # O_DIRECTORY
+        }
+        for flags, category in cases.items():
+            [row] = fps(fileEvent("/x", flags=flags)).fingerprints()
+            self.assertEqual(row.category, category, oct(flags))
+
+    def test_ipv6Bracketed(self) -> None:
+        [row] = fps(connectEvent("2606:4700::1", 443)).fingerprints()
+        self.assertEqual(row.value, "[2606:4700::1]:443")
+        self.assertTrue(row.raw_ip)
+        [row] = fps(connectEvent("::ffff:10.0.0.1", 80)).fingerprints()
+        self.assertEqual(row.value, "10.0.0.1:80")
+
+    def test_emptyValuesGiveNoFingerprint(self) -> None:
+        fingerprints = fps(
+            fileEvent(""),
+            execEvent(""),
+            execEvent("\x00 "),
+            connectEvent("", 443),
+            dnsEvent(""),
+            dnsEvent("."),
+            sniEvent("   "),
+        )
+        self.assertEqual(fingerprints.fingerprints(), [])
+        # ... but the network events still reached the network.
+        self.assertTrue(fingerprints.facts().reached_network)
+
+    def test_malformedPayloadsNeverRaise(self) -> None:
+        events = [
+            (1, 1, {}),
+            (2, 1, {"PathName": 7}),
+            (3, 1, {"PathName": "/x", "Flags": "rw", "Header": "nope"}),
+            (4, 2, {"BinaryPathStr": ["x"]}),
+            (5, 3, {"DestIP": 1234, "DestPort": 1}),
+            (6, 3, {"DestIP": "1.2.3.4", "DestPort": "443", "Header": None}),
+            (7, 4, {"QName": None}),
+            (8, 5, {"SNI": {}}),
+            (9, 9, {"PathName": "/y"}),
+            (10, 1, None),
+            (11, 1, {"PathName": "/z", "Header": {"Tags": "2"}}),
+        ]
+        fingerprints = extract(events)
+        self.assertEqual(
+            sorted(byKey(fingerprints)),
+            [(FS_READ, "/x"), (FS_READ, "/z"), (NET_DESTINATION, "1.2.3.4:0")],
+        )
+        self.assertFalse(byKey(fingerprints)[(FS_READ, "/z")].cred)
+
+    def test_countsAndEvidence(self) -> None:
+        events = [
+            (50, *fileEvent("/etc/hosts")),
+            (10, *fileEvent("/etc//hosts")),
+            (30, *fileEvent("/etc/hosts")),
+        ]
+        [row] = extract(events).fingerprints()
+        self.assertEqual((row.count, row.first_event_id), (3, 10))
+
+    def test_credTag(self) -> None:
+        fingerprints = fps(
+            fileEvent("/root/.npmrc", tags=3),
+            fileEvent("/root/.npmrc", tags=0),
+            fileEvent("/etc/hosts", tags=0),
+        )
+        rows = byKey(fingerprints)
+        self.assertTrue(rows[(FS_READ, "/root/.npmrc")].cred)
+        self.assertFalse(rows[(FS_READ, "/etc/hosts")].cred)
+
+    def test_credFromCanonicalPath(self) -> None:
+        """
+        The sensor tags on raw strings, so C{/tmp/../root/.ssh/id_rsa} arrives
+        untagged; the differ re-derives the tag from the canonical path.
+        """
+        rows = byKey(
+            fps(
+                fileEvent("/tmp/../root/.ssh/id_rsa", tags=0),
+                fileEvent("/proc/1234/environ", tags=0),
+                fileEvent("/proc/thread-self/environ", tags=0),
+                fileEvent("/etc/passwd-", tags=0),
+                fileEvent("/root/.sshx/config", tags=0),
+            )
+        )
+        self.assertTrue(rows[(FS_READ, "/root/.ssh/id_rsa")].cred)
+        self.assertTrue(rows[(FS_READ, "/proc/<PID>/environ")].cred)
+        self.assertTrue(rows[(FS_READ, "/proc/thread-self/environ")].cred)
+        self.assertFalse(rows[(FS_READ, "/etc/passwd-")].cred)
+        self.assertFalse(rows[(FS_READ, "/root/.sshx/config")].cred)
+
+    def test_credPathsConfigurable(self) -> None:
+        events = numbered([fileEvent("/srv/secret/key"), fileEvent("/root/.ssh/id_rsa")])
+        rows = byKey(extract(events, credPaths=["/srv/secret/"]))
+        self.assertTrue(rows[(FS_READ, "/srv/secret/key")].cred)
+        self.assertFalse(rows[(FS_READ, "/root/.ssh/id_rsa")].cred)
+
+    def test_facts(self) -> None:
+        fingerprints = fps(
+            fileEvent("/x"),
+            dnsEvent("registry.npmjs.org", pid=100),
+            connectEvent("104.16.8.34", 443, pid=100),
+            connectEvent("104.16.8.35", 443, pid=200),
+            sniEvent("", pid=300),
+        )
+        facts = fingerprints.facts()
+        self.assertTrue(facts.reached_network)
+        self.assertEqual(facts.network_event_id, 2)
+        self.assertEqual(facts.named_pids, frozenset([100]))
+        self.assertTrue(facts.isNamed("104.16.8.34:443"))
+        self.assertFalse(facts.isNamed("104.16.8.35:443"))
+        self.assertFalse(facts.isNamed("9.9.9.9:443"))
+
+    def test_noNetwork(self) -> None:
+        facts = fps(fileEvent("/x"), execEvent("/bin/sh")).facts()
+        self.assertFalse(facts.reached_network)
+        self.assertIsNone(facts.network_event_id)
+
+    def test_rowsRoundTrip(self) -> None:
+        fingerprints = fps(*_sampleRun())
+        rows = fingerprints.rows()
+        self.assertEqual(FingerprintSet.fromRows(rows), fingerprints)
+        self.assertTrue(any(r.internal for r in rows))
+        self.assertFalse(any(r.internal for r in fingerprints.fingerprints()))
+        self.assertEqual(len(fingerprints), len(fingerprints.fingerprints()))
+
+    def test_rowMerge(self) -> None:
+        a = FingerprintRow(FS_READ, "/x", 2, 9, cred=False)
+        b = FingerprintRow(FS_READ, "/x", 3, 4, cred=True)
+        self.assertEqual(a.merge(b), FingerprintRow(FS_READ, "/x", 5, 4, cred=True))
+        self.assertRaises(ValueError, a.merge, FingerprintRow(FS_WRITE, "/x", 1, 1))
+
+    def test_incrementalEqualsOneShot(self) -> None:
+        """
+        Batches folded with L{FingerprintSet.merge}, or stored as rows and
+        merged row-by-row as the database upsert would, equal one pass over
+        every event, whatever the batching and order.
+        """
+        events = numbered(_sampleRun() * 7)
+        whole = extract(events)
+        rng = random.Random(4)
+        for _ in range(20):
+            shuffled = events[:]
+            rng.shuffle(shuffled)
+            cuts = sorted(rng.sample(range(1, len(shuffled)), 5))
+            batches = [shuffled[i:j] for i, j in zip([0] + cuts, cuts + [len(shuffled)])]
+            merged = FingerprintSet()
+            table = {}
+            for batch in batches:
+                part = extract(batch)
+                merged.merge(part)
+                for row in part.rows():
+                    table[row.key] = table[row.key].merge(row) if row.key in table else row
+            self.assertEqual(merged, whole)
+            self.assertEqual(FingerprintSet.fromRows(table.values()), whole)
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.integers(0, 30), min_size=1, max_size=60), st.integers(1, 5), st.randoms())
+    def test_incrementalProperty(self, picks, nBatches, rng) -> None:
+        pool = numbered(_sampleRun())
+        events = [(i + 1, pool[p % len(pool)][1], pool[p % len(pool)][2]) for i, p in enumerate(picks)]
+        whole = extract(events)
+        rng.shuffle(events)
+        size = max(1, len(events) // nBatches)
+        merged = FingerprintSet()
+        for start in range(0, len(events), size):
+            merged.merge(extract(events[start : start + size]))
+        self.assertEqual(merged.rows(), whole.rows())
+
+
+def _sampleRun():
+    return [
+        fileEvent("/root/.npm/_cacache/content-v2/sha512/ab/cd/0123456789abcdef"),
+        fileEvent("/root/.npm/_cacache/index-v5/12/34/fedcba9876543210fedcba"),
+        fileEvent("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+        fileEvent("/root/.npmrc", tags=3),
+        fileEvent("/tmp/npm-123-abc/pkg/package.json", flags=0o1101),
+        fileEvent("/proc/4242/status"),
+        execEvent("/usr/local/bin/node"),
+        execEvent("/bin/sh", pid=101),
+        dnsEvent("registry.npmjs.org"),
+        connectEvent("104.16.8.34", 443),
+        connectEvent("2606:4700::6810:1", 443, pid=101),
+        sniEvent("registry.npmjs.org"),
+        connectEvent("127.0.0.11", 53),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Severity and diff
+
+
+def entries(*specs):
+    return [AllowEntry(id=str(i), kind=k, value=v) for i, (k, v) in enumerate(specs)]
+
+
+def one(deviations, category, value):
+    [found] = [d for d in deviations if d.category == category and d.value == value]
+    return found
+
+
+class SeverityScaleTests(SynchronousTestCase):
+    def test_order(self) -> None:
+        self.assertTrue(Severity.LOW < Severity.MEDIUM < Severity.HIGH < Severity.CRITICAL)
+        self.assertEqual([s.label for s in Severity], ["low", "medium", "high", "critical"])
+        self.assertEqual(Severity.parse(" High "), Severity.HIGH)
+        self.assertRaises(ValueError, Severity.parse, "warn")
+        self.assertLess(severityRank("medium"), severityRank("critical"))
+        self.assertEqual((severityRank(None), severityRank("")), (0, 0))
+        self.assertRaises(ValueError, severityRank, "warn")
+
+    def test_ruleTableIsWellFormed(self) -> None:
+        """
+        Every rule names a real category and real flags; every category has
+        an unconditional fallback row.
+        """
+        for rule in SEVERITY_RULES:
+            self.assertIn(rule.category, differ.CATEGORIES)
+            self.assertTrue(rule.requires <= FLAGS, rule)
+            self.assertTrue(rule.unless <= FLAGS, rule)
+            self.assertNotIn("\n", rule.reason)
+        for category in differ.CATEGORIES:
+            severity, reason = classify(category, frozenset())
+            self.assertTrue(reason)
+
+
+class DiffTests(SynchronousTestCase):
+    def test_fileSeverities(self) -> None:
+        quiet = fps(fileEvent("/etc/hosts"), fileEvent("/tmp/x", flags=1), fileEvent("/root/.ssh/id_rsa", tags=3),
+                    fileEvent("/root/.ssh/authorized_keys", flags=0o2001, tags=3))
+        found = diff(quiet, set())
+        self.assertEqual(one(found, FS_READ, "/etc/hosts").severity, Severity.LOW)
+        self.assertEqual(one(found, FS_WRITE, "/tmp/x").severity, Severity.LOW)
+        cred = one(found, FS_READ, "/root/.ssh/id_rsa")
+        self.assertEqual(cred.severity, Severity.HIGH)
+        self.assertEqual(cred.reason, "read of cred-tagged path")
+        self.assertEqual(one(found, FS_WRITE, "/root/.ssh/authorized_keys").severity, Severity.HIGH)
+
+    def test_credPlusNetworkIsCritical(self) -> None:
+        for network in (dnsEvent("evil.example"), connectEvent("127.0.0.1", 3128), sniEvent("x.y"),
+                        dnsEvent("")):
+            found = diff(fps(fileEvent("/root/.aws/credentials", tags=3), network), set())
+            cred = one(found, FS_READ, "/root/.aws/credentials")
+            self.assertEqual(cred.severity, Severity.CRITICAL, network)
+            self.assertEqual(cred.reason, "read of cred-tagged path while the run also reached the network")
+        found = diff(fps(fileEvent("/root/.ssh/id_rsa", flags=1, tags=3), dnsEvent("a.b")), set())
+        self.assertEqual(one(found, FS_WRITE, "/root/.ssh/id_rsa").severity, Severity.CRITICAL)
+
+    def test_networkSeverities(self) -> None:
+        found = diff(fps(dnsEvent("evil.example"), sniEvent("evil.example"), execEvent("/usr/bin/curl")), set())
+        self.assertEqual(one(found, NET_DNS, "evil.example").severity, Severity.MEDIUM)
+        self.assertEqual(one(found, NET_HTTPS_HOST, "evil.example").severity, Severity.MEDIUM)
+        self.assertEqual(one(found, PROC_EXEC, "/usr/bin/curl").severity, Severity.MEDIUM)
+
+    def test_rawIPOutsideAllowlistsIsHigh(self) -> None:
+        found = diff(fps(connectEvent("203.0.113.9", 4444), dnsEvent("x.example")), set())
+        dest = one(found, NET_DESTINATION, "203.0.113.9:4444")
+        self.assertEqual(dest.severity, Severity.HIGH)
+        self.assertEqual(dest.reason, "connection to a raw IP outside every allowlist")
+        found = diff(fps(connectEvent("2001:db8::9", 443)), set())
+        self.assertEqual(one(found, NET_DESTINATION, "[2001:db8::9]:443").severity, Severity.HIGH)
+
+    def test_providerCIDRsNeedANamingProcess(self) -> None:
+        """
+        A CDN destination is allowed only when the connecting process also
+        sent a DNS name or SNI; without one it is medium, never hidden.
+        """
+        # named by DNS, same process: allowed
+        self.assertEqual(diff(fps(dnsEvent("registry.npmjs.org"), connectEvent("104.16.8.34", 443)),
+                              {(NET_DNS, "registry.npmjs.org")}), [])
+        # named by SNI after the connect (order does not matter): allowed
+        self.assertEqual(diff(fps(connectEvent("2606:4700::1", 443), sniEvent("a.example")),
+                              {(NET_HTTPS_HOST, "a.example")}), [])
+        # no name anywhere: medium, with the provider in the reason
+        [dest] = diff(fps(connectEvent("54.230.1.1", 443)), set())
+        self.assertEqual(dest.severity, Severity.MEDIUM)
+        self.assertIn("CloudFront", dest.reason)
+        # a name, but from another process (npm resolves the registry; a
+        # postinstall curls a raw CloudFront IP): still flagged
+        found = diff(
+            fps(dnsEvent("registry.npmjs.org", pid=100), connectEvent("54.230.1.1", 443, pid=200)),
+            {(NET_DNS, "registry.npmjs.org")},
+        )
+        self.assertEqual([(d.value, d.severity) for d in found], [("54.230.1.1:443", Severity.MEDIUM)])
+        # IPv6 CDN ranges are covered too
+        self.assertEqual(diff(fps(dnsEvent("x"), connectEvent("2a04:4e42::1", 443)), {(NET_DNS, "x")}), [])
+
+    def test_operatorAllowlists(self) -> None:
+        allow = Allowlist(
+            entries(
+                ("cidr", "10.0.0.0/8"),
+                ("cidr", "2001:db8::/32"),
+                ("path", "/usr/lib/"),
+                ("path", "/root/"),
+                ("sni", "*.npmjs.org"),
+                ("dns", "registry.npmjs.org"),
+                ("exec", "/usr/bin/"),
+            )
+        )
+        fingerprints = fps(
+            connectEvent("10.1.2.3", 80),
+            connectEvent("2001:db8::1", 443),
+            connectEvent("11.1.2.3", 80),
+            fileEvent("/usr/lib/libc.so"),
+            fileEvent("/usr/lib64/libc.so"),
+            fileEvent("/root/.cache/x"),
+            fileEvent("/root/.ssh/id_rsa", tags=3),
+            sniEvent("registry.npmjs.org"),
+            dnsEvent("registry.npmjs.org"),
+            dnsEvent("other.npmjs.org"),
+            execEvent("/usr/bin/git"),
+            execEvent("/bin/sh"),
+        )
+        found = diff(fingerprints, set(), allow)
+        self.assertEqual(
+            sorted((d.category, d.value) for d in found),
+            sorted(
+                [
+                    (NET_DESTINATION, "11.1.2.3:80"),
+                    (FS_READ, "/usr/lib64/libc.so"),
+                    (FS_READ, "/root/.ssh/id_rsa"),  # a directory entry never hides cred
+                    (NET_DNS, "other.npmjs.org"),  # dns and sni entries are separate
+                    (PROC_EXEC, "/bin/sh"),
+                ]
+            ),
+        )
+        exact = Allowlist(entries(("path", "/root/.ssh/id_rsa")))
+        self.assertEqual(diff(fps(fileEvent("/root/.ssh/id_rsa", tags=3)), set(), exact), [])
+
+    def test_baselineSuppresses(self) -> None:
+        fingerprints = fps(fileEvent("/a"), fileEvent("/b"), fileEvent("/b"))
+        [d] = diff(fingerprints, {(FS_READ, "/a")})
+        self.assertEqual((d.value, d.count, d.evidence_event_id), ("/b", 2, 2))
+
+    def test_order(self) -> None:
+        found = diff(fps(fileEvent("/z"), fileEvent("/a"), dnsEvent("x"), fileEvent("/root/.npmrc", tags=3)), set())
+        self.assertEqual(
+            [(d.severity, d.value) for d in found],
+            [(Severity.CRITICAL, "/root/.npmrc"), (Severity.MEDIUM, "x"), (Severity.LOW, "/a"), (Severity.LOW, "/z")],
+        )
+
+    def test_internalRowsNeverDeviate(self) -> None:
+        found = diff(fps(connectEvent("1.2.3.4", 1), dnsEvent("a")), set())
+        self.assertFalse(any(d.category.startswith("_") for d in found))
+
+
+# ---------------------------------------------------------------------------
+# Verdict and plan
+
+
+class VerdictTests(SynchronousTestCase):
+    def test_table(self) -> None:
+        # (state, dropped, hasBaseline, deviations, rejected, promoted) -> verdict
+        table = [
+            (("ok", 0, False, 0, False, False), "baseline"),
+            (("ok", 0, False, 3, False, False), "baseline"),
+            (("ok", 0, True, 0, False, False), "clean"),
+            (("ok", 0, True, 2, False, False), "deviations"),
+            (("ok", 0, True, 2, False, True), "baseline"),
+            (("ok", 0, True, 2, True, False), "rejected"),
+            (("ok", 0, True, 2, True, True), "rejected"),
+            (("ok", 1, False, 0, False, False), "incomplete"),
+            (("ok", 5, True, 0, False, False), "incomplete"),
+            (("failed", 0, True, 0, False, False), "incomplete"),
+            (("failed", 0, False, 0, False, False), "incomplete"),
+            (("timeout", 0, True, 0, False, False), "incomplete"),
+            (("timeout", 0, True, 0, False, True), "incomplete"),
+            (("running", 0, True, 0, False, False), "incomplete"),
+            (("failed", 0, True, 1, True, False), "rejected"),
+        ]
+        for args, expected in table:
+            self.assertEqual(verdict(*args), expected, args)
+        self.assertEqual(verdict("ok", 0, True, [object()]), "deviations")
+
+
+class PlanTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.allow = Allowlist(entries(("path", "/usr/lib/")))
+        self.run = fps(fileEvent("/usr/lib/libc.so"), fileEvent("/etc/hosts"), dnsEvent("registry.npmjs.org"),
+                       fileEvent("/root/.npmrc", tags=3))
+
+    def plan(self, baselineKeys=frozenset(), **kw):
+        args = dict(runState="ok", eventsDropped=0, hasBaseline=bool(baselineKeys))
+        args.update(kw)
+        return planAnalysis(self.run, baselineKeys, self.allow, **args)
+
+    def test_seed(self) -> None:
+        plan = self.plan()
+        self.assertEqual(plan.verdict, "baseline")
+        self.assertTrue(plan.in_baseline)
+        self.assertEqual(plan.deviations, ())
+        self.assertEqual(
+            sorted(r.key for r in plan.baseline_add),
+            sorted([(FS_READ, "/etc/hosts"), (FS_READ, "/root/.npmrc"), (NET_DNS, "registry.npmjs.org")]),
+        )
+        self.assertIsNone(plan.max_severity)
+
+    def test_clean(self) -> None:
+        keys = self.run.keys()
+        plan = self.plan(keys)
+        self.assertEqual(plan.verdict, "clean")
+        self.assertTrue(plan.in_baseline)
+        self.assertEqual(len(plan.baseline_add), 3)
+
+    def test_deviations(self) -> None:
+        plan = self.plan({(FS_READ, "/etc/hosts")})
+        self.assertEqual(plan.verdict, "deviations")
+        self.assertFalse(plan.in_baseline)
+        self.assertEqual(plan.baseline_add, ())
+        self.assertEqual([d.value for d in plan.deviations], ["/root/.npmrc", "registry.npmjs.org"])
+        self.assertEqual(plan.max_severity, Severity.CRITICAL)
+
+    def test_incompleteNeverTouchesBaseline(self) -> None:
+        for kw in ({"runState": "failed"}, {"runState": "timeout"}, {"eventsDropped": 3}):
+            plan = self.plan(**kw)
+            self.assertEqual((plan.verdict, plan.in_baseline, plan.baseline_add, plan.deviations),
+                             ("incomplete", False, (), ()), kw)
+            self.assertFalse(plan.complete)
+            # With a baseline, its deviations are still reported as evidence.
+            plan = self.plan({(FS_READ, "/etc/hosts")}, **kw)
+            self.assertEqual(plan.verdict, "incomplete")
+            self.assertEqual(plan.baseline_add, ())
+            self.assertEqual(len(plan.deviations), 2)
+
+    def test_promotedAndRejected(self) -> None:
+        plan = self.plan({(FS_READ, "/etc/hosts")}, promoted=True)
+        self.assertEqual((plan.verdict, plan.deviations), ("baseline", ()))
+        self.assertEqual(len(plan.baseline_add), 3)
+        plan = self.plan({(FS_READ, "/etc/hosts")}, rejected=True)
+        self.assertEqual(plan.verdict, "rejected")
+        self.assertEqual(len(plan.deviations), 2)
+        self.assertEqual(plan.baseline_add, ())
+
+    def test_idempotent(self) -> None:
+        """
+        Same inputs, same plan (rows or set, any number of times).
+        """
+        keys = {(FS_READ, "/etc/hosts")}
+        first = self.plan(keys)
+        self.assertEqual(self.plan(keys), first)
+        self.assertEqual(
+            planAnalysis(self.run.rows(), keys, self.allow, runState="ok", eventsDropped=0, hasBaseline=True),
+            first,
+        )
+
+
+class HotPathTests(SynchronousTestCase):
+    def test_memoResetChangesNothing(self) -> None:
+        """
+        The bounded path memo is an optimisation only.
+        """
+        events = numbered(_sampleRun() * 3 + [fileEvent("/tmp/../root/.ssh/id_rsa")])
+        expected = extract(events).rows()
+        self.patch(differ, "_MEMO_LIMIT", 2)
+        self.assertEqual(extract(events).rows(), expected)
+
+    def test_eventTypeEnumAccepted(self) -> None:
+        from fangs.wire import EventType
+
+        fingerprints = FingerprintSet()
+        fingerprints.add(1, EventType.FILE_ACCESS, fileEvent("/x")[1])
+        fingerprints.add(2, EventType.TLS_SNI, sniEvent("a.b")[1])
+        self.assertEqual(sorted(fingerprints.keys()), [(FS_READ, "/x"), (NET_HTTPS_HOST, "a.b")])
+
+    def test_benchmarkRuns(self) -> None:
+        """
+        The benchmark's machinery works (on a tiny run; the real figure comes
+        from C{python -m fangs.orchestrator.bench_differ}).
+        """
+        import io
+
+        from fangs.orchestrator import bench_differ
+
+        out = io.StringIO()
+        result = bench_differ.run(2000, 100, repeat=1, out=out)
+        self.assertIn("target < 2.0 s", out.getvalue())
+        self.assertIn("critical /root/.ssh/id_rsa", out.getvalue())
+        self.assertGreater(result["total"], 0)
