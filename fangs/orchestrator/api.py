@@ -297,6 +297,32 @@ class OrchestratorAPI:
         reg = wire.loads(readBody(request), wire.RunnerRegistration)
         return self._json(request, self.core.register(reg))
 
+    @app.route("/v1/runners", methods=["GET"])
+    async def runners(self, request: IRequest) -> bytes:
+        now = self.core.clock.seconds()
+        return self._json(
+            request,
+            {
+                "runners": [
+                    {
+                        "runner_id": r.runner_id,
+                        "hostname": r.registration.hostname,
+                        "kernel_version": r.registration.kernel_version,
+                        "capabilities": r.registration.capabilities,
+                        "status": r.status or "idle",
+                        "active_run_ids": r.active_run_ids,
+                        "events_queued": r.events_queued,
+                        "registered_at": nsToTimestamp(int(r.registered_at * 1e9)),
+                        "last_seen_at": nsToTimestamp(int(r.last_seen * 1e9)),
+                        "last_seen_seconds_ago": round(now - r.last_seen, 1),
+                    }
+                    for r in self.core.registry.all()
+                ],
+                "queue_depth": await self.core.store.queueDepth(),
+                "long_polls_waiting": self.core.dispatcher.waiterCount(),
+            },
+        )
+
     @app.route("/v1/runners/<runnerID>/heartbeat", methods=["POST"])
     async def heartbeat(self, request: IRequest, runnerID: str) -> bytes:
         body = readBody(request)
@@ -332,7 +358,7 @@ class OrchestratorAPI:
             key = key.decode("latin-1").strip()
             if not 1 <= len(key) <= 200:
                 raise BadRequest("Idempotency-Key must be 1-200 characters")
-        runID, created = await self.core.submitScan(req, key)
+        runID, created = await self.core.submitScan(req, key, requireTarget=False)
         return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
 
     @app.route("/v1/runs/<runID>/events", methods=["POST"])

@@ -176,9 +176,18 @@ class ScanTests(SynchronousTestCase):
         status, body = self.o.call("POST", "/v1/scans", {"target_runner": "worker-1", "job": {"kind": "sandbox_scan", "run_id": rid, "sandbox": {"image": "x"}}})
         assertError(self, status, body, 409, "conflict")
 
-    def test_missingTarget(self):
+    def test_missingTargetGoesToSharedQueue(self):
         status, body = self.o.call("POST", "/v1/scans", {"Job": {"package_name": "x", "cgroup_path": "/x"}})
-        assertError(self, status, body, 400, inMessage="missing target_runner")
+        self.assertEqual(status, 202)
+        self.o.register("worker-2")
+        status, job = self.o.poll("worker-2")
+        self.assertEqual(bytes(job["run_id"]).hex(), body["run_id"])
+
+    def test_runnersListed(self):
+        self.o.submit()
+        status, body = self.o.call("GET", "/v1/runners")
+        self.assertEqual([r["runner_id"] for r in body["runners"]], ["worker-1"])
+        self.assertEqual(body["queue_depth"], 1)
 
     def test_unregisteredTarget(self):
         status, body = self.o.call("POST", "/v1/scans", {"target_runner": "nobody", "Job": {"cgroup_path": "/x"}})
