@@ -32,6 +32,7 @@ image:
 	$(PY) -m fangs.runner.image --ensure $(SANDBOX_IMAGE)
 
 test: setup
+	$(PY) -m fangs.runner.image --fixtures fangs-sandbox/fixtures:test
 	$(TRIAL) -j2 tests
 
 unit: venv

@@ -35,6 +35,10 @@
 #define T_FORK 101
 #define T_EXIT 102
 #define T_FCHDIR 103
+#define T_DIRFD 104
+
+#define O_DIRECTORY_ 0200000
+#define O_PATH_ 010000000
 
 #define TAG_INTERESTING 1
 #define TAG_CRED 2
@@ -169,7 +173,7 @@ struct fork_rec_t {
 // Per-CPU scratch, large enough for every record type plus slack so that
 // lookahead reads past the path stay inside the value.
 struct scratch_t {
-    u8 raw[4096];
+    u8 raw[8192];
 };
 
 BPF_ARRAY(config, struct config_t, 1);
@@ -180,6 +184,13 @@ BPF_PERCPU_ARRAY(scratch, struct scratch_t, 1);
 BPF_TABLE("lru_hash", u32, struct pinfo_t, pidmap, 65536);
 BPF_TABLE("lru_hash", struct sockkey_t, struct dest_t, sockdest, 16384);
 BPF_HASH(chdir_args, u32, u64, 4096);
+
+struct diropen_t {
+    u64 filename;
+    s32 dfd;
+    s32 flags;
+};
+BPF_HASH(diropen_args, u32, struct diropen_t, 4096);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
 // ---------------------------------------------------------------------------
@@ -231,9 +242,9 @@ static __always_inline void fill_hdr(struct hdr_t *h, struct run_t *r, u64 cgid,
 
 static __always_inline void emit(void *rec, u64 size, u32 slot)
 {
-    // Keep the verifier sure the copy stays inside the 4096-byte scratch.
+    // Keep the verifier sure the copy stays inside the 8192-byte scratch.
     asm volatile("" : "+r"(size));
-    size &= 0xfff;
+    size &= 0x1fff;
     if (events.ringbuf_output(rec, size, 0) < 0) {
         u64 *d = drops.lookup(&slot);
         if (d)
@@ -278,6 +289,16 @@ static __always_inline int do_open(int dfd, const char *filename, int flags)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
+    if (flags & (O_DIRECTORY_ | O_PATH_)) {
+        // Directory fds: the exit hook reports the fd so userspace can
+        // resolve later openat(dirfd, "relative") calls.
+        u32 tid = (u32)bpf_get_current_pid_tgid();
+        struct diropen_t a = {};
+        a.filename = (u64)filename;
+        a.dfd = dfd;
+        a.flags = flags;
+        diropen_args.update(&tid, &a);
+    }
     struct file_rec_t *rec = get_scratch();
     if (!rec)
         return 0;
@@ -336,6 +357,54 @@ int tp_creat(struct tracepoint__syscalls__sys_enter_creat *args)
 {
     // creat() == open(O_CREAT|O_WRONLY|O_TRUNC)
     return do_open(AT_FDCWD_, (const char *)args->pathname, 01 | 0100 | 01000);
+}
+
+static __always_inline int do_open_exit(long ret)
+{
+    u64 cgid = 0;
+    struct run_t *r = lookup_run(&cgid);
+    if (!r)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct diropen_t *a = diropen_args.lookup(&tid);
+    if (!a)
+        return 0;
+    struct diropen_t args = *a;
+    diropen_args.delete(&tid);
+    if (ret < 0)
+        return 0;
+    struct file_rec_t *rec = get_scratch();
+    if (!rec)
+        return 0;
+    int n = bpf_probe_read_user_str(rec->path, PATH_CAP, (void *)args.filename);
+    if (n <= 0)
+        return 0;
+    u32 len = (u32)n - 1;
+    if (len >= PATH_CAP)
+        len = PATH_CAP - 1;
+    fill_hdr(&rec->h, r, cgid, T_DIRFD);
+    rec->dfd = args.dfd;
+    rec->flags = (s32)ret;  // the new fd
+    rec->path_len = len;
+    rec->truncated = (n >= PATH_CAP) ? 1 : 0;
+    rec->resolve = 0;
+    emit(rec, FILE_FIXED + ((len + 1) & 0x1ff), r->slot);
+    return 0;
+}
+
+int tp_exit_openat(struct tracepoint__syscalls__sys_exit_openat *args)
+{
+    return do_open_exit(args->ret);
+}
+
+int tp_exit_openat2(struct tracepoint__syscalls__sys_exit_openat2 *args)
+{
+    return do_open_exit(args->ret);
+}
+
+int tp_exit_open(struct tracepoint__syscalls__sys_exit_open *args)
+{
+    return do_open_exit(args->ret);
 }
 
 // ---------------------------------------------------------------------------
@@ -579,14 +648,66 @@ int tp_connect(struct tracepoint__syscalls__sys_enter_connect *args)
     return 0;
 }
 
-// Looks at a buffer sent on fd (destination explicit in uaddr, or remembered
-// from connect()): DNS when the destination port is 53, a TLS ClientHello
-// when the bytes say so.
-static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void *uaddr,
-                                   const u8 *buf, u64 len, u8 syscall)
+struct iovec_t {
+    const u8 *base;
+    u64 len;
+};
+
+#define GATHER_IOV 4
+
+// Copies up to DATA_CAP bytes of the first GATHER_IOV segments into dst
+// (which has room for 2 * DATA_CAP bytes).  A single buffer is passed as
+// vec == NULL with buf/len.  Returns the bytes copied.
+static __always_inline u32 gather(u8 *dst, const struct iovec_t *vec, u64 vlen, const u8 *buf, u64 len)
 {
-    if (!buf || len < 6)
-        return 0;
+    u32 off = 0;
+#pragma unroll
+    for (int i = 0; i < GATHER_IOV; i++) {
+        struct iovec_t iov = {};
+        if (vec) {
+            if (i >= vlen)
+                break;
+            if (bpf_probe_read_user(&iov, sizeof(iov), &vec[i]) != 0)
+                break;
+        } else {
+            if (i > 0)
+                break;
+            iov.base = buf;
+            iov.len = len;
+        }
+        if (off >= DATA_CAP)
+            break;
+        u64 n = DATA_CAP - off;
+        if (iov.len < n)
+            n = iov.len;
+        u32 o = off;
+        asm volatile("" : "+r"(o), "+r"(n));
+        o &= (DATA_CAP - 1);
+        if (n > DATA_CAP)
+            n = DATA_CAP;
+        if (n == 0)
+            continue;
+        if (bpf_probe_read_user(dst + o, n, iov.base) != 0)
+            break;
+        off += n;
+    }
+    return off;
+}
+
+static __always_inline int hello_sig(const u8 *sig)
+{
+    return sig[0] == 0x16 && sig[1] == 0x03 && sig[5] == 0x01;
+}
+
+// Looks at bytes sent on fd (destination explicit in uaddr, or remembered
+// from connect()): DNS when the destination port is 53, a TLS ClientHello
+// when the bytes say so.  Bytes are one buffer (vec == NULL) or an iovec
+// array, gathered across its first segments so that splitting a
+// ClientHello over several iovecs does not hide it.
+static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void *uaddr,
+                                   const struct iovec_t *vec, u64 vlen, const u8 *buf, u64 len,
+                                   u8 syscall)
+{
     struct dest_t d = {};
     int have_dest = 0;
     if (uaddr) {
@@ -601,25 +722,34 @@ static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void
             have_dest = 1;
         }
     }
-    u8 type = 0;
-    if (have_dest && d.port == 53) {
-        type = T_DNS;
-    } else {
-        u8 sig[6] = {};
-        if (bpf_probe_read_user(sig, 6, buf) != 0)
-            return 0;
-        if (sig[0] != 0x16 || sig[1] != 0x03 || sig[5] != 0x01)
-            return 0;
+    u8 type = T_DNS;
+    if (!have_dest || d.port != 53) {
+        // Cheap test on the first segment before copying anything.
         type = T_TLS;
+        const u8 *first = buf;
+        u64 firstLen = len;
+        if (vec) {
+            struct iovec_t iov = {};
+            if (vlen < 1 || bpf_probe_read_user(&iov, sizeof(iov), vec) != 0)
+                return 0;
+            first = iov.base;
+            firstLen = iov.len;
+        }
+        if (firstLen >= 6) {
+            u8 sig[6] = {};
+            if (bpf_probe_read_user(sig, 6, first) != 0 || !hello_sig(sig))
+                return 0;
+        } else if (!vec || vlen < 2) {
+            return 0;
+        }
     }
     struct data_rec_t *rec = get_scratch();
     if (!rec)
         return 0;
-    u32 n = len > DATA_CAP ? DATA_CAP : (u32)len;
-    n &= (DATA_CAP * 2 - 1);
-    if (n > DATA_CAP)
-        n = DATA_CAP;
-    if (bpf_probe_read_user(rec->data, n, buf) != 0)
+    u32 n = gather(rec->data, vec, vlen, buf, len);
+    if (type == T_TLS && (n < 6 || !hello_sig(rec->data)))
+        return 0;
+    if (n == 0)
         return 0;
     fill_hdr(&rec->h, r, cgid, type);
     rec->family = have_dest ? d.family : 0;
@@ -629,8 +759,8 @@ static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void
     rec->data_len = n;
     rec->source = 3;
     rec->syscall = syscall;
-    rec->total_len = len > 0xffffffff ? 0xffffffff : (u32)len;
-    emit(rec, DATA_FIXED + n, r->slot);
+    rec->total_len = vec ? n : (len > 0xffffffff ? 0xffffffff : (u32)len);
+    emit(rec, DATA_FIXED + (n & (2 * DATA_CAP - 1)), r->slot);
     return 0;
 }
 
@@ -640,19 +770,8 @@ int tp_write(struct tracepoint__syscalls__sys_enter_write *args)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
-    // Only ClientHellos: no destination, so never DNS.
-    u8 sig[6] = {};
-    if (args->count < 6 || bpf_probe_read_user(sig, 6, (void *)args->buf) != 0)
-        return 0;
-    if (sig[0] != 0x16 || sig[1] != 0x03 || sig[5] != 0x01)
-        return 0;
-    return do_send(r, cgid, (u32)args->fd, 0, (const u8 *)args->buf, args->count, 1);
+    return do_send(r, cgid, (u32)args->fd, 0, 0, 0, (const u8 *)args->buf, args->count, 1);
 }
-
-struct iovec_t {
-    const u8 *base;
-    u64 len;
-};
 
 int tp_writev(struct tracepoint__syscalls__sys_enter_writev *args)
 {
@@ -660,17 +779,7 @@ int tp_writev(struct tracepoint__syscalls__sys_enter_writev *args)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
-    if (args->vlen < 1)
-        return 0;
-    struct iovec_t iov = {};
-    if (bpf_probe_read_user(&iov, sizeof(iov), (void *)args->vec) != 0)
-        return 0;
-    u8 sig[6] = {};
-    if (iov.len < 6 || bpf_probe_read_user(sig, 6, iov.base) != 0)
-        return 0;
-    if (sig[0] != 0x16 || sig[1] != 0x03 || sig[5] != 0x01)
-        return 0;
-    return do_send(r, cgid, (u32)args->fd, 0, iov.base, iov.len, 2);
+    return do_send(r, cgid, (u32)args->fd, 0, (const struct iovec_t *)args->vec, args->vlen, 0, 0, 2);
 }
 
 int tp_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
@@ -679,7 +788,7 @@ int tp_sendto(struct tracepoint__syscalls__sys_enter_sendto *args)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
-    return do_send(r, cgid, (u32)args->fd, (const void *)args->addr, (const u8 *)args->buff,
+    return do_send(r, cgid, (u32)args->fd, (const void *)args->addr, 0, 0, (const u8 *)args->buff,
                    args->len, 3);
 }
 
@@ -705,10 +814,7 @@ static __always_inline int do_msghdr(struct run_t *r, u64 cgid, u32 fd, const vo
         return 0;
     if (!m.iov || m.iovlen < 1)
         return 0;
-    struct iovec_t iov = {};
-    if (bpf_probe_read_user(&iov, sizeof(iov), m.iov) != 0)
-        return 0;
-    return do_send(r, cgid, fd, m.namelen > 0 ? m.name : 0, iov.base, iov.len, syscall);
+    return do_send(r, cgid, fd, m.namelen > 0 ? m.name : 0, m.iov, m.iovlen, 0, 0, syscall);
 }
 
 int tp_sendmsg(struct tracepoint__syscalls__sys_enter_sendmsg *args)

@@ -488,6 +488,8 @@ class OrchestratorAPI:
 
     @app.route("/v1/packages/<path:rest>", methods=["GET", "DELETE"])
     async def package(self, request: IRequest, rest: str) -> bytes:
+        if rest.endswith("/releases"):
+            return await self.packageReleases(request, rest[: -len("/releases")])
         baseline = rest.endswith("/baseline")
         name = rest[: -len("/baseline")] if baseline else rest
         try:
@@ -568,6 +570,31 @@ class OrchestratorAPI:
         run = await self.core.cancel(runIDFromPath(runID))
         return self._json(request, {"run_id": run.id, "state": run.state, "cancel_requested": run.cancel_requested})
 
+
+    # -- watcher and releases --
+
+    async def packageReleases(self, request: IRequest, name: str) -> bytes:
+        """
+        C{GET /v1/packages/<name>/releases?limit=N}: the versions the watcher
+        recorded, newest first, with whether and as which run each was
+        queued.
+        """
+        if request.method != b"GET":
+            raise BadRequest("releases are recorded by the watcher; only GET is allowed")
+        try:
+            npm.checkPackageName(name)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if await self.core.store.getPackage(name) is None:
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        raw = queryArg(request, "limit") or "50"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        rows = await self.core.store.listReleases(name, int(raw))
+        for r in rows:
+            for key in ("published_ns", "discovered_ns", "queued_ns"):
+                r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
+        return self._json(request, {"package_name": name, "releases": rows})
 
 def _eventLine(e: S.StoredEvent) -> bytes:
     head = json.dumps(

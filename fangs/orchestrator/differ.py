@@ -266,7 +266,11 @@ _R5_CACACHE_CONTENT = re.compile(
     r"(/\.npm/_cacache/[^/]+/[a-zA-Z0-9]+)/[a-f0-9]{2}/[a-f0-9]{2}/[a-f0-9]+"
 )
 _R6_CACACHE_INDEX = re.compile(r"(/\.npm/_cacache/index-[^/]+)/[a-f0-9]{2}/[a-f0-9]{2}/[a-f0-9]+")
-_R7_CACACHE_TMP = re.compile(r"(/\.npm/_cacache/tmp)/[a-f0-9]+")
+# Rule 7 widened: npm names its cacache temp entries with any random
+# characters (C{tmp/jlNkTC}), not only hex.
+_R7_CACACHE_TMP = re.compile(r"(/\.npm/_cacache/tmp)/[^/]+")
+# Beyond the reference: random UUIDs anywhere in a path.
+_R9_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _R8_LONG_HEX = re.compile(r"/[a-f0-9]{12,}(?=/|\Z)")
 
 
@@ -315,6 +319,8 @@ def _applyRules(path: str) -> str:
             path = _R6_CACACHE_INDEX.sub(_SUB_HASH, path)
         if "/.npm/_cacache/tmp/" in path:
             path = _R7_CACACHE_TMP.sub(_SUB_HEX, path)
+    if path.count("-") >= 4:
+        path = _R9_UUID.sub("<UUID>", path)
     return _R8_LONG_HEX.sub("/<HEX>", path)
 
 

@@ -371,6 +371,32 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         CREATE INDEX audit_by_target ON audit(target, at_ns);
         """,
     ),
+    (
+        3,
+        "watcher",
+        """
+        CREATE TABLE releases (
+            package_name TEXT NOT NULL REFERENCES packages(name) ON DELETE CASCADE,
+            version TEXT NOT NULL,
+            integrity TEXT NOT NULL DEFAULT '',
+            shasum TEXT NOT NULL DEFAULT '',
+            tarball TEXT NOT NULL DEFAULT '',
+            published_ns INTEGER,
+            dist_tags TEXT NOT NULL DEFAULT '',
+            discovered_ns INTEGER NOT NULL,
+            seeded INTEGER NOT NULL DEFAULT 0,
+            queued INTEGER NOT NULL DEFAULT 0,
+            queued_ns INTEGER,
+            run_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT NOT NULL DEFAULT '',
+            PRIMARY KEY (package_name, version)
+        ) WITHOUT ROWID;
+        CREATE INDEX releases_waiting ON releases(package_name) WHERE queued = 0 AND seeded = 0;
+        ALTER TABLE packages ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+        ALTER TABLE packages ADD COLUMN next_check_ns INTEGER
+        """,
+    ),
 ]
 
 
@@ -1289,6 +1315,183 @@ class SQLiteStore:
             ]
         )
 
+
+    # -- releases (watcher) --
+
+    def watchList(self, nowNs: int) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        The watched packages due for a check (not held back by a registry
+        C{Retry-After}), by name, each with its ETag, whether it has been
+        seeded, and how many recorded releases still wait to be queued.
+        """
+        return self._call(self._thd_watchList, nowNs)
+
+    def _thd_watchList(self, conn: sqlite3.Connection, nowNs: int) -> List[Dict[str, Any]]:
+        return [
+            {"name": r[0], "etag": r[1], "last_seen_version": r[2], "seeded": bool(r[3]), "waiting": r[4]}
+            for r in conn.execute(
+                "SELECT p.name, p.etag, p.last_seen_version,"
+                " EXISTS (SELECT 1 FROM releases r WHERE r.package_name = p.name),"
+                " (SELECT COUNT(*) FROM releases r WHERE r.package_name = p.name AND r.queued = 0 AND r.seeded = 0)"
+                " FROM packages p WHERE p.next_check_ns IS NULL OR p.next_check_ns <= ? ORDER BY p.name",
+                (nowNs,),
+            )
+        ]
+
+    def knownVersions(self, name: str) -> "Deferred[Dict[str, bool]]":
+        """
+        Every recorded version of C{name} and whether it is settled (queued
+        for a scan, or seen at seeding time).
+        """
+        return self._call(
+            lambda conn: {
+                r[0]: bool(r[1])
+                for r in conn.execute(
+                    "SELECT version, queued OR seeded FROM releases WHERE package_name = ?", (name,)
+                )
+            }
+        )
+
+    def recordPackument(
+        self,
+        name: str,
+        releases: Sequence[Dict[str, Any]],
+        latest: Optional[str],
+        etag: Optional[str],
+        nowNs: int,
+    ) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        In one transaction: insert the releases not recorded yet (each a dict
+        with version, integrity, shasum, tarball, published_ns, dist_tags and
+        seeded), refresh every recorded release's dist-tags, and stamp the
+        package's check time, latest version and ETag.  A package that was
+        removed meanwhile records nothing.
+
+        @return: the releases still waiting to be queued (unsorted).
+        """
+        return self._call(self._thd_recordPackument, name, releases, latest, etag, nowNs)
+
+    def _thd_recordPackument(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        releases: Sequence[Dict[str, Any]],
+        latest: Optional[str],
+        etag: Optional[str],
+        nowNs: int,
+    ) -> List[Dict[str, Any]]:
+        with _transaction(conn):
+            cur = conn.execute(
+                "UPDATE packages SET last_checked_ns = ?, last_seen_version = COALESCE(?, last_seen_version),"
+                " etag = ?, last_error = '', next_check_ns = NULL WHERE name = ?",
+                (nowNs, latest, etag, name),
+            )
+            if not cur.rowcount:
+                return []
+            conn.executemany(
+                "INSERT INTO releases (package_name, version, integrity, shasum, tarball, published_ns, dist_tags,"
+                " discovered_ns, seeded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags"
+                " WHERE dist_tags != excluded.dist_tags",
+                [
+                    (
+                        name,
+                        r["version"],
+                        r.get("integrity") or "",
+                        r.get("shasum") or "",
+                        r.get("tarball") or "",
+                        r.get("published_ns"),
+                        json.dumps(sorted(r.get("dist_tags") or ())),
+                        nowNs,
+                        1 if r.get("seeded") else 0,
+                    )
+                    for r in releases
+                ],
+            )
+            return self._thd_waitingReleases(conn, name)
+
+    def waitingReleases(self, name: str) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(self._thd_waitingReleases, name)
+
+    def _thd_waitingReleases(self, conn: sqlite3.Connection, name: str) -> List[Dict[str, Any]]:
+        return [
+            {"version": r[0], "published_ns": r[1], "attempts": r[2]}
+            for r in conn.execute(
+                "SELECT version, published_ns, attempts FROM releases"
+                " WHERE package_name = ? AND queued = 0 AND seeded = 0",
+                (name,),
+            )
+        ]
+
+    def markReleaseQueued(self, name: str, version: str, runID: str, nowNs: int) -> "Deferred[bool]":
+        def thd(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                return bool(
+                    conn.execute(
+                        "UPDATE releases SET queued = 1, queued_ns = ?, run_id = ?, last_error = ''"
+                        " WHERE package_name = ? AND version = ?",
+                        (nowNs, runID, name, version),
+                    ).rowcount
+                )
+
+        return self._call(thd)
+
+    def markReleaseFailed(self, name: str, version: str, error: str) -> "Deferred[None]":
+        def thd(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE releases SET attempts = attempts + 1, last_error = ? WHERE package_name = ? AND version = ?",
+                    (error[:500], name, version),
+                )
+
+        return self._call(thd)
+
+    def finishChecks(self, outcomes: Sequence[Tuple[str, str, Optional[int]]], nowNs: int) -> "Deferred[None]":
+        """
+        Stamp many packages checked in one transaction: each outcome is
+        C{(name, error, next_check_ns)} (error C{""} when all went well).
+        """
+
+        def thd(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "UPDATE packages SET last_checked_ns = ?, last_error = ?, next_check_ns = ? WHERE name = ?",
+                    [(nowNs, error[:500], nextNs, name) for name, error, nextNs in outcomes],
+                )
+
+        return self._call(thd)
+
+    def listReleases(self, name: str, limit: int = 50) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        The package's recorded releases, newest discovered (then published)
+        first.
+        """
+        return self._call(
+            lambda conn: [
+                {
+                    "package_name": name,
+                    "version": r[0],
+                    "integrity": r[1],
+                    "shasum": r[2],
+                    "tarball": r[3],
+                    "published_ns": r[4],
+                    "dist_tags": json.loads(r[5] or "[]"),
+                    "discovered_ns": r[6],
+                    "seeded": bool(r[7]),
+                    "queued": bool(r[8]),
+                    "queued_ns": r[9],
+                    "run_id": r[10],
+                    "attempts": r[11],
+                    "last_error": r[12],
+                }
+                for r in conn.execute(
+                    "SELECT version, integrity, shasum, tarball, published_ns, dist_tags, discovered_ns, seeded,"
+                    " queued, queued_ns, run_id, attempts, last_error FROM releases WHERE package_name = ?"
+                    " ORDER BY COALESCE(published_ns, discovered_ns) DESC, version DESC LIMIT ?",
+                    (name, limit),
+                )
+            ]
+        )
 
 def _statements(sql: str) -> Iterable[str]:
     for part in sql.split(";"):

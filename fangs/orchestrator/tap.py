@@ -46,6 +46,8 @@ class Options(usage.Options):
         ["id", None, "fangs-orchestrator", "Orchestrator id reported to runners."],
         ["poll-wait", None, 25.0, "Seconds a job long-poll waits before answering 204.", float],
         ["max-body", None, 64 * 1024, "Largest non-stream request body in bytes.", int],
+        ["watch-interval", None, 300.0, "Seconds between npm registry polls of watched packages (0 disables).", float],
+        ["registry-url", None, "https://registry.npmjs.org", "npm registry base URL the watcher polls."],
     ]
 
     def postOptions(self) -> None:
@@ -53,6 +55,10 @@ class Options(usage.Options):
             raise usage.UsageError("--poll-wait must be between 0 and 300 seconds")
         if self["max-body"] < 1024:
             raise usage.UsageError("--max-body must be at least 1024 bytes")
+        if self["watch-interval"] < 0:
+            raise usage.UsageError("--watch-interval must be 0 (off) or a number of seconds")
+        if not self["registry-url"].startswith(("http://", "https://")):
+            raise usage.UsageError("--registry-url must be an http:// or https:// URL")
         self["endpoint"] = self["listen"] or _addrToEndpoint(self["addr"])
         if self["config"] is None:
             self["config"] = defaultConfigPath()
@@ -144,6 +150,41 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     sweeper.clock = reactor
     sweeper.setServiceParent(top)
 
+    if options["watch-interval"] > 0:
+        _addWatcher(top, reactor, core, options)
+
     site = FangsSite(api.resource(), maxBody=options["max-body"])
     strports.service(options["endpoint"], site, reactor=reactor).setServiceParent(top)
     return top
+
+
+def _addWatcher(parent: service.MultiService, reactor: Any, core: Any, options: Options) -> None:
+    """
+    The npm watcher's C{TimerService}: polls at start, then every
+    C{--watch-interval} seconds.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from fangs.orchestrator.registryclient import RegistryClient
+    from fangs.orchestrator.watcher import DEFAULT_CONCURRENCY, Watcher
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = DEFAULT_CONCURRENCY
+    registry = RegistryClient(HTTPClient(Agent(reactor, pool=pool)), reactor, options["registry-url"])
+
+    async def submit(request: Any, key: str) -> str:
+        runID, _ = await core.submitScan(request, key, requireTarget=False)
+        return runID
+
+    watcher = Watcher(
+        reactor,
+        core.store,
+        registry,
+        submit,
+        scanDurationNs=int(core.config.scanDurationSeconds * 1e9),
+    )
+    core.watcher = watcher
+    timer = TimerService(options["watch-interval"], watcher.tick)
+    timer.clock = reactor
+    timer.setServiceParent(parent)

@@ -697,3 +697,24 @@ class HotPathTests(SynchronousTestCase):
         self.assertIn("target < 2.0 s", out.getvalue())
         self.assertIn("critical /root/.ssh/id_rsa", out.getvalue())
         self.assertGreater(result["total"], 0)
+
+
+class NpmNoiseTests(SynchronousTestCase):
+    """
+    Names npm makes up at random on every install, seen in real runs.
+    """
+
+    def test_cacacheTmpAnyName(self):
+        from fangs.orchestrator.differ import normalizePath
+
+        self.assertEqual(normalizePath("/root/.npm/_cacache/tmp/jlNkTC/package.json"), "/root/.npm/_cacache/tmp/<HEX>/package.json")
+        self.assertEqual(normalizePath("/root/.npm/_cacache/tmp/q4uhJz"), "/root/.npm/_cacache/tmp/<HEX>")
+
+    def test_uuid(self):
+        from fangs.orchestrator.differ import normalizePath
+
+        self.assertEqual(
+            normalizePath("/root/.npm/_cacache/tmp/3f2a1b7c-8c12-4c38-83c0-e6aff0c5df0a"),
+            "/root/.npm/_cacache/tmp/<HEX>",
+        )
+        self.assertEqual(normalizePath("/var/run/3F2A1B7C-8C12-4C38-83C0-E6AFF0C5DF0A.lock"), "/var/run/<UUID>.lock")

@@ -1,0 +1,252 @@
+"""
+The npm watcher: every C{--watch-interval} it fetches each watched package's
+packument and queues a sandbox scan of every version published since the
+last poll, oldest first.
+
+Unlike the reference it never loses a release: the release is recorded first
+(with its integrity, shasum, tarball, publish time and dist-tags), and marked
+queued only once its run is durably in the queue; a failed submit leaves it
+waiting and the next cycle tries again (with the same idempotency key
+C{watch:<pkg>@<version>}, so a retry after a half-failure never queues twice).
+
+The first poll of a package seeds it: every existing version is recorded as
+seen and only the current C{latest} is scanned (the run that becomes the
+package's baseline).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
+
+import attrs
+from twisted.internet.defer import Deferred, DeferredSemaphore
+from twisted.logger import Logger
+
+from fangs import npm, wire
+from fangs.orchestrator.registryclient import (
+    NOT_MODIFIED,
+    PackageNotFound,
+    RateLimited,
+    RegistryClient,
+    RegistryError,
+    releaseOrder,
+)
+
+log = Logger()
+
+DEFAULT_INTERVAL = 300.0
+DEFAULT_CONCURRENCY = 16
+DEFAULT_SCAN_DURATION_NS = 120 * wire.SECOND
+
+#: C{submit(request, idempotencyKey)} -> run id; raises when not queued.
+Submit = Callable[[wire.ScanRequest, str], Awaitable[str]]
+
+
+def idempotencyKey(package: str, version: str) -> str:
+    return "watch:%s@%s" % (package, version)
+
+
+def scanRequest(
+    package: str, version: str, durationNs: int = DEFAULT_SCAN_DURATION_NS, targetRunner: str = ""
+) -> wire.ScanRequest:
+    """
+    The scan of C{package@version} in the sandbox: the seed's install
+    command, quoted, with install scripts forced on; image C{""} lets the
+    orchestrator stamp its configured sandbox image.
+    """
+    return wire.ScanRequest(
+        target_runner=targetRunner,
+        job=wire.Job(
+            kind="sandbox_scan",
+            package_name=package,
+            version=version,
+            duration=durationNs,
+            sandbox=wire.SandboxSpec(
+                image="",
+                command=npm.installCommand(package, version),
+                user="0:0",
+                network_mode="bridge",
+                pull_policy="never",
+                grace_period=2 * wire.SECOND,
+            ),
+        ),
+    )
+
+
+@attrs.define
+class CycleStats:
+    packages: int = 0
+    not_modified: int = 0
+    fetched: int = 0
+    seeded: int = 0
+    queued: int = 0
+    queue_failures: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+
+
+class Watcher:
+    """
+    @param clock: time for stamps, C{Retry-After} and the cycle's duration.
+    @param store: the orchestrator's store (the C{releases} methods).
+    @param registry: a L{RegistryClient}.
+    @param submit: queues one scan (see L{Submit}).
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        store: Any,
+        registry: RegistryClient,
+        submit: Submit,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        scanDurationNs: int = DEFAULT_SCAN_DURATION_NS,
+        targetRunner: str = "",
+    ) -> None:
+        self.clock = clock
+        self.store = store
+        self.registry = registry
+        self.submit = submit
+        self.concurrency = concurrency
+        self.scanDurationNs = scanDurationNs
+        self.targetRunner = targetRunner
+        self.lastCycle: Optional[CycleStats] = None
+        self._running: Optional[Deferred] = None
+
+    def nowNs(self) -> int:
+        return int(self.clock.seconds() * 1_000_000_000)
+
+    def tick(self) -> Deferred:
+        """
+        For the C{TimerService}: one cycle, unless the previous one is still
+        running.  Never fails.
+        """
+        if self._running is not None:
+            log.info("watcher: previous cycle still running; skipping this tick")
+            return self._running
+        d = Deferred.fromCoroutine(self.pollOnce())
+
+        def done(r: Any) -> Any:
+            self._running = None
+            return None
+
+        d.addErrback(lambda f: log.failure("watcher cycle failed", f))
+        d.addBoth(done)
+        if not d.called:
+            self._running = d
+        return d
+
+    async def pollOnce(self) -> CycleStats:
+        """
+        Check every watched package due for a check, at most C{concurrency}
+        at a time.  Per-package problems are logged and recorded on the
+        package; they never stop the cycle.
+        """
+        started = self.clock.seconds()
+        stats = CycleStats()
+        packages = await self.store.watchList(self.nowNs())
+        stats.packages = len(packages)
+        sem = DeferredSemaphore(self.concurrency)
+        outcomes: List[Tuple[str, str, Optional[int]]] = []
+
+        async def one(p: Dict[str, Any]) -> None:
+            outcome = await self._checkPackage(p, stats)
+            if outcome is not None:
+                outcomes.append(outcome)
+
+        def guarded(p: Dict[str, Any]) -> Deferred:
+            return Deferred.fromCoroutine(one(p))
+
+        ds = [sem.run(guarded, p) for p in packages]
+        for d in ds:
+            try:
+                await d
+            except Exception:
+                stats.errors += 1
+                log.failure("watcher: checking a package failed")
+        if outcomes:
+            await self.store.finishChecks(outcomes, self.nowNs())
+        stats.seconds = self.clock.seconds() - started
+        self.lastCycle = stats
+        log.info(
+            "watcher cycle: {packages} packages, {fetched} fetched, {not_modified} unchanged,"
+            " {queued} scans queued, {queue_failures} queue failures, {errors} errors in {seconds:.2f}s",
+            **attrs.asdict(stats),
+        )
+        return stats
+
+    async def _checkPackage(self, p: Dict[str, Any], stats: CycleStats) -> Optional[Tuple[str, str, Optional[int]]]:
+        """
+        @return: C{(name, error, next_check_ns)} for L{store.finishChecks},
+            or None when L{store.recordPackument} stamped the package already.
+        """
+        name = p["name"]
+        try:
+            result = await self.registry.fetch(name, p["etag"] if p["seeded"] else None)
+            if result is not NOT_MODIFIED and not result.has_times:
+                # The abbreviated form has no publish times: fetch the full
+                # document, but only when there is something new to record.
+                known = await self.store.knownVersions(name)
+                if any(r.version not in known for r in result.releases):
+                    full = await self.registry.fetch(name, None, full=True)
+                    result = attrs.evolve(full, etag=result.etag)
+        except RateLimited as e:
+            log.warn("watcher: {name}: {error}", name=name, error=str(e))
+            stats.errors += 1
+            return (name, str(e), self.nowNs() + int(e.retryAfter * 1e9))
+        except PackageNotFound as e:
+            log.warn("watcher: {name}: {error}", name=name, error=str(e))
+            stats.errors += 1
+            return (name, str(e), None)
+        except RegistryError as e:
+            log.warn("watcher: {name}: {error}", name=name, error=str(e))
+            stats.errors += 1
+            return (name, str(e), None)
+
+        stamped = False
+        if result is NOT_MODIFIED:
+            stats.not_modified += 1
+            waiting = await self.store.waitingReleases(name) if p["waiting"] else []
+        else:
+            stats.fetched += 1
+            seeding = not p["seeded"]
+            releases = []
+            for r in result.releases:
+                row = r.asDict()
+                # Seeding: every version already out counts as seen, except
+                # latest, which is scanned to make the baseline.
+                row["seeded"] = seeding and r.version != result.latest
+                releases.append(row)
+            if seeding:
+                stats.seeded += 1
+            waiting = await self.store.recordPackument(name, releases, result.latest, result.etag, self.nowNs())
+            stamped = True
+        error = await self._queue(name, waiting, stats)
+        if stamped and not error:
+            return None
+        return (name, error, None)
+
+    async def _queue(self, name: str, waiting: List[Dict[str, Any]], stats: CycleStats) -> str:
+        """
+        Queue each waiting release oldest first; stop at the first failure
+        (so the order holds) and leave the rest for the next cycle.
+        """
+        for r in sorted(waiting, key=releaseOrder):
+            version = r["version"]
+            try:
+                request = scanRequest(name, version, self.scanDurationNs, self.targetRunner)
+                runID = await self.submit(request, idempotencyKey(name, version))
+                await self.store.markReleaseQueued(name, version, runID, self.nowNs())
+            except Exception as e:
+                stats.queue_failures += 1
+                message = "queueing %s@%s failed: %s" % (name, version, e)
+                log.warn("watcher: {message}; retrying next cycle", message=message)
+                try:
+                    await self.store.markReleaseFailed(name, version, message)
+                except Exception:
+                    log.failure("watcher: recording the failure of {name}@{version}", name=name, version=version)
+                return message
+            stats.queued += 1
+            log.info("watcher: queued {name}@{version} as run {run_id}", name=name, version=version, run_id=runID)
+        return ""

@@ -1,0 +1,113 @@
+"""
+Tests for L{fangs.runner.cgroups}: a temporary directory stands in for the
+hierarchy in the unit tests; the real v2 hierarchy in the root-only ones
+(a real container's placement is tested in C{test_sandbox}).
+"""
+
+import errno
+import os
+import secrets
+import tempfile
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from fangs.runner.cgroups import CgroupError, CgroupManager, cgroupOfPid, findCgroup2Mount
+from tests import prereq
+
+
+def fakeHierarchy(testCase) -> str:
+    top = tempfile.mkdtemp(prefix="fangs-cg-")
+    testCase.addCleanup(lambda: __import__("shutil").rmtree(top, ignore_errors=True))
+    root = os.path.join(top, "unified")
+    os.makedirs(root)
+    open(os.path.join(root, "cgroup.controllers"), "w").close()
+    return top
+
+
+class CgroupManagerTests(SynchronousTestCase):
+    def test_create(self):
+        top = fakeHierarchy(self)
+        mgr = CgroupManager(root=os.path.join(top, "unified"), v1Root=top)
+        cg = mgr.create("ab" * 16)
+        self.assertEqual(cg.relPath, "/fangs/" + "ab" * 16)
+        self.assertEqual(cg.absPath, os.path.join(top, "unified", "fangs", "ab" * 16))
+        self.assertEqual(cg.cgroupID, os.stat(cg.absPath).st_ino)
+        self.assertEqual(mgr.create("ab" * 16), cg)  # existing directory reused
+
+    def test_createRefusesPaths(self):
+        top = fakeHierarchy(self)
+        mgr = CgroupManager(root=os.path.join(top, "unified"))
+        for bad in ("../x", "a/b", "", ".hidden"):
+            self.assertRaises(CgroupError, mgr.create, bad)
+        self.assertRaises(ValueError, CgroupManager, parent="a/b")
+
+    def test_noHierarchy(self):
+        mgr = CgroupManager(root=tempfile.mkdtemp(prefix="fangs-nocg-"))
+        self.assertRaises(CgroupError, mgr.create, "ab" * 16)
+
+    def test_removeRetriesOnBusyThroughTheClock(self):
+        top = fakeHierarchy(self)
+        busy = [2]
+
+        def rmdir(path):
+            if path.endswith("cd" * 16) and "unified" in path and busy[0]:
+                busy[0] -= 1
+                raise OSError(errno.EBUSY, "Device or resource busy")
+            os.rmdir(path)
+
+        mgr = CgroupManager(root=os.path.join(top, "unified"), v1Root=top, rmdir=rmdir)
+        cg = mgr.create("cd" * 16)
+        os.mkdir(os.path.join(cg.absPath, "child"))  # a dead container's cgroup
+        v1 = os.path.join(top, "memory", "fangs", "cd" * 16)
+        os.makedirs(v1)
+        clock = Clock()
+        d = Deferred.fromCoroutine(mgr.remove(cg, clock))
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertNoResult(d)
+        clock.advance(0.1)
+        self.assertTrue(self.successResultOf(d))
+        self.assertFalse(os.path.exists(cg.absPath))
+        self.assertFalse(os.path.exists(v1))
+
+    def test_removeGivesUp(self):
+        top = fakeHierarchy(self)
+
+        def rmdir(path):
+            raise OSError(errno.EBUSY, "Device or resource busy")
+
+        mgr = CgroupManager(root=os.path.join(top, "unified"), v1Root=None, rmdir=rmdir)
+        cg = mgr.create("ef" * 16)
+        clock = Clock()
+        d = Deferred.fromCoroutine(mgr.remove(cg, clock, attempts=3, interval=1))
+        clock.pump([1, 1, 1])
+        self.assertFalse(self.successResultOf(d))
+        self.flushLoggedErrors()
+
+    def test_removeMissingIsFine(self):
+        top = fakeHierarchy(self)
+        mgr = CgroupManager(root=os.path.join(top, "unified"), v1Root=top)
+        cg = mgr.create("01" * 16)
+        os.rmdir(cg.absPath)
+        self.assertTrue(self.successResultOf(Deferred.fromCoroutine(mgr.remove(cg, Clock()))))
+
+
+class RealHierarchyTests(SynchronousTestCase):
+    def test_realCreateRemove(self):
+        prereq.requireRoot()
+        mgr = CgroupManager()
+        if not mgr.available():
+            prereq.missing("no cgroup v2 hierarchy at /sys/fs/cgroup/unified")
+        cg = mgr.create(secrets.token_hex(16))
+        self.addCleanup(lambda: os.path.isdir(cg.absPath) and os.rmdir(cg.absPath))
+        self.assertTrue(os.path.exists(os.path.join(cg.absPath, "cgroup.procs")))
+        self.assertEqual(mgr.cgroupID(cg.relPath), cg.cgroupID)
+        self.assertTrue(self.successResultOf(Deferred.fromCoroutine(mgr.remove(cg, Clock()))))
+        self.assertFalse(os.path.exists(cg.absPath))
+
+    def test_mountAndOwnCgroup(self):
+        self.assertIsNotNone(findCgroup2Mount())
+        self.assertIsNotNone(cgroupOfPid(os.getpid()))
+        self.assertIsNone(cgroupOfPid(0))

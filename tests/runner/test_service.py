@@ -1,0 +1,398 @@
+"""
+Tests for L{fangs.runner.service.RunnerService}: control-plane loops and the
+job lifecycle, with a fake clock, a scripted client and fake sensor,
+sandbox and cgroups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from fangs.runner.client import NotRegistered, OrchestratorError
+from fangs.runner.service import CANCELLED, SHUTTING_DOWN, TIMED_OUT, RunnerService
+from fangs.runner.streamer import EventStreamer
+from fangs.wire import SECOND, HeartbeatAck, Job, RegistrationAck, SandboxSpec, WatchedPath
+from tests.runner.fakes import (
+    FakeCgroups,
+    FakeClient,
+    FakeSandbox,
+    FakeSandboxError,
+    FakeSensor,
+    runID,
+)
+
+
+def makeJob(n: int, duration: float = 60, grace: float = 2, sandbox: bool = True) -> Job:
+    return Job(
+        run_id=runID(n),
+        kind="sandbox_scan" if sandbox else "sensor_only",
+        package_name="left-pad",
+        version="1.0.%d" % (n,),
+        cgroup_path="" if sandbox else "/sys/fs/cgroup/unified/some/where",
+        watched_paths=[WatchedPath("/etc/"), WatchedPath("/etc/shadow", cred_tagged=True)],
+        duration=int(duration * SECOND),
+        sandbox=SandboxSpec(image="fangs-sandbox/node:20", command=["npm", "install"],
+                            grace_period=int(grace * SECOND)) if sandbox else None,
+    )
+
+
+class ServiceTestsMixin:
+    maxConcurrent = 1
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.client = FakeClient()
+        self.sensor = FakeSensor()
+        self.sandbox = FakeSandbox()
+        self.cgroups = FakeCgroups()
+        self.service = RunnerService(
+            self.clock, self.client, self.sensor, self.sandbox, self.cgroups,
+            runnerID="r1", hostname="host-1", kernelVersion="6.1.0",
+            maxConcurrent=self.maxConcurrent,
+            retryPolicy=lambda attempt: 2.0 ** attempt,
+            streamerFactory=lambda clock, client, run: EventStreamer(
+                clock, client, run, retryPolicy=lambda attempt: 1.0),
+            cgroupInode=lambda path: 4242,
+        )
+
+    def calls(self, name: str) -> int:
+        return sum(1 for c in self.client.calls if c[0] == name)
+
+    def start(self) -> None:
+        self.service.startService()
+        self.addCleanup(self._stop)
+
+    def _stop(self) -> None:
+        if self.service.running:
+            d = self.service.stopService()
+            self.clock.advance(60)
+            self.successResultOf(d)
+
+    def startJob(self, job: Job) -> Any:
+        self.client.answerPoll(job)
+        return self.sandbox.handles.get(job.run_id.hex())
+
+    def result(self, n: int) -> Any:
+        [result] = [r for r in self.client.results if r.run_id == runID(n)]
+        return result
+
+
+class ControlPlaneTests(ServiceTestsMixin, SynchronousTestCase):
+    def test_startupOrder(self) -> None:
+        self.start()
+        self.assertEqual(self.sensor.log[0], ("start",))
+        self.assertEqual(self.sandbox.log[0], ("reapStale",))
+        [kind, reg] = self.client.calls[0]
+        self.assertEqual(kind, "register")
+        self.assertEqual((reg.runner_id, reg.hostname, reg.kernel_version, reg.proto_version,
+                          reg.capabilities), ("r1", "host-1", "6.1.0", 1,
+                                              ["sensor", "sandbox.docker"]))
+        self.assertEqual(self.client.calls[1], ("poll", "r1"))
+
+    def test_registerRetriesWhileOrchestratorDown(self) -> None:
+        self.client.registerScript = [ConnectionRefusedError()] * 3
+        self.start()
+        self.assertEqual(self.calls("register"), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.calls("register"), 2)
+        self.clock.advance(2)
+        self.assertEqual(self.calls("register"), 3)
+        self.assertEqual(self.calls("poll"), 0)
+        self.clock.advance(4)
+        self.assertEqual(self.calls("register"), 4)
+        self.assertEqual(self.calls("poll"), 1)
+
+    def test_sensorFailureMeansNoRegistration(self) -> None:
+        self.sensor.startError = RuntimeError("no BPF")
+        self.start()
+        self.assertEqual(self.client.calls, [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_pollNotRegisteredReregisters(self) -> None:
+        self.start()
+        self.client.answerPoll(NotRegistered(404, "", "runner not registered"))
+        self.assertEqual(self.calls("register"), 2)
+        self.assertEqual(self.calls("poll"), 2)
+
+    def test_poll204WaitsPollInterval(self) -> None:
+        self.client.ack = RegistrationAck(ok=True, orchestrator_id="o",
+                                          job_poll_interval=5 * SECOND,
+                                          heartbeat_interval=30 * SECOND)
+        self.start()
+        self.client.answerPoll(None)
+        self.clock.advance(4.9)
+        self.assertEqual(self.calls("poll"), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(self.calls("poll"), 2)
+
+    def test_pollErrorBacksOff(self) -> None:
+        self.start()
+        self.client.answerPoll(OrchestratorError(500, "", "db down"))
+        self.assertEqual(self.calls("poll"), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.calls("poll"), 2)
+        self.client.answerPoll(ConnectionRefusedError())
+        self.clock.advance(1.9)
+        self.assertEqual(self.calls("poll"), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(self.calls("poll"), 3)
+
+    def test_heartbeat(self) -> None:
+        self.start()
+        self.clock.advance(29.9)
+        self.assertEqual(self.calls("heartbeat"), 0)
+        self.clock.advance(0.1)
+        self.assertEqual(self.calls("heartbeat"), 1)
+        hb = self.client.heartbeats[0]
+        self.assertEqual((hb.runner_id, hb.status, hb.active_run_id, hb.active_run_ids),
+                         ("r1", "idle", "", []))
+        self.clock.advance(30)
+        self.assertEqual(self.calls("heartbeat"), 2)
+
+    def test_heartbeatUnknownRunnerReregisters(self) -> None:
+        self.client.heartbeatScript = [HeartbeatAck(ok=False, unknown_runner=True)]
+        self.start()
+        self.clock.advance(30)
+        self.assertEqual(self.calls("register"), 2)
+        self.clock.advance(30)
+        self.assertEqual(self.calls("register"), 2)
+
+    def test_heartbeatIntervalFromAck(self) -> None:
+        self.client.ack = RegistrationAck(ok=True, orchestrator_id="o", job_poll_interval=0,
+                                          heartbeat_interval=10 * SECOND)
+        self.start()
+        self.clock.advance(10)
+        self.assertEqual(self.calls("heartbeat"), 1)
+
+    def test_heartbeatErrorsAreSurvived(self) -> None:
+        self.client.heartbeatScript = [ConnectionRefusedError()]
+        self.start()
+        self.clock.advance(30)
+        self.clock.advance(30)
+        self.assertEqual(self.calls("heartbeat"), 2)
+
+    def test_stopWhileIdle(self) -> None:
+        self.start()
+        d = self.service.stopService()
+        self.successResultOf(d)
+        self.assertTrue(self.sensor.stopped)
+        self.assertTrue(self.client.pendingPolls[0].called)  # cancelled
+
+
+class JobTests(ServiceTestsMixin, SynchronousTestCase):
+    def test_happyPath(self) -> None:
+        self.start()
+        job = makeJob(1)
+        handle = self.startJob(job)
+        hexID = runID(1).hex()
+        cg = self.cgroups.created[0]
+        self.assertEqual(self.sensor.log[1], ("addRun", hexID, cg.cgroupID))
+        self.assertEqual(self.sandbox.log[-1], ("launch", hexID, "/fangs/" + hexID))
+        self.assertEqual(self.sensor.runs[hexID].watchedPaths, job.watched_paths)
+        self.assertIs(handle.spec, job.sandbox)
+
+        for i in range(5):
+            self.sensor.emit(runID(1), 1, {"i": i})
+        self.sensor.drops[hexID] = 3
+        self.clock.advance(1)
+        self.assertEqual(self.calls("poll"), 1)  # one slot, taken
+        handle.exit(0)
+        self.assertEqual(handle.stops, 0)  # the grace period runs first
+        self.clock.advance(2)
+        self.assertEqual(handle.stops, 1)
+        result = self.result(1)
+        self.assertEqual((result.status, result.reason, result.events_emitted,
+                          result.events_dropped), ("ok", "", 5, 3))
+        self.assertEqual(result.duration, 3 * SECOND)
+        self.assertEqual(len(self.client.eventsOf(runID(1))), 5)
+        self.assertEqual(self.cgroups.removed, [cg])
+        self.assertNotIn(hexID, self.sensor.runs)
+        self.assertEqual(self.sensor.log[-2:], [("dropsFor", hexID), ("removeRun", hexID)])
+        self.assertEqual(self.calls("poll"), 2)  # the slot is free again
+        self.assertEqual(self.service.runs, {})
+
+    def test_gracePeriodEventsCaptured(self) -> None:
+        """
+        Events during the grace period and those drained by removeRun are
+        sent and counted.
+        """
+        self.start()
+        handle = self.startJob(makeJob(1, grace=5))
+        self.sensor.emit(runID(1))
+        handle.exit(0)
+        self.clock.advance(4)
+        self.sensor.emit(runID(1))
+        self.sensor.pendingOnRemove[runID(1).hex()] = [(2, {"late": True})]
+        self.assertEqual(self.client.results, [])
+        self.clock.advance(1)
+        result = self.result(1)
+        self.assertEqual((result.status, result.events_emitted), ("ok", 3))
+        self.assertEqual(len(self.client.eventsOf(runID(1))), 3)
+
+    def test_nonZeroExit(self) -> None:
+        self.start()
+        handle = self.startJob(makeJob(1))
+        handle.exit(1)
+        self.clock.advance(2)
+        result = self.result(1)
+        self.assertEqual(result.status, "failed")
+        self.assertEqual(result.reason, "exit code 1: line 1 | npm ERR! boom")
+
+    def test_oomKilled(self) -> None:
+        self.start()
+        handle = self.startJob(makeJob(1))
+        handle.logText = ""
+        handle.exit(137, oomKilled=True)
+        self.clock.advance(2)
+        self.assertEqual(self.result(1).reason, "exit code 137 (OOM killed)")
+
+    def test_timeout(self) -> None:
+        self.start()
+        handle = self.startJob(makeJob(1, duration=60, grace=2))
+        self.clock.advance(59.9)
+        self.assertEqual(handle.stops, 0)
+        self.clock.advance(0.1)
+        self.assertEqual(handle.stops, 0)
+        self.clock.advance(2)
+        self.assertEqual(handle.stops, 1)
+        result = self.result(1)
+        self.assertEqual((result.status, result.reason), ("timeout", TIMED_OUT))
+
+    def test_launchFailure(self) -> None:
+        self.sandbox.launchError = FakeSandboxError("image fangs-sandbox/node:20 missing")
+        self.sensor.drops[runID(1).hex()] = 1
+        self.start()
+        self.startJob(makeJob(1))
+        result = self.result(1)
+        self.assertEqual((result.status, result.reason, result.events_dropped),
+                         ("failed", "sandbox launch: image fangs-sandbox/node:20 missing", 1))
+        self.assertNotIn(runID(1).hex(), self.sensor.runs)
+        self.assertEqual(len(self.cgroups.removed), 1)
+
+    def test_cgroupFailure(self) -> None:
+        self.cgroups.createError = OSError("no cgroup v2")
+        self.start()
+        self.startJob(makeJob(1))
+        result = self.result(1)
+        self.assertEqual((result.status, result.reason), ("failed", "create cgroup: no cgroup v2"))
+        self.assertEqual(self.sandbox.handles, {})
+
+    def test_cancelledByOperator(self) -> None:
+        self.start()
+        handle = self.startJob(makeJob(1))
+        self.client.heartbeatScript = [HeartbeatAck(ok=True, cancel_runs=[runID(1).hex()])]
+        self.sensor.emit(runID(1))
+        self.clock.advance(30)
+        self.assertEqual(handle.stops, 1)  # no grace period
+        result = self.result(1)
+        self.assertEqual((result.status, result.reason, result.events_emitted),
+                         ("failed", CANCELLED, 1))
+
+    def test_shutdownReportsFailed(self) -> None:
+        self.start()
+        handle = self.startJob(makeJob(1))
+        self.sensor.emit(runID(1))
+        d = self.service.stopService()
+        self.assertEqual(handle.stops, 1)
+        result = self.result(1)
+        self.assertEqual((result.status, result.reason, result.events_emitted),
+                         ("failed", SHUTTING_DOWN, 1))
+        self.successResultOf(d)
+        self.assertTrue(self.sensor.stopped)
+
+    def test_shutdownDuringGraceIsNotOk(self) -> None:
+        self.start()
+        handle = self.startJob(makeJob(1, grace=10))
+        handle.exit(0)
+        self.clock.advance(1)
+        d = self.service.stopService()
+        self.successResultOf(d)
+        self.assertEqual(self.result(1).status, "failed")
+
+    def test_shutdownWaitsForTheResult(self) -> None:
+        self.start()
+        self.startJob(makeJob(1))
+        self.client.resultScript = [ConnectionRefusedError()]
+        d = self.service.stopService()
+        self.assertNoResult(d)
+        self.clock.advance(1)
+        self.successResultOf(d)
+        self.assertEqual(self.result(1).status, "failed")
+
+    def test_resultPostRetried(self) -> None:
+        self.client.resultScript = [ConnectionRefusedError(),
+                                    OrchestratorError(502, "", "bad gateway")]
+        self.start()
+        handle = self.startJob(makeJob(1))
+        handle.exit(0)
+        self.clock.advance(2)
+        self.assertEqual(self.calls("postResult"), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.calls("postResult"), 2)
+        self.clock.advance(2)
+        self.assertEqual(self.calls("postResult"), 3)
+        self.assertEqual(self.result(1).status, "ok")
+
+    def test_resultPermanentErrorNotRetried(self) -> None:
+        self.client.resultScript = [OrchestratorError(400, "bad", "bad status")]
+        self.start()
+        self.startJob(makeJob(1)).exit(0)
+        self.clock.advance(100)
+        self.assertEqual(self.calls("postResult"), 1)
+
+    def test_heartbeatWhileRunning(self) -> None:
+        self.start()
+        self.startJob(makeJob(1))
+        for _ in range(3):
+            self.sensor.emit(runID(1))
+        self.clock.pump([1] * 30)
+        hb = self.client.heartbeats[-1]
+        self.assertEqual((hb.status, hb.active_run_id, hb.active_run_ids),
+                         ("running", runID(1).hex(), [runID(1).hex()]))
+        self.assertEqual(hb.events_queued, 0)  # the 5 s segment ended, acknowledged
+        self.sensor.emit(runID(1))
+        self.clock.advance(30)
+        self.assertEqual(self.client.heartbeats[-1].events_queued, 1)
+
+    def test_sensorOnly(self) -> None:
+        self.start()
+        self.startJob(makeJob(1, duration=20, sandbox=False))
+        self.assertEqual(self.sensor.log[1], ("addRun", runID(1).hex(), 4242))
+        self.sensor.emit(runID(1))
+        self.clock.advance(20)
+        result = self.result(1)
+        self.assertEqual((result.status, result.events_emitted), ("ok", 1))
+        self.assertEqual(self.cgroups.created, [])
+        self.assertEqual(self.sandbox.handles, {})
+
+
+class ConcurrentJobTests(ServiceTestsMixin, SynchronousTestCase):
+    maxConcurrent = 2
+
+    def test_twoJobsAtOnce(self) -> None:
+        self.start()
+        first = self.startJob(makeJob(1))
+        self.assertEqual(self.calls("poll"), 2)
+        second = self.startJob(makeJob(2))
+        self.assertEqual(self.calls("poll"), 2)  # both slots taken
+        for _ in range(4):
+            self.sensor.emit(runID(1))
+        self.sensor.emit(runID(2))
+        self.sensor.drops[runID(2).hex()] = 7
+        second.exit(1)
+        self.clock.advance(2)
+        self.assertEqual(self.calls("poll"), 3)
+        for _ in range(2):
+            self.sensor.emit(runID(1))
+        first.exit(0)
+        self.clock.advance(2)
+        one, two = self.result(1), self.result(2)
+        self.assertEqual((one.status, one.events_emitted, one.events_dropped), ("ok", 6, 0))
+        self.assertEqual((two.status, two.events_emitted, two.events_dropped), ("failed", 1, 7))
+        self.assertEqual(len(self.client.eventsOf(runID(1))), 6)
+        self.assertEqual(len(self.client.eventsOf(runID(2))), 1)
+        self.assertNotEqual(first.cgroupParent, second.cgroupParent)
