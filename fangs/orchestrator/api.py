@@ -25,6 +25,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from fangs import npm, wire
 from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge
 from fangs.orchestrator import differ
+from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Authenticator
 from fangs.orchestrator import store as S
 from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.site import MAX_NDJSON_LINE
@@ -224,8 +225,19 @@ def stringField(body: Dict[str, Any], name: str, required: bool = True, default:
 class OrchestratorAPI:
     app = Klein()
 
-    def __init__(self, core: Orchestrator) -> None:
+    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None) -> None:
         self.core = core
+        self.auth = auth or Authenticator("none")
+
+    async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> None:
+        """
+        Events and results of a run come only from the runner it was
+        dispatched to.
+        """
+        if self.auth.mode == "none":
+            return
+        run = await self.core.requireRun(runID)
+        await self.auth.requireRunner(request, run.runner_id)
 
     def resource(self) -> Any:
         return self.app.resource()
@@ -280,6 +292,8 @@ class OrchestratorAPI:
                 message=message,
                 trace_id=trace,
             )
+        if status == 401:
+            request.setHeader(b"WWW-Authenticate", b'Bearer realm="fangs"')
         body = wire.ErrorEnvelope(wire.ErrorBody(code=code, message=message, trace_id=trace))
         return self._json(request, body, status)
 
@@ -293,12 +307,14 @@ class OrchestratorAPI:
         )
 
     @app.route("/v1/runners/register", methods=["POST"])
-    def register(self, request: IRequest) -> bytes:
+    async def register(self, request: IRequest) -> bytes:
         reg = wire.loads(readBody(request), wire.RunnerRegistration)
+        await self.auth.requireRunner(request, reg.runner_id)
         return self._json(request, self.core.register(reg))
 
     @app.route("/v1/runners", methods=["GET"])
     async def runners(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         now = self.core.clock.seconds()
         return self._json(
             request,
@@ -325,12 +341,14 @@ class OrchestratorAPI:
 
     @app.route("/v1/runners/<runnerID>/heartbeat", methods=["POST"])
     async def heartbeat(self, request: IRequest, runnerID: str) -> bytes:
+        await self.auth.requireRunner(request, runnerID)
         body = readBody(request)
         beat = wire.loads(body, wire.Heartbeat) if body.strip() else wire.Heartbeat()
         return self._json(request, await self.core.heartbeat(runnerID, beat))
 
     @app.route("/v1/runners/<runnerID>/jobs", methods=["GET"])
     async def jobs(self, request: IRequest, runnerID: str) -> bytes:
+        await self.auth.requireRunner(request, runnerID)
         lease = await self.core.pollJob(runnerID)
         if lease is None:
             request.setResponseCode(204)
@@ -352,6 +370,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/scans", methods=["POST"])
     async def scans(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE)
         req = wire.loads(readBody(request), wire.ScanRequest)
         key = request.getHeader(b"Idempotency-Key")
         if key is not None:
@@ -364,6 +383,7 @@ class OrchestratorAPI:
     @app.route("/v1/runs/<runID>/events", methods=["POST"])
     async def postEvents(self, request: IRequest, runID: str) -> bytes:
         runID = runIDFromPath(runID)
+        await self._requireRunnerOfRun(request, runID)
         if getattr(request, "bodyTooLarge", False):
             raise PayloadTooLarge("event stream too large")
         progress = await self.core.ingestLines(runID, ndjsonLines(request))
@@ -379,12 +399,14 @@ class OrchestratorAPI:
     @app.route("/v1/runs/<runID>/result", methods=["POST"])
     async def postResult(self, request: IRequest, runID: str) -> bytes:
         runID = runIDFromPath(runID)
+        await self._requireRunnerOfRun(request, runID)
         result = wire.loads(readBody(request), wire.ScanResult)
         await self.core.recordResult(runID, result)
         return self._json(request, wire.ResultAck(recorded=True))
 
     @app.route("/v1/runs", methods=["GET"])
     async def listRuns(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         state = queryArg(request, "state")
         if state is not None and state not in S.ALL_STATES:
             raise BadRequest("state must be one of %s" % (", ".join(S.ALL_STATES),))
@@ -404,6 +426,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/runs/<runID>", methods=["GET"])
     async def getRun(self, request: IRequest, runID: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         run = await self.core.requireRun(runIDFromPath(runID))
         counts = await self.core.store.eventCounts(run.id)
         body = runJSON(run)
@@ -427,12 +450,14 @@ class OrchestratorAPI:
         return await self._decide(request, runID, "reanalyze")
 
     async def _decide(self, request: IRequest, runID: str, decision: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE)
         outcome = await self.core.decide(runIDFromPath(runID), decision, actorOf(request))
         run = await self.core.requireRun(outcome.run_id)
         return self._json(request, runJSON(run))
 
     @app.route("/v1/pending", methods=["GET"])
     async def pending(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         try:
             page = await self.core.store.pendingRuns(pageSize(request), queryArg(request, "page_token"))
         except S.BadPageToken as e:
@@ -441,6 +466,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/deviations", methods=["GET"])
     async def deviations(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         severity = queryArg(request, "severity")
         rank = 0
         if severity is not None:
@@ -464,6 +490,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/deviations/<deviationID>", methods=["GET"])
     async def deviation(self, request: IRequest, deviationID: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         if not _RUN_ID.match(deviationID):
             raise BadRequest("deviation id must be 32 lower-case hex characters")
         found = await self.core.store.getDeviation(deviationID)
@@ -476,10 +503,12 @@ class OrchestratorAPI:
 
     @app.route("/v1/packages", methods=["GET"])
     async def packages(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         return self._json(request, {"packages": [packageJSON(p) for p in await self.core.store.listPackages()]})
 
     @app.route("/v1/packages", methods=["POST"])
     async def addPackage(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE)
         body = jsonObject(request)
         name = stringField(body, "name")
         added = await self.core.addPackage(name, actorOf(request))
@@ -488,6 +517,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/packages/<path:rest>", methods=["GET", "DELETE"])
     async def package(self, request: IRequest, rest: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE if request.method == b"DELETE" else SCOPE_READ)
         if rest.endswith("/releases"):
             return await self.packageReleases(request, rest[: -len("/releases")])
         baseline = rest.endswith("/baseline")
@@ -511,8 +541,39 @@ class OrchestratorAPI:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
         return self._json(request, packageJSON(package))
 
+    # -- tokens (admin) --
+
+    @app.route("/v1/tokens", methods=["GET"])
+    async def listTokens(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        tokens = await self.core.store.listTokens()
+        for t in tokens:
+            t["scopes"] = t["scopes"].split()
+            t["created_at"] = nsToTimestamp(t.pop("created_ns"))
+            t["revoked_at"] = nsToTimestamp(t.pop("revoked_ns"))
+        return self._json(request, {"tokens": tokens})
+
+    @app.route("/v1/tokens", methods=["POST"])
+    async def createToken(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        body = jsonObject(request)
+        name = stringField(body, "name")
+        scopes = body.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(isinstance(x, str) for x in scopes):
+            raise BadRequest("scopes must be a non-empty array of strings")
+        created = await self.core.createToken(name, scopes, actorOf(request))
+        return self._json(request, created, 201)
+
+    @app.route("/v1/tokens/<tokenID>", methods=["DELETE"])
+    async def revokeToken(self, request: IRequest, tokenID: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        if not await self.core.store.revokeToken(tokenID, actorOf(request), self.core.nowNs()):
+            raise NotFoundError("token %s not found or already revoked" % (tokenID,))
+        return self._json(request, {"id": tokenID, "revoked": True})
+
     @app.route("/v1/allow", methods=["GET"])
     async def listAllow(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_READ)
         package = queryArg(request, "package")
         entries = await self.core.store.listAllow()
         if package is not None:
@@ -523,6 +584,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/allow", methods=["POST"])
     async def addAllow(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE)
         body = jsonObject(request)
         package = stringField(body, "package_name", required=False)
         scope = stringField(body, "scope", required=False, default="package" if package else "global")
@@ -541,11 +603,13 @@ class OrchestratorAPI:
 
     @app.route("/v1/allow/<entryID>", methods=["DELETE"])
     async def removeAllow(self, request: IRequest, entryID: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE)
         await self.core.removeAllow(entryID, actorOf(request))
         return self._json(request, {"id": entryID, "removed": True})
 
     @app.route("/v1/runs/<runID>/events", methods=["GET"])
     async def exportEvents(self, request: IRequest, runID: str) -> Any:
+        await self.auth.requireOperator(request, SCOPE_READ)
         run = await self.core.requireRun(runIDFromPath(runID))
         eventType = None
         typeArg = queryArg(request, "type")
@@ -567,6 +631,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/runs/<runID>/cancel", methods=["POST"])
     async def cancelRun(self, request: IRequest, runID: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_WRITE)
         run = await self.core.cancel(runIDFromPath(runID))
         return self._json(request, {"run_id": run.id, "state": run.state, "cancel_requested": run.cancel_requested})
 
@@ -585,7 +650,8 @@ class OrchestratorAPI:
             npm.checkPackageName(name)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        if await self.core.store.getPackage(name) is None:
+        status = await self.core.store.watchStatus(name)
+        if status is None:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
         raw = queryArg(request, "limit") or "50"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
@@ -594,7 +660,9 @@ class OrchestratorAPI:
         for r in rows:
             for key in ("published_ns", "discovered_ns", "queued_ns"):
                 r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
-        return self._json(request, {"package_name": name, "releases": rows})
+        for key in ("last_checked_ns", "next_check_ns"):
+            status[key.replace("_ns", "_at")] = nsToTimestamp(status.pop(key))
+        return self._json(request, dict(status, package_name=name, releases=rows))
 
 def _eventLine(e: S.StoredEvent) -> bytes:
     head = json.dumps(

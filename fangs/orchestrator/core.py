@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from fangs import npm, wire
 from fangs.errors import BadRequest, ConflictError, NotFoundError
-from fangs.orchestrator import allowlist
+from fangs.orchestrator import allowlist, auth
 from fangs.orchestrator import store as S
 from fangs.orchestrator.analysis import credPathsOf
 from fangs.orchestrator.config import OrchestratorConfig
@@ -364,6 +364,22 @@ class Orchestrator:
             raise ConflictError(str(e)) from None
         if not removed:
             raise NotFoundError("allowlist entry %s not found" % (entryID,))
+
+    async def createToken(self, name: str, scopes: List[str], actor: str) -> Dict[str, Any]:
+        """
+        A new API token; the secret is returned once and stored hashed.
+        """
+        if not 1 <= len(name) <= 128 or not all(c.isalnum() or c in "-_.:@" for c in name):
+            raise BadRequest("token name must be 1-128 characters of letters, digits and - _ . : @")
+        unknown = sorted(set(scopes) - set(auth.ALL_SCOPES))
+        if unknown:
+            raise BadRequest("unknown scope %s (choose from %s)" % (", ".join(unknown), ", ".join(auth.ALL_SCOPES)))
+        if auth.SCOPE_RUNNER in scopes and len(scopes) > 1:
+            raise BadRequest("a runner token has the runner scope only")
+        tokenID, secret, token = auth.newToken()
+        await self.store.createToken(tokenID, name, " ".join(sorted(set(scopes))), auth.hashSecret(secret), actor, self.nowNs())
+        log.info("token {token_id} ({name}, {scopes}) created by {actor}", token_id=tokenID, name=name, scopes=scopes, actor=actor)
+        return {"id": tokenID, "name": name, "scopes": sorted(set(scopes)), "token": token}
 
     # -- housekeeping ---------------------------------------------------------
 

@@ -397,6 +397,68 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         ALTER TABLE packages ADD COLUMN next_check_ns INTEGER
         """,
     ),
+    (
+        4,
+        "notifier",
+        """
+        CREATE TABLE notifiers (
+            name TEXT PRIMARY KEY,
+            url TEXT NOT NULL,
+            template TEXT NOT NULL,
+            secret_env TEXT,
+            headers TEXT NOT NULL DEFAULT '{}',
+            min_severity TEXT,
+            packages TEXT NOT NULL DEFAULT '[]',
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_ns INTEGER NOT NULL,
+            updated_ns INTEGER NOT NULL
+        );
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            notifier_name TEXT NOT NULL,
+            template TEXT NOT NULL,
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_ns INTEGER NOT NULL,
+            created_ns INTEGER NOT NULL,
+            updated_ns INTEGER NOT NULL,
+            last_error TEXT NOT NULL DEFAULT '',
+            body BLOB NOT NULL,
+            content_type TEXT NOT NULL,
+            UNIQUE (run_id, notifier_name)
+        );
+        CREATE INDEX outbox_due ON outbox(next_attempt_ns) WHERE state = 'pending';
+        CREATE TABLE deliveries (
+            id INTEGER PRIMARY KEY,
+            outbox_id INTEGER NOT NULL REFERENCES outbox(id) ON DELETE CASCADE,
+            notifier_name TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            at_ns INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            http_status INTEGER,
+            error TEXT NOT NULL DEFAULT '',
+            response_excerpt TEXT NOT NULL DEFAULT '',
+            UNIQUE (outbox_id, attempt)
+        );
+        CREATE INDEX deliveries_by_notifier ON deliveries(notifier_name, at_ns)
+        """,
+    ),
+    (
+        5,
+        "auth",
+        """
+        CREATE TABLE api_tokens (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            secret_hash TEXT NOT NULL,
+            created_ns INTEGER NOT NULL,
+            created_by TEXT NOT NULL DEFAULT '',
+            revoked_ns INTEGER
+        );
+        """,
+    ),
 ]
 
 
@@ -475,7 +537,7 @@ class SQLiteStore:
             " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)"
         )
         applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in MIGRATIONS:
+        for version, name, sql in sorted(MIGRATIONS):
             if version in applied:
                 continue
             conn.execute("BEGIN IMMEDIATE")
@@ -978,7 +1040,9 @@ class SQLiteStore:
             (plan.verdict, nowNs, len(plan.deviations), maxSeverity, int(plan.max_severity or 0), runID),
         )
         after = (plan.verdict, len(plan.deviations), maxSeverity)
-        return AnalysisOutcome(runID, run.package_name, plan.verdict, len(plan.deviations), maxSeverity, after != before)
+        outcome = AnalysisOutcome(runID, run.package_name, plan.verdict, len(plan.deviations), maxSeverity, after != before)
+        self._thd_enqueueNotifications(conn, run, outcome, nowNs)  # the outbox row commits with the verdict
+        return outcome
 
     def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":
         """
@@ -1461,6 +1525,28 @@ class SQLiteStore:
 
         return self._call(thd)
 
+    def watchStatus(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        """
+        The watcher's view of one package: last check, error, hold-off.
+        """
+
+        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+            r = conn.execute(
+                "SELECT last_checked_ns, last_seen_version, etag, last_error, next_check_ns FROM packages WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if r is None:
+                return None
+            return {
+                "last_checked_ns": r[0],
+                "last_seen_version": r[1],
+                "etag": r[2],
+                "last_error": r[3],
+                "next_check_ns": r[4],
+            }
+
+        return self._call(thd)
+
     def listReleases(self, name: str, limit: int = 50) -> "Deferred[List[Dict[str, Any]]]":
         """
         The package's recorded releases, newest discovered (then published)
@@ -1492,6 +1578,226 @@ class SQLiteStore:
                 )
             ]
         )
+
+    # -- dashboard queries --
+    # Read-only queries of the web dashboard (fangs.orchestrator.ui).
+
+    def dashboardSummary(self, sinceNs: int) -> "Deferred[Dict[str, Any]]":
+        """
+        Overview figures: runs by verdict since C{sinceNs}, open reviews by
+        severity, events dropped (since and ever), runs and packages.
+        """
+        return self._call(self._thd_dashboardSummary, sinceNs)
+
+    def _thd_dashboardSummary(self, conn: sqlite3.Connection, sinceNs: int) -> Dict[str, Any]:
+        byVerdict = {
+            (v or "in progress"): n
+            for v, n in conn.execute(
+                "SELECT verdict, COUNT(*) FROM runs WHERE created_ns >= ? GROUP BY verdict", (sinceNs,)
+            )
+        }
+        pending = {
+            (s or "none"): n
+            for s, n in conn.execute(
+                "SELECT max_severity, COUNT(*) FROM runs WHERE verdict = 'deviations' AND decision IS NULL"
+                " GROUP BY max_severity"
+            )
+        }
+        dropped, droppedRecent, total = conn.execute(
+            "SELECT COALESCE(SUM(events_dropped), 0),"
+            " COALESCE(SUM(CASE WHEN created_ns >= ? THEN events_dropped ELSE 0 END), 0), COUNT(*) FROM runs",
+            (sinceNs,),
+        ).fetchone()
+        return {
+            "runs_by_verdict": byVerdict,
+            "pending_by_severity": pending,
+            "events_dropped": dropped,
+            "events_dropped_recent": droppedRecent,
+            "runs_total": total,
+            "watched": conn.execute("SELECT COUNT(*) FROM packages").fetchone()[0],
+            "scanned_packages": conn.execute("SELECT COUNT(DISTINCT package_name) FROM runs").fetchone()[0],
+        }
+
+    def dashboardRuns(
+        self, package: Optional[str], verdict: Optional[str], state: Optional[str], pageSize: int, pageToken: Optional[str]
+    ) -> "Deferred[Page]":
+        """
+        Runs newest first, filtered by package, verdict (C{"none"} for runs
+        not analysed yet) and state.
+
+        @raise BadPageToken: C{pageToken} was not issued by this server.
+        """
+        after = decodeToken(pageToken, (int, str)) if pageToken else None
+        return self._call(self._thd_dashboardRuns, package, verdict, state, pageSize, after)
+
+    def _thd_dashboardRuns(
+        self,
+        conn: sqlite3.Connection,
+        package: Optional[str],
+        verdict: Optional[str],
+        state: Optional[str],
+        pageSize: int,
+        after: Optional[List[Any]],
+    ) -> Page:
+        where: List[str] = []
+        args: List[Any] = []
+        if package:
+            where.append("package_name = ?")
+            args.append(package)
+        if verdict == "none":
+            where.append("verdict IS NULL")
+        elif verdict:
+            where.append("verdict = ?")
+            args.append(verdict)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if after is not None:
+            where.append("(created_ns < ? OR (created_ns = ? AND id < ?))")
+            args.extend([after[0], after[0], after[1]])
+        sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_ns DESC, id DESC LIMIT ?"
+        args.append(pageSize + 1)
+        rows = [_runRow(r) for r in conn.execute(sql, args)]
+        token = None
+        if len(rows) > pageSize:
+            rows = rows[:pageSize]
+            token = encodeToken([rows[-1].created_ns, rows[-1].id])
+        return Page(rows, token)
+
+    def dashboardPackages(self) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        Every package that is watched or was scanned, with its run counts
+        and its latest run.
+        """
+
+        def thd(conn: sqlite3.Connection) -> List[Dict[str, Any]]:
+            watched = {r[0]: r[1] for r in conn.execute("SELECT name, added_ns FROM packages")}
+            out: Dict[str, Dict[str, Any]] = {}
+            for name, runs, pending, latest in conn.execute(
+                "SELECT package_name, COUNT(*),"
+                " SUM(CASE WHEN verdict = 'deviations' AND decision IS NULL THEN 1 ELSE 0 END), MAX(created_ns)"
+                " FROM runs WHERE package_name != '' GROUP BY package_name"
+            ):
+                last = conn.execute(
+                    "SELECT id, version, verdict FROM runs WHERE package_name = ? AND created_ns = ? LIMIT 1",
+                    (name, latest),
+                ).fetchone()
+                out[name] = {"name": name, "runs": runs, "pending": pending, "latest_ns": latest,
+                             "latest_run_id": last[0], "latest_version": last[1], "latest_verdict": last[2]}
+            for name in watched:
+                out.setdefault(name, {"name": name, "runs": 0, "pending": 0, "latest_ns": None,
+                                      "latest_run_id": None, "latest_version": "", "latest_verdict": None})
+            for name, p in out.items():
+                p["watched"] = name in watched
+            return [out[k] for k in sorted(out)]
+
+        return self._call(thd)
+
+    def eventsByID(self, ids: Sequence[int]) -> "Deferred[List[StoredEvent]]":
+        ids = list(ids)[:500]
+
+        def thd(conn: sqlite3.Connection) -> List[StoredEvent]:
+            if not ids:
+                return []
+            return [
+                StoredEvent(*r)
+                for r in conn.execute(
+                    "SELECT id, run_id, seq, idx, type, ts_ns, received_ns, pid, data FROM events WHERE id IN (%s)"
+                    % (",".join("?" * len(ids)),),
+                    ids,
+                )
+            ]
+
+        return self._call(thd)
+
+    def tableRows(self, table: str, limit: int = 100) -> "Deferred[Optional[List[Dict[str, Any]]]]":
+        """
+        Up to C{limit} rows of C{table}, newest (highest rowid) first, as
+        dicts; C{None} when there is no such table (yet).
+        """
+
+        def thd(conn: sqlite3.Connection) -> Optional[List[Dict[str, Any]]]:
+            known = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+            if known is None:
+                return None
+            try:
+                cur = conn.execute('SELECT * FROM "%s" ORDER BY rowid DESC LIMIT ?' % (known[0],), (limit,))
+            except sqlite3.OperationalError:  # a WITHOUT ROWID table
+                cur = conn.execute('SELECT * FROM "%s" LIMIT ?' % (known[0],), (limit,))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur]
+
+        return self._call(thd)
+
+    def tableNames(self) -> "Deferred[List[str]]":
+        return self._call(
+            lambda conn: [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        )
+
+
+
+    # -- api tokens --
+
+    def createToken(self, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int) -> "Deferred[None]":
+        return self._call(self._thd_createToken, tokenID, name, scopes, secretHash, actor, nowNs)
+
+    def _thd_createToken(self, conn: sqlite3.Connection, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int) -> None:
+        with _transaction(conn):
+            conn.execute(
+                "INSERT INTO api_tokens (id, name, scopes, secret_hash, created_ns, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+                (tokenID, name, scopes, secretHash, nowNs, actor),
+            )
+            conn.execute(
+                "INSERT INTO audit (at_ns, actor, action, target, detail) VALUES (?, ?, 'token.create', ?, ?)",
+                (nowNs, actor, "token:" + tokenID, json.dumps({"name": name, "scopes": scopes})),
+            )
+
+    def lookupToken(self, tokenID: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        return self._call(self._thd_lookupToken, tokenID)
+
+    def _thd_lookupToken(self, conn: sqlite3.Connection, tokenID: str) -> Optional[Dict[str, Any]]:
+        r = conn.execute(
+            "SELECT id, name, scopes, secret_hash, created_ns, created_by, revoked_ns FROM api_tokens WHERE id = ?",
+            (tokenID,),
+        ).fetchone()
+        if r is None:
+            return None
+        return dict(zip(("id", "name", "scopes", "secret_hash", "created_ns", "created_by", "revoked_ns"), r))
+
+    def listTokens(self) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(
+            lambda conn: [
+                dict(zip(("id", "name", "scopes", "created_ns", "created_by", "revoked_ns"), r))
+                for r in conn.execute(
+                    "SELECT id, name, scopes, created_ns, created_by, revoked_ns FROM api_tokens ORDER BY created_ns, id"
+                )
+            ]
+        )
+
+    def revokeToken(self, tokenID: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_revokeToken, tokenID, actor, nowNs)
+
+    def _thd_revokeToken(self, conn: sqlite3.Connection, tokenID: str, actor: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            cur = conn.execute(
+                "UPDATE api_tokens SET revoked_ns = ? WHERE id = ? AND revoked_ns IS NULL", (nowNs, tokenID)
+            )
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'token.revoke', ?)",
+                    (nowNs, actor, "token:" + tokenID),
+                )
+            return cur.rowcount == 1
+
+    def hasAdminToken(self) -> "Deferred[bool]":
+        return self._call(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM api_tokens WHERE revoked_ns IS NULL AND (' ' || scopes || ' ') LIKE '% orchestrator:admin %' LIMIT 1"
+            ).fetchone()
+            is not None
+        )
+
 
 def _statements(sql: str) -> Iterable[str]:
     for part in sql.split(";"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, List, Optional
 
-from twisted.application import service, strports
+from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -48,6 +48,14 @@ class Options(usage.Options):
         ["max-body", None, 64 * 1024, "Largest non-stream request body in bytes.", int],
         ["watch-interval", None, 300.0, "Seconds between npm registry polls of watched packages (0 disables).", float],
         ["registry-url", None, "https://registry.npmjs.org", "npm registry base URL the watcher polls."],
+        ["tls-cert", None, None, "PEM server certificate (chain): serve HTTPS (TLS >= 1.2)."],
+        ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["tls-client-ca", None, None, "PEM CA bundle: require and verify a client certificate on every connection."],
+        ["tls-crl", None, None, "PEM certificate revocation list checked for client certificates."],
+        ["auth", None, "auto", "none | token | mtls | auto (mtls with --tls-client-ca; token with TLS or a non-loopback address; else none)."],
+    ]
+    optFlags = [
+        ["init-admin-token", None, "Create an admin API token at start-up when none exists and print it once."],
     ]
 
     def postOptions(self) -> None:
@@ -60,6 +68,7 @@ class Options(usage.Options):
         if not self["registry-url"].startswith(("http://", "https://")):
             raise usage.UsageError("--registry-url must be an http:// or https:// URL")
         self["endpoint"] = self["listen"] or _addrToEndpoint(self["addr"])
+        self._checkTLS()
         if self["config"] is None:
             self["config"] = defaultConfigPath()
         elif not os.path.exists(self["config"]):
@@ -68,6 +77,53 @@ class Options(usage.Options):
             self["loaded-config"] = loadConfig(self["config"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
+
+
+    def _checkTLS(self) -> None:
+        cert, key, ca, crl = self["tls-cert"], self["tls-key"], self["tls-client-ca"], self["tls-crl"]
+        if bool(cert) != bool(key):
+            raise usage.UsageError("--tls-cert and --tls-key go together (got only %s)" % ("--tls-cert" if cert else "--tls-key",))
+        if (ca or crl) and not cert:
+            raise usage.UsageError("--tls-client-ca and --tls-crl need --tls-cert and --tls-key")
+        if crl and not ca:
+            raise usage.UsageError("--tls-crl needs --tls-client-ca")
+        self["tls"] = None
+        if cert:
+            from fangs.tls import ReloadableServerTLS, TLSConfigError
+
+            try:
+                self["tls"] = ReloadableServerTLS(cert, key, ca, crl)
+            except TLSConfigError as e:
+                raise usage.UsageError(str(e)) from None
+        mode = self["auth"]
+        if mode == "auto":
+            if ca:
+                mode = "mtls"
+            elif cert or not _isLoopbackEndpoint(self["endpoint"]):
+                mode = "token"
+            else:
+                mode = "none"
+        if mode not in ("none", "token", "mtls"):
+            raise usage.UsageError("--auth must be none, token, mtls or auto")
+        if mode == "mtls" and not ca:
+            raise usage.UsageError("--auth mtls needs --tls-client-ca")
+        self["auth-mode"] = mode
+
+
+def _isLoopbackEndpoint(endpoint: str) -> bool:
+    """
+    Whether a C{tcp:} endpoint string listens on a loopback address only.
+    """
+    at = endpoint.find("interface=")
+    if at < 0:
+        return False  # all interfaces
+    host, i, rest = "", at + len("interface="), endpoint
+    while i < len(rest) and rest[i] != ":":
+        if rest[i] == "\\" and i + 1 < len(rest):
+            i += 1
+        host += rest[i]
+        i += 1
+    return host.startswith("127.") or host in ("::1", "localhost")
 
 
 class OrchestratorService(service.MultiService):
@@ -92,6 +148,8 @@ class OrchestratorService(service.MultiService):
         requeued = await self.store.requeueLeased()
         if requeued:
             log.info("{n} leased jobs went back to the queue", n=requeued)
+        if self.initAdminToken:
+            await self._initAdminToken()
         sync = await self.store.syncConfigAllow(self.core.config.allow, self.core.nowNs())
         log.info(
             "config allowlist synced: {added} added, {updated} updated, {removed} removed",
@@ -99,6 +157,18 @@ class OrchestratorService(service.MultiService):
             updated=len(sync.update),
             removed=len(sync.delete),
         )
+
+    initAdminToken = False
+
+    async def _initAdminToken(self) -> None:
+        import sys
+
+        if await self.store.hasAdminToken():
+            log.info("an admin token exists already; --init-admin-token created none")
+            return
+        created = await self.core.createToken("initial-admin", ["orchestrator:admin"], "twistd --init-admin-token")
+        sys.stdout.write("FANGS admin token (shown once, store it now): %s\n" % (created["token"],))
+        sys.stdout.flush()
 
     def startService(self) -> None:
         super().startService()
@@ -143,7 +213,9 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         version=fangs.__version__,
         analyzer=analyzer,
     )
-    api = OrchestratorAPI(core)
+    from fangs.orchestrator.auth import Authenticator
+
+    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store))
     top = OrchestratorService(store, core)
 
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
@@ -153,8 +225,23 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if options["watch-interval"] > 0:
         _addWatcher(top, reactor, core, options)
 
+    top.initAdminToken = bool(options["init-admin-token"])
     site = FangsSite(api.resource(), maxBody=options["max-body"])
-    strports.service(options["endpoint"], site, reactor=reactor).setServiceParent(top)
+    from twisted.application.internet import StreamServerEndpointService
+
+    from fangs.tls import installReloadOnSIGHUP, serverEndpoint
+
+    tls = options["tls"]
+    if tls is not None:
+        installReloadOnSIGHUP(tls, reactor)
+    listener = StreamServerEndpointService(serverEndpoint(reactor, options["endpoint"], tls), site)
+    listener.setServiceParent(top)
+    log.info(
+        "listening on {endpoint} ({scheme}, auth {mode})",
+        endpoint=options["endpoint"],
+        scheme="https" if tls is not None else "http",
+        mode=options["auth-mode"],
+    )
     return top
 
 
