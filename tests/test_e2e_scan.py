@@ -64,15 +64,34 @@ class Scanner:
     An orchestrator and a runner, both real processes.
     """
 
-    def __init__(self, test: TestCase, maxConcurrent: int = 1) -> None:
+    def __init__(self, test: TestCase, maxConcurrent: int = 1, certs: Any = None) -> None:
         self.test = test
-        self.client = httpClient(test)
-        self.orch = OrchestratorProcess(test, extra=["--poll-wait", "5"])
         self.runnerID = "e2e-%d" % (os.getpid(),)
+        orchExtra = ["--poll-wait", "5"]
+        runnerExtra: List[str] = []
+        if certs is None:
+            self.client = httpClient(test)
+        else:
+            from twisted.internet import reactor
+            from twisted.web.client import HTTPConnectionPool
+
+            from fangs.runner.client import makeHTTPClient
+
+            certs.client(self.runnerID, "runner")
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            test.addCleanup(pool.closeCachedConnections)
+            self.client = makeHTTPClient(reactor, certs.read("ca.pem"), certs.read("alice.pem"), certs.read("alice-key.pem"), pool=pool)
+            orchExtra += ["--tls-cert", certs.path("server.pem"), "--tls-key", certs.path("server-key.pem"),
+                          "--tls-client-ca", certs.path("ca.pem"), "--tls-crl", certs.path("crl.pem")]
+            runnerExtra = ["--tls-ca", certs.path("ca.pem"), "--tls-cert", certs.path(self.runnerID + ".pem"),
+                           "--tls-key", certs.path(self.runnerID + "-key.pem")]
+        self.orch = OrchestratorProcess(test, extra=orchExtra)
+        if certs is not None:
+            self.orch.url = self.orch.url.replace("http://", "https://")
         self.runner = Daemon(
             test,
             ["fangs-runner", "--orchestrator", self.orch.url, "--runner-id", self.runnerID,
-             "--max-concurrent", str(maxConcurrent)],
+             "--max-concurrent", str(maxConcurrent)] + runnerExtra,
             "runner",
         )
         test.addCleanup(self._dumpOnFailure)
@@ -145,9 +164,14 @@ class MaliciousFixtureTests(TestCase):
     def test_everyEventTypeArrives(self):
         return Deferred.fromCoroutine(self._everyEventType())
 
-    async def _everyEventType(self) -> None:
+    def test_everyEventTypeArrivesOverMutualTLS(self):
+        from tests.test_tls import Certs
+
+        return Deferred.fromCoroutine(self._everyEventType(Certs(self.mktemp())))
+
+    async def _everyEventType(self, certs: Any = None) -> None:
         await ensureFixtures()
-        s = Scanner(self)
+        s = Scanner(self, certs=certs)
         await s.start()
         canary = "/tmp/fangs-host-canary-%d" % (os.getpid(),)
         runID = await s.submit(fixtureJob("malicious-fixture"))

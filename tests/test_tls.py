@@ -37,6 +37,7 @@ class Certs:
     """
 
     def __init__(self, directory: str) -> None:
+        directory = os.path.abspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.dir = directory
         self.ca, self.caKey = pki.makeCA()

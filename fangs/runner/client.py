@@ -126,11 +126,13 @@ class OrchestratorClient:
     """
 
     def __init__(self, httpClient: Any, baseURL: str, clock: IReactorTime,
-                 requestTimeout: float = 30.0) -> None:
+                 requestTimeout: float = 30.0, token: Optional[str] = None) -> None:
         self._http = httpClient
         self._base = baseURL.rstrip("/")
         self._clock = clock
         self._timeout = requestTimeout
+        #: A runner-scoped API token, for orchestrators in token auth mode.
+        self._token = token
 
     # -- the API -------------------------------------------------------------
 
@@ -216,6 +218,8 @@ class OrchestratorClient:
         if isinstance(data, bytes):
             data = BytesProducer(data)
         headers = {b"Accept": [_JSON]}
+        if self._token:
+            headers[b"Authorization"] = [b"Bearer " + self._token.encode("ascii")]
         if contentType is not None:
             headers[b"Content-Type"] = [contentType]
         response = await self._http.request(

@@ -47,6 +47,7 @@ class Options(usage.Options):
         ["tls-ca", None, None, "PEM CA certificate that signed the orchestrator's certificate."],
         ["tls-cert", None, None, "PEM client certificate for mTLS (with --tls-key)."],
         ["tls-key", None, None, "PEM private key of --tls-cert."],
+        ["token-file", None, None, "File holding a runner-scoped API token (orchestrators in token auth mode)."],
         ["max-concurrent", None, 1, "How many jobs to run at once.", _positiveInt],
         ["docker-image", None, DEFAULT_IMAGE, "Sandbox image for jobs that name none."],
         ["bpf-source", None, None, "Path of the sensor's BPF C source (default: installed copy)."],
@@ -119,7 +120,11 @@ def makeService(options: Options) -> MultiService:
         tlsKey=_readPEM(options["tls-key"]),
         pool=pool,
     )
-    client = OrchestratorClient(http, options["orchestrator"], reactor)
+    token = None
+    if options["token-file"]:
+        with open(options["token-file"]) as f:
+            token = f.read().strip()
+    client = OrchestratorClient(http, options["orchestrator"], reactor, token=token)
     sensor = Sensor(reactor, sourcePath=options["bpf-source"], cgroupRoot=options["cgroup-root"])
     sandbox = DockerSandbox(reactor, defaultImage=options["docker-image"])
     cgroups = CgroupManager(root=options["cgroup-root"])
