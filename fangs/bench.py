@@ -50,11 +50,11 @@ class Orchestrator:
     A C{twistd fangs-orchestrator} child process.
     """
 
-    def __init__(self, extra: Optional[List[str]] = None) -> None:
+    def __init__(self, extra: Optional[List[str]] = None, scheme: str = "http", certs: Optional[Dict[str, str]] = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="fangs-bench-")
         self.db = os.path.join(self.dir, "fangs.db")
         self.port = freePort()
-        self.url = "http://127.0.0.1:%d" % (self.port,)
+        self.url = "%s://127.0.0.1:%d" % (scheme, self.port)
         self.log = open(os.path.join(self.dir, "orchestrator.log"), "wb")
         env = dict(os.environ, PYTHONPATH=REPO)
         self.proc = subprocess.Popen(
@@ -62,11 +62,16 @@ class Orchestrator:
              "fangs-orchestrator", "--addr", "127.0.0.1:%d" % (self.port,), "--db", self.db] + (extra or []),
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )
+        import ssl
         import urllib.request
 
+        context = None
+        if certs is not None:
+            context = ssl.create_default_context(cafile=certs["ca"])
+            context.load_cert_chain(certs["client"], certs["client-key"])
         for _ in range(150):
             try:
-                urllib.request.urlopen(self.url + "/v1/health", timeout=1).read()
+                urllib.request.urlopen(self.url + "/v1/health", timeout=1, context=context).read()
                 return
             except OSError:
                 time.sleep(0.1)
@@ -244,6 +249,7 @@ def _optional(name: str, module: str) -> None:
 
 
 _optional("differ", "fangs.orchestrator.bench_differ")
+_optional("mtls", "fangs.bench_tls")
 _optional("sensor", "fangs.runner.bench_sensor")
 
 
