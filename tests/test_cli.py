@@ -180,9 +180,13 @@ class CLITests(TestCase):
         self.assertIn('removed "is-number"', out)
         await self.fails(3, "package", "remove", "is-number")
 
-        # Notifiers are another issue's API: a clear message, not a traceback.
-        await self.fails(1, "notifier", "list", inErr="no notifier API")
-        await self.fails(1, "notifier", "add", "--name", "n", "--url", "http://127.0.0.1:9/", inErr="no notifier API")
+        # Notifiers: add, list, remove; bad input is one clear line.
+        out = await self.ok("notifier", "add", "--name", "soc", "--url", "http://127.0.0.1:9/hook", "--min-severity", "high")
+        self.assertIn('notifier "soc" saved', out)
+        out = await self.ok("notifier", "list")
+        self.assertIn("soc", out)
+        await self.fails(1, "notifier", "add", "--name", "bad", "--url", "ftp://example.invalid/")
+        await self.ok("notifier", "remove", "soc")
 
     # -- the watcher inside the real daemon ------------------------------------------
 
