@@ -53,7 +53,7 @@
 struct config_t {
     u64 parent_id;     // inode of <cgroup2>/fangs
     u32 parent_level;  // its depth below the cgroup2 root (1 for /fangs)
-    u32 pad;
+    u32 others;        // runs registered on cgroups outside the parent
 };
 
 struct run_t {
@@ -196,20 +196,49 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 // ---------------------------------------------------------------------------
 // Common helpers
 
+#define MAX_LEVEL 8
+
 static __always_inline struct run_t *lookup_run(u64 *cgid)
 {
     u32 zero = 0;
     struct config_t *cfg = config.lookup(&zero);
-    if (!cfg || cfg->parent_id == 0)
+    if (!cfg)
         return 0;
     int level = cfg->parent_level;
-    if (bpf_get_current_ancestor_cgroup_id(level) != cfg->parent_id)
+    u64 id;
+    struct run_t *r;
+    // Fast path: runs are the children of the /fangs parent (containers in
+    // their subtree).  A host process fails the first comparison.
+    if (cfg->parent_id && bpf_get_current_ancestor_cgroup_id(level) == cfg->parent_id) {
+        id = bpf_get_current_ancestor_cgroup_id(level + 1);
+        r = runs.lookup(&id);
+        if (r) {
+            *cgid = id;
+            return r;
+        }
+    }
+    if (!cfg->others)
         return 0;
-    u64 id = bpf_get_current_ancestor_cgroup_id(level + 1);
-    struct run_t *r = runs.lookup(&id);
-    if (r)
+    // Slow path, only while some run watches a cgroup elsewhere (sensor_only
+    // jobs): the current cgroup, then its ancestors, deepest first.
+    id = bpf_get_current_cgroup_id();
+    r = runs.lookup(&id);
+    if (r) {
         *cgid = id;
-    return r;
+        return r;
+    }
+#pragma unroll
+    for (int l = MAX_LEVEL; l >= 1; l--) {
+        id = bpf_get_current_ancestor_cgroup_id(l);
+        if (id) {
+            r = runs.lookup(&id);
+            if (r) {
+                *cgid = id;
+                return r;
+            }
+        }
+    }
+    return 0;
 }
 
 static __always_inline void *get_scratch(void)

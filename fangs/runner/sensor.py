@@ -105,6 +105,7 @@ class _Run:
     matcher: decode.PrefixMatcher
     lpmKeys: List[bytes]
     sink: Sink
+    outside: bool = False
     delivered: int = 0
     unresolved: int = 0
 
@@ -176,6 +177,7 @@ class Sensor:
             leaf = cfg.Leaf()
             leaf.parent_id = self.parentCgroupID
             leaf.parent_level = level
+            leaf.others = 0
             cfg[ctypes.c_int(0)] = leaf
             self._tables["events"].open_ring_buffer(self._onRecord)
         except BaseException:
@@ -222,7 +224,10 @@ class Sensor:
             log.warn("run {run_id}: ignoring watched paths that are not absolute", run_id=runID.hex())
         slot = self._freeSlots.pop()
         run = _Run(runID, cgroupID, slot, decode.PrefixMatcher(watched), [], sink)
+        run.outside = not self._isParentChild(cgroupID)
         try:
+            if run.outside:
+                self._adjustOthers(+1)
             drops = self._tables["drops"]
             drops[ctypes.c_int(slot)] = drops.Leaf()
             paths = self._tables["paths"]
@@ -246,12 +251,15 @@ class Sensor:
             self._runs.pop(runID, None)
             self._slots.pop(slot, None)
             self._forgetPaths(run)
+            if run.outside:
+                self._adjustOthers(-1)
             self._freeSlots.append(slot)
             raise
         log.info(
-            "run {run_id} watched: cgroup {cgroup}, slot {slot}, {n} prefixes",
+            "run {run_id} watched: cgroup {cgroup}{where}, slot {slot}, {n} prefixes",
             run_id=runID.hex(),
             cgroup=cgroupID,
+            where=" (outside the parent: slow path on)" if run.outside else "",
             slot=slot,
             n=len(watched),
         )
@@ -272,6 +280,8 @@ class Sensor:
         del self._runs[runID]
         del self._slots[run.slot]
         self._forgetPaths(run)
+        if run.outside:
+            self._adjustOthers(-1)
         self._freeSlots.append(run.slot)
         self._finishedDrops[runID] = drops
         while len(self._finishedDrops) > 1024:
@@ -289,6 +299,23 @@ class Sensor:
         if run is None:
             return self._finishedDrops[runID]
         return int(sum(self._tables["drops"][ctypes.c_int(run.slot)]))
+
+    def _isParentChild(self, cgroupID: int) -> bool:
+        """
+        Whether the cgroup is a directory right below the parent (the kernel's
+        fast path); any other cgroup needs the kernel's ancestor walk.
+        """
+        try:
+            with os.scandir(self.parentPath) as entries:
+                return any(e.is_dir(follow_symlinks=False) and e.inode() == cgroupID for e in entries)
+        except OSError:
+            return False
+
+    def _adjustOthers(self, delta: int) -> None:
+        cfg = self._tables["config"]
+        leaf = cfg[ctypes.c_int(0)]
+        leaf.others = max(0, leaf.others + delta)
+        cfg[ctypes.c_int(0)] = leaf
 
     def _forgetPaths(self, run: _Run) -> None:
         paths = self._tables.get("paths")

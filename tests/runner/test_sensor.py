@@ -341,3 +341,34 @@ class SensorTests(TestCase):
         self.assertEqual(len(self.files(events)), n)
         self.assertEqual(live, n)
         self.assertEqual(sensor.dropsFor(runID), 0)
+
+    def test_cgroupOutsideParent(self) -> Deferred:
+        return Deferred.fromCoroutine(self._cgroupOutsideParent())
+
+    async def _cgroupOutsideParent(self) -> None:
+        """
+        A sensor_only run on a cgroup that is not below /fangs (the kernel's
+        ancestor walk): its processes are reported, a /fangs run beside it
+        still works, and once it is removed it costs nothing again.
+        """
+        sensor = await self.startSensor()
+        target = os.path.join(self.tmp, "f")
+        open(target, "w").close()
+        other = os.path.join(CGROUP_ROOT, "fangs-test-" + os.urandom(6).hex())
+        leaf = os.path.join(other, "leaf")
+        os.makedirs(leaf)
+        self.addCleanup(os.rmdir, other)
+        self.addCleanup(os.rmdir, leaf)
+        outsideID = RunID(os.urandom(16))
+        outside: List[Tuple[int, Dict[str, Any]]] = []
+        sensor.addRun(outsideID, os.stat(other).st_ino, [WatchedPath(target)], lambda t, p: outside.append((t, p)))
+        runID, runDir, cgid, inLeaf = self.makeCgroup()
+        inside: List[Tuple[int, Dict[str, Any]]] = []
+        sensor.addRun(runID, cgid, [WatchedPath(target)], lambda t, p: inside.append((t, p)))
+        opener = "import os,sys\nopen(os.path.join(sys.argv[1],'cgroup.procs'),'w').write(str(os.getpid()))\nopen(sys.argv[2]).close()\n"
+        await self.runChild(opener, leaf, target)
+        await self.runChild(opener, inLeaf, target)
+        sensor.removeRun(outsideID)
+        sensor.removeRun(runID)
+        self.assertEqual([(p["PathName"], p["Header"]["CgroupID"]) for p in self.files(outside)], [(target, os.stat(other).st_ino)])
+        self.assertEqual([(p["PathName"], p["Header"]["CgroupID"]) for p in self.files(inside)], [(target, cgid)])
