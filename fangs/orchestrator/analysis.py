@@ -31,9 +31,10 @@ def credPathsOf(run: RunRow) -> List[str]:
 
 
 class RunAnalyzer:
-    def __init__(self, clock: IReactorTime, store: Any) -> None:
+    def __init__(self, clock: IReactorTime, store: Any, metrics: Any = None) -> None:
         self._clock = clock
         self._store = store
+        self.metrics = metrics
         self.listeners: List[Callable[[AnalysisOutcome], Any]] = []
         self.durations: List[float] = []
 
@@ -55,6 +56,8 @@ class RunAnalyzer:
         else:
             outcome = await self._store.decide(runID, decision, actor, now, credPathsOf(run))
         self.durations.append(self._clock.seconds() - started)
+        if self.metrics is not None:
+            self.metrics.analysed(outcome, decision, self.durations[-1])
         log.info(
             "run {run_id} ({package}) verdict {verdict}: {deviations} deviations, max severity {severity}",
             run_id=runID,

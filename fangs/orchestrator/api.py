@@ -240,7 +240,7 @@ class OrchestratorAPI:
         await self.auth.requireRunner(request, run.runner_id)
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return self.core.metrics.instrument(self.app.resource(), self.app.url_map)  # counts requests by route
 
     # -- rendering ------------------------------------------------------------
 
@@ -663,6 +663,104 @@ class OrchestratorAPI:
         for key in ("last_checked_ns", "next_check_ns"):
             status[key.replace("_ns", "_at")] = nsToTimestamp(status.pop(key))
         return self._json(request, dict(status, package_name=name, releases=rows))
+
+    # -- web dashboard (fangs.orchestrator.ui) --
+
+    @app.route("/ui/", branch=True)
+    async def dashboard(self, request: IRequest) -> Any:
+        await self.auth.requireOperator(request, SCOPE_READ)
+        ui = getattr(self, "_ui", None)
+        if ui is None:
+            from fangs.orchestrator.ui import DashboardUI
+
+            ui = self._ui = DashboardUI(self.core).resource()
+        return ui
+
+    @app.route("/", methods=["GET"])
+    def root(self, request: IRequest) -> bytes:
+        request.redirect(b"/ui/")
+        return b""
+
+    # -- notifiers and metrics --
+
+    def _notifierJSON(self, n: Dict[str, Any]) -> Dict[str, Any]:
+        out = dict(n)
+        for key in ("created_ns", "updated_ns"):
+            out[key.replace("_ns", "_at")] = nsToTimestamp(out.pop(key))
+        return out
+
+    async def _requireNotifier(self, name: str) -> Dict[str, Any]:
+        from fangs.orchestrator.notifier import checkName
+
+        found = await self.core.store.getNotifier(checkName(name))
+        if found is None:
+            raise NotFoundError("notifier %r not found" % (name,), code="unknown_notifier")
+        return found
+
+    @app.route("/v1/notifiers", methods=["GET"])
+    async def listNotifiers(self, request: IRequest) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        return self._json(request, {"notifiers": [self._notifierJSON(n) for n in await self.core.store.listNotifiers()]})
+
+    @app.route("/v1/notifiers", methods=["POST"])
+    async def putNotifier(self, request: IRequest) -> bytes:
+        from fangs.orchestrator.notifier import parseNotifier
+
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        body = jsonObject(request)
+        target = parseNotifier(stringField(body, "name"), body)
+        created = await self.core.store.upsertNotifier(target, actorOf(request), self.core.nowNs())
+        found = await self.core.store.getNotifier(target["name"])
+        return self._json(request, dict(self._notifierJSON(found), created=created), 201 if created else 200)
+
+    @app.route("/v1/notifiers/<name>", methods=["GET", "DELETE"])
+    async def notifier(self, request: IRequest, name: str) -> bytes:
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        found = await self._requireNotifier(name)
+        if request.method == b"DELETE":
+            await self.core.store.deleteNotifier(name, actorOf(request), self.core.nowNs())
+            return self._json(request, {"name": name, "removed": True})
+        return self._json(request, self._notifierJSON(found))
+
+    @app.route("/v1/notifiers/<name>/test", methods=["POST"])
+    async def testNotifier(self, request: IRequest, name: str) -> bytes:
+        from fangs.errors import Unavailable
+
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        found = await self._requireNotifier(name)
+        sender = getattr(self.core, "notifier", None)
+        if sender is None:
+            raise Unavailable("this orchestrator runs without a notifier")
+        result = await sender.sendTest(found)
+        if not result["ok"]:  # 502, so a client that only looks at the status sees the failure
+            err = FangsError("test message to %s not delivered: %s (%s)" % (name, result["error"], result["status"]), code="notifier_failed")
+            err.status = 502
+            raise err
+        return self._json(request, result)
+
+    @app.route("/v1/notifiers/<name>/deliveries", methods=["GET"])
+    async def notifierDeliveries(self, request: IRequest, name: str) -> bytes:
+        from fangs.orchestrator.notifier import checkName
+
+        await self.auth.requireOperator(request, SCOPE_ADMIN)
+        raw = queryArg(request, "limit") or "100"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        rows = await self.core.store.deliveries(checkName(name), int(raw))  # history outlives its notifier
+        for r in rows:
+            for key in ("at_ns", "next_attempt_ns"):
+                r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
+        return self._json(request, {"name": name, "deliveries": rows})
+
+    @app.route("/metrics", methods=["GET"])
+    async def metrics(self, request: IRequest) -> bytes:
+        from fangs.orchestrator.metrics import CONTENT_TYPE
+
+        await self.auth.requireOperator(request, SCOPE_READ)
+        body = await self.core.metrics.render(self.core.store)
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+        return body
+
 
 def _eventLine(e: S.StoredEvent) -> bytes:
     head = json.dumps(

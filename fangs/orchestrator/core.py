@@ -24,6 +24,7 @@ from fangs.orchestrator import store as S
 from fangs.orchestrator.analysis import credPathsOf
 from fangs.orchestrator.config import OrchestratorConfig
 from fangs.orchestrator.dispatcher import Dispatcher
+from fangs.orchestrator.metrics import Metrics
 from fangs.orchestrator.registry import RunnerRegistry
 
 log = Logger()
@@ -68,6 +69,7 @@ class Orchestrator:
         orchestratorID: str = "fangs-orchestrator",
         version: str = "dev",
         analyzer: Optional[Analyzer] = None,
+        metrics: Optional[Metrics] = None,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -77,6 +79,8 @@ class Orchestrator:
         self.orchestratorID = orchestratorID
         self.version = version
         self.analyzer = analyzer or Analyzer()
+        self.metrics = metrics if metrics is not None else Metrics(version, processMetrics=False)
+        self.metrics.watch(registry, dispatcher)
 
     def nowNs(self) -> int:
         return int(self.clock.seconds() * 1_000_000_000)
@@ -170,6 +174,7 @@ class Orchestrator:
                 target=target or "any runner",
             )
             self.dispatcher.wake(target)
+            self.metrics.scansSubmitted.inc()
         return runID, created
 
     def _withDefaults(self, job: wire.Job) -> wire.Job:
@@ -230,8 +235,10 @@ class Orchestrator:
         async def settle(limit: int) -> None:
             nonlocal persisted
             while len(inflight) > limit:
-                d, rows = inflight.pop(0)
+                d, rows, started = inflight.pop(0)
                 outcome = await d
+                self.metrics.ingestLatency.observe(self.clock.seconds() - started)
+                self.metrics.eventsPersisted.inc(outcome.events)
                 persisted += outcome.events
                 if outcome.inserted:
                     self.analyzer.batchStored(runID, rows, None)
@@ -247,8 +254,9 @@ class Orchestrator:
                     raise BadRequest(
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
+                self.metrics.eventsIn(r.type for r in rows)
                 now = self.nowNs()
-                inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows))
+                inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows, self.clock.seconds()))
                 batches += 1
                 events += len(rows)
                 await settle(INGEST_PIPELINE)
@@ -256,7 +264,7 @@ class Orchestrator:
         except BaseException:
             # Let every batch already handed to the store finish (they are
             # stored), and never leave a Deferred's failure unhandled.
-            for d, _ in inflight:
+            for d, _, _ in inflight:
                 d.addErrback(lambda f: None)
             raise
         return IngestProgress(batches, events, persisted)
@@ -299,6 +307,7 @@ class Orchestrator:
                 dropped=result.events_dropped,
                 received=run.events_received,
             )
+            self.metrics.resultRecorded(result.status, result.duration, result.events_dropped)
             self.analyzer.runFinished(runID)
         return run
 

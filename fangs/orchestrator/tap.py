@@ -202,7 +202,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     store = SQLiteStore(dbPath, reactor)
     registry = RunnerRegistry(reactor)
     dispatcher = Dispatcher(reactor, store, pollWait=options["poll-wait"])
-    analyzer = RunAnalyzer(reactor, store)
+    from fangs.orchestrator.metrics import Metrics
+
+    metrics = Metrics(fangs.__version__)
+    if options["tls-cert"]:
+        metrics.watchCertificate("server", options["tls-cert"])
+    analyzer = RunAnalyzer(reactor, store, metrics=metrics)
     core = Orchestrator(
         reactor,
         store,
@@ -212,6 +217,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         orchestratorID=options["id"],
         version=fangs.__version__,
         analyzer=analyzer,
+        metrics=metrics,
     )
     from fangs.orchestrator.auth import Authenticator
 
@@ -224,6 +230,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
     if options["watch-interval"] > 0:
         _addWatcher(top, reactor, core, options)
+    _addNotifier(top, reactor, core, analyzer)
 
     top.initAdminToken = bool(options["init-admin-token"])
     site = FangsSite(api.resource(), maxBody=options["max-body"])
@@ -275,3 +282,20 @@ def _addWatcher(parent: service.MultiService, reactor: Any, core: Any, options: 
     timer = TimerService(options["watch-interval"], watcher.tick)
     timer.clock = reactor
     timer.setServiceParent(parent)
+
+
+def _addNotifier(parent: service.MultiService, reactor: Any, core: Any, analyzer: Any) -> None:
+    """
+    The notification delivery loop, with its own connection pool; woken by
+    every changed verdict and every few seconds for retries.
+    """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from fangs.orchestrator.notifier import NotifierService
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    notifier = NotifierService(reactor, core.store, HTTPClient(Agent(reactor, pool=pool)), metrics=core.metrics, pool=pool)
+    analyzer.listeners.append(notifier.wake)
+    core.notifier = notifier
+    notifier.setServiceParent(parent)
