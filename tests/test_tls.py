@@ -299,3 +299,70 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(self.call("POST", "/v1/runners/register", other, reg)[0], 403)
         self.assertEqual(self.call("GET", "/v1/runs", runner)[0], 403)
         self.assertEqual(self.call("GET", "/v1/runners/worker-1/jobs", self.admin)[0], 403)
+
+
+class DashboardSessionTests(SynchronousTestCase):
+    """
+    A browser cannot send a bearer token: it exchanges one for a session
+    cookie at /ui/login, bound to the token (revoking it ends the session).
+    """
+
+    def setUp(self) -> None:
+        self.o = InMemoryOrchestrator(self)
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None)
+
+    def token(self, name: str, scopes: Any) -> dict:
+        return self.successResultOf(Deferred.fromCoroutine(self.o.core.createToken(name, scopes, "test")))
+
+    def login(self, token: str) -> Any:
+        d = self.o.treq.post("http://orchestrator.test/ui/login", data={"token": token}, allow_redirects=False)
+        self.o.treq.flush()
+        return self.successResultOf(d)
+
+    def page(self, cookie: Optional[bytes], path: str = "/ui/") -> Any:
+        from treq.testing import StubTreq
+
+        fresh = StubTreq(self.o.api.resource())  # its own, empty cookie jar
+        cookies = {"fangs_session": cookie.decode()} if cookie else None
+        d = fresh.get("http://orchestrator.test" + path, cookies=cookies, headers={"Accept": "text/html"}, allow_redirects=False)
+        fresh.flush()
+        r = self.successResultOf(d)
+        return r.code, self.successResultOf(r.content())
+
+    def test_signInUseRevoke(self):
+        t = self.token("alice", ["orchestrator:write"])
+        r = self.login(t["token"])
+        self.assertEqual(r.code, 302)
+        cookie = [c for c in r.headers.getRawHeaders(b"set-cookie") if c.startswith(b"fangs_session=")][0]
+        self.assertIn(b"HttpOnly", cookie)
+        self.assertIn(b"SameSite=strict", cookie)
+        value = cookie.split(b";")[0].split(b"=", 1)[1]
+        code, body = self.page(value)
+        self.assertEqual(code, 200, body[:300])
+        self.assertEqual(self.page(None)[0], 302)  # no session: to the sign-in page
+        self.assertEqual(self.page(value[:-3] + b"abc")[0], 302)  # forged
+        self.successResultOf(self.o.store.revokeToken(t["id"], "test", 1))
+        self.assertEqual(self.page(value)[0], 302)
+
+    def test_badAndRunnerTokens(self):
+        r = self.login("fangs_0011223344556677_" + "x" * 30)
+        self.assertEqual(r.code, 401)
+        self.assertIn(b"unknown, revoked or wrong token", self.successResultOf(r.content()))
+        r = self.login(self.token("worker-1", ["runner"])["token"])
+        self.assertEqual(r.code, 403)
+
+    def test_readOnlySessionHasNoButtons(self):
+        from tests.orchestrator.helpers import runScan
+        from tests.orchestrator.test_review import BENIGN, MALICIOUS
+
+        self.o.api.auth = Authenticator("none")
+        self.o.register()
+        runScan(self.o, BENIGN)
+        bad = runScan(self.o, MALICIOUS)
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None)
+        reader = self.login(self.token("viewer", ["orchestrator:read"])["token"])
+        value = [c for c in reader.headers.getRawHeaders(b"set-cookie") if c.startswith(b"fangs_session=")][0].split(b";")[0].split(b"=", 1)[1]
+        code, body = self.page(value, "/ui/pending")
+        self.assertEqual(code, 200)
+        self.assertIn(bad[:12].encode(), body)
+        self.assertNotIn(b"Promote", body)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Dict, Iterator, List, Optional
+import sqlite3
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
@@ -23,9 +24,9 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
-from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge
+from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge, Unauthorized
 from fangs.orchestrator import differ
-from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, Authenticator
+from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, SESSION_COOKIE, SESSION_SECONDS, Authenticator
 from fangs.orchestrator import store as S
 from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.site import MAX_NDJSON_LINE
@@ -273,6 +274,12 @@ class OrchestratorAPI:
             )
         elif failure.check(HTTPException):
             status, code, message = failure.value.code, "http_error", failure.value.description or ""
+        elif failure.check(sqlite3.OperationalError) and _storageCondition(str(failure.value)):
+            # Locked by another writer, or out of disk: the failed write was
+            # rolled back, and the client may retry it.
+            status, code, message = _storageCondition(str(failure.value))
+            request.setHeader(b"Retry-After", b"1")
+            log.warn("{method} {path} -> {status}: {error} (trace {trace_id})", method=request.method, path=request.path, status=status, error=str(failure.value), trace_id=trace)
         else:
             status, code, message = 500, "internal", "internal error; see the orchestrator log (trace %s)" % (trace,)
             log.failure(
@@ -666,9 +673,66 @@ class OrchestratorAPI:
 
     # -- web dashboard (fangs.orchestrator.ui) --
 
+    @app.route("/ui/login", methods=["GET"])
+    def loginPage(self, request: IRequest) -> bytes:
+        return self._loginHTML(request, "")
+
+    @app.route("/ui/login", methods=["POST"])
+    async def login(self, request: IRequest) -> bytes:
+        token = (request.args.get(b"token") or [b""])[-1].decode("latin-1").strip()
+        if self.auth.mode == "none":
+            request.redirect(b"/ui/")
+            return b""
+        try:
+            cookie, principal = await self.auth.sessionFor(token, self.core.nowNs())
+        except FangsError as e:
+            return self._loginHTML(request, e.message, 401 if e.status == 401 else 403)
+        request.addCookie(SESSION_COOKIE, cookie, path=b"/ui/", httpOnly=True, sameSite="strict", secure=request.isSecure(), max_age=str(SESSION_SECONDS))
+        log.info("dashboard sign-in by {principal}", principal=str(principal))
+        request.redirect(b"/ui/")
+        return b""
+
+    @app.route("/ui/logout", methods=["POST"])
+    def logout(self, request: IRequest) -> bytes:
+        request.addCookie(SESSION_COOKIE, b"", path=b"/ui/", httpOnly=True, sameSite="strict", max_age="0")
+        request.redirect(b"/ui/login")
+        return b""
+
+    @app.route("/ui/static/", branch=True)
+    def dashboardStatic(self, request: IRequest) -> Any:
+        from fangs.orchestrator.ui import STATIC
+
+        from twisted.web.static import File
+
+        return File(STATIC)
+
+    def _loginHTML(self, request: IRequest, error: str, status: int = 200) -> bytes:
+        import html
+
+        request.setResponseCode(status)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        request.setHeader(b"Content-Security-Policy", b"default-src 'self'")
+        request.setHeader(b"X-Frame-Options", b"DENY")
+        message = '<p class="login-error">%s</p>' % (html.escape(error),) if error else ""
+        return (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>FANGS — sign in</title>'
+            '<link rel="stylesheet" href="/ui/static/fangs.css"></head><body class="login">'
+            '<main class="login-box"><h1>FANGS</h1><p>Sign in with an operator token '
+            "(<code>fangs token create --name you --scope orchestrator:write</code>).</p>%s"
+            '<form method="post" action="/ui/login"><input type="password" name="token" autocomplete="off" '
+            'placeholder="fangs_…" required autofocus><button type="submit">Sign in</button></form></main></body></html>'
+            % (message,)
+        ).encode("utf-8")
+
     @app.route("/ui/", branch=True)
     async def dashboard(self, request: IRequest) -> Any:
-        await self.auth.requireOperator(request, SCOPE_READ)
+        try:
+            await self.auth.requireOperator(request, SCOPE_READ)
+        except Unauthorized:
+            if request.getHeader(b"accept") and b"text/html" in request.getHeader(b"accept"):
+                request.redirect(b"/ui/login")
+                return b""
+            raise
         ui = getattr(self, "_ui", None)
         if ui is None:
             from fangs.orchestrator.ui import DashboardUI
@@ -775,6 +839,17 @@ def _eventLine(e: S.StoredEvent) -> bytes:
         separators=(",", ":"),
     )
     return (head[:-1] + ',"payload":' + e.data + "}\n").encode("utf-8")
+
+
+def _storageCondition(error: str) -> Optional[Tuple[int, str, str]]:
+    """
+    The answer for an SQLite error a client can wait out, or None.
+    """
+    if "locked" in error or "busy" in error:
+        return 503, "database_busy", "the database is locked by another writer; the failed write was rolled back, retry shortly"
+    if "disk is full" in error:
+        return 507, "insufficient_storage", "the database disk is full; the failed write was rolled back, retry once space is freed"
+    return None
 
 
 def _logErrors(d: Any, what: str, **kw: Any) -> None:

@@ -45,6 +45,9 @@ OPERATOR_SCOPES = (SCOPE_READ, SCOPE_WRITE, SCOPE_ADMIN)
 ALL_SCOPES = OPERATOR_SCOPES + (SCOPE_RUNNER,)
 MODES = ("none", "token", "mtls")
 
+SESSION_COOKIE = b"fangs_session"
+SESSION_SECONDS = 12 * 3600
+
 _TOKEN = re.compile(r"^fangs_([0-9a-f]{16})_([A-Za-z0-9_-]{20,100})$")
 
 
@@ -122,6 +125,9 @@ class Authenticator:
         header = request.getHeader(b"authorization")
         if header:
             return await self._fromToken(header)
+        session = request.getCookie(SESSION_COOKIE)
+        if session:
+            return await self._fromSession(session)
         identity = self._peerIdentity(request)
         if identity is not None:
             if identity.kind == "operator":
@@ -132,6 +138,43 @@ class Authenticator:
             # but a certificate without a usable identity ends here.
             raise Unauthorized("the client certificate names no runner or operator")
         raise Unauthorized("authentication required: send Authorization: Bearer <token> (see `fangs token create`)")
+
+    # -- dashboard sessions ---------------------------------------------------------
+
+    async def sessionFor(self, token: str, nowNs: int) -> Tuple[bytes, Principal]:
+        """
+        Exchange an operator token for a dashboard session cookie value.  The
+        cookie names the token and is signed with the token's stored hash,
+        so revoking the token ends the session and a restart does not.
+        """
+        principal = await self._fromToken(b"Bearer " + token.strip().encode("ascii", "replace"))
+        if principal.kind != "operator":
+            raise Forbidden("runner tokens cannot sign in to the dashboard")
+        tokenID = principal.subject.split()[-1]
+        row = await self._store.lookupToken(tokenID)
+        expires = nowNs // 1_000_000_000 + SESSION_SECONDS
+        payload = "%s.%d" % (tokenID, expires)
+        mac = hmac.new(row["secret_hash"].encode("ascii"), payload.encode("ascii"), hashlib.sha256).hexdigest()
+        return ("%s.%s" % (payload, mac)).encode("ascii"), principal
+
+    async def _fromSession(self, cookie: bytes) -> Principal:
+        import time
+
+        try:
+            tokenID, expires, mac = cookie.decode("ascii").split(".")
+            expiresAt = int(expires)
+        except (ValueError, UnicodeDecodeError):
+            raise Unauthorized("dashboard session is malformed; sign in again at /ui/login") from None
+        row = await self._store.lookupToken(tokenID) if self._store is not None else None
+        if row is None or row["revoked_ns"] is not None:
+            raise Unauthorized("dashboard session ended (token revoked); sign in again at /ui/login")
+        want = hmac.new(row["secret_hash"].encode("ascii"), ("%s.%s" % (tokenID, expires)).encode("ascii"), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(want, mac) or expiresAt < time.time():
+            raise Unauthorized("dashboard session expired; sign in again at /ui/login")
+        scopes = frozenset(row["scopes"].split())
+        if SCOPE_RUNNER in scopes:
+            raise Unauthorized("runner tokens cannot use the dashboard")
+        return Principal("operator", row["name"], impliedScopes(scopes), "session", "token " + tokenID)
 
     async def _fromToken(self, header: bytes) -> Principal:
         text = header.decode("latin-1").strip()
