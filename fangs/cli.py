@@ -773,6 +773,7 @@ def cmdNotifierAdd(c: Context) -> int:
     body = {
         "name": c.args.name, "url": c.args.url, "template": c.args.template, "secret_env": c.args.secret_env or "",
         "min_severity": c.args.min_severity or "", "headers": headers, "packages": c.args.package or [],
+        "enabled": not c.args.disabled,
     }
     reply = _notifiers(c, "POST", "/v1/notifiers", body)
     if c.args.json:
@@ -798,6 +799,19 @@ def cmdNotifierList(c: Context) -> int:
 def cmdNotifierRemove(c: Context) -> int:
     reply = _notifiers(c, "DELETE", "/v1/notifiers/" + urllib.parse.quote(c.args.name, safe=""))
     c.json(reply) if c.args.json else c.say('notifier "%s" removed' % (c.args.name,))
+    return EXIT_OK
+
+
+def cmdNotifierHistory(c: Context) -> int:
+    reply = _notifiers(c, "GET", "/v1/notifiers/%s/deliveries" % (urllib.parse.quote(c.args.name, safe=""),))
+    rows = reply.get("deliveries", [])
+    if c.args.json:
+        c.json(rows)
+        return EXIT_OK
+    table(c.out, ["RUN", "ATTEMPT", "STATUS", "HTTP", "AT", "ERROR"],
+          [(str(d.get("run_id", ""))[:12], d.get("attempt"), d.get("status"), d.get("http_status") or "-",
+            d.get("at") or d.get("at_at") or "", trunc(d.get("error") or "", 40)) for d in rows],
+          empty="no deliveries yet")
     return EXIT_OK
 
 
@@ -957,7 +971,8 @@ def buildParser() -> argparse.ArgumentParser:
     sp = cmd(g, "add", cmdNotifierAdd, "add or update a notifier")
     sp.add_argument("--name", required=True)
     sp.add_argument("--url", required=True)
-    sp.add_argument("--template", default="generic", choices=["generic", "slack", "discord"])
+    sp.add_argument("--template", default="generic", choices=["generic", "siem", "slack", "discord"])
+    sp.add_argument("--disabled", action="store_true", help="save it paused (messages wait)")
     sp.add_argument("--secret-env", help="environment variable holding the HMAC secret (on the orchestrator)")
     sp.add_argument("--min-severity", choices=["low", "medium", "high", "critical"])
     sp.add_argument("--header", action="append", metavar="NAME=VALUE")
@@ -965,6 +980,7 @@ def buildParser() -> argparse.ArgumentParser:
     cmd(g, "list", cmdNotifierList, "notifiers", aliases=["ls"])
     cmd(g, "remove", cmdNotifierRemove, "remove a notifier", aliases=["rm"]).add_argument("name")
     cmd(g, "test", cmdNotifierTest, "send a test notification").add_argument("name")
+    cmd(g, "history", cmdNotifierHistory, "delivery attempts of a notifier").add_argument("name")
 
     g = group("token", "API tokens (admin scope)")
     sp = cmd(g, "create", cmdTokenCreate, "create a bearer token; the secret is printed once")
