@@ -3,7 +3,6 @@
 SHELL := /bin/bash
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 TRIAL := $(PY) -m twisted.trial
 SANDBOX_IMAGE := fangs-sandbox/node:20
 
@@ -24,7 +23,8 @@ $(VENV)/.installed: setup.cfg setup.py
 	# shadow the venv's pyOpenSSL.
 	mkdir -p $(VENV)/debian-bcc
 	ln -sfn /usr/lib/python3/dist-packages/bcc $(VENV)/debian-bcc/bcc
-	echo $(VENV)/debian-bcc > $(SITE)/fangs-debian-bcc.pth
+	echo $(VENV)/debian-bcc > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/fangs-debian-bcc.pth"
+	$(PY) -c 'import bcc' || { echo 'setup: BCC is not importable from the venv'; exit 1; }
 	$(PY) -c 'from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))'
 	touch $@
 
