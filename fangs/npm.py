@@ -68,17 +68,36 @@ def splitSpec(spec: str) -> Tuple[str, str]:
 def installCommand(package: str, version: str) -> List[str]:
     """
     The sandbox command that installs C{package@version} into an empty
-    project, with install scripts forced on (npm 12 makes them opt-in), and
-    exits with npm's own status after a short settle time.  The spec reaches
-    the shell quoted, never spliced.
+    project with its install scripts forced on, prints the last 40 lines of
+    npm's output, waits 2 s for stragglers, and exits with npm's own status
+    (the reference's C{| tail; sleep 2} made every failure exit 0).
+
+    Install scripts are forced on for npm 11 (C{--ignore-scripts=false}, and
+    C{--dangerously-allow-all-scripts} for its C{allowScripts} policy) and
+    for npm 12, where scripts become opt-in.  The spec is validated, then
+    reaches the shell quoted with C{shlex.quote} after C{--}, never spliced
+    and never readable as an option.  C{dash} has no C{pipefail}, so npm's
+    status travels through a file.
     """
     checkPackageName(package)
     checkVersion(version)
-    spec = shlex.quote("%s@%s" % (package, version))
+    return installSpecCommand("%s@%s" % (package, version))
+
+
+def installSpecCommand(spec: str) -> List[str]:
+    """
+    L{installCommand} for any npm install spec (a local tarball path, say),
+    quoted as one shell word.
+    """
+    spec = shlex.quote(spec)
+    npm = (
+        "npm install --no-audit --no-fund --no-update-notifier --ignore-scripts=false"
+        " --dangerously-allow-all-scripts --foreground-scripts -- " + spec
+    )
+    status = "/tmp/.fangs-npm-status"
     script = (
-        "cd /tmp && mkdir -p t && cd t && npm init -y >/dev/null 2>&1 && "
-        "{ npm install --ignore-scripts=false --foreground-scripts --no-audit --no-fund "
-        + spec
-        + " > /tmp/npm-install.log 2>&1; status=$?; }; tail -n 20 /tmp/npm-install.log; sleep 2; exit $status"
+        "cd /tmp && mkdir -p t && cd t && npm init -y >/dev/null 2>&1"
+        " && { " + npm + " 2>&1; echo $? >" + status + "; } | tail -n 40;"
+        " s=$(cat " + status + " 2>/dev/null || echo 1); sleep 2; exit ${s:-1}"
     )
     return ["sh", "-c", script]
