@@ -42,6 +42,7 @@ demo: setup
 	bash scripts/demo.sh
 
 bench: setup
+	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib >= 3.7'
 	$(PY) -m fangs.bench
 
 clean:

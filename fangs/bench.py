@@ -22,6 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
 RESULTS: List[Tuple[str, str, str, str, str]] = []
+#: Data behind the plots of the report, filled by the benchmarks that have some.
+SERIES: Dict[str, Any] = {}
 
 
 def report(area: str, figure: str, value: str, reference: str, ratio: str) -> None:
@@ -194,15 +196,56 @@ def benchIngest(total: int = 100_000, batchSize: int = 64) -> None:
         post(orch.url + "/v1/runners/register", {"runner_id": "bench", "proto_version": 1})
         code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}, "duration": 3600 * 10**9}})
         runID = queued["run_id"]
-        start = time.perf_counter()
+        samples = _Sampler(orch.url + "/v1/runs/" + runID)
+        start = samples.start()
         code, ack = post(orch.url + "/v1/runs/%s/events" % (runID,), body, {"Content-Type": "application/x-ndjson"})
         seconds = time.perf_counter() - start
+        samples.stop(seconds, total)
         assert code == 200 and ack["persisted"] == total, (code, ack)
     finally:
         orch.stop()
     rate = total / seconds
+    SERIES["ingest"] = {"samples": samples.points, "total": total, "ref_rate": refRate}
     report("ingest", "events/s over one HTTP connection into SQLite (%dk, %d/batch)" % (total // 1000, batchSize),
            "%.0f/s" % rate, "executemany %.0f/s" % refRate, "ratio %.2f (target >= 0.5)" % (rate / refRate))
+
+
+class _Sampler:
+    """
+    Polls a run's C{events_received} from a thread while the ingest POST
+    runs, for the ingest plot.
+    """
+
+    def __init__(self, url: str, every: float = 0.1) -> None:
+        import threading
+
+        self.url = url
+        self.every = every
+        self.points: List[Tuple[float, int]] = [(0.0, 0)]
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._start = 0.0
+
+    def start(self) -> float:
+        self._start = time.perf_counter()
+        self._thread.start()
+        return self._start
+
+    def _run(self) -> None:
+        import urllib.request
+
+        while not self._done.wait(self.every):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    n = json.loads(r.read())["events_received"]
+                self.points.append((time.perf_counter() - self._start, n))
+            except OSError:
+                pass  # a missed sample is only a missing dot
+
+    def stop(self, seconds: float, total: int) -> None:
+        self._done.set()
+        self._thread.join(10)
+        self.points = sorted(p for p in self.points if p[0] <= seconds) + [(seconds, total)]
 
 
 # ---------------------------------------------------------------------------
@@ -304,6 +347,7 @@ def _optional(name: str, module: str) -> None:
 _optional("mtls", "fangs.bench_tls")
 _optional("watcher", "fangs.orchestrator.bench_watcher")
 _optional("ui", "fangs.orchestrator.bench_ui")
+_optional("postgres", "fangs.orchestrator.bench_pg")
 
 
 def benchSensor() -> None:
@@ -349,18 +393,40 @@ def main(argv: Optional[List[str]] = None) -> int:
         except Exception as e:
             failed.append(name)
             print("benchmark %s failed: %s: %s" % (name, type(e).__name__, e), file=sys.stderr, flush=True)
+    if "sensor" in names:
+        print("== sensor plot points", flush=True)
+        from fangs import bench_report
+
+        points = bench_report.measureSensor()
+        if points is not None:
+            SERIES["sensor"] = points
     writeReport()
     return 1 if failed else 0
 
 
+PLOTS = [("Ingest rate over the 100k-event stream", "ingest.png"), ("Sensor capacity", "sensor.png")]
+
+
 def writeReport() -> None:
-    os.makedirs(os.path.join(REPO, "build", "bench"), exist_ok=True)
-    path = os.path.join(REPO, "build", "bench", "report.md")
-    with open(path, "w") as f:
-        f.write("# FANGS benchmark report\n\nMeasured on %s, one run of `make bench`.\n\n" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),))
-        f.write("| area | figure | value | reference (same run) | ratio / target |\n|---|---|---|---|---|\n")
-        for row in RESULTS:
-            f.write("| %s |\n" % (" | ".join(row),))
+    """
+    C{build/bench/report.md} (a table per area) and the plots of this run.
+    """
+    from fangs import bench_report
+
+    out = os.path.join(REPO, "build", "bench")
+    os.makedirs(out, exist_ok=True)
+    for _, image in PLOTS:  # never show a plot from an earlier run
+        if os.path.exists(os.path.join(out, image)):
+            os.remove(os.path.join(out, image))
+    try:
+        if "ingest" in SERIES:
+            s = SERIES["ingest"]
+            bench_report.plotIngest(s["samples"], s["total"], s["ref_rate"], os.path.join(out, "ingest.png"))
+        if "sensor" in SERIES:
+            bench_report.plotSensor(SERIES["sensor"], os.path.join(out, "sensor.png"))
+    except ImportError as e:
+        print("plots skipped (%s): pip install 'matplotlib >= 3.7'" % (e,), file=sys.stderr)
+    path = bench_report.writeReport(RESULTS, out, PLOTS)
     print("report written to %s" % (path,))
 
 

@@ -20,6 +20,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -241,7 +242,7 @@ class OrchestratorAPI:
         await self.auth.requireRunner(request, run.runner_id)
 
     def resource(self) -> Any:
-        return self.core.metrics.instrument(self.app.resource(), self.app.url_map)  # counts requests by route
+        return self.core.metrics.instrument(_UTF8URLs(self.app.resource(), self), self.app.url_map)  # counts requests by route
 
     # -- rendering ------------------------------------------------------------
 
@@ -477,7 +478,10 @@ class OrchestratorAPI:
         severity = queryArg(request, "severity")
         rank = 0
         if severity is not None:
-            rank = differ.severityRank(severity)
+            try:
+                rank = differ.severityRank(severity)
+            except ValueError:
+                rank = 0
             if not rank:
                 raise BadRequest("severity must be one of low, medium, high, critical")
         run = queryArg(request, "run")
@@ -839,6 +843,32 @@ def _eventLine(e: S.StoredEvent) -> bytes:
         separators=(",", ":"),
     )
     return (head[:-1] + ',"payload":' + e.data + "}\n").encode("utf-8")
+
+
+class _UTF8URLs(Resource):
+    """
+    Klein answers a URL or Host that is not UTF-8 with its own HTML 400 (and
+    logs a traceback), and a NUL in a static file's path is a 500: refuse
+    both here, in the envelope, instead.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Any, api: OrchestratorAPI) -> None:
+        super().__init__()
+        self._inner = inner
+        self._api = api
+
+    def render(self, request: IRequest) -> Any:
+        path = b"/".join(request.postpath)
+        try:
+            path.decode("utf-8")
+            request.getRequestHostname().decode("utf-8")
+        except UnicodeDecodeError:
+            return self._api.error(request, Failure(BadRequest("the URL and Host must be UTF-8")))
+        if b"\0" in path:
+            return self._api.error(request, Failure(BadRequest("the URL must not contain NUL")))
+        return self._inner.render(request)
 
 
 def _storageCondition(error: str) -> Optional[Tuple[int, str, str]]:

@@ -31,6 +31,9 @@ log = Logger()
 
 DEFAULT_DURATION_NS = 10 * wire.SECOND
 LOST_MARGIN_NS = 60 * wire.SECOND
+#: A run its runner leaves out of a heartbeat is lost once dispatched this long ago
+#: (the slack covers a heartbeat that was on its way while the job was).
+LOST_UNLISTED_NS = 15 * wire.SECOND
 MAX_DURATION_NS = 24 * 3600 * wire.SECOND
 JOB_POLL_INTERVAL_NS = 5 * wire.SECOND
 HEARTBEAT_INTERVAL_NS = 30 * wire.SECOND
@@ -107,8 +110,15 @@ class Orchestrator:
         )
 
     async def heartbeat(self, runnerID: str, beat: wire.Heartbeat) -> wire.HeartbeatAck:
-        if not self.registry.heartbeat(runnerID, beat):
+        if not await self.registry.exists(runnerID) or not self.registry.heartbeat(runnerID, beat):
             return wire.HeartbeatAck(ok=False, unknown_runner=True)
+        # A run dispatched a while ago that the runner no longer lists was
+        # lost with an earlier runner process: fail it now, not at its deadline.
+        active = [r.lower() for r in (list(beat.active_run_ids) or ([beat.active_run_id] if beat.active_run_id else []))]
+        now = self.nowNs()
+        for runID in await self.store.failRunsMissingFromHeartbeat(runnerID, active, now - LOST_UNLISTED_NS, now):
+            log.warn("run {run_id} failed: runner lost (runner {runner_id} no longer lists it)", run_id=runID, runner_id=runnerID)
+            self.analyzer.runFinished(runID)
         cancel = await self.store.runsToCancel(runnerID)
         return wire.HeartbeatAck(ok=True, cancel_runs=cancel)
 
@@ -117,7 +127,7 @@ class Orchestrator:
         Wait for a job.  Raises L{NotFoundError} for an unregistered runner.
         The returned lease must be confirmed or released by the caller.
         """
-        if runnerID not in self.registry:
+        if not await self.registry.exists(runnerID):
             raise NotFoundError(
                 "runner not registered; POST /v1/runners/register first", code="unknown_runner"
             )
@@ -147,7 +157,7 @@ class Orchestrator:
             raise BadRequest("missing target_runner")
         if target is not None:
             _checkRunnerID(target)
-            if target not in self.registry:
+            if not await self.registry.exists(target):
                 raise NotFoundError("target_runner %r not registered" % (target,), code="unknown_runner")
         job = self._withDefaults(req.job)
         package = job.package_name or (job.sandbox.image if job.sandbox else "")
@@ -398,6 +408,7 @@ class Orchestrator:
         raises (it runs from a timer).
         """
         try:
+            await self.registry.refresh()
             self.registry.prune()
             lost = await self.store.sweepLost(self.nowNs())
             for runID in lost:

@@ -459,6 +459,23 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "runners and retention",
+        """
+        CREATE TABLE runners (
+            runner_id TEXT PRIMARY KEY,
+            registration TEXT NOT NULL,
+            registered_ns INTEGER NOT NULL,
+            last_seen_ns INTEGER NOT NULL,
+            status TEXT NOT NULL DEFAULT '',
+            active_run_ids TEXT NOT NULL DEFAULT '[]',
+            events_queued INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID;
+        CREATE INDEX events_by_received ON events(received_ns);
+        CREATE INDEX deviations_by_evidence ON deviations(evidence_event_id)
+        """,
+    ),
 ]
 
 
@@ -508,6 +525,10 @@ class SQLiteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Ingest commits a transaction per batch: a bigger page cache and
+        # fewer, larger WAL checkpoints keep each commit cheap.
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA wal_autocheckpoint=20000")
         return conn
 
     async def start(self) -> None:
@@ -2081,6 +2102,144 @@ class SQLiteStore:
         return self._call(thd)
 
 
+    # -- retention --
+    # Raw events older than the retention period go, in small batches (one
+    # short transaction each), except those a deviation cites as evidence.
+    # Runs, verdicts, deviations, baselines and the audit are kept.
+
+    def pruneEvents(self, cutoffNs: int, batch: int = 5000) -> "Deferred[int]":
+        """
+        Delete up to C{batch} events received before C{cutoffNs} that no
+        deviation cites; returns how many went.
+        """
+        return self._call(self._thd_pruneEvents, cutoffNs, batch)
+
+    def _thd_pruneEvents(self, conn: sqlite3.Connection, cutoffNs: int, batch: int) -> int:
+        with _transaction(conn):
+            return conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_ns < ?"
+                " AND NOT EXISTS (SELECT 1 FROM deviations d WHERE d.evidence_event_id = e.id) LIMIT ?)",
+                (cutoffNs, batch),
+            ).rowcount
+
+    # -- shared runner registry --
+    # Registrations and heartbeats, so every orchestrator on one database
+    # knows every runner (L{fangs.orchestrator.registry} caches them).
+
+    def upsertRunner(self, runnerID: str, registration: str, nowNs: int) -> "Deferred[bool]":
+        """
+        Record a (re-)registration (C{registration} is the wire JSON).
+        Returns True when it replaced one.
+        """
+        return self._call(self._thd_upsertRunner, runnerID, registration, nowNs)
+
+    def _thd_upsertRunner(self, conn: sqlite3.Connection, runnerID: str, registration: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            replaced = conn.execute("SELECT 1 FROM runners WHERE runner_id = ?", (runnerID,)).fetchone() is not None
+            conn.execute(
+                "INSERT INTO runners (runner_id, registration, registered_ns, last_seen_ns) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (runner_id) DO UPDATE SET registration = excluded.registration,"
+                " registered_ns = excluded.registered_ns, last_seen_ns = excluded.last_seen_ns, status = '',"
+                " active_run_ids = '[]', events_queued = 0",
+                (runnerID, registration, nowNs, nowNs),
+            )
+            return replaced
+
+    def touchRunner(
+        self,
+        runnerID: str,
+        nowNs: int,
+        status: Optional[str] = None,
+        activeRunIDs: Optional[Sequence[str]] = None,
+        eventsQueued: Optional[int] = None,
+    ) -> "Deferred[bool]":
+        """
+        A heartbeat or poll: last seen (never moved back), and what the
+        heartbeat says when given.  False for an unknown runner.
+        """
+        active = None if activeRunIDs is None else json.dumps(list(activeRunIDs))
+        return self._call(
+            lambda conn: conn.execute(
+                "UPDATE runners SET last_seen_ns = MAX(last_seen_ns, ?), status = COALESCE(?, status),"
+                " active_run_ids = COALESCE(?, active_run_ids), events_queued = COALESCE(?, events_queued)"
+                " WHERE runner_id = ?",
+                (nowNs, status, active, eventsQueued, runnerID),
+            ).rowcount
+            == 1
+        )
+
+    _RUNNER_SELECT = (
+        "SELECT runner_id, registration, registered_ns, last_seen_ns, status, active_run_ids, events_queued FROM runners"
+    )
+
+    @staticmethod
+    def _runnerDict(r: Sequence[Any]) -> Dict[str, Any]:
+        return {
+            "runner_id": r[0],
+            "registration": r[1],
+            "registered_ns": r[2],
+            "last_seen_ns": r[3],
+            "status": r[4],
+            "active_run_ids": json.loads(r[5] or "[]"),
+            "events_queued": r[6],
+        }
+
+    def getRunner(self, runnerID: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+            r = conn.execute(self._RUNNER_SELECT + " WHERE runner_id = ?", (runnerID,)).fetchone()
+            return None if r is None else self._runnerDict(r)
+
+        return self._call(thd)
+
+    def listRunners(self, seenSinceNs: int) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        Runners seen at or after C{seenSinceNs}, by id.
+        """
+        return self._call(
+            lambda conn: [
+                self._runnerDict(r)
+                for r in conn.execute(self._RUNNER_SELECT + " WHERE last_seen_ns >= ? ORDER BY runner_id", (seenSinceNs,))
+            ]
+        )
+
+    # -- runner lost via heartbeat --
+    # A runner's heartbeat lists the runs it has; a run dispatched to it a
+    # while ago and missing from the list was lost (the runner restarted),
+    # so it fails now instead of at its deadline.
+
+    def failRunsMissingFromHeartbeat(
+        self, runnerID: str, activeRunIDs: Sequence[str], dispatchedBeforeNs: int, nowNs: int
+    ) -> "Deferred[List[str]]":
+        """
+        Fail (C{runner lost}) every run in C{dispatched} or C{running} state on
+        C{runnerID}, dispatched before C{dispatchedBeforeNs}, whose id is not
+        in C{activeRunIDs}; returns their ids.
+        """
+        return self._call(self._thd_failRunsMissingFromHeartbeat, runnerID, list(activeRunIDs), dispatchedBeforeNs, nowNs)
+
+    def _thd_failRunsMissingFromHeartbeat(
+        self, conn: sqlite3.Connection, runnerID: str, activeRunIDs: List[str], dispatchedBeforeNs: int, nowNs: int
+    ) -> List[str]:
+        active = set(activeRunIDs)
+        with _transaction(conn):
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE runner_id = ? AND state IN ('dispatched', 'running')"
+                    " AND dispatched_ns < ? ORDER BY id",
+                    (runnerID, dispatchedBeforeNs),
+                )
+                if r[0] not in active
+            ]
+            for runID in ids:
+                conn.execute(
+                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost', finished_ns = ?"
+                    " WHERE id = ? AND state IN ('dispatched', 'running')",
+                    (nowNs, runID),
+                )
+            return ids
+
+
 def _statements(sql: str) -> Iterable[str]:
     for part in sql.split(";"):
         if part.strip():
@@ -2101,8 +2260,18 @@ class _transaction:
 
     def __exit__(self, excType: Any, exc: Any, tb: Any) -> None:
         if excType is None:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._rollback()  # a failed COMMIT (disk full) leaves it open
+                raise
         else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (SQLITE_FULL does): a second
+        # ROLLBACK would raise and hide the error that matters.
+        if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")
 
 

@@ -41,11 +41,14 @@ class Options(usage.Options):
     optParameters = [
         ["addr", None, "127.0.0.1:8443", "Listen address HOST:PORT (plain HTTP unless TLS options are given)."],
         ["listen", None, None, "Listen on a Twisted endpoint string instead of --addr (e.g. tcp:8443:interface=::1)."],
-        ["db", None, "var/lib/fangs/fangs.db", "SQLite database path."],
+        ["db", None, os.environ.get("FANGS_PG_DSN") or "var/lib/fangs/fangs.db",
+         "SQLite database path, or a postgresql:// URL (default: $FANGS_PG_DSN, else a SQLite file)."],
+        ["retention-days", None, 90.0, "Delete raw events older than this many days (0 keeps them forever).", float],
         ["config", None, None, "YAML configuration (default: the shipped conf/orchestrator.yaml)."],
         ["id", None, "fangs-orchestrator", "Orchestrator id reported to runners."],
         ["poll-wait", None, 25.0, "Seconds a job long-poll waits before answering 204.", float],
         ["max-body", None, 64 * 1024, "Largest non-stream request body in bytes.", int],
+        ["idle-timeout", None, 60.0, "Seconds an idle connection, or one still sending its request headers, stays open.", float],
         ["watch-interval", None, 300.0, "Seconds between npm registry polls of watched packages (0 disables).", float],
         ["registry-url", None, "https://registry.npmjs.org", "npm registry base URL the watcher polls."],
         ["tls-cert", None, None, "PEM server certificate (chain): serve HTTPS (TLS >= 1.2)."],
@@ -63,6 +66,10 @@ class Options(usage.Options):
             raise usage.UsageError("--poll-wait must be between 0 and 300 seconds")
         if self["max-body"] < 1024:
             raise usage.UsageError("--max-body must be at least 1024 bytes")
+        if self["idle-timeout"] <= 0:
+            raise usage.UsageError("--idle-timeout must be a positive number of seconds")
+        if self["retention-days"] < 0:
+            raise usage.UsageError("--retention-days must be 0 (off) or a number of days")
         if self["watch-interval"] < 0:
             raise usage.UsageError("--watch-interval must be 0 (off) or a number of seconds")
         if not self["registry-url"].startswith(("http://", "https://")):
@@ -197,11 +204,18 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     from fangs.orchestrator.store import SQLiteStore
 
     dbPath = options["db"]
-    if dbPath != ":memory:":
-        os.makedirs(os.path.dirname(os.path.abspath(dbPath)), exist_ok=True)
-    store = SQLiteStore(dbPath, reactor)
-    registry = RunnerRegistry(reactor)
+    if dbPath.startswith(("postgresql://", "postgres://")):
+        from fangs.orchestrator.pgstore import PostgresStore
+
+        store: Any = PostgresStore(dbPath, reactor)
+    else:
+        if dbPath != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(dbPath)), exist_ok=True)
+        store = SQLiteStore(dbPath, reactor)
+    registry = RunnerRegistry(reactor, store=store)
     dispatcher = Dispatcher(reactor, store, pollWait=options["poll-wait"])
+    # Jobs queued by other orchestrators on the same PostgreSQL database.
+    getattr(store, "jobListeners", []).append(dispatcher.wake)
     from fangs.orchestrator.metrics import Metrics
 
     metrics = Metrics(fangs.__version__)
@@ -227,13 +241,17 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
     sweeper.clock = reactor
     sweeper.setServiceParent(top)
+    if options["retention-days"] > 0:
+        from fangs.orchestrator.retention import retentionService
+
+        retentionService(reactor, store, options["retention-days"]).setServiceParent(top)
 
     if options["watch-interval"] > 0:
         _addWatcher(top, reactor, core, options)
     _addNotifier(top, reactor, core, analyzer)
 
     top.initAdminToken = bool(options["init-admin-token"])
-    site = FangsSite(api.resource(), maxBody=options["max-body"])
+    site = FangsSite(api.resource(), maxBody=options["max-body"], timeout=options["idle-timeout"])
     from twisted.application.internet import StreamServerEndpointService
 
     from fangs.tls import installReloadOnSIGHUP, serverEndpoint

@@ -391,7 +391,7 @@ class DashboardUI:
 
     # -- static --------------------------------------------------------------
 
-    @app.route("/static/", branch=True)
+    @app.route("/static/", branch=True, methods=["GET", "HEAD"])
     def static(self, request: IRequest) -> Any:
         request.setHeader(b"X-Content-Type-Options", b"nosniff")
         request.setHeader(b"Cache-Control", b"max-age=300")

@@ -326,8 +326,8 @@ class TapTests(SynchronousTestCase):
             top = tap.makeService(o, Clock())
             return [s for s in top if isinstance(s, TimerService)]
 
-        self.assertEqual(len(timers(["--watch-interval", "0"])), 1)  # the sweeper only
-        watched = timers(["--watch-interval", "42"])
+        self.assertEqual(len(timers(["--watch-interval", "0", "--retention-days", "0"])), 1)  # the sweeper only
+        watched = timers(["--watch-interval", "42", "--retention-days", "0"])
         self.assertEqual(sorted(t.step for t in watched)[-1], 42.0)
 
 
