@@ -292,7 +292,9 @@ class RunnerService(Service):
         self._heartbeatInterval = interval
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self._clock
-        self._heartbeat.start(interval, now=False).addErrback(
+        # Beat at once: after a restart, the orchestrator learns right away
+        # which runs this runner no longer has (they are lost).
+        self._heartbeat.start(interval, now=True).addErrback(
             lambda f: log.failure("heartbeat loop stopped", f))
 
     def _beat(self) -> Deferred[None]:

@@ -444,6 +444,24 @@ class ResultTests(SynchronousTestCase):
         status, run = self.o.call("GET", "/v1/runs/" + self.runID)
         self.assertEqual(run["state"], "done")
 
+    def test_runnerLostWhenHeartbeatNoLongerListsRun(self):
+        """
+        A restarted runner heartbeats without the run it was working on: the
+        run fails as lost at once, not at its deadline.
+        """
+        self.o.clock.advance(10)
+        status, ack = self.o.call("POST", "/v1/runners/worker-1/heartbeat", {"active_run_ids": []})
+        status, run = self.o.call("GET", "/v1/runs/" + self.runID)
+        self.assertEqual(run["state"], "dispatched")  # too soon: the job may still be on its way
+        self.o.call("POST", "/v1/runners/worker-1/heartbeat", {"active_run_ids": [self.runID]})
+        self.o.clock.advance(10)
+        self.o.call("POST", "/v1/runners/worker-1/heartbeat", {"active_run_id": self.runID})
+        status, run = self.o.call("GET", "/v1/runs/" + self.runID)
+        self.assertEqual(run["state"], "dispatched")  # listed: still alive
+        self.o.call("POST", "/v1/runners/worker-1/heartbeat", {"status": "idle"})
+        status, run = self.o.call("GET", "/v1/runs/" + self.runID)
+        self.assertEqual((run["state"], run["failure_reason"], run["verdict"]), ("failed", "runner lost", "incomplete"))
+
     def test_eventsPushDeadline(self):
         self.o.clock.advance(60)
         self.o.call("POST", "/v1/runs/%s/events" % (self.runID,), raw=batchLine(1, [fileEvent("/a")]))

@@ -91,7 +91,8 @@ class ControlPlaneTests(ServiceTestsMixin, SynchronousTestCase):
         self.assertEqual((reg.runner_id, reg.hostname, reg.kernel_version, reg.proto_version,
                           reg.capabilities), ("r1", "host-1", "6.1.0", 1,
                                               ["sensor", "sandbox.docker"]))
-        self.assertEqual(self.client.calls[1], ("poll", "r1"))
+        self.assertEqual(self.client.calls[1], ("heartbeat", "r1"))
+        self.assertEqual(self.client.calls[2], ("poll", "r1"))
 
     def test_registerRetriesWhileOrchestratorDown(self) -> None:
         self.client.registerScript = [ConnectionRefusedError()] * 3
@@ -143,15 +144,18 @@ class ControlPlaneTests(ServiceTestsMixin, SynchronousTestCase):
 
     def test_heartbeat(self) -> None:
         self.start()
-        self.clock.advance(29.9)
-        self.assertEqual(self.calls("heartbeat"), 0)
-        self.clock.advance(0.1)
+        # One at once (after a restart the orchestrator learns which runs
+        # this runner no longer has), then one per interval.
         self.assertEqual(self.calls("heartbeat"), 1)
         hb = self.client.heartbeats[0]
         self.assertEqual((hb.runner_id, hb.status, hb.active_run_id, hb.active_run_ids),
                          ("r1", "idle", "", []))
-        self.clock.advance(30)
+        self.clock.advance(29.9)
+        self.assertEqual(self.calls("heartbeat"), 1)
+        self.clock.advance(0.1)
         self.assertEqual(self.calls("heartbeat"), 2)
+        self.clock.advance(30)
+        self.assertEqual(self.calls("heartbeat"), 3)
 
     def test_heartbeatUnknownRunnerReregisters(self) -> None:
         self.client.heartbeatScript = [HeartbeatAck(ok=False, unknown_runner=True)]
@@ -166,14 +170,14 @@ class ControlPlaneTests(ServiceTestsMixin, SynchronousTestCase):
                                           heartbeat_interval=10 * SECOND)
         self.start()
         self.clock.advance(10)
-        self.assertEqual(self.calls("heartbeat"), 1)
+        self.assertEqual(self.calls("heartbeat"), 2)
 
     def test_heartbeatErrorsAreSurvived(self) -> None:
         self.client.heartbeatScript = [ConnectionRefusedError()]
         self.start()
         self.clock.advance(30)
         self.clock.advance(30)
-        self.assertEqual(self.calls("heartbeat"), 2)
+        self.assertEqual(self.calls("heartbeat"), 3)
 
     def test_stopWhileIdle(self) -> None:
         self.start()
