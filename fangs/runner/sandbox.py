@@ -37,7 +37,6 @@ import io
 import os
 import re
 import secrets
-import shlex
 import tarfile
 import threading
 import time
@@ -51,6 +50,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 
+from fangs.npm import installSpecCommand
 from fangs.runner.cgroups import cgroupOfPid
 from fangs.wire import RunID, SandboxSpec
 
@@ -137,30 +137,17 @@ class ExitInfo:
 
 def npmInstallCommand(package: str, version: str) -> List[str]:
     """
-    The sandbox command that installs C{package@version} with its install
-    scripts forced on, prints the last 40 lines of npm's output, waits 2 s
-    for stragglers, and exits with npm's own exit status.
-
-    The package spec reaches the shell quoted with C{shlex.quote}, after
-    C{--} so it can never be read as an npm option.  Install scripts are
-    forced on for npm 11 (C{--ignore-scripts=false}, and
-    C{--dangerously-allow-all-scripts} for its C{allowScripts} policy) and
-    npm 12, where scripts become opt-in.
+    The sandbox command that installs C{package@version} (or any npm install
+    spec, such as a local tarball path, with an empty C{version}): the one
+    command of L{fangs.npm.installSpecCommand}, with install scripts forced
+    on and npm's own exit status kept.  The spec reaches the shell quoted
+    after C{--}, so it can never be read as an npm option.
     """
     if not isinstance(package, str) or not package or package.startswith("-") or "\0" in package:
         raise ValueError("bad package name %r" % (package,))
     if not isinstance(version, str) or version.startswith("-") or "\0" in version:
         raise ValueError("bad version %r" % (version,))
-    spec = package + "@" + version if version else package
-    npm = ("npm install --no-audit --no-fund --no-update-notifier --ignore-scripts=false --dangerously-allow-all-scripts"
-           " --foreground-scripts -- " + shlex.quote(spec))
-    status = "/tmp/.fangs-npm-status"
-    script = (
-        "cd /tmp && mkdir -p t && cd t && npm init -y >/dev/null 2>&1"
-        " && { " + npm + " 2>&1; echo $? >" + status + "; } | tail -n 40;"
-        " s=$(cat " + status + " 2>/dev/null || echo 1); sleep 2; exit ${s:-1}"
-    )
-    return ["sh", "-c", script]
+    return installSpecCommand(package + "@" + version if version else package)
 
 
 # ---------------------------------------------------------------------------
