@@ -172,10 +172,13 @@ class ForkBombTests(HostileTestCase):
         found = reports(await s.events(runID), "forkbomb")
         self.assertEqual(one(found, "max"), str(limit), found)
         peak = int(one(found, "peak"))
-        # The cgroup's own count never passed the job's limit, and the limit
-        # did refuse forks: the bomb really pushed against it.
+        # The cgroup's own count never passed the job's limit, and the
+        # kernel's pids.events counter says the limit refused forks: the bomb
+        # really pushed against it.  (The fixture samples pids.current every
+        # 20 ms, which can miss the short-lived peak under load, so the
+        # refusal counter, not the sampled peak, is the evidence of reaching
+        # the limit.)
         self.assertLessEqual(peak, limit, found)
-        self.assertGreaterEqual(peak, limit - 8, found)
         self.assertGreater(int(one(found, "refused")), 0, found)
         await self.assertTornDown(runID)
         await self.assertRunnerSurvived(s)
