@@ -309,7 +309,7 @@ class DashboardSessionTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.o = InMemoryOrchestrator(self)
-        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None)
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None, clock=self.o.clock)
 
     def token(self, name: str, scopes: Any) -> dict:
         return self.successResultOf(Deferred.fromCoroutine(self.o.core.createToken(name, scopes, "test")))
@@ -343,6 +343,14 @@ class DashboardSessionTests(SynchronousTestCase):
         self.assertEqual(self.page(value[:-3] + b"abc")[0], 302)  # forged
         self.successResultOf(self.o.store.revokeToken(t["id"], "test", 1))
         self.assertEqual(self.page(value)[0], 302)
+
+    def test_sessionExpires(self):
+        r = self.login(self.token("bob", ["orchestrator:read"])["token"])
+        value = [c for c in r.headers.getRawHeaders(b"set-cookie") if c.startswith(b"fangs_session=")][0].split(b";")[0].split(b"=", 1)[1]
+        self.o.clock.advance(11 * 3600)
+        self.assertEqual(self.page(value)[0], 200)
+        self.o.clock.advance(2 * 3600)
+        self.assertEqual(self.page(value)[0], 302)  # 12 h after sign-in
 
     def test_badAndRunnerTokens(self):
         r = self.login("fangs_0011223344556677_" + "x" * 30)

@@ -99,12 +99,16 @@ class Authenticator:
         mode: str = "none",
         store: Any = None,
         peerIdentity: Callable[[Any], Optional[Identity]] = peerIdentity,
+        clock: Any = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError("auth mode must be one of %s" % (", ".join(MODES),))
         self.mode = mode
         self._store = store
         self._peerIdentity = peerIdentity
+        if clock is None:
+            from twisted.internet import reactor as clock  # noqa: only when none is given
+        self._clock = clock
 
     async def principal(self, request: Any) -> Principal:
         """
@@ -158,8 +162,6 @@ class Authenticator:
         return ("%s.%s" % (payload, mac)).encode("ascii"), principal
 
     async def _fromSession(self, cookie: bytes) -> Principal:
-        import time
-
         try:
             tokenID, expires, mac = cookie.decode("ascii").split(".")
             expiresAt = int(expires)
@@ -169,7 +171,7 @@ class Authenticator:
         if row is None or row["revoked_ns"] is not None:
             raise Unauthorized("dashboard session ended (token revoked); sign in again at /ui/login")
         want = hmac.new(row["secret_hash"].encode("ascii"), ("%s.%s" % (tokenID, expires)).encode("ascii"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, mac) or expiresAt < time.time():
+        if not hmac.compare_digest(want, mac) or expiresAt < self._clock.seconds():
             raise Unauthorized("dashboard session expired; sign in again at /ui/login")
         scopes = frozenset(row["scopes"].split())
         if SCOPE_RUNNER in scopes:

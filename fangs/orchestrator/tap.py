@@ -235,7 +235,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     )
     from fangs.orchestrator.auth import Authenticator
 
-    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store))
+    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store, clock=reactor))
     top = OrchestratorService(store, core)
 
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
