@@ -737,15 +737,24 @@ def cmdAllowList(c: Context) -> int:
     return EXIT_OK
 
 
-def cmdAllowRemove(c: Context) -> int:
-    p = c.args.id
-    entries = c.client.get("/v1/allow")["entries"]
-    found = [e["id"] for e in entries if e["id"].startswith(p)]
+def pickByPrefix(ids: Sequence[str], prefix: str, what: str, listCommand: str) -> str:
+    """
+    The one id of C{ids} that is C{prefix} or starts with it (ids listed
+    by the orchestrator: allowlist entries, tokens).
+    """
+    found = sorted({i for i in ids if i.startswith(prefix)})
+    if prefix in found:
+        return prefix
     if not found:
-        raise CLIError("no allowlist entry id starts with %s (see fangs allow list)" % (p,), EXIT_NOT_FOUND)
-    if len(found) > 1 and p not in found:
-        raise CLIError("allowlist id prefix %s is ambiguous: %s" % (p, ", ".join(found)))
-    entryID = p if p in found else found[0]
+        raise CLIError("no %s id starts with %s (see %s)" % (what, prefix, listCommand), EXIT_NOT_FOUND)
+    if len(found) > 1:
+        raise CLIError("%s id prefix %s is ambiguous: %s" % (what, prefix, ", ".join(found)))
+    return found[0]
+
+
+def cmdAllowRemove(c: Context) -> int:
+    entries = c.client.get("/v1/allow")["entries"]
+    entryID = pickByPrefix([e["id"] for e in entries], c.args.id, "allowlist entry", "fangs allow list")
     body = c.client.call("DELETE", "/v1/allow/" + urllib.parse.quote(entryID))
     if c.args.json:
         c.json(body)
@@ -843,14 +852,10 @@ def cmdTokenList(c: Context) -> int:
 
 
 def cmdTokenRevoke(c: Context) -> int:
-    p = c.args.id
-    found = [t["id"] for t in c.client.get("/v1/tokens")["tokens"] if t["id"].startswith(p) and not t["revoked_at"]]
-    if not found:
-        raise CLIError("no active token id starts with %s (see fangs token list)" % (p,), EXIT_NOT_FOUND)
-    if len(found) > 1:
-        raise CLIError("token id prefix %s is ambiguous: %s" % (p, ", ".join(found)))
-    reply = c.client.call("DELETE", "/v1/tokens/" + found[0])
-    c.json(reply) if c.args.json else c.say("revoked token %s" % (found[0],))
+    active = [t["id"] for t in c.client.get("/v1/tokens")["tokens"] if not t["revoked_at"]]
+    tokenID = pickByPrefix(active, c.args.id, "active token", "fangs token list")
+    reply = c.client.call("DELETE", "/v1/tokens/" + tokenID)
+    c.json(reply) if c.args.json else c.say("revoked token %s" % (tokenID,))
     return EXIT_OK
 
 
