@@ -24,6 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from fangs.bench import freePort
 from fangs.runner.sensor import Sensor
 from fangs.wire import RunID, WatchedPath
 from tests import prereq
@@ -127,11 +128,10 @@ for i in range(n):
 
 
 def closedPort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """
+    A loopback port nothing listens on (free a moment ago).
+    """
+    return freePort()
 
 
 class SensorTests(TestCase):
