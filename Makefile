@@ -32,7 +32,7 @@ image:
 	$(PY) -m fangs.runner.image --ensure $(SANDBOX_IMAGE)
 
 test: setup
-	$(PY) -m fangs.runner.image --fixtures fangs-sandbox/fixtures:test
+	$(PY) -m fangs.runner.image --fixtures $${FANGS_FIXTURES_IMAGE:-fangs-sandbox/fixtures:test}
 	$(TRIAL) -j2 tests
 
 unit: venv

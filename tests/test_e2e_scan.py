@@ -21,10 +21,10 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from fangs import npm, wire
+from fangs.runner.image import FIXTURES_IMAGE
 from tests import prereq
 from tests.procs import Daemon, OrchestratorProcess, httpClient, sleep
 
-FIXTURES_IMAGE = "fangs-sandbox/fixtures:test"
 
 
 def fixtureCommand(name: str) -> List[str]:

@@ -37,6 +37,7 @@ from twisted.trial.unittest import TestCase
 
 from fangs import wire
 from fangs.orchestrator.config import DEFAULT_WATCHED_PATHS
+from fangs.runner.image import FIXTURES_IMAGE
 from fangs.runner.sandbox import LABEL_RUN, npmInstallCommand
 from tests.procs import sleep
 from tests.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
@@ -45,7 +46,7 @@ from tests.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
 #: L{tests.test_e2e_scan} under a tag of its own, so a checkout with other
 #: fixtures rebuilding C{fangs-sandbox/fixtures:test} at the same time on the
 #: same machine cannot take these packages away in the middle of a test.
-HOSTILE_IMAGE = "fangs-sandbox/fixtures:hostile"
+HOSTILE_IMAGE = FIXTURES_IMAGE + "-hostile"
 REPORT_DIR = "/tmp/fangs-report/"
 MIB = 1024 * 1024
 CGROUP_V2_FANGS = "/sys/fs/cgroup/unified/fangs"

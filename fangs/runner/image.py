@@ -33,7 +33,9 @@ from pathlib import Path
 from typing import Callable, Iterable, List, Optional
 
 SANDBOX_IMAGE = "fangs-sandbox/node:20"
-FIXTURES_IMAGE = "fangs-sandbox/fixtures:test"
+#: The fixtures image of the tests; C{FANGS_FIXTURES_IMAGE} names another tag so that
+#: several checkouts on one machine do not rebuild one image under each other.
+FIXTURES_IMAGE = os.environ.get("FANGS_FIXTURES_IMAGE", "fangs-sandbox/fixtures:test")
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_SUITE = "bookworm"
