@@ -165,6 +165,24 @@ class EventType(enum.IntEnum):
     NET_CONNECT = 3
     DNS_QUERY = 4
     TLS_SNI = 5
+    #: A plain-HTTP request line and its C{Host} header, on any port.
+    HTTP_REQUEST = 6
+    #: A datagram sent to an address (UDP other than a parsed DNS query).
+    UDP_SEND = 7
+    #: An attempt to set up io_uring (refused by the sandbox's seccomp profile).
+    IO_URING = 8
+    #: A bait value (or an encoding of it) seen leaving the sandbox.
+    CANARY_EXFILTRATED = 9
+    #: A process of the package still alive after the install itself exited.
+    DETACHED = 10
+    #: A file access the sensor could not resolve to the object opened (raw string kept).
+    UNRESOLVED = 11
+    #: A connection or request the egress gateway sinkholed or refused.
+    EGRESS_ATTEMPT = 12
+    #: A process created a child (C{ChildPID}): the process tree of the run.
+    PROCESS_FORK = 13
+    #: A process ended (pid reuse is seen against this).
+    PROCESS_EXIT = 14
 
     @property
     def label(self) -> str:
