@@ -25,22 +25,31 @@ section 15 of the reference):
   - C{npmInstallCommand} quotes the package and keeps npm's exit status
     (the reference's C{| tail; sleep 2} made every failure exit 0) and
     forces install scripts on (npm 11's C{allowScripts} and npm 12);
-  - bait credentials, unique per run, are planted before start;
+  - bait credentials (L{fangs.runner.bait}), unique per run, are planted in
+    the home of the user the sandbox runs as before start;
+  - io_uring is refused by the sandbox's own seccomp profile
+    (C{conf/seccomp-sandbox.json}: Docker 20.10's default minus
+    C{io_uring_setup}, C{io_uring_enter}, C{io_uring_register});
+  - the command runs under a small shell init (L{INIT_SCRIPT}, PID 1 of
+    the container) that records the install's exit status and then stays,
+    so processes the install leaves behind are observed until they end
+    (L{SandboxHandle.snapshot} reads them from the host);
   - logs are kept until L{SandboxHandle.stop} and read for failure reasons;
   - containers left by a dead runner are reaped at start.
 """
 
 from __future__ import annotations
 
-import base64
 import io
+import json
 import os
 import re
-import secrets
+import stat
+import sys
 import tarfile
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attrs
 import docker
@@ -51,8 +60,9 @@ from twisted.internet.threads import deferToThread, deferToThreadPool
 from twisted.logger import Logger
 
 from fangs.npm import installSpecCommand
+from fangs.runner import bait as baitmod
 from fangs.runner.cgroups import cgroupOfPid
-from fangs.wire import RunID, SandboxSpec
+from fangs.wire import RunID, SandboxSpec, WatchedPath
 
 log = Logger()
 
@@ -73,14 +83,73 @@ CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 #: C{npm install} of the fixtures and of C{is-number@7.0.0}).
 CAP_ADD: List[str] = []
 
-#: C{/tmp} is where C{npmInstallCommand} installs.  It stays executable:
-#: packages whose install scripts run binaries from C{node_modules} (esbuild
-#: and the like) must behave as they do on a developer's machine, or the
-#: scan would not observe their real behaviour.
+#: C{/tmp} is where C{npmInstallCommand} installs.  It stays executable
+#: (Docker mounts a tmpfs C{noexec} unless told C{exec}): packages whose
+#: install scripts run binaries from C{node_modules} (esbuild, sharp,
+#: @swc/core) must behave as they do on a developer's machine, and a
+#: dropper's second stage must run, or the scan would not observe the real
+#: behaviour.  C{nosuid} and C{nodev} stay.
 TMPFS = {
-    "/tmp": "rw,nosuid,nodev,size=256m",
+    "/tmp": "rw,exec,nosuid,nodev,size=256m",
     "/run": "rw,nosuid,nodev,noexec,size=16m",
 }
+
+#: The seccomp profile every sandbox gets, shipped in C{conf/}.
+SECCOMP_PROFILE = "seccomp-sandbox.json"
+IO_URING_SYSCALLS = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+
+#: Where the init records the install's exit status (C{/tmp} is the
+#: sandbox's own tmpfs, writable by any sandbox user).
+INSTALL_STATUS = "/tmp/.fangs-install-exit"
+
+#: PID 1 of every sandbox: run the command (C{"$@"}) with stdin closed,
+#: record its exit status, then stay until the runner stops the container
+#: (the container's stdin is held open and never written, so C{read}
+#: blocks without a process or a timer of its own).  When the init exits
+#: the kernel kills every process left in the container, so it must not be
+#: the install itself.  If stdin ever reaches its end the init exits with
+#: the install's status.  Only shell builtins run after the command: the
+#: sensor sees nothing of the init but its one C{sh}.
+INIT_SCRIPT = (
+    '"$@" </dev/null; s=$?; echo "$s" >' + INSTALL_STATUS
+    + '; while read -r _; do :; done; exit "$s"'
+)
+INIT_NAME = "fangs-init"
+
+
+def seccompProfilePath() -> str:
+    """
+    The shipped seccomp profile: the checkout's C{conf/} copy when running
+    from one, else the installed data file.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [
+        os.path.join(here, "..", "..", "conf", SECCOMP_PROFILE),
+        os.path.join(sys.prefix, "share", "fangs", "conf", SECCOMP_PROFILE),
+    ]
+    for c in candidates:
+        if os.path.exists(c):
+            return os.path.normpath(c)
+    raise SandboxError("seccomp profile %s not found (looked in %s)" % (SECCOMP_PROFILE, ", ".join(candidates)))
+
+
+def loadSeccompProfile(path: Optional[str] = None) -> str:
+    """
+    The profile as compact JSON text for C{SecurityOpt} (C{seccomp=<json>}).
+    Refuses a profile that allows any io_uring system call.
+    """
+    path = path or seccompProfilePath()
+    try:
+        with open(path, "rb") as f:
+            profile = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise SandboxError("seccomp profile %s: %s" % (path, e)) from None
+    if not isinstance(profile, dict) or profile.get("defaultAction") != "SCMP_ACT_ERRNO":
+        raise SandboxError("seccomp profile %s must deny by default" % (path,))
+    for rule in profile.get("syscalls") or []:
+        if rule.get("action") == "SCMP_ACT_ALLOW" and set(rule.get("names") or ()) & set(IO_URING_SYSCALLS):
+            raise SandboxError("seccomp profile %s allows io_uring" % (path,))
+    return json.dumps(profile, separators=(",", ":"))
 
 #: nproc is per uid across the whole host, so it is only a safety net; the
 #: per-sandbox bound on processes is the cgroup's C{PidsLimit}.
@@ -151,53 +220,85 @@ def npmInstallCommand(package: str, version: str) -> List[str]:
 
 
 # ---------------------------------------------------------------------------
-# Bait credentials
+# Bait files and the sandbox user's home
 
 
-def makeBait(home: str = "/root") -> Dict[str, str]:
+def baitTar(files: Dict[str, str], uid: int = 0, gid: int = 0, home: str = "/root",
+            includeHome: bool = False) -> bytes:
     """
-    Fresh fake credentials for one run: an npm token, AWS keys and an SSH
-    key that look real enough for a stealer, each with random parts so a
-    leak can be traced to its run.
-    """
-    npmToken = "npm_" + secrets.token_urlsafe(27).replace("-", "A").replace("_", "b")[:36]
-    akid = "AKIA" + "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567") for _ in range(16))
-    secret = secrets.token_urlsafe(30)[:40]
-    body = secrets.token_bytes(900)
-
-    b64 = base64.b64encode(b"openssh-key-v1\0" + body).decode()
-    lines = [b64[i:i + 70] for i in range(0, len(b64), 70)]
-    return {
-        home + "/.npmrc": "//registry.npmjs.org/:_authToken=%s\n" % (npmToken,),
-        home + "/.aws/credentials": "[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n" % (akid, secret),
-        home + "/.ssh/id_rsa": "-----BEGIN OPENSSH PRIVATE KEY-----\n%s\n-----END OPENSSH PRIVATE KEY-----\n"
-        % ("\n".join(lines),),
-    }
-
-
-def baitTar(bait: Dict[str, str], uid: int = 0, gid: int = 0) -> bytes:
-    """
-    A tar of the bait files (mode 0600) and their parent directories (0700)
-    for C{put_archive} at C{/}.
+    A tar of the bait files (mode 0600) and their parent directories below
+    C{home} (0700) for C{put_archive} at C{/}.  The home itself keeps the
+    image's owner and mode; it is only included (owned by the user, mode
+    0755, 0700 for root's) with C{includeHome}, when the image lacks it.
     """
     buf = io.BytesIO()
     now = int(time.time())  # file mtimes only, not logic
+    homeParts = len(home.strip("/").split("/")) if home.strip("/") else 0
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
         dirs = set()
-        for path in bait:
+        for path in files:
             parts = path.strip("/").split("/")
-            for i in range(2, len(parts)):  # below the home directory itself
+            for i in range(max(1, homeParts + 1), len(parts)):  # below the home
                 dirs.add("/".join(parts[:i]))
+        if includeHome and home.strip("/"):
+            info = tarfile.TarInfo(home.strip("/"))
+            info.type, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, uid, gid, now
+            info.mode = 0o700 if uid == 0 else 0o755
+            tar.addfile(info)
         for d in sorted(dirs):
             info = tarfile.TarInfo(d)
             info.type, info.mode, info.uid, info.gid, info.mtime = tarfile.DIRTYPE, 0o700, uid, gid, now
             tar.addfile(info)
-        for path, content in sorted(bait.items()):
+        for path, content in sorted(files.items()):
             data = content.encode()
             info = tarfile.TarInfo(path.strip("/"))
             info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o600, uid, gid, now
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+@attrs.frozen
+class SandboxUser:
+    """
+    Who the sandbox runs as, resolved against the image's C{/etc/passwd}.
+    """
+
+    uid: int
+    gid: int
+    home: str
+
+
+def resolveUser(user: str, passwd: str, envHome: str = "") -> SandboxUser:
+    """
+    The uid, gid and home of C{user} (C{uid[:gid]} or C{name[:group]}) in
+    an image whose C{/etc/passwd} is C{passwd}.  C{HOME} from the spec wins;
+    a uid the file does not list gets Docker's own choice, C{/}.  Raises
+    L{SandboxError} for a name the image does not know.
+    """
+    name, _, group = user.partition(":")
+    entries = []
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 7 and fields[2].isdigit() and fields[3].isdigit():
+            entries.append(fields)
+    entry = None
+    for fields in entries:
+        if (name.isdigit() and fields[2] == str(int(name))) or fields[0] == name:
+            entry = fields
+            break
+    if entry is None and not name.isdigit():
+        if name == "root":
+            entry = ["root", "x", "0", "0", "root", "/root", "/bin/sh"]
+        else:
+            raise SandboxError("user %r is not in the image's /etc/passwd" % (name,))
+    uid = int(entry[2]) if entry else int(name)
+    gid = int(entry[3]) if entry else uid
+    if group:
+        gid = int(group) if group.isdigit() else gid
+    home = envHome or (entry[5] if entry else "/")
+    if not home.startswith("/") or "\0" in home:
+        home = "/"
+    return SandboxUser(uid=uid, gid=gid, home=os.path.normpath(home))
 
 
 # ---------------------------------------------------------------------------
@@ -222,19 +323,22 @@ def _splitImage(image: str) -> tuple[str, str]:
 @attrs.frozen
 class LaunchPlan:
     """
-    Everything L{_thd_launch} needs, validated: plain data.
+    Everything L{_thd_create} needs, validated: plain data, and the bait
+    factory (called on the pool thread: RSA key generation blocks).
     """
 
     image: str
     pullPolicy: str
     name: str
     create: Dict[str, Any]
-    bait: Dict[str, str]
-    baitTars: List[bytes]
+    user: str
+    envHome: str = ""
+    makeBait: Callable[[], Any] = baitmod.makeBait
 
 
 def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage: str = DEFAULT_IMAGE,
-               runnerPid: int = 0, runnerStart: str = "", bait: Optional[Dict[str, str]] = None) -> LaunchPlan:
+               runnerPid: int = 0, runnerStart: str = "", seccomp: str = "",
+               makeBait: Callable[[], Any] = baitmod.makeBait) -> LaunchPlan:
     """
     Validate C{spec}, fill the defaults and return the container creation
     request (Engine API names) with the hardening applied.  Raises
@@ -275,19 +379,9 @@ def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage:
         # The image's default command is a shell that exits 0 at once: a
         # run that did nothing must not be reported ok.
         raise SandboxError("sandbox command is empty or not a list of strings")
-
-    if bait is None:
-        bait = makeBait("/root")
-    tars = [baitTar(bait, 0, 0)]
-    uidPart = user.split(":")[0]
-    if uidPart not in ("0", "root"):
-        # The sandbox user gets its own copy it can read; /root stays 0700.
-        userBait = makeBait("/home/node")
-        uid = int(uidPart) if uidPart.isdigit() else 1000
-        gidPart = user.split(":")[1] if ":" in user else uidPart
-        gid = int(gidPart) if gidPart.isdigit() else uid
-        tars.append(baitTar(userBait, uid, gid))
-        bait = {**bait, **userBait}
+    security = ["no-new-privileges:true"]
+    if seccomp:
+        security.append("seccomp=" + seccomp)
 
     runHex = runID.hex()
     labels = {LABEL_ROLE: "sandbox", LABEL_RUN: runHex, LABEL_PID: str(runnerPid), LABEL_START: runnerStart}
@@ -295,7 +389,7 @@ def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage:
         "NetworkMode": network,
         "CapDrop": ["ALL"],
         "CapAdd": list(CAP_ADD),
-        "SecurityOpt": ["no-new-privileges:true"],
+        "SecurityOpt": security,
         "Privileged": False,
         "Memory": memory,
         "MemorySwap": memory,
@@ -307,13 +401,16 @@ def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage:
         "Binds": [],
         "Mounts": [],
         "PublishAllPorts": False,
-        "Init": True,
+        # PID 1 is INIT_SCRIPT's shell, not Docker's tini: tini exits with
+        # its child, and the kernel would kill what the install left behind.
+        "Init": False,
         "LogConfig": {"Type": LOG_CONFIG["Type"], "Config": dict(LOG_CONFIG["Config"])},
         "RestartPolicy": {"Name": "no"},
         "AutoRemove": False,
     }
     create = {
-        "command": command,
+        "command": ["sh", "-c", INIT_SCRIPT, INIT_NAME] + command,
+        "stdin_open": True,
         "user": user,
         "environment": ["%s=%s" % kv for kv in sorted(env.items())],
         "working_dir": spec.working_dir or None,
@@ -321,8 +418,8 @@ def planLaunch(runID: RunID, spec: SandboxSpec, cgroupParent: str, defaultImage:
         "host_config": hostConfig,
         "network_disabled": network == "none",
     }
-    return LaunchPlan(image=image, pullPolicy=pull, name="fangs-" + runHex, create=create, bait=bait,
-                      baitTars=tars)
+    return LaunchPlan(image=image, pullPolicy=pull, name="fangs-" + runHex, create=create, user=user,
+                      envHome=env.get("HOME", ""), makeBait=makeBait)
 
 
 def processStartTime(pid: int) -> str:
@@ -371,35 +468,232 @@ def _thd_ensureImage(api, image: str, policy: str) -> str:
         raise SandboxError("pull %s: image still missing after the pull" % (image,)) from None
 
 
-def _thd_launch(api, plan: LaunchPlan) -> Dict[str, Any]:
-    imageID = _thd_ensureImage(api, plan.image, plan.pullPolicy)
+def _thd_readFile(api, cid: str, path: str, limit: int = 1 << 20) -> Optional[str]:
+    """
+    A regular file of a created container (C{get_archive}), or C{None}.
+    """
     try:
-        created = api.create_container(imageID, name=plan.name, **plan.create)
+        stream, _ = api.get_archive(cid, path)
+        data = b"".join(stream)
+    except dockerErrors.NotFound:
+        return None
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.size <= limit:
+                f = tar.extractfile(member)
+                return f.read().decode("utf-8", "replace") if f is not None else None
+    return None
+
+
+def _thd_exists(api, cid: str, path: str) -> bool:
+    try:
+        stream, _ = api.get_archive(cid, path)
+    except dockerErrors.NotFound:
+        return False
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+    return True
+
+
+def _thd_create(api, plan: LaunchPlan) -> Dict[str, Any]:
+    """
+    Pull per policy, make the run's bait, create the container with the
+    bait's environment, resolve its user's home and plant the bait there.
+    The container is not started.
+    """
+    imageID = _thd_ensureImage(api, plan.image, plan.pullPolicy)
+    bait = plan.makeBait()
+    create = dict(plan.create)
+    env = list(create.get("environment") or [])
+    given = {item.split("=", 1)[0] for item in env}
+    env += ["%s=%s" % kv for kv in sorted(bait.env.items()) if kv[0] not in given]
+    create["environment"] = env
+    try:
+        created = api.create_container(imageID, name=plan.name, **create)
     except dockerErrors.APIError as e:
         raise SandboxError("create container: %s" % (_oneLine(e.explanation or str(e)),)) from None
     cid = created["Id"]
     for warning in created.get("Warnings") or []:
         log.warn("docker create {cid}: {warning}", cid=cid[:12], warning=warning)
     try:
-        for data in plan.baitTars:
-            if not api.put_archive(cid, "/", data):
-                raise SandboxError("planting bait files failed")
+        user = resolveUser(plan.user, _thd_readFile(api, cid, "/etc/passwd") or "", plan.envHome)
+        files = bait.filesIn(user.home)
+        missingHome = user.home != "/" and not _thd_exists(api, cid, user.home)
+        if not api.put_archive(cid, "/", baitTar(files, user.uid, user.gid, user.home, missingHome)):
+            raise SandboxError("planting bait files failed")
+    except BaseException as e:
+        _removeQuietly(api, cid)
+        if isinstance(e, dockerErrors.APIError):
+            raise SandboxError("plant bait: %s" % (_oneLine(e.explanation or str(e)),)) from None
+        raise
+    return {"id": cid, "imageID": imageID, "bait": bait, "home": user.home, "uid": user.uid, "gid": user.gid}
+
+
+def _removeQuietly(api, cid: str) -> None:
+    try:
+        api.remove_container(cid, force=True)
+    except dockerErrors.APIError:
+        log.warn("container {cid} not removed after a failed launch", cid=cid[:12])
+
+
+def _thd_start(api, cid: str) -> Dict[str, Any]:
+    try:
         api.start(cid)
         state = api.inspect_container(cid)["State"]
     except BaseException as e:
-        try:
-            api.remove_container(cid, force=True)
-        except dockerErrors.APIError:
-            log.warn("container {cid} not removed after a failed launch", cid=cid[:12])
-        if isinstance(e, SandboxError):
-            raise
+        _removeQuietly(api, cid)
         if isinstance(e, dockerErrors.APIError):
             raise SandboxError("start container: %s" % (_oneLine(e.explanation or str(e)),)) from None
         raise
     # A container that already exited is not a launch failure: wait() reports it.
     pid = state.get("Pid") or 0
-    return {"id": cid, "imageID": imageID, "pid": pid, "status": state.get("Status", ""),
+    return {"pid": pid, "status": state.get("Status", ""),
             "cgroup": (cgroupOfPid(pid) or "") if pid else ""}
+
+
+# ---------------------------------------------------------------------------
+# The life of the install, read from the host
+
+
+@attrs.frozen
+class ProcessInfo:
+    """
+    A live process of a sandbox, as the host's C{/proc} shows it (host pids).
+    """
+
+    pid: int
+    ppid: int
+    uid: int
+    gid: int
+    comm: str
+    argv: Tuple[str, ...]
+    exe: str
+    startTicks: int
+
+
+@attrs.frozen
+class LifeSnapshot:
+    """
+    One look at a running sandbox.
+
+    @ivar installExit: the exit status the init recorded, C{None} while the
+        install runs (or when the record is unreadable).
+    @ivar installExitedWallNs: when it was recorded (the file's mtime, wall
+        clock ns), 0 if unknown.
+    @ivar installExitedMonoNs: the same moment on the monotonic clock the
+        sensor's C{TsNs} uses, 0 if unknown.
+    @ivar processes: live processes of the container other than its init
+        (zombies are gone).
+    @ivar monoNs: when the snapshot was taken (monotonic ns).
+    @ivar cgroupID: the container cgroup's id (what BPF reports), 0 if gone.
+    @ivar initAlive: whether the container's init still runs.
+    """
+
+    installExit: Optional[int]
+    installExitedWallNs: int
+    installExitedMonoNs: int
+    processes: Tuple[ProcessInfo, ...]
+    monoNs: int
+    cgroupID: int = 0
+    initAlive: bool = True
+
+
+def _readSmall(path: str, limit: int = 65536) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def readProcess(pid: int, proc: str = "/proc") -> Optional[ProcessInfo]:
+    """
+    L{ProcessInfo} of C{pid}, or C{None} when it is gone or a zombie.
+    """
+    raw = _readSmall("%s/%d/stat" % (proc, pid))
+    if not raw:
+        return None
+    text = raw.decode("utf-8", "replace")
+    try:
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        state, ppid, startTicks = fields[0], int(fields[1]), int(fields[19])
+    except (ValueError, IndexError):
+        return None
+    if state in ("Z", "X", "x"):
+        return None
+    uid = gid = -1
+    status = _readSmall("%s/%d/status" % (proc, pid)) or b""
+    for line in status.decode("utf-8", "replace").splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[1])
+        elif line.startswith("Gid:"):
+            gid = int(line.split()[1])
+    cmdline = _readSmall("%s/%d/cmdline" % (proc, pid)) or b""
+    argv = tuple(a.decode("utf-8", "replace") for a in cmdline.rstrip(b"\0").split(b"\0")) if cmdline else ()
+    try:
+        exe = os.readlink("%s/%d/exe" % (proc, pid))
+    except OSError:
+        exe = ""
+    return ProcessInfo(pid=pid, ppid=ppid, uid=uid, gid=gid, comm=comm, argv=argv, exe=exe, startTicks=startTicks)
+
+
+def cgroupProcs(cgroupDir: str) -> List[int]:
+    """
+    Every pid in the cgroup C{cgroupDir} and its descendants.
+    """
+    pids: List[int] = []
+    for dirpath, _dirs, files in os.walk(cgroupDir):
+        if "cgroup.procs" in files:
+            raw = _readSmall(os.path.join(dirpath, "cgroup.procs"), 1 << 22) or b""
+            pids.extend(int(x) for x in raw.split() if x.isdigit())
+    return sorted(set(pids))
+
+
+def readInstallStatus(rootPid: int, proc: str = "/proc") -> Tuple[Optional[int], int]:
+    """
+    The install's exit status recorded by the init inside the container
+    (through the init's root, never following a symlink the package may
+    have put there) and the record's mtime; C{(None, 0)} if there is none.
+    """
+    path = "%s/%d/root%s" % (proc, rootPid, INSTALL_STATUS)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None, 0
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, 0
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit():
+        return None, 0
+    return int(text), st.st_mtime_ns
+
+
+def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
+                  wallNs: Callable[[], int], proc: str = "/proc") -> LifeSnapshot:
+    mono, wall = monotonicNs(), wallNs()
+    try:
+        cgroupID = os.stat(cgroupDir).st_ino
+    except OSError:
+        cgroupID = 0
+    pids = cgroupProcs(cgroupDir) if cgroupID else []
+    initAlive = rootPid in pids
+    processes = []
+    for pid in pids:
+        if pid == rootPid:
+            continue
+        info = readProcess(pid, proc)
+        if info is not None:
+            processes.append(info)
+    code, mtime = readInstallStatus(rootPid, proc) if initAlive else (None, 0)
+    exitedMono = mono - max(0, wall - mtime) if mtime else 0
+    return LifeSnapshot(installExit=code, installExitedWallNs=mtime, installExitedMonoNs=exitedMono,
+                        processes=tuple(processes), monoNs=mono, cgroupID=cgroupID, initAlive=initAlive)
 
 
 def _exitInfo(state: Dict[str, Any]) -> ExitInfo:
@@ -487,31 +781,79 @@ def _isAlive(pid: int, start: str) -> bool:
 
 class SandboxHandle:
     """
-    A launched container.  It stays (exited, not removed) until L{stop}, so
-    its exit code and logs can be read.
+    A created container, started by L{start}.  It stays (exited, not
+    removed) until L{stop}, so its exit code and logs can be read.
 
     @ivar containerID: Docker's id of the container.
     @ivar imageID: the image id it was created from (the resolved digest).
-    @ivar pid: the container's first process on this machine right after
-        start (0 if it had already exited).
+    @ivar pid: the container's init on this machine right after start (0
+        before start or if it had already exited).
     @ivar cgroupPath: that process's cgroup v2 path, C{<cgroup_parent>/<id>}
-        ("" if it had already exited).
-    @ivar bait: the planted fake credentials, path → content.
+        ("" before start or if it had already exited).
+    @ivar home: the home of the user the sandbox runs as.
+    @ivar bait: the planted fake credentials, path in the sandbox → content.
+    @ivar baitEnv: the bait environment variables given to the sandbox.
+    @ivar canaries: bait name → value, for the sensor's payload matching.
+    @ivar baitPaths: the planted files' paths in the sandbox.
+    @ivar watchedPaths: cred-tagged watched paths of the bait in C{home}.
     """
 
     def __init__(self, sandbox: "DockerSandbox", containerID: str, imageID: str, pid: int,
-                 bait: Dict[str, str], cgroupPath: str = "") -> None:
+                 bait: Dict[str, str], cgroupPath: str = "", home: str = "/root",
+                 baitEnv: Optional[Dict[str, str]] = None, canaries: Optional[Dict[str, str]] = None) -> None:
         self._sandbox = sandbox
         self.containerID = containerID
         self.imageID = imageID
         self.pid = pid
         self.cgroupPath = cgroupPath
         self.bait = bait
+        self.home = home
+        self.baitEnv = dict(baitEnv or {})
+        self.canaries = dict(canaries or {})
+        self.baitPaths = sorted(bait)
+        self._started = False
         self._exit: Optional[ExitInfo] = None
         self._waiters: List[Deferred] = []
         self._polling = False
         self._stopping: Optional[Deferred] = None
         self._finalLogs: Optional[str] = None
+
+    def watchedPaths(self, jobPaths: Optional[List[WatchedPath]] = None) -> List[WatchedPath]:
+        """
+        Watched paths to add to the job's: the bait in this sandbox's home
+        (cred-tagged) and the job's C{/root/...} paths mirrored there.
+        """
+        return baitmod.watchedPathsFor(self.home, jobPaths)
+
+    async def start(self) -> None:
+        """
+        Start the created container; C{pid} and C{cgroupPath} are set
+        after.  Raises L{SandboxError} (the container is removed).
+        """
+        if self._started:
+            return
+        self._started = True
+        try:
+            started = await self._sandbox._call(_thd_start, self.containerID)
+        except SandboxError:
+            raise
+        except dockerErrors.DockerException as e:
+            raise SandboxError("docker: %s" % (_oneLine(str(e)),)) from None
+        self.pid = started["pid"]
+        self.cgroupPath = started["cgroup"]
+        log.info("sandbox {cid} started ({status}, init pid {pid})", cid=self.containerID[:12],
+                 status=started["status"], pid=self.pid)
+
+    async def snapshot(self) -> LifeSnapshot:
+        """
+        One look from the host at the running container: the install's
+        recorded exit and every live process besides the init.
+        """
+        cgroupDir = os.path.join(self._sandbox.cgroupRoot, self.cgroupPath.lstrip("/")) if self.cgroupPath else ""
+        if not cgroupDir or not self.pid:
+            return LifeSnapshot(None, 0, 0, (), self._sandbox.monotonicNs(), 0, False)
+        return await self._sandbox._callPlain(_thd_snapshot, cgroupDir, self.pid, self._sandbox.monotonicNs,
+                                              self._sandbox.wallNs)
 
     def _settle(self, info: ExitInfo) -> None:
         if self._exit is not None:
@@ -566,9 +908,10 @@ class SandboxHandle:
         """
         return await self._whenExited()
 
-    async def stop(self, timeout: float = 5) -> None:
+    async def stop(self, timeout: float = 0) -> None:
         """
-        Stop (SIGTERM, SIGKILL after C{timeout} s) and force-remove the
+        Stop (SIGTERM, SIGKILL after C{timeout} s; the init ignores SIGTERM, so
+        by default it is killed at once: observation is over) and force-remove the
         container.  Idempotent and safe after the container exited; the
         exit state and last logs are kept for L{wait} and L{logs}.
         """
@@ -613,11 +956,20 @@ class DockerSandbox:
     """
 
     def __init__(self, reactor, dockerClientFactory: Callable[[], Any] = docker.from_env, threadpool=None,
-                 defaultImage: str = DEFAULT_IMAGE) -> None:
+                 defaultImage: str = DEFAULT_IMAGE, seccompProfile: Optional[str] = None,
+                 cgroupRoot: str = "/sys/fs/cgroup/unified", makeBait: Callable[[], Any] = baitmod.makeBait,
+                 monotonicNs: Callable[[], int] = time.monotonic_ns,
+                 wallNs: Callable[[], int] = time.time_ns) -> None:
         self._reactor = reactor
         self._factory = dockerClientFactory
         self._threadpool = threadpool
         self.defaultImage = defaultImage
+        #: The seccomp profile's JSON text (the shipped one by default).
+        self.seccomp = loadSeccompProfile() if seccompProfile is None else seccompProfile
+        self.cgroupRoot = cgroupRoot
+        self._makeBait = makeBait
+        self.monotonicNs = monotonicNs
+        self.wallNs = wallNs
         self._client = None
         self._lock = threading.Lock()
         self._pid = os.getpid()
@@ -636,9 +988,12 @@ class DockerSandbox:
         def run():
             return f(self._api(), *args)
 
+        return self._callPlain(run)
+
+    def _callPlain(self, f, *args) -> Deferred:
         if self._threadpool is not None:
-            return deferToThreadPool(self._reactor, self._threadpool, run)
-        return deferToThread(run)
+            return deferToThreadPool(self._reactor, self._threadpool, f, *args)
+        return deferToThread(f, *args)
 
     async def reapStale(self) -> int:
         """
@@ -651,19 +1006,32 @@ class DockerSandbox:
             log.info("reaped stale sandbox {cid}", cid=cid[:12])
         return len(reaped)
 
-    async def launch(self, runID: RunID, spec: SandboxSpec, cgroupParent: str) -> SandboxHandle:
+    async def create(self, runID: RunID, spec: SandboxSpec, cgroupParent: str) -> SandboxHandle:
         """
-        Pull per policy, create, plant bait, start.  Raises L{SandboxError}
-        with a one-line reason; a container that exits at once is not an
-        error (see L{SandboxHandle.wait}).
+        Pull per policy, create, plant this run's bait in the sandbox user's
+        home; not started (see L{SandboxHandle.start}), so the sensor can be
+        told the bait before any process runs.  Raises L{SandboxError} with
+        a one-line reason.
         """
-        plan = planLaunch(runID, spec, cgroupParent, self.defaultImage, self._pid, self._start)
+        plan = planLaunch(runID, spec, cgroupParent, self.defaultImage, self._pid, self._start,
+                          seccomp=self.seccomp, makeBait=self._makeBait)
         try:
-            started = await self._call(_thd_launch, plan)
+            made = await self._call(_thd_create, plan)
         except SandboxError:
             raise
         except dockerErrors.DockerException as e:
             raise SandboxError("docker: %s" % (_oneLine(str(e)),)) from None
-        log.info("sandbox {cid} for run {run} from {image} ({status})", cid=started["id"][:12], run=runID.hex(),
-                 image=plan.image, status=started["status"])
-        return SandboxHandle(self, started["id"], started["imageID"], started["pid"], plan.bait, started["cgroup"])
+        bait = made["bait"]
+        log.info("sandbox {cid} for run {run} from {image} (user {uid}, home {home})", cid=made["id"][:12],
+                 run=runID.hex(), image=plan.image, uid=made["uid"], home=made["home"])
+        return SandboxHandle(self, made["id"], made["imageID"], 0, bait.filesIn(made["home"]), "", made["home"],
+                             dict(bait.env), dict(bait.canaries))
+
+    async def launch(self, runID: RunID, spec: SandboxSpec, cgroupParent: str) -> SandboxHandle:
+        """
+        L{create} then L{SandboxHandle.start}.  A container that exits at
+        once is not an error (see L{SandboxHandle.wait}).
+        """
+        handle = await self.create(runID, spec, cgroupParent)
+        await handle.start()
+        return handle
