@@ -54,6 +54,14 @@ def omitempty(default: Any = attrs.NOTHING, factory: Any = None) -> Any:
     return attrs.field(default=default, metadata={"omitempty": True})
 
 
+def omitnil(default: Any = None) -> Any:
+    """
+    An attrs field left out of the JSON only when it is C{None}, like a Go
+    pointer with C{omitempty} (a zero it points to is kept).
+    """
+    return attrs.field(default=default, metadata={"omitnil": True})
+
+
 def _is_empty(value: Any) -> bool:
     if value is None or value is False:
         return True
@@ -325,6 +333,14 @@ class ScanResult:
     events_emitted: int = 0
     events_dropped: int = 0
     duration: int = 0
+    #: Extensions (a reference orchestrator ignores them): the install's own
+    #: exit status (Go C{*int}), when it finished, when observation of the
+    #: run's processes ended (Go C{*time.Time}), and how many file accesses
+    #: the sensor could not resolve (the run is incomplete, as with drops).
+    install_exit_code: Optional[int] = omitnil()
+    install_finished_at: Optional[datetime.datetime] = omitnil()
+    observation_ended_at: Optional[datetime.datetime] = omitnil()
+    events_unresolved: int = omitempty(0)
 
 
 @attrs.frozen
@@ -441,13 +457,17 @@ def _makeConverter() -> Converter:
     def unstructureFactory(cls: Any) -> Any:
         base = make_dict_unstructure_fn(cls, conv)
         omit = [f.name for f in attrs.fields(cls) if f.metadata.get("omitempty")]
-        if not omit:
+        omitNil = [f.name for f in attrs.fields(cls) if f.metadata.get("omitnil")]
+        if not omit and not omitNil:
             return base
 
         def unstructure(obj: Any) -> Dict[str, Any]:
             out = base(obj)
             for name in omit:
                 if _is_empty(getattr(obj, name)):
+                    out.pop(name, None)
+            for name in omitNil:
+                if getattr(obj, name) is None:
                     out.pop(name, None)
             return out
 

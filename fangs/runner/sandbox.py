@@ -681,6 +681,10 @@ def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
         cgroupID = os.stat(cgroupDir).st_ino
     except OSError:
         cgroupID = 0
+    # The record first: once it exists the install's own process has been
+    # reaped by the init, so every process listed after it outlived the
+    # install.
+    code, mtime = readInstallStatus(rootPid, proc)
     pids = cgroupProcs(cgroupDir) if cgroupID else []
     initAlive = rootPid in pids
     processes = []
@@ -690,7 +694,6 @@ def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
         info = readProcess(pid, proc)
         if info is not None:
             processes.append(info)
-    code, mtime = readInstallStatus(rootPid, proc) if initAlive else (None, 0)
     exitedMono = mono - max(0, wall - mtime) if mtime else 0
     return LifeSnapshot(installExit=code, installExitedWallNs=mtime, installExitedMonoNs=exitedMono,
                         processes=tuple(processes), monoNs=mono, cgroupID=cgroupID, initAlive=initAlive)

@@ -10,26 +10,36 @@ and long-polls for jobs, running up to C{maxConcurrent} of them at once.
 Each job (L{RunnerService._runJob}) goes through the same steps, each
 failure turned into a result rather than an exception:
 
- 1. a per-run cgroup is created and registered with the sensor I{before}
-    the container starts, with the run's own L{EventStreamer} as the sink;
- 2. the sandbox is launched with that cgroup as its parent;
- 3. container exit races the job's duration (counted from the moment the
-    container runs, not from before the image pull) and any stop request
-    (operator cancel, runner shutdown);
- 4. the grace period runs so late events are still captured, then the
-    container is stopped;
- 5. the run's own drop count is read, the run leaves the sensor (which
-    drains), the streamer is closed (every event acknowledged or counted),
-    the cgroup is removed;
- 6. the L{ScanResult} is posted, retried for a few minutes.
+ 1. a per-run cgroup is created; the sandbox is created (not started) with
+    that cgroup as its parent, its bait planted in the home of the user it
+    runs as;
+ 2. the run is registered with the sensor I{before} the container starts,
+    with the run's own L{EventStreamer} as the sink, the job's watched
+    paths plus the bait's (cred-tagged, in the real home) and the bait
+    values as canaries; once started, the bait files are marked for the
+    sensor's fanotify watch (C{watchBaitFiles}, when the sensor has it);
+ 3. the whole life of the install is observed (L{RunnerService._observe}):
+    until the install has exited I{and} every process it left behind has
+    ended, or the job's duration (counted from the moment the container
+    runs) is over, or a stop is requested (operator cancel, runner
+    shutdown).  Every process still alive after the install exited is
+    recorded once as a C{detached} event with its argv;
+ 4. the container is stopped;
+ 5. the run's own drop and unresolved counts are read, the run leaves the
+    sensor (which drains), the streamer is closed (every event acknowledged
+    or counted), the cgroup is removed;
+ 6. the L{ScanResult} is posted (with the install's exit code, when it
+    finished and when observation ended), retried for a few minutes.
 
 A run stopped by the runner's shutdown is reported C{failed}, never C{ok}.
 """
 
 from __future__ import annotations
 
+import datetime
+import inspect
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
 from twisted.application.internet import backoffPolicy
@@ -45,6 +55,8 @@ from fangs.runner.streamer import EventStreamer
 from fangs.wire import (
     PROTO_VERSION,
     SECOND,
+    TAG_INTERESTING,
+    EventType,
     Heartbeat,
     Job,
     RegistrationAck,
@@ -56,7 +68,11 @@ log = Logger()
 
 CANCELLED = "cancelled by operator"
 SHUTTING_DOWN = "runner shutting down"
-TIMED_OUT = "job duration exceeded before container exit"
+TIMED_OUT = "job duration exceeded before the install exited"
+
+#: How often the run's processes are looked at (from the host) while it is
+#: observed.
+LIFE_POLL_INTERVAL = 0.2
 
 #: Used when a job carries no duration (the orchestrator defaults it to 10 s).
 DEFAULT_DURATION = 10.0
@@ -71,6 +87,9 @@ class _ActiveRun:
     streamer: Any = None
     cgroup: Any = None
     dropped: int = 0
+    unresolved: int = 0
+    life: Any = None
+    notes: List[str] = attrs.field(factory=list)
     reporting: bool = False
     stopReason: Optional[str] = None
     done: Optional[Deferred[None]] = None
@@ -89,12 +108,69 @@ class _ActiveRun:
         Fires with the stop reason once a stop is requested (at once if one
         already was).
         """
-        d: Deferred[str] = Deferred()
+        def cancel(d: Deferred[str]) -> None:
+            if d in self._stopWaiters:
+                self._stopWaiters.remove(d)
+
+        d: Deferred[str] = Deferred(cancel)
         if self.stopReason is not None:
             d.callback(self.stopReason)
         else:
             self._stopWaiters.append(d)
         return d
+
+
+@attrs.define(eq=False)
+class _Life:
+    """
+    What the observation of one sandboxed run learned.
+    """
+
+    installExit: Optional[int] = None
+    installFinishedAt: Optional[float] = None  # wall clock seconds
+    installExitedMonoNs: int = 0
+    observationEndedAt: Optional[float] = None
+    reported: set = attrs.field(factory=set)  # (pid, startTicks) recorded as detached
+    alive: Tuple[Any, ...] = ()
+
+
+def detachedPayload(runID: Any, snapshot: Any, process: Any, life: _Life) -> Dict[str, Any]:
+    """
+    The C{detached} event of a process still alive after the install
+    exited, in the sensor's payload shape (host pids, monotonic C{TsNs}).
+    """
+    return {
+        "Header": {
+            "TsNs": snapshot.monoNs,
+            "CgroupID": snapshot.cgroupID,
+            "RunID": list(runID.raw),
+            "PID": process.pid,
+            "TID": process.pid,
+            "PPID": process.ppid,
+            "UID": process.uid,
+            "GID": process.gid,
+            "Type": int(EventType.DETACHED),
+            "Tags": TAG_INTERESTING,
+        },
+        "CommStr": process.comm,
+        "ArgvStrs": list(process.argv),
+        "BinaryPathStr": process.exe,
+        "InstallExitedNs": life.installExitedMonoNs,
+        "InstallExitCode": life.installExit if life.installExit is not None else -1,
+    }
+
+
+def _accepts(method: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _when(seconds: Optional[float]) -> Optional[datetime.datetime]:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
 
 
 def _asDeferred(result: Any) -> Deferred[Any]:
@@ -122,8 +198,10 @@ class RunnerService(Service):
     @param clock: the reactor (only its time is used).
     @param client: an L{OrchestratorClient}.
     @param sensor: the eBPF L{Sensor} (C{start}, C{addRun}, C{removeRun},
-        C{dropsFor}, C{stop}).
-    @param sandbox: the L{DockerSandbox} (C{reapStale}, C{launch}).
+        C{dropsFor}, C{stop}; C{watchBaitFiles}, C{unresolvedFor} and
+        C{addRun}'s C{canaries} are used when it has them).
+    @param sandbox: the L{DockerSandbox} (C{reapStale}, C{create}; handles
+        with C{start}, C{snapshot}, C{wait}, C{logs}, C{stop}).
     @param cgroups: the L{CgroupManager} (C{create}, C{remove}).
     @param retryPolicy: C{attempt -> seconds} for every retry loop.
     @param streamerFactory: C{(clock, client, runID) -> EventStreamer}.
@@ -453,6 +531,12 @@ class RunnerService(Service):
             except Exception:
                 log.failure("run {run_id}: removing cgroup failed", run_id=run.hex)
 
+        if run.unresolved:
+            note = "%d file accesses could not be resolved" % (run.unresolved,)
+            reason = reason + "; " + note if reason else note
+        for note in run.notes:
+            reason = reason + "; " + note if reason else note
+        life = run.life or _Life()
         result = ScanResult(
             run_id=job.run_id,
             status=status,
@@ -460,6 +544,10 @@ class RunnerService(Service):
             events_emitted=emitted,
             events_dropped=run.dropped,
             duration=int(round((self._clock.seconds() - start) * SECOND)),
+            install_exit_code=life.installExit,
+            install_finished_at=_when(life.installFinishedAt),
+            observation_ended_at=_when(life.observationEndedAt),
+            events_unresolved=run.unresolved,
         )
         log.info("run {run_id} finished: {status} {reason} ({emitted} events, {dropped} dropped)",
                  run_id=run.hex, status=status, reason=reason, emitted=emitted,
@@ -477,32 +565,24 @@ class RunnerService(Service):
             run.cgroup = self._cgroups.create(run.hex)
         except Exception as e:
             return "failed", "create cgroup: %s" % (_describe(e),)
-        try:
-            self._sensor.addRun(job.run_id, run.cgroup.cgroupID, watched, run.streamer.add)
-        except Exception as e:
-            return "failed", "sensor attach: %s" % (_describe(e),)
-        try:
-            return await self._executeSandbox(run)
-        finally:
-            self._detach(run)
-
-    async def _executeSandbox(self, run: _ActiveRun) -> tuple[str, str]:
-        job = run.job
-        assert job.sandbox is not None
         if run.stopReason is not None:
             return "failed", run.stopReason
         try:
-            handle = await self._sandbox.launch(job.run_id, job.sandbox, run.cgroup.relPath)
+            handle = await self._sandbox.create(job.run_id, job.sandbox, run.cgroup.relPath)
         except CancelledError:
             raise
         except Exception as e:
             return "failed", "sandbox launch: %s" % (_describe(e),)
         try:
-            status, reason = await self._watchContainer(run, handle)
-            grace = job.sandbox.grace_period / SECOND
-            if grace > 0 and run.stopReason is None:
-                # Late events (async post-install work) are still captured.
-                await race([deferLater(self._clock, grace), run.waitStop()])
+            try:
+                self._addRun(job.run_id, run.cgroup.cgroupID, watched + list(handle.watchedPaths(watched)),
+                             run.streamer.add, dict(handle.canaries))
+            except Exception as e:
+                return "failed", "sensor attach: %s" % (_describe(e),)
+            try:
+                return await self._executeSandbox(run, handle)
+            finally:
+                self._detach(run)
         finally:
             try:
                 await handle.stop()
@@ -510,30 +590,123 @@ class RunnerService(Service):
                 raise
             except Exception:
                 log.failure("run {run_id}: stopping container failed", run_id=run.hex)
-        return status, reason
 
-    async def _watchContainer(self, run: _ActiveRun, handle: Any) -> tuple[str, str]:
+    def _addRun(self, runID: Any, cgroupID: int, watched: List[Any], sink: Any,
+                canaries: Dict[str, str]) -> None:
+        if canaries and _accepts(self._sensor.addRun, "canaries"):
+            self._sensor.addRun(runID, cgroupID, watched, sink, canaries=canaries)
+        else:
+            self._sensor.addRun(runID, cgroupID, watched, sink)
+
+    async def _executeSandbox(self, run: _ActiveRun, handle: Any) -> tuple[str, str]:
+        if run.stopReason is not None:
+            return "failed", run.stopReason
+        try:
+            await handle.start()
+        except CancelledError:
+            raise
+        except Exception as e:
+            return "failed", "sandbox launch: %s" % (_describe(e),)
+        watch = getattr(self._sensor, "watchBaitFiles", None)
+        if watch is not None and handle.pid:
+            try:
+                watch(run.job.run_id, handle.pid, list(handle.baitPaths))
+            except Exception as e:
+                log.failure("run {run_id}: marking bait files failed", run_id=run.hex)
+                run.notes.append("bait files not watched: %s" % (_describe(e),))
+        return await self._observe(run, handle)
+
+    async def _observe(self, run: _ActiveRun, handle: Any) -> tuple[str, str]:
+        """
+        Watch the sandbox until the install exited and every process it
+        left behind ended, the container exited, the duration ran out or a
+        stop was requested; record every process that outlived the install.
+        """
         duration = run.job.duration / SECOND
         if duration <= 0:
             duration = DEFAULT_DURATION
-        index, value = await race([
-            Deferred.fromCoroutine(self._waitExit(handle)),
-            deferLater(self._clock, duration),
-            run.waitStop(),
-        ])
-        if index == 1:
+        deadline = self._clock.seconds() + duration
+        life = run.life = _Life()
+        exited: Any = None
+        while True:
+            snapshot = await self._snapshot(run, handle)
+            if snapshot is not None:
+                self._absorb(run, life, snapshot)
+            if exited is not None:
+                break
+            if life.installExit is not None and snapshot is not None and not snapshot.processes:
+                break
+            if run.stopReason is not None:
+                life.observationEndedAt = self._clock.seconds()
+                return "failed", run.stopReason
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                break
+            index, value = await race([
+                Deferred.fromCoroutine(self._waitExit(handle)),
+                deferLater(self._clock, min(LIFE_POLL_INTERVAL, remaining)),
+                run.waitStop(),
+            ])
+            if index == 0:
+                exited = value
+        life.observationEndedAt = self._clock.seconds()
+        if exited is not None:
+            if isinstance(exited, Exception):
+                return "failed", "container wait: %s" % (_describe(exited),)
+            if life.installExit is None:
+                # The init ended with the install (its exit status is the install's).
+                life.installExit = exited.exitCode
+                life.installFinishedAt = life.observationEndedAt
+            return await self._verdict(handle, life.installExit, exited.oomKilled, exited.error or "")
+        if life.installExit is None:
             return "timeout", TIMED_OUT
-        if index == 2:
-            return "failed", value
-        if isinstance(value, Exception):
-            return "failed", "container wait: %s" % (_describe(value),)
-        if value.exitCode == 0 and not value.oomKilled and not value.error:
+        status, reason = await self._verdict(handle, life.installExit, False, "")
+        if life.alive:
+            note = "observation ended at the job's duration with %d processes still running: %s" % (
+                len(life.alive), ", ".join(" ".join(p.argv)[:120] or p.comm for p in life.alive[:5]))
+            reason = reason + "; " + note if reason else note
+        return status, reason
+
+    async def _snapshot(self, run: _ActiveRun, handle: Any) -> Any:
+        try:
+            return await handle.snapshot()
+        except CancelledError:
+            raise
+        except Exception:
+            log.failure("run {run_id}: looking at the sandbox's processes failed", run_id=run.hex)
+            return None
+
+    def _absorb(self, run: _ActiveRun, life: _Life, snapshot: Any) -> None:
+        if life.installExit is None and snapshot.installExit is not None:
+            life.installExit = snapshot.installExit
+            life.installFinishedAt = (snapshot.installExitedWallNs / 1e9 if snapshot.installExitedWallNs
+                                      else self._clock.seconds())
+            life.installExitedMonoNs = snapshot.installExitedMonoNs
+            log.info("run {run_id}: install exited with {code}; {n} processes still running",
+                     run_id=run.hex, code=life.installExit, n=len(snapshot.processes))
+        if life.installExit is None:
+            return
+        life.alive = tuple(snapshot.processes)
+        alive = {p.pid for p in snapshot.processes}
+        for process in snapshot.processes:
+            key = (process.pid, process.startTicks)
+            if key in life.reported or process.ppid in alive:
+                # Children of a surviving process are its own work (the
+                # sensor records their execs), not another escape.
+                continue
+            life.reported.add(key)
+            log.info("run {run_id}: process {pid} outlived the install: {argv}", run_id=run.hex,
+                     pid=process.pid, argv=" ".join(process.argv)[:200])
+            run.streamer.add(int(EventType.DETACHED), detachedPayload(run.job.run_id, snapshot, process, life))
+
+    async def _verdict(self, handle: Any, exitCode: int, oomKilled: bool, error: str) -> tuple[str, str]:
+        if exitCode == 0 and not oomKilled and not error:
             return "ok", ""
-        reason = "exit code %d" % (value.exitCode,)
-        if value.oomKilled:
+        reason = "exit code %d" % (exitCode,)
+        if oomKilled:
             reason += " (OOM killed)"
-        if value.error:
-            reason += " error: %s" % (value.error,)
+        if error:
+            reason += " error: %s" % (error,)
         try:
             tail = _shortLogs(await handle.logs(20))
         except CancelledError:
@@ -588,6 +761,12 @@ class RunnerService(Service):
             run.dropped = int(self._sensor.dropsFor(run.job.run_id))
         except Exception:
             log.failure("run {run_id}: reading drops failed", run_id=run.hex)
+        unresolvedFor = getattr(self._sensor, "unresolvedFor", None)
+        if unresolvedFor is not None:
+            try:
+                run.unresolved = int(unresolvedFor(run.job.run_id))
+            except Exception:
+                log.failure("run {run_id}: reading unresolved accesses failed", run_id=run.hex)
         try:
             self._sensor.removeRun(run.job.run_id)
         except Exception:

@@ -18,7 +18,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from fangs import wire
+from fangs.runner.sandbox import LifeSnapshot, ProcessInfo
 from fangs.wire import (
+    WatchedPath,
     EventBatch,
     HeartbeatAck,
     IngestAck,
@@ -42,6 +44,8 @@ class SensorRun:
     cgroupID: int
     watchedPaths: List[Any]
     sink: Callable[[int, dict], None]
+    canaries: Optional[Dict[str, str]] = None
+    baitWatches: List[tuple] = attrs.field(factory=list)
 
 
 class FakeSensor:
@@ -59,6 +63,8 @@ class FakeSensor:
         self.pendingOnRemove: Dict[str, List[tuple]] = {}
         self.log: List[tuple] = []
         self.addError: Optional[Exception] = None
+        self.watchError: Optional[Exception] = None
+        self.unresolved: Dict[str, int] = {}
 
     async def start(self) -> None:
         self.log.append(("start",))
@@ -67,11 +73,22 @@ class FakeSensor:
         self.started = True
 
     def addRun(self, runID: RunID, cgroupID: int, watchedPaths: Any,
-               sink: Callable[[int, dict], None]) -> None:
+               sink: Callable[[int, dict], None], canaries: Optional[Dict[str, str]] = None) -> None:
         self.log.append(("addRun", runID.hex(), cgroupID))
         if self.addError is not None:
             raise self.addError
-        self.runs[runID.hex()] = SensorRun(runID, cgroupID, list(watchedPaths), sink)
+        self.runs[runID.hex()] = SensorRun(runID, cgroupID, list(watchedPaths), sink,
+                                           None if canaries is None else dict(canaries))
+
+    def watchBaitFiles(self, runID: RunID, rootPid: int, paths: Any) -> None:
+        self.log.append(("watchBaitFiles", runID.hex(), rootPid))
+        if self.watchError is not None:
+            raise self.watchError
+        self.runs[runID.hex()].baitWatches.append((rootPid, list(paths)))
+
+    def unresolvedFor(self, runID: RunID) -> int:
+        self.log.append(("unresolvedFor", runID.hex()))
+        return self.unresolved.get(runID.hex(), 0)
 
     def emit(self, runID: RunID, eventType: int = 1, payload: Optional[dict] = None) -> None:
         self.runs[runID.hex()].sink(eventType, payload or {"PathName": "/etc/passwd"})
@@ -137,7 +154,17 @@ class FakeSandboxError(Exception):
         self.reason = reason
 
 
+def fakeProcess(pid: int, argv: Any = ("sh", "-c", "sleep 3; cat ~/.npmrc"), ppid: int = 1) -> ProcessInfo:
+    return ProcessInfo(pid=pid, ppid=ppid, uid=1000, gid=1000, comm=argv[0][:15], argv=tuple(argv),
+                       exe="/usr/bin/" + argv[0], startTicks=pid * 10)
+
+
 class FakeHandle:
+    """
+    A created sandbox.  The test plays the install's exit (L{installExit}),
+    the processes left (C{processes}) and the container's exit (L{exit}).
+    """
+
     def __init__(self, runID: RunID, spec: Any, cgroupParent: str) -> None:
         self.containerID = "c-" + runID.hex()[:12]
         self.runID = runID
@@ -145,7 +172,41 @@ class FakeHandle:
         self.cgroupParent = cgroupParent
         self.exited: Deferred[FakeExitInfo] = Deferred()
         self.stops = 0
+        self.starts = 0
+        self.startError: Optional[Exception] = None
+        self.snapshotError: Optional[Exception] = None
+        self.snapshots = 0
+        self.pid = 0
+        self.home = "/home/node"
+        self.baitPaths = ["/home/node/.npmrc", "/home/node/.ssh/id_rsa"]
+        self.canaries = {"npm_token": "npm_" + "A" * 36}
+        self.extraWatched = [WatchedPath("/home/node/.npmrc", True), WatchedPath("/home/node/.ssh/", True)]
+        self.installCode: Optional[int] = None
+        self.installWallNs = 0
+        self.installMonoNs = 0
+        self.processes: List[ProcessInfo] = []
+        self.monoNs = 5_000_000_000
         self.logText = "line 1\nnpm ERR! boom\n"
+
+    def watchedPaths(self, jobPaths: Any = None) -> List[Any]:
+        return list(self.extraWatched)
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.startError is not None:
+            raise self.startError
+        self.pid = 4000 + self.runID.raw[0]
+
+    def installExit(self, code: int = 0, wallNs: int = 0, monoNs: int = 0) -> None:
+        self.installCode, self.installWallNs, self.installMonoNs = code, wallNs, monoNs
+
+    async def snapshot(self) -> LifeSnapshot:
+        self.snapshots += 1
+        if self.snapshotError is not None:
+            raise self.snapshotError
+        return LifeSnapshot(installExit=self.installCode, installExitedWallNs=self.installWallNs,
+                            installExitedMonoNs=self.installMonoNs, processes=tuple(self.processes),
+                            monoNs=self.monoNs, cgroupID=77, initAlive=not self.exited.called)
 
     def exit(self, code: int = 0, oomKilled: bool = False) -> None:
         if not self.exited.called:
@@ -181,8 +242,8 @@ class FakeSandbox:
         self.log.append(("reapStale",))
         return self.reaped
 
-    async def launch(self, runID: RunID, spec: Any, cgroupParent: str) -> FakeHandle:
-        self.log.append(("launch", runID.hex(), cgroupParent))
+    async def create(self, runID: RunID, spec: Any, cgroupParent: str) -> FakeHandle:
+        self.log.append(("create", runID.hex(), cgroupParent))
         if self.launchError is not None:
             raise self.launchError
         handle = FakeHandle(runID, spec, cgroupParent)
