@@ -155,6 +155,10 @@ def runJSON(run: S.RunRow) -> Dict[str, Any]:
         "deviation_count": run.deviation_count,
         "max_severity": run.max_severity,
         "analyzed_at": nsToTimestamp(run.analyzed_ns),
+        "install_exit_code": run.install_exit_code,
+        "install_finished_at": nsToTimestamp(run.install_finished_ns),
+        "observation_ended_at": nsToTimestamp(run.observation_ended_ns),
+        "events_unresolved": run.events_unresolved,
     }
 
 

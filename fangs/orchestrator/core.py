@@ -291,9 +291,17 @@ class Orchestrator:
             raise BadRequest("status must be one of ok, failed, timeout (got %r)" % (result.status,))
         if not result.run_id.is_zero() and result.run_id.hex() != runID:
             raise BadRequest("body run_id %s does not match the URL's %s" % (result.run_id.hex(), runID))
-        for name in ("events_emitted", "events_dropped", "duration"):
+        for name in ("events_emitted", "events_dropped", "duration", "events_unresolved"):
             if getattr(result, name) < 0:
                 raise BadRequest("%s must not be negative" % (name,))
+        if result.install_exit_code is not None and not -(2 ** 31) <= result.install_exit_code < 2 ** 31:
+            raise BadRequest("install_exit_code %d is out of range" % (result.install_exit_code,))
+        lifecycle = S.ResultLifecycle(
+            install_exit_code=result.install_exit_code,
+            install_finished_ns=_ns(result.install_finished_at),
+            observation_ended_ns=_ns(result.observation_ended_at),
+            events_unresolved=min(result.events_unresolved, 2 ** 62),
+        )
         try:
             run, changed = await self.store.recordResult(
                 runID,
@@ -303,6 +311,7 @@ class Orchestrator:
                 result.events_dropped,
                 result.duration,
                 self.nowNs(),
+                lifecycle,
             )
         except S.NotFound:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
@@ -487,3 +496,12 @@ def _encodePayload(payload: Dict[str, Any]) -> str:
         return orjson.dumps(payload).decode("utf-8")
     except TypeError:  # an integer beyond 64 bits: stdlib JSON keeps it
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def _ns(when: Any) -> Any:
+    """
+    Nanoseconds since the epoch of a result's timestamp, or None.
+    """
+    if when is None:
+        return None
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000

@@ -318,6 +318,16 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         CREATE INDEX deviations_by_rank ON deviations(severity_rank, detected_ns, id)
         """,
     ),
+    (
+        7,
+        "install lifecycle",
+        """
+        ALTER TABLE runs ADD COLUMN install_exit_code INTEGER;
+        ALTER TABLE runs ADD COLUMN install_finished_ns BIGINT;
+        ALTER TABLE runs ADD COLUMN observation_ended_ns BIGINT;
+        ALTER TABLE runs ADD COLUMN events_unresolved BIGINT NOT NULL DEFAULT 0
+        """,
+    ),
 ]
 
 

@@ -74,6 +74,18 @@ class NewRun:
 
 
 @attrs.frozen
+class ResultLifecycle:
+    """
+    The optional lifecycle part of a runner's result (migration 7).
+    """
+
+    install_exit_code: Optional[int] = None
+    install_finished_ns: Optional[int] = None
+    observation_ended_ns: Optional[int] = None
+    events_unresolved: int = 0
+
+
+@attrs.frozen
 class RunRow:
     id: str
     package_name: str
@@ -101,6 +113,13 @@ class RunRow:
     analyzed_ns: Optional[int] = None
     deviation_count: int = 0
     max_severity: Optional[str] = None
+    #: From the runner's result (migration 7): the install's own exit status,
+    #: when it finished, when observation of its processes ended, and how
+    #: many file accesses the sensor could not resolve.
+    install_exit_code: Optional[int] = None
+    install_finished_ns: Optional[int] = None
+    observation_ended_ns: Optional[int] = None
+    events_unresolved: int = 0
 
 
 _RUN_COLUMNS = [f.name for f in attrs.fields(RunRow)]
@@ -474,6 +493,16 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         ) WITHOUT ROWID;
         CREATE INDEX events_by_received ON events(received_ns);
         CREATE INDEX deviations_by_evidence ON deviations(evidence_event_id)
+        """,
+    ),
+    (
+        7,
+        "install lifecycle",
+        """
+        ALTER TABLE runs ADD COLUMN install_exit_code INTEGER;
+        ALTER TABLE runs ADD COLUMN install_finished_ns INTEGER;
+        ALTER TABLE runs ADD COLUMN observation_ended_ns INTEGER;
+        ALTER TABLE runs ADD COLUMN events_unresolved INTEGER NOT NULL DEFAULT 0
         """,
     ),
 ]
@@ -882,6 +911,7 @@ class SQLiteStore:
         eventsDropped: int,
         durationNs: int,
         nowNs: int,
+        lifecycle: Optional["ResultLifecycle"] = None,
     ) -> "Deferred[Tuple[RunRow, bool]]":
         """
         Record the runner's final result.  The first result wins; a repeated
@@ -892,7 +922,8 @@ class SQLiteStore:
         @raise NotFound: no such run.
         """
         return self._call(
-            self._thd_recordResult, runID, status, reason, eventsEmitted, eventsDropped, durationNs, nowNs
+            self._thd_recordResult, runID, status, reason, eventsEmitted, eventsDropped, durationNs, nowNs,
+            lifecycle or ResultLifecycle(),
         )
 
     def _thd_recordResult(
@@ -905,7 +936,9 @@ class SQLiteStore:
         eventsDropped: int,
         durationNs: int,
         nowNs: int,
+        lifecycle: Optional["ResultLifecycle"] = None,
     ) -> Tuple[RunRow, bool]:
+        life = lifecycle or ResultLifecycle()
         with _transaction(conn):
             row = conn.execute(
                 "SELECT result_status, cancel_requested, state FROM runs WHERE id = ?", (runID,)
@@ -920,6 +953,12 @@ class SQLiteStore:
                     " events_emitted = ?, events_dropped = ?, duration_ns = ?, finished_ns = ?"
                     " WHERE id = ?",
                     (state, status, reason, eventsEmitted, eventsDropped, durationNs, nowNs, runID),
+                )
+                conn.execute(
+                    "UPDATE runs SET install_exit_code = ?, install_finished_ns = ?, observation_ended_ns = ?,"
+                    " events_unresolved = ? WHERE id = ?",
+                    (life.install_exit_code, life.install_finished_ns, life.observation_ended_ns,
+                     life.events_unresolved, runID),
                 )
             return _runRow(conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()), changed
 
@@ -1021,7 +1060,8 @@ class SQLiteStore:
             # A run that finished "ok" without a single event means the
             # sensor saw nothing: never a clean verdict, never a baseline.
             runState=(run.result_status or "") if run.events_received else "no-events",
-            eventsDropped=run.events_dropped,
+            # Unresolved file accesses are lost evidence, like drops.
+            eventsDropped=run.events_dropped + run.events_unresolved,
             hasBaseline=hasBaseline,
             rejected=run.decision == "rejected",
             promoted=run.decision == "promoted",
@@ -1089,7 +1129,7 @@ class SQLiteStore:
             if run.state not in TERMINAL_STATES or run.result_status is None and run.state != FAILED:
                 raise Conflict("run %s is still %s; decide once it has finished" % (runID, run.state))
             if decision == "promoted":
-                if not differ.isComplete(run.result_status or "", run.events_dropped):
+                if not differ.isComplete(run.result_status or "", run.events_dropped + run.events_unresolved):
                     raise Conflict(
                         "run %s is incomplete (%s%s); an incomplete run cannot become baseline"
                         % (

@@ -126,7 +126,7 @@ def makeService(options: Options) -> MultiService:
             token = f.read().strip()
     client = OrchestratorClient(http, options["orchestrator"], reactor, token=token)
     sensor = Sensor(reactor, sourcePath=options["bpf-source"], cgroupRoot=options["cgroup-root"])
-    sandbox = DockerSandbox(reactor, defaultImage=options["docker-image"])
+    sandbox = DockerSandbox(reactor, defaultImage=options["docker-image"], cgroupRoot=options["cgroup-root"])
     cgroups = CgroupManager(root=options["cgroup-root"])
 
     top = MultiService()

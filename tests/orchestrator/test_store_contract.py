@@ -177,6 +177,32 @@ class StoreContract:
             await st.recordResult("nope", "ok", "", 0, 0, 0, T0)
 
     @coro
+    async def test_resultLifecycleStored(self) -> None:
+        """
+        The install's exit code, when it finished and when observation ended
+        are kept; unresolved file accesses make the run incomplete like drops.
+        """
+        st = await self.fresh()
+        await st.createRun(newRun("r3"))
+        await st.claimJob("w")
+        await st.confirmDispatch("r3", T0, T0 + 100 * SEC)
+        await st.ingestBatch("r3", 1, rows("r3", 1, BENIGN), T0 + 1, T0 + 100 * SEC)
+        life = S.ResultLifecycle(install_exit_code=0, install_finished_ns=T0 + SEC, observation_ended_ns=T0 + 4 * SEC,
+                                 events_unresolved=3)
+        run, changed = await st.recordResult("r3", "ok", "", len(BENIGN), 0, 5 * SEC, T0 + 5 * SEC, life)
+        self.assertTrue(changed)
+        self.assertEqual((run.install_exit_code, run.install_finished_ns, run.observation_ended_ns, run.events_unresolved),
+                         (0, T0 + SEC, T0 + 4 * SEC, 3))
+        outcome = await st.analyzeRun("r3", T0 + 6 * SEC)
+        self.assertEqual((await st.getRun("r3")).verdict, "incomplete", outcome)
+        # Without the extension fields a result keeps them empty.
+        await st.createRun(newRun("r4"))
+        await st.claimJob("w")
+        await st.confirmDispatch("r4", T0, T0 + SEC)
+        run, _ = await st.recordResult("r4", "failed", "x", 0, 0, 0, T0 + 1)
+        self.assertEqual((run.install_exit_code, run.install_finished_ns, run.events_unresolved), (None, None, 0))
+
+    @coro
     async def test_concurrentResultsOneWinner(self) -> None:
         st = await self.fresh()
         await st.createRun(newRun("r2"))
