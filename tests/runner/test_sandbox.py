@@ -21,19 +21,36 @@ from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from fangs.runner import bait as baitmod
 from fangs.runner import image as imagemod
 from fangs.runner.cgroups import CgroupManager, cgroupOfPid
 from fangs.runner.sandbox import (
+    INIT_NAME,
+    INIT_SCRIPT,
+    INSTALL_STATUS,
     DockerSandbox,
     ExitInfo,
     SandboxError,
+    SandboxUser,
+    _thd_snapshot,
     baitTar,
-    makeBait,
+    cgroupProcs,
+    loadSeccompProfile,
     npmInstallCommand,
     planLaunch,
+    readInstallStatus,
+    readProcess,
+    resolveUser,
+    seccompProfilePath,
 )
-from fangs.wire import RunID, SandboxSpec
+from fangs.wire import RunID, SandboxSpec, WatchedPath
 from tests import prereq
+
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" \
+    "node:x:1000:1000:node:/home/node:/bin/sh\n"
+
+#: One bait for the unit tests (RSA key generation is not free).
+BAIT = baitmod.makeBait(rsaBits=1024)
 
 MiB = 1024 * 1024
 
@@ -80,8 +97,11 @@ class FakeAPI:
     The part of C{docker.APIClient} the sandbox uses, in memory.
     """
 
-    def __init__(self, images=("fangs-sandbox/node:20",)):
+    def __init__(self, images=("fangs-sandbox/node:20",), files=None):
         self.images = {name: "sha256:" + secrets.token_hex(32) for name in images}
+        #: The image's files get_archive answers for (a path -> its content,
+        #: None for a directory).
+        self.files = {"/etc/passwd": PASSWD, "/root": None, "/home/node": None} if files is None else files
         self.containers_ = {}
         self.calls = []
         self.pullStream = None  # messages the next pull yields
@@ -112,6 +132,24 @@ class FakeAPI:
         self.containers_[cid] = {"image": image, "name": name, "kw": kw, "archives": [], "logs": b"",
                                  "State": {"Status": "created", "Pid": 0, "ExitCode": 0, "OOMKilled": False}}
         return {"Id": cid, "Warnings": []}
+
+    def get_archive(self, cid, path):
+        self._missing(cid)
+        self.calls.append(("get_archive", path))
+        if path not in self.files:
+            raise dockerErrors.NotFound("Could not find the file %s in container %s" % (path, cid))
+        content = self.files[path]
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo(os.path.basename(path))
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                data = content.encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        return iter([buf.getvalue()]), {"name": os.path.basename(path)}
 
     def put_archive(self, cid, path, data):
         self._missing(cid)["archives"].append((path, data))
@@ -160,8 +198,10 @@ class FakeClient:
         self.api = api
 
 
-def fakeSandbox(api):
-    return DockerSandbox(FakeReactor(), lambda: FakeClient(api), threadpool=ImmediatePool())
+def fakeSandbox(api, **kw):
+    kw.setdefault("seccompProfile", '{"defaultAction":"SCMP_ACT_ERRNO"}')
+    return DockerSandbox(FakeReactor(), lambda: FakeClient(api), threadpool=ImmediatePool(),
+                         makeBait=lambda: BAIT, **kw)
 
 
 def untar(data):
@@ -182,7 +222,10 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(plan.image, "fangs-sandbox/node:20")
         self.assertEqual(plan.pullPolicy, "missing")
         self.assertEqual(plan.create["user"], "1000:1000")
-        self.assertEqual(plan.create["command"], ["true"])
+        # The command runs under the init, which stays PID 1 (not Docker's tini).
+        self.assertEqual(plan.create["command"], ["sh", "-c", INIT_SCRIPT, INIT_NAME, "true"])
+        self.assertTrue(plan.create["stdin_open"])
+        self.assertFalse(hc["Init"])
         self.assertIn("NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt", plan.create["environment"])
         self.assertEqual(plan.create["labels"], {"io.fangs.role": "sandbox", "io.fangs.run": rid.hex(),
                                                  "io.fangs.runner-pid": "77", "io.fangs.runner-start": "9"})
@@ -197,9 +240,13 @@ class PlanTests(SynchronousTestCase):
         self.assertFalse(hc["Privileged"])
         self.assertFalse(hc["AutoRemove"])
         self.assertEqual((hc["Binds"], hc["Mounts"]), ([], []))
-        self.assertIn("nosuid", hc["Tmpfs"]["/tmp"])
-        self.assertIn("nodev", hc["Tmpfs"]["/tmp"])
-        self.assertIn("size=", hc["Tmpfs"]["/tmp"])
+        tmp = hc["Tmpfs"]["/tmp"].split(",")
+        # Docker mounts a tmpfs noexec unless told exec: installs run binaries there.
+        self.assertIn("exec", tmp)
+        self.assertNotIn("noexec", tmp)
+        self.assertIn("nosuid", tmp)
+        self.assertIn("nodev", tmp)
+        self.assertTrue([o for o in tmp if o.startswith("size=")])
         self.assertEqual({u["Name"] for u in hc["Ulimits"]}, {"nofile", "nproc", "fsize"})
         self.assertEqual(hc["LogConfig"]["Type"], "json-file")
         self.assertIn("max-size", hc["LogConfig"]["Config"])
@@ -216,6 +263,7 @@ class PlanTests(SynchronousTestCase):
         self.assertEqual(plan.pullPolicy, "never")
         self.assertEqual(plan.create["environment"], ["K=v", "NODE_EXTRA_CA_CERTS=/x"])
         self.assertEqual(plan.create["working_dir"], "/tmp")
+        self.assertEqual(plan.create["command"][4:], ["a"])
         self.assertEqual(plan.create["user"], "0:0")
         self.assertTrue(plan.create["network_disabled"])
         self.assertEqual((hc["Memory"], hc["MemorySwap"], hc["NanoCpus"], hc["PidsLimit"]),
@@ -229,25 +277,159 @@ class PlanTests(SynchronousTestCase):
             self.assertRaises(SandboxError, planLaunch, runID(), spec, "/fangs/x")
         self.assertRaises(SandboxError, planLaunch, runID(), S(), "/fangs/../etc")
 
-    def test_baitPerRunAndPrivate(self):
-        root = planLaunch(runID(), S(user="0:0"), "/fangs/x")
-        other = planLaunch(runID(), S(user="0:0"), "/fangs/x")
-        self.assertEqual(sorted(root.bait), ["/root/.aws/credentials", "/root/.npmrc", "/root/.ssh/id_rsa"])
-        self.assertNotEqual(root.bait, other.bait)
-        self.assertRegex(root.bait["/root/.npmrc"], r"^//registry\.npmjs\.org/:_authToken=npm_[A-Za-z0-9]{36}\n$")
-        self.assertIn("BEGIN OPENSSH PRIVATE KEY", root.bait["/root/.ssh/id_rsa"])
-        self.assertEqual(len(root.baitTars), 1)
-        members = untar(root.baitTars[0])
-        self.assertEqual(members["root/.ssh"][:3], (0o700, 0, True))
-        self.assertEqual(members["root/.ssh/id_rsa"], (0o600, 0, False, root.bait["/root/.ssh/id_rsa"]))
-        self.assertNotIn("root", members)  # /root itself keeps the image's mode
+    def test_seccompProfileApplied(self):
+        plan = planLaunch(runID(), S(), "/fangs/x", seccomp='{"defaultAction":"SCMP_ACT_ERRNO"}')
+        self.assertEqual(plan.create["host_config"]["SecurityOpt"],
+                         ["no-new-privileges:true", 'seccomp={"defaultAction":"SCMP_ACT_ERRNO"}'])
 
-    def test_baitForNonRootUser(self):
-        plan = planLaunch(runID(), S(), "/fangs/x")
-        self.assertIn("/home/node/.npmrc", plan.bait)
-        self.assertIn("/root/.npmrc", plan.bait)
-        members = untar(plan.baitTars[1])
-        self.assertEqual(members["home/node/.npmrc"][:3], (0o600, 1000, False))
+    def test_envHomeKept(self):
+        self.assertEqual(planLaunch(runID(), S(env={"HOME": "/work"}), "/fangs/x").envHome, "/work")
+
+
+class SeccompProfileTests(SynchronousTestCase):
+    def test_shippedProfileIsTheEngineDefaultWithoutIoUring(self):
+        import json
+
+        with open(seccompProfilePath()) as f:
+            profile = json.load(f)
+        self.assertEqual(profile["defaultAction"], "SCMP_ACT_ERRNO")
+        allowed = {n for rule in profile["syscalls"] if rule["action"] == "SCMP_ACT_ALLOW" for n in rule["names"]}
+        for name in ("io_uring_setup", "io_uring_enter", "io_uring_register"):
+            self.assertNotIn(name, allowed)
+        # What ordinary installs need stays.
+        for name in ("openat", "execve", "clone", "connect", "epoll_wait", "statx", "clone3", "pidfd_open"):
+            self.assertIn(name, allowed)
+        self.assertGreater(len(allowed), 300)
+        text = loadSeccompProfile()
+        self.assertEqual(json.loads(text), profile)
+        self.assertNotIn("\n", text)
+
+    def test_profileThatAllowsIoUringRefused(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["read","io_uring_setup"],'
+                    '"action":"SCMP_ACT_ALLOW"}]}')
+        self.assertRaises(SandboxError, loadSeccompProfile, path)
+        with open(path, "w") as f:
+            f.write('{"defaultAction":"SCMP_ACT_ALLOW"}')
+        self.assertRaises(SandboxError, loadSeccompProfile, path)
+        self.assertRaises(SandboxError, loadSeccompProfile, path + ".missing")
+
+
+class UserTests(SynchronousTestCase):
+    def test_resolve(self):
+        self.assertEqual(resolveUser("0:0", PASSWD), SandboxUser(0, 0, "/root"))
+        self.assertEqual(resolveUser("root", PASSWD), SandboxUser(0, 0, "/root"))
+        self.assertEqual(resolveUser("1000:1000", PASSWD), SandboxUser(1000, 1000, "/home/node"))
+        self.assertEqual(resolveUser("node", PASSWD), SandboxUser(1000, 1000, "/home/node"))
+        self.assertEqual(resolveUser("node:50", PASSWD), SandboxUser(1000, 50, "/home/node"))
+        # A uid the image does not list: Docker gives it HOME=/.
+        self.assertEqual(resolveUser("4242", PASSWD), SandboxUser(4242, 4242, "/"))
+        self.assertEqual(resolveUser("1000", PASSWD, envHome="/work/"), SandboxUser(1000, 1000, "/work"))
+        self.assertEqual(resolveUser("root", ""), SandboxUser(0, 0, "/root"))
+        self.assertRaises(SandboxError, resolveUser, "ghost", PASSWD)
+
+    def test_baitTarBelowTheHome(self):
+        files = BAIT.filesIn("/home/node")
+        members = untar(baitTar(files, 1000, 1000, "/home/node"))
+        self.assertNotIn("home", members)
+        self.assertNotIn("home/node", members)  # the home keeps the image's owner and mode
+        self.assertEqual(members["home/node/.ssh"][:3], (0o700, 1000, True))
+        self.assertEqual(members["home/node/.config/gh"][:3], (0o700, 1000, True))
+        self.assertEqual(members["home/node/.npmrc"], (0o600, 1000, False, BAIT.files[".npmrc"]))
+        # A home the image lacks is made, owned by the user.
+        members = untar(baitTar(files, 1000, 1000, "/home/node", includeHome=True))
+        self.assertEqual(members["home/node"][:3], (0o755, 1000, True))
+        self.assertNotIn("home", members)
+
+
+def fakeProc(test, processes, rootPid=100, status=None, statusMtimeNs=0):
+    """
+    A fake C{/proc} and cgroup directory: C{processes} maps pid to
+    C{(state, ppid, argv)}.
+    """
+    base = test.mktemp()
+    proc = os.path.join(base, "proc")
+    cg = os.path.join(base, "cg", "fangs", "run", "cid")
+    os.makedirs(cg)
+    os.makedirs(os.path.join(cg, "sub"))
+    pids = sorted(processes)
+    with open(os.path.join(cg, "cgroup.procs"), "w") as f:
+        f.write("".join("%d\n" % p for p in pids[:-1]))
+    with open(os.path.join(cg, "sub", "cgroup.procs"), "w") as f:
+        f.write("".join("%d\n" % p for p in pids[-1:]))
+    for pid, (state, ppid, argv) in processes.items():
+        d = os.path.join(proc, str(pid))
+        os.makedirs(d)
+        comm = argv[0][:15] if argv else "x"
+        fields = [state, str(ppid)] + ["0"] * 17 + [str(pid * 7)] + ["0"] * 10
+        with open(os.path.join(d, "stat"), "w") as f:
+            f.write("%d (%s) %s\n" % (pid, comm + ") (tricky", " ".join(fields)))
+        with open(os.path.join(d, "status"), "w") as f:
+            f.write("Name:\t%s\nUid:\t1000\t1000\t1000\t1000\nGid:\t1001\t1001\t1001\t1001\n" % (comm,))
+        with open(os.path.join(d, "cmdline"), "wb") as f:
+            f.write(b"".join(a.encode() + b"\0" for a in argv))
+        os.symlink("/usr/bin/" + comm, os.path.join(d, "exe"))
+    root = os.path.join(proc, str(rootPid), "root", "tmp")
+    os.makedirs(root, exist_ok=True)
+    if status is not None:
+        path = os.path.join(proc, str(rootPid), "root") + INSTALL_STATUS
+        with open(path, "w") as f:
+            f.write(status)
+        os.utime(path, ns=(statusMtimeNs, statusMtimeNs))
+    return proc, cg
+
+
+class LifeSnapshotTests(SynchronousTestCase):
+    def test_whileTheInstallRuns(self):
+        proc, cg = fakeProc(self, {100: ("S", 0, ["sh", "-c", "init"]), 101: ("R", 100, ["npm", "install"])})
+        snap = _thd_snapshot(cg, 100, lambda: 50, lambda: 1000, proc)
+        self.assertIsNone(snap.installExit)
+        self.assertTrue(snap.initAlive)
+        [npm] = snap.processes
+        self.assertEqual((npm.pid, npm.ppid, npm.argv, npm.uid, npm.gid, npm.exe, npm.startTicks),
+                         (101, 100, ("npm", "install"), 1000, 1001, "/usr/bin/npm", 707))
+        self.assertEqual(npm.comm, "npm) (tricky")
+        self.assertEqual(snap.cgroupID, os.stat(cg).st_ino)
+
+    def test_afterTheInstallZombiesAreGone(self):
+        proc, cg = fakeProc(self, {100: ("S", 0, ["sh"]), 101: ("Z", 100, []), 102: ("S", 1, ["node", "x.js"])},
+                            status="0\n", statusMtimeNs=900)
+        snap = _thd_snapshot(cg, 100, lambda: 5000, lambda: 1000, proc)
+        self.assertEqual((snap.installExit, snap.installExitedWallNs), (0, 900))
+        # The monotonic time of the record: 100 ns before the snapshot.
+        self.assertEqual((snap.monoNs, snap.installExitedMonoNs), (5000, 4900))
+        self.assertEqual([p.pid for p in snap.processes], [102])
+
+    def test_initGone(self):
+        proc, cg = fakeProc(self, {101: ("S", 1, ["node"])}, status="3")
+        snap = _thd_snapshot(cg, 100, lambda: 1, lambda: 1, proc)
+        self.assertFalse(snap.initAlive)
+        self.assertEqual(snap.installExit, 3)
+
+    def test_cgroupGone(self):
+        snap = _thd_snapshot(self.mktemp(), 100, lambda: 1, lambda: 1, self.mktemp())
+        self.assertEqual((snap.processes, snap.initAlive, snap.cgroupID), ((), False, 0))
+
+    def test_statusRecordNeverFollowsALink(self):
+        proc, cg = fakeProc(self, {100: ("S", 0, ["sh"])})
+        secret = os.path.join(self.mktemp())
+        with open(secret, "w") as f:
+            f.write("7\n")
+        os.symlink(secret, os.path.join(proc, "100", "root") + INSTALL_STATUS)
+        self.assertEqual(readInstallStatus(100, proc), (None, 0))
+        os.unlink(os.path.join(proc, "100", "root") + INSTALL_STATUS)
+        os.mkdir(os.path.join(proc, "100", "root") + INSTALL_STATUS)
+        self.assertEqual(readInstallStatus(100, proc), (None, 0))
+
+    def test_garbageRecord(self):
+        proc, cg = fakeProc(self, {100: ("S", 0, ["sh"])}, status="zero")
+        self.assertEqual(readInstallStatus(100, proc), (None, 0))
+
+    def test_helpers(self):
+        proc, cg = fakeProc(self, {100: ("S", 0, ["sh"]), 105: ("S", 100, ["a"]), 103: ("S", 100, ["b"])})
+        self.assertEqual(cgroupProcs(cg), [100, 103, 105])
+        self.assertIsNone(readProcess(999, proc))
 
 
 class NpmCommandTests(SynchronousTestCase):
@@ -261,6 +443,8 @@ class NpmCommandTests(SynchronousTestCase):
         self.assertIn("--foreground-scripts", words)
         self.assertEqual(words[words.index("is-number@7.0.0") - 1], "--")
         self.assertIn("exit ${s:-1}", argv[2])
+        # No hard wait for stragglers: the init observes them.
+        self.assertNotIn("sleep", argv[2])
 
     def test_injectionStaysOneWord(self):
         argv = npmInstallCommand("evil", "1.0.0; touch /pwned $(id) `id`")
@@ -285,9 +469,63 @@ class LaunchTests(SynchronousTestCase):
         c = api.containers_[handle.containerID]
         self.assertEqual(c["image"], api.images["fangs-sandbox/node:20"])  # the resolved id, not the tag
         self.assertEqual(handle.imageID, c["image"])
-        self.assertEqual([p for p, _ in c["archives"]], ["/", "/"])
+        self.assertEqual([p for p, _ in c["archives"]], ["/"])
         self.assertEqual(c["State"]["Status"], "running")
-        self.assertIn("/root/.npmrc", handle.bait)
+        self.assertEqual((handle.pid, handle.home), (4242, "/home/node"))
+
+    def test_baitInTheRealHome(self):
+        api = FakeAPI()
+        handle = self.successResultOf(self.launch(fakeSandbox(api), S(user="node")))
+        c = api.containers_[handle.containerID]
+        self.assertEqual(handle.home, "/home/node")
+        self.assertEqual(handle.bait, BAIT.filesIn("/home/node"))
+        self.assertEqual(handle.baitPaths, sorted(BAIT.filesIn("/home/node")))
+        self.assertIn("/home/node/.ssh/id_ed25519", handle.baitPaths)
+        self.assertEqual(handle.canaries, dict(BAIT.canaries))
+        members = untar(c["archives"][0][1])
+        self.assertEqual(members["home/node/.aws/credentials"][:3], (0o600, 1000, False))
+        # The bait environment is the container's, the spec's own values win.
+        env = c["kw"]["environment"]
+        for key, value in BAIT.env.items():
+            self.assertIn("%s=%s" % (key, value), env)
+        watched = handle.watchedPaths([WatchedPath("/root/"), WatchedPath("/root/.ssh/", True)])
+        self.assertIn(WatchedPath("/home/node/", False), watched)
+        self.assertIn(WatchedPath("/home/node/.ssh/", True), watched)
+        self.assertIn(WatchedPath("/home/node/.config/gcloud/", True), watched)
+        # Root's bait is in /root.
+        root = self.successResultOf(self.launch(fakeSandbox(api), S(user="0:0")))
+        self.assertEqual(root.home, "/root")
+        self.assertIn("/root/.kube/config", root.bait)
+        members = untar(api.containers_[root.containerID]["archives"][0][1])
+        self.assertEqual(members["root/.kube/config"][:3], (0o600, 0, False))
+
+    def test_specEnvWinsOverBaitEnv(self):
+        api = FakeAPI()
+        handle = self.successResultOf(self.launch(fakeSandbox(api), S(env={"GITHUB_TOKEN": "mine"})))
+        env = api.containers_[handle.containerID]["kw"]["environment"]
+        self.assertIn("GITHUB_TOKEN=mine", env)
+        self.assertEqual([e for e in env if e.startswith("GITHUB_TOKEN=")], ["GITHUB_TOKEN=mine"])
+
+    def test_missingHomeIsMade(self):
+        api = FakeAPI(files={"/etc/passwd": PASSWD})
+        handle = self.successResultOf(self.launch(fakeSandbox(api)))
+        members = untar(api.containers_[handle.containerID]["archives"][0][1])
+        self.assertEqual(members["home/node"][:3], (0o755, 1000, True))
+
+    def test_unknownUserFailsAndRemoves(self):
+        api = FakeAPI()
+        f = self.failureResultOf(self.launch(fakeSandbox(api), S(user="ghost")), SandboxError)
+        self.assertIn("ghost", str(f.value))
+        self.assertEqual(api.containers_, {})
+
+    def test_createDoesNotStart(self):
+        api = FakeAPI()
+        sandbox = fakeSandbox(api)
+        handle = self.successResultOf(Deferred.fromCoroutine(sandbox.create(runID(), S(), "/fangs/x")))
+        self.assertEqual(api.containers_[handle.containerID]["State"]["Status"], "created")
+        self.assertEqual(handle.pid, 0)
+        self.successResultOf(Deferred.fromCoroutine(handle.start()))
+        self.assertEqual(api.containers_[handle.containerID]["State"]["Status"], "running")
 
     def test_pullWhenMissingAndAlways(self):
         api = FakeAPI(images=())
