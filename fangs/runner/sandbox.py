@@ -588,6 +588,8 @@ class LifeSnapshot:
     @ivar monoNs: when the snapshot was taken (monotonic ns).
     @ivar cgroupID: the container cgroup's id (what BPF reports), 0 if gone.
     @ivar initAlive: whether the container's init still runs.
+    @ivar oomKills: processes of the container the kernel's OOM killer
+        ended (the container itself survives them: its init is small).
     """
 
     installExit: Optional[int]
@@ -597,6 +599,7 @@ class LifeSnapshot:
     monoNs: int
     cgroupID: int = 0
     initAlive: bool = True
+    oomKills: int = 0
 
 
 def _readSmall(path: str, limit: int = 65536) -> Optional[bytes]:
@@ -674,8 +677,26 @@ def readInstallStatus(rootPid: int, proc: str = "/proc") -> Tuple[Optional[int],
     return int(text), st.st_mtime_ns
 
 
+def oomKills(cgroupDir: str, memoryDir: str = "") -> int:
+    """
+    How many processes the OOM killer ended in the cgroup: C{oom_kill} of
+    cgroup v2's C{memory.events}, else of the v1 memory controller's
+    C{memory.oom_control} at C{memoryDir}.
+    """
+    for path in (os.path.join(cgroupDir, "memory.events"),
+                 os.path.join(memoryDir, "memory.oom_control") if memoryDir else ""):
+        raw = _readSmall(path) if path else None
+        if raw is None:
+            continue
+        for line in raw.decode("ascii", "replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "oom_kill" and parts[1].isdigit():
+                return int(parts[1])
+    return 0
+
+
 def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
-                  wallNs: Callable[[], int], proc: str = "/proc") -> LifeSnapshot:
+                  wallNs: Callable[[], int], proc: str = "/proc", memoryDir: str = "") -> LifeSnapshot:
     mono, wall = monotonicNs(), wallNs()
     try:
         cgroupID = os.stat(cgroupDir).st_ino
@@ -696,7 +717,8 @@ def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
             processes.append(info)
     exitedMono = mono - max(0, wall - mtime) if mtime else 0
     return LifeSnapshot(installExit=code, installExitedWallNs=mtime, installExitedMonoNs=exitedMono,
-                        processes=tuple(processes), monoNs=mono, cgroupID=cgroupID, initAlive=initAlive)
+                        processes=tuple(processes), monoNs=mono, cgroupID=cgroupID, initAlive=initAlive,
+                        oomKills=oomKills(cgroupDir, memoryDir))
 
 
 def _exitInfo(state: Dict[str, Any]) -> ExitInfo:
@@ -852,11 +874,13 @@ class SandboxHandle:
         One look from the host at the running container: the install's
         recorded exit and every live process besides the init.
         """
-        cgroupDir = os.path.join(self._sandbox.cgroupRoot, self.cgroupPath.lstrip("/")) if self.cgroupPath else ""
+        rel = self.cgroupPath.lstrip("/")
+        cgroupDir = os.path.join(self._sandbox.cgroupRoot, rel) if rel else ""
         if not cgroupDir or not self.pid:
             return LifeSnapshot(None, 0, 0, (), self._sandbox.monotonicNs(), 0, False)
+        memoryDir = os.path.join(self._sandbox.memoryRoot, rel) if self._sandbox.memoryRoot else ""
         return await self._sandbox._callPlain(_thd_snapshot, cgroupDir, self.pid, self._sandbox.monotonicNs,
-                                              self._sandbox.wallNs)
+                                              self._sandbox.wallNs, "/proc", memoryDir)
 
     def _settle(self, info: ExitInfo) -> None:
         if self._exit is not None:
@@ -960,7 +984,8 @@ class DockerSandbox:
 
     def __init__(self, reactor, dockerClientFactory: Callable[[], Any] = docker.from_env, threadpool=None,
                  defaultImage: str = DEFAULT_IMAGE, seccompProfile: Optional[str] = None,
-                 cgroupRoot: str = "/sys/fs/cgroup/unified", makeBait: Callable[[], Any] = baitmod.makeBait,
+                 cgroupRoot: str = "/sys/fs/cgroup/unified", memoryRoot: str = "/sys/fs/cgroup/memory",
+                 makeBait: Callable[[], Any] = baitmod.makeBait,
                  monotonicNs: Callable[[], int] = time.monotonic_ns,
                  wallNs: Callable[[], int] = time.time_ns) -> None:
         self._reactor = reactor
@@ -970,6 +995,9 @@ class DockerSandbox:
         #: The seccomp profile's JSON text (the shipped one by default).
         self.seccomp = loadSeccompProfile() if seccompProfile is None else seccompProfile
         self.cgroupRoot = cgroupRoot
+        #: The cgroup v1 memory controller's mount (hybrid hierarchies), for
+        #: OOM kills; "" when there is none.
+        self.memoryRoot = memoryRoot
         self._makeBait = makeBait
         self.monotonicNs = monotonicNs
         self.wallNs = wallNs

@@ -130,6 +130,7 @@ class _Life:
     installFinishedAt: Optional[float] = None  # wall clock seconds
     installExitedMonoNs: int = 0
     observationEndedAt: Optional[float] = None
+    oomKills: int = 0
     reported: set = attrs.field(factory=set)  # (pid, startTicks) recorded as detached
     alive: Tuple[Any, ...] = ()
 
@@ -657,10 +658,11 @@ class RunnerService(Service):
                 # The init ended with the install (its exit status is the install's).
                 life.installExit = exited.exitCode
                 life.installFinishedAt = life.observationEndedAt
-            return await self._verdict(handle, life.installExit, exited.oomKilled, exited.error or "")
+            oom = exited.oomKilled or (life.oomKills > 0 and life.installExit != 0)
+            return await self._verdict(handle, life.installExit, oom, exited.error or "")
         if life.installExit is None:
             return "timeout", TIMED_OUT
-        status, reason = await self._verdict(handle, life.installExit, False, "")
+        status, reason = await self._verdict(handle, life.installExit, life.oomKills > 0 and life.installExit != 0, "")
         if life.alive:
             note = "observation ended at the job's duration with %d processes still running: %s" % (
                 len(life.alive), ", ".join(" ".join(p.argv)[:120] or p.comm for p in life.alive[:5]))
@@ -677,6 +679,7 @@ class RunnerService(Service):
             return None
 
     def _absorb(self, run: _ActiveRun, life: _Life, snapshot: Any) -> None:
+        life.oomKills = max(life.oomKills, getattr(snapshot, "oomKills", 0))
         if life.installExit is None and snapshot.installExit is not None:
             life.installExit = snapshot.installExit
             life.installFinishedAt = (snapshot.installExitedWallNs / 1e9 if snapshot.installExitedWallNs

@@ -186,6 +186,7 @@ class FakeHandle:
         self.installMonoNs = 0
         self.processes: List[ProcessInfo] = []
         self.monoNs = 5_000_000_000
+        self.oomKills = 0
         self.logText = "line 1\nnpm ERR! boom\n"
 
     def watchedPaths(self, jobPaths: Any = None) -> List[Any]:
@@ -206,7 +207,8 @@ class FakeHandle:
             raise self.snapshotError
         return LifeSnapshot(installExit=self.installCode, installExitedWallNs=self.installWallNs,
                             installExitedMonoNs=self.installMonoNs, processes=tuple(self.processes),
-                            monoNs=self.monoNs, cgroupID=77, initAlive=not self.exited.called)
+                            monoNs=self.monoNs, cgroupID=77, initAlive=not self.exited.called,
+                            oomKills=self.oomKills)
 
     def exit(self, code: int = 0, oomKilled: bool = False) -> None:
         if not self.exited.called:

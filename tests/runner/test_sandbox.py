@@ -426,6 +426,21 @@ class LifeSnapshotTests(SynchronousTestCase):
         proc, cg = fakeProc(self, {100: ("S", 0, ["sh"])}, status="zero")
         self.assertEqual(readInstallStatus(100, proc), (None, 0))
 
+    def test_oomKills(self):
+        base = self.mktemp()
+        v2, v1 = os.path.join(base, "v2"), os.path.join(base, "v1")
+        os.makedirs(v2)
+        os.makedirs(v1)
+        from fangs.runner.sandbox import oomKills
+
+        self.assertEqual(oomKills(v2, v1), 0)
+        with open(os.path.join(v1, "memory.oom_control"), "w") as f:
+            f.write("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+        self.assertEqual(oomKills(v2, v1), 2)
+        with open(os.path.join(v2, "memory.events"), "w") as f:
+            f.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+        self.assertEqual(oomKills(v2, v1), 1)
+
     def test_helpers(self):
         proc, cg = fakeProc(self, {100: ("S", 0, ["sh"]), 105: ("S", 100, ["a"]), 103: ("S", 100, ["b"])})
         self.assertEqual(cgroupProcs(cg), [100, 103, 105])
@@ -624,6 +639,24 @@ class LaunchTests(SynchronousTestCase):
 # Real Docker
 
 
+async def waitInstall(handle, timeout=240.0):
+    """
+    Poll the handle's life snapshot until the install's exit is recorded
+    (or the container ended); the exit code.
+    """
+    from twisted.internet.task import deferLater
+
+    deadline = reactor.seconds() + timeout
+    while reactor.seconds() < deadline:
+        snap = await handle.snapshot()
+        if snap.installExit is not None:
+            return snap.installExit
+        if not snap.initAlive:
+            return (await handle.wait()).exitCode
+        await deferLater(reactor, 0.2, lambda: None)
+    raise AssertionError("install did not finish in %ss" % (timeout,))
+
+
 class RealSandboxTests(TestCase):
     """
     Real containers of the real image under the real reactor.
@@ -649,8 +682,85 @@ class RealSandboxTests(TestCase):
         async def go():
             zero = await self.run_(["sh", "-c", "exit 0"])
             three = await self.run_(["sh", "-c", "exit 3"])
-            self.assertEqual(await zero.wait(), ExitInfo(0))
-            self.assertEqual((await three.wait()).exitCode, 3)
+            self.assertEqual(await waitInstall(zero), 0)
+            self.assertEqual(await waitInstall(three), 3)
+            # The container stays: its init is PID 1 and keeps the namespace.
+            snap = await three.snapshot()
+            self.assertTrue(snap.initAlive)
+            self.assertEqual(snap.processes, ())
+
+        return self.d(go())
+
+    def test_initIsPidOneAndOutlivesTheInstall(self):
+        """
+        A child that detaches (setsid) from the install is not killed when
+        the install exits: it is seen from the host until it ends, and its
+        late read happens.
+        """
+        async def go():
+            cg = self.cgroups.create(secrets.token_hex(16))
+            self.addCleanup(lambda: Deferred.fromCoroutine(self.cgroups.remove(cg, reactor)))
+            handle = await self.run_(["sh", "-c", "tr '\\0' ' ' </proc/1/cmdline; echo; "
+                                      "setsid sh -c 'sleep 2; cat ~/.npmrc; echo late-read-done' "
+                                      "</dev/null & exit 0"], cgroupParent=cg.relPath)
+            self.assertEqual(await waitInstall(handle), 0)
+            snap = await handle.snapshot()
+            detached = [p for p in snap.processes if p.argv[:2] == ("sh", "-c")]
+            self.assertTrue(detached, snap.processes)
+            self.assertEqual(detached[0].argv[2], "sleep 2; cat ~/.npmrc; echo late-read-done")
+            self.assertEqual(detached[0].exe, "/usr/bin/dash")
+            self.assertEqual(detached[0].uid, 1000)
+            self.assertGreater(snap.installExitedMonoNs, 0)
+            self.assertLessEqual(snap.installExitedMonoNs, snap.monoNs)
+            while snap.processes:
+                from twisted.internet.task import deferLater
+
+                await deferLater(reactor, 0.2, lambda: None)
+                snap = await handle.snapshot()
+            logs = await handle.logs(50)
+            self.assertIn("sh -c " + INIT_SCRIPT[:20], logs)
+            self.assertIn(INIT_NAME, logs.splitlines()[0])
+            self.assertIn("late-read-done", logs)
+            self.assertIn(handle.bait["/home/node/.npmrc"].strip(), logs)
+
+        return self.d(go())
+
+    def test_ioUringRefused(self):
+        """
+        io_uring_setup fails with EPERM in the sandbox (it succeeds under
+        Docker's default profile); Node, told to use io_uring, still reads.
+        """
+        async def go():
+            probe = ("perl -e '$p = \"\\0\" x 120; $r = syscall(425, 8, $p); print \"io_uring_setup=$r $!\\n\"'; "
+                     "UV_USE_IO_URING=1 node -e 'console.log(require(\"fs\").readFileSync(\"/etc/hostname\").length > 0)'")
+            handle = await self.run_(["sh", "-c", probe])
+            self.assertEqual(await waitInstall(handle), 0)
+            logs = await handle.logs()
+            self.assertIn("io_uring_setup=-1 Operation not permitted", logs)
+            self.assertIn("true", logs)
+
+            def defaultProfile():
+                return docker.from_env().containers.run(prereq.SANDBOX_IMAGE, ["sh", "-c", probe], remove=True,
+                                                        network_mode="none").decode()
+
+            out = await deferToThread(defaultProfile)
+            self.assertRegex(out, r"io_uring_setup=[0-9]+ ")  # the control: a real ring fd
+
+        return self.d(go())
+
+    def test_tmpAllowsExecWithoutSuidOrDevices(self):
+        async def go():
+            handle = await self.run_(["sh", "-c", "grep ' /tmp ' /proc/mounts; cp /bin/true /tmp/x && /tmp/x "
+                                      "&& echo tmp-exec-ok; mkdir -p /tmp/w && cd /tmp/w && cp /bin/echo ./e "
+                                      "&& ./e workdir-exec-ok"])
+            self.assertEqual(await waitInstall(handle), 0)
+            logs = await handle.logs()
+            self.assertIn("tmp-exec-ok", logs)
+            self.assertIn("workdir-exec-ok", logs)
+            options = logs.splitlines()[0].split()[3].split(",")
+            self.assertIn("nosuid", options)
+            self.assertIn("nodev", options)
+            self.assertNotIn("noexec", options)
 
         return self.d(go())
 
@@ -667,7 +777,7 @@ class RealSandboxTests(TestCase):
             self.assertTrue(os.path.isdir(child))
             self.assertEqual(os.stat(child).st_ino, self.cgroups.cgroupID(path))
             await handle.stop(timeout=0)
-            self.assertIn((await handle.wait()).exitCode, (137, 143))  # killed (init forwards SIGTERM)
+            self.assertEqual((await handle.wait()).exitCode, 137)  # killed: the init ignores SIGTERM
             self.assertTrue(await self.cgroups.remove(cg, reactor))
             self.assertFalse(os.path.exists(cg.absPath))
             self.assertFalse(os.path.exists("/sys/fs/cgroup/memory" + cg.relPath))
@@ -677,19 +787,28 @@ class RealSandboxTests(TestCase):
     def test_baitPlanted(self):
         async def go():
             handle = await self.run_(["sh", "-c", "cat /root/.npmrc /root/.ssh/id_rsa; stat -c '%a %u' "
-                                      "/root/.ssh/id_rsa /root/.ssh /root/.aws/credentials"], user="0:0")
-            self.assertEqual((await handle.wait()).exitCode, 0)
+                                      "/root/.ssh/id_rsa /root/.ssh /root/.aws/credentials; "
+                                      "ssh-keygen -y -f /root/.ssh/id_ed25519 2>&1 || true; echo token=$GITHUB_TOKEN"],
+                                     user="0:0")
+            self.assertEqual(await waitInstall(handle), 0)
             out = await handle.logs(200)
+            self.assertEqual(handle.home, "/root")
             self.assertIn(handle.bait["/root/.npmrc"].strip(), out)
             self.assertIn(handle.bait["/root/.ssh/id_rsa"].splitlines()[1], out)
             self.assertIn("600 0\n700 0\n600 0", out)
-            # The default user reads its own copy and not root's.
-            user = await self.run_(["sh", "-c", "id -u; cat ~/.npmrc; cat /root/.npmrc || echo denied"])
-            self.assertEqual((await user.wait()).exitCode, 0)
-            out = await user.logs()
-            self.assertTrue(out.startswith("1000\n"), out)
+            self.assertIn("token=" + handle.baitEnv["GITHUB_TOKEN"], out)
+            # The default user gets its bait in its own home, /home/node.
+            user = await self.run_(["sh", "-c", "id -u; echo $HOME; cat ~/.npmrc ~/.config/gh/hosts.yml; "
+                                    "ls ~/.kube ~/.docker ~/.config/gcloud; cat /root/.npmrc || echo denied"])
+            self.assertEqual(await waitInstall(user), 0)
+            out = await user.logs(200)
+            self.assertTrue(out.startswith("1000\n/home/node\n"), out)
+            self.assertEqual(user.home, "/home/node")
             self.assertIn(user.bait["/home/node/.npmrc"].strip(), out)
+            self.assertIn("oauth_token: gho_", out)
+            self.assertIn("application_default_credentials.json", out)
             self.assertIn("denied", out)
+            self.assertNotEqual(user.canaries, handle.canaries)
 
         return self.d(go())
 
@@ -701,7 +820,8 @@ class RealSandboxTests(TestCase):
             self.assertEqual((hc["Memory"], hc["MemorySwap"]), (512 * MiB, 512 * MiB))
             self.assertEqual((hc["PidsLimit"], hc["NanoCpus"]), (256, 1_000_000_000))
             self.assertEqual(hc["CapDrop"], ["ALL"])
-            self.assertEqual(hc["SecurityOpt"], ["no-new-privileges:true"])
+            self.assertEqual(hc["SecurityOpt"][0], "no-new-privileges:true")
+            self.assertTrue(hc["SecurityOpt"][1].startswith("seccomp={"), hc["SecurityOpt"][1][:40])
             self.assertEqual(info["Config"]["User"], "1000:1000")
             self.assertEqual(info["Config"]["Labels"]["io.fangs.role"], "sandbox")
             self.assertEqual(info["Mounts"], [])
@@ -712,9 +832,9 @@ class RealSandboxTests(TestCase):
         async def go():
             handle = await self.run_(["node", "-e", "const a=[]; for(;;) a.push(Buffer.alloc(1<<20, 1))"],
                                      memory_bytes=48 * MiB)
-            info = await handle.wait()
-            self.assertTrue(info.oomKilled, info)
-            self.assertNotEqual(info.exitCode, 0)
+            # The OOM killer ends node, not the container's init.
+            self.assertEqual(await waitInstall(handle), 137)
+            self.assertGreaterEqual((await handle.snapshot()).oomKills, 1)
 
         return self.d(go())
 
@@ -754,8 +874,8 @@ class RealNpmTests(TestCase):
     async def install(self, package, version, **kw):
         handle = await self.sandbox.launch(runID(), S(command=npmInstallCommand(package, version), **kw), "")
         self.addCleanup(lambda: Deferred.fromCoroutine(handle.stop(timeout=0)))
-        info = await handle.wait()
-        return info, await handle.logs()
+        code = await waitInstall(handle)
+        return ExitInfo(code), await handle.logs()
 
     def test_registryInstall(self):
         async def go():

@@ -355,6 +355,19 @@ class JobTests(ServiceTestsMixin, SynchronousTestCase):
         handle.exit(137, oomKilled=True)
         self.assertEqual(self.result(1).reason, "exit code 137 (OOM killed)")
 
+    def test_oomKilledChild(self) -> None:
+        """
+        The OOM killer ends the install's process, not the container (its
+        init is small): the cgroup's OOM count says why it died.
+        """
+        self.start()
+        handle = self.startJob(makeJob(1))
+        handle.logText = ""
+        handle.oomKills = 1
+        handle.installExit(137)
+        self.clock.advance(0.2)
+        self.assertEqual((self.result(1).status, self.result(1).reason), ("failed", "exit code 137 (OOM killed)"))
+
     def test_timeout(self) -> None:
         self.start()
         handle = self.startJob(makeJob(1, duration=60, grace=2))
