@@ -400,6 +400,26 @@ class ResultTests(SynchronousTestCase):
         self.assertEqual((run["state"], run["result_status"], run["events_emitted"], run["duration"]), ("done", "ok", 3, 4500000000))
         self.assertTrue(run["finished_at"].endswith("Z"))
 
+    def test_installLifecycleStored(self):
+        status, body = self.result(install_exit_code=0, install_finished_at="2026-12-01T10:00:01.5Z",
+                                   observation_ended_at="2026-12-01T10:00:05Z", events_unresolved=2)
+        self.assertEqual((status, body), (200, {"recorded": True}))
+        status, run = self.o.call("GET", "/v1/runs/" + self.runID)
+        self.assertEqual((run["install_exit_code"], run["install_finished_at"], run["observation_ended_at"],
+                          run["events_unresolved"]), (0, "2026-12-01T10:00:01.5Z", "2026-12-01T10:00:05Z", 2))
+
+    def test_resultWithoutLifecycle(self):
+        self.result()
+        status, run = self.o.call("GET", "/v1/runs/" + self.runID)
+        self.assertEqual((run["install_exit_code"], run["install_finished_at"], run["observation_ended_at"],
+                          run["events_unresolved"]), (None, None, None, 0))
+
+    def test_badLifecycle(self):
+        for bad in ({"install_exit_code": "0"}, {"install_finished_at": "yesterday"}, {"events_unresolved": -1},
+                    {"install_exit_code": 2 ** 40}):
+            status, body = self.result(**bad)
+            assertError(self, status, body, 400)
+
     def test_timeoutStaysTimeout(self):
         self.result(status="timeout", reason="job duration exceeded")
         status, run = self.o.call("GET", "/v1/runs/" + self.runID)
