@@ -183,4 +183,4 @@ class RealPackageTests(TestCase):
         self.assertEqual((run["state"], run["result_status"]), ("failed", "failed"), run)
         self.assertNotEqual(run["install_exit_code"], 0)
         self.assertIn("npm error", run["failure_reason"], run)
-        self.assertIn("E404", run["failure_reason"], run)
+        self.assertIn("npm error 404", run["failure_reason"], run)

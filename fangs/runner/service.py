@@ -574,23 +574,26 @@ class RunnerService(Service):
             raise
         except Exception as e:
             return "failed", "sandbox launch: %s" % (_describe(e),)
+        attached = False
         try:
             try:
                 self._addRun(job.run_id, run.cgroup.cgroupID, watched + list(handle.watchedPaths(watched)),
                              run.streamer.add, dict(handle.canaries))
+                attached = True
             except Exception as e:
                 return "failed", "sensor attach: %s" % (_describe(e),)
-            try:
-                return await self._executeSandbox(run, handle)
-            finally:
-                self._detach(run)
+            return await self._executeSandbox(run, handle)
         finally:
+            # Every process of the run ends with the container; then the
+            # sensor drains what they did.
             try:
                 await handle.stop()
             except CancelledError:
                 raise
             except Exception:
                 log.failure("run {run_id}: stopping container failed", run_id=run.hex)
+            if attached:
+                self._detach(run)
 
     def _addRun(self, runID: Any, cgroupID: int, watched: List[Any], sink: Any,
                 canaries: Dict[str, str]) -> None:
