@@ -32,6 +32,9 @@ failure turned into a result rather than an exception:
     finished and when observation ended), retried for a few minutes.
 
 A run stopped by the runner's shutdown is reported C{failed}, never C{ok}.
+The job's C{grace_period} is no longer waited for: observation ends when the
+last process of the run has ended, and a process that outlives the duration
+is reported (the result's reason says so) rather than waited for.
 """
 
 from __future__ import annotations

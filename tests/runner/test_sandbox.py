@@ -885,6 +885,18 @@ class RealNpmTests(TestCase):
 
         return Deferred.fromCoroutine(go())
 
+    def test_registryInstallAsTheDefaultUser(self):
+        """
+        The bait C{~/.npmrc} (an auth token line for the registry) in the
+        default user's home does not break a registry install.
+        """
+        async def go():
+            info, logs = await self.install("is-number", "7.0.0")
+            self.assertEqual(info.exitCode, 0, logs)
+            self.assertIn("added 1 package", logs)
+
+        return Deferred.fromCoroutine(go())
+
     def test_npmFailureIsNotOk(self):
         async def go():
             info, logs = await self.install("fangs-test-does-not-exist-zz9", "1.0.0")
