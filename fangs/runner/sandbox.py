@@ -5,13 +5,15 @@ Every docker SDK call runs in a C{_thd_*} function on a thread pool, one hop
 per logical operation (launch, poll, stop, logs, reap), with plain data in
 and out; nothing here blocks the reactor.
 
-Status rules the runner applies to a sandboxed run:
+Status rules the runner applies to a sandboxed run (the install's exit is
+what the init recorded, or the container's own exit if the init ended):
 
-  - C{ok} only when the container exited with code 0 before the deadline;
+  - C{ok} only when the install exited with code 0 before the deadline;
   - C{failed} on a non-zero exit (the reason names the exit code, the OOM
-    flag and the last lines of L{SandboxHandle.logs}) or when L{launch}
-    raised L{SandboxError} (its one-line message is the reason);
-  - C{timeout} when the run's duration ran out before the container exited.
+    kill and the last lines of L{SandboxHandle.logs}, npm's own error) or
+    when L{DockerSandbox.create} or L{SandboxHandle.start} raised
+    L{SandboxError} (its one-line message is the reason);
+  - C{timeout} when the run's duration ran out before the install exited.
 
 Differences from the Go reference (section 7.7 and items 11, 20, 28, 30 of
 section 15 of the reference):
