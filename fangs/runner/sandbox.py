@@ -586,7 +586,7 @@ class LifeSnapshot:
     @ivar installExitedMonoNs: the same moment on the monotonic clock the
         sensor's C{TsNs} uses, 0 if unknown.
     @ivar processes: live processes of the container other than its init
-        (zombies are gone).
+        (zombies are gone); only listed once the install has exited.
     @ivar monoNs: when the snapshot was taken (monotonic ns).
     @ivar cgroupID: the container cgroup's id (what BPF reports), 0 if gone.
     @ivar initAlive: whether the container's init still runs.
@@ -698,7 +698,8 @@ def oomKills(cgroupDir: str, memoryDir: str = "") -> int:
 
 
 def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
-                  wallNs: Callable[[], int], proc: str = "/proc", memoryDir: str = "") -> LifeSnapshot:
+                  wallNs: Callable[[], int], proc: str = "/proc", memoryDir: str = "",
+                  detailsAlways: bool = False) -> LifeSnapshot:
     mono, wall = monotonicNs(), wallNs()
     try:
         cgroupID = os.stat(cgroupDir).st_ino
@@ -711,7 +712,9 @@ def _thd_snapshot(cgroupDir: str, rootPid: int, monotonicNs: Callable[[], int],
     pids = cgroupProcs(cgroupDir) if cgroupID else []
     initAlive = rootPid in pids
     processes = []
-    for pid in pids:
+    # While the install runs its processes are its own: only their number
+    # matters then, so their details are only read once it has exited.
+    for pid in pids if code is not None or detailsAlways else ():
         if pid == rootPid:
             continue
         info = readProcess(pid, proc)

@@ -386,6 +386,8 @@ class LifeSnapshotTests(SynchronousTestCase):
         snap = _thd_snapshot(cg, 100, lambda: 50, lambda: 1000, proc)
         self.assertIsNone(snap.installExit)
         self.assertTrue(snap.initAlive)
+        self.assertEqual(snap.processes, ())  # the install's own processes are not read
+        snap = _thd_snapshot(cg, 100, lambda: 50, lambda: 1000, proc, detailsAlways=True)
         [npm] = snap.processes
         self.assertEqual((npm.pid, npm.ppid, npm.argv, npm.uid, npm.gid, npm.exe, npm.startTicks),
                          (101, 100, ("npm", "install"), 1000, 1001, "/usr/bin/npm", 707))
