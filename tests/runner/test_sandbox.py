@@ -247,6 +247,8 @@ class PlanTests(SynchronousTestCase):
         self.assertIn("nosuid", tmp)
         self.assertIn("nodev", tmp)
         self.assertTrue([o for o in tmp if o.startswith("size=")])
+        shm = hc["Tmpfs"]["/dev/shm"].split(",")
+        self.assertEqual([o for o in shm if "exec" in o or o in ("nosuid", "nodev")], ["exec", "nosuid", "nodev"])
         self.assertEqual({u["Name"] for u in hc["Ulimits"]}, {"nofile", "nproc", "fsize"})
         self.assertEqual(hc["LogConfig"]["Type"], "json-file")
         self.assertIn("max-size", hc["LogConfig"]["Config"])
@@ -752,17 +754,20 @@ class RealSandboxTests(TestCase):
 
     def test_tmpAllowsExecWithoutSuidOrDevices(self):
         async def go():
-            handle = await self.run_(["sh", "-c", "grep ' /tmp ' /proc/mounts; cp /bin/true /tmp/x && /tmp/x "
+            handle = await self.run_(["sh", "-c", "grep ' /tmp ' /proc/mounts; grep ' /dev/shm ' /proc/mounts; "
+                                      "cp /bin/true /tmp/x && /tmp/x "
                                       "&& echo tmp-exec-ok; mkdir -p /tmp/w && cd /tmp/w && cp /bin/echo ./e "
-                                      "&& ./e workdir-exec-ok"])
+                                      "&& ./e workdir-exec-ok; cp /bin/echo /dev/shm/e && /dev/shm/e shm-exec-ok"])
             self.assertEqual(await waitInstall(handle), 0)
             logs = await handle.logs()
             self.assertIn("tmp-exec-ok", logs)
             self.assertIn("workdir-exec-ok", logs)
-            options = logs.splitlines()[0].split()[3].split(",")
-            self.assertIn("nosuid", options)
-            self.assertIn("nodev", options)
-            self.assertNotIn("noexec", options)
+            self.assertIn("shm-exec-ok", logs)
+            for line in logs.splitlines()[:2]:
+                options = line.split()[3].split(",")
+                self.assertIn("nosuid", options)
+                self.assertIn("nodev", options)
+                self.assertNotIn("noexec", options)
 
         return self.d(go())
 
