@@ -407,6 +407,78 @@ def cmdPackageAdd(c: Context) -> int:
     return EXIT_OK
 
 
+class Progress:
+    """
+    A progress bar on standard error: redrawn in place on a terminal, a line
+    every tenth of the way otherwise (logs stay short).
+    """
+
+    def __init__(self, err: Any, total: int, what: str, width: int = 30) -> None:
+        self.err = err
+        self.total = total
+        self.what = what
+        self.width = width
+        self.tty = bool(getattr(err, "isatty", lambda: False)())
+        self._lastTenth = -1
+
+    def update(self, done: int, label: str = "") -> None:
+        if not self.total:
+            return
+        filled = self.width * done // self.total
+        bar = "[%s%s] %d/%d %s" % ("#" * filled, "." * (self.width - filled), done, self.total, self.what)
+        if self.tty:
+            self.err.write("\r\x1b[K" + bar + ("  " + trunc(label, 40) if label else ""))
+            if done == self.total:
+                self.err.write("\n")
+        else:
+            tenth = 10 * done // self.total
+            if tenth != self._lastTenth:
+                self._lastTenth = tenth
+                self.err.write(bar + "\n")
+        self.err.flush()
+
+
+def cmdPackageImport(c: Context) -> int:
+    from fangs import lockfile
+
+    try:
+        deps = lockfile.read(c.args.file)
+    except lockfile.LockfileError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
+    watched = {p["name"] for p in c.client.get("/v1/packages")["packages"]}
+    todo = [n for n in deps.names if n not in watched]
+    added: List[str] = []
+    progress = Progress(c.err, len(todo), "packages watched") if not c.args.json else None
+    for i, name in enumerate(todo, 1):
+        if not c.args.dry_run:
+            body = c.client.call("POST", "/v1/packages", {"name": name})
+            if body.get("added", True):
+                added.append(name)
+        else:
+            added.append(name)
+        if progress:
+            progress.update(i, name)
+    already = sorted(set(deps.names) - set(todo))
+    if c.args.json:
+        c.json({"file": c.args.file, "kind": deps.kind, "packages": len(deps.names), "added": added,
+                "already_watched": already, "skipped": [{"entry": w, "reason": r} for w, r in deps.skipped],
+                "dry_run": bool(c.args.dry_run)})
+        return EXIT_OK
+    verb = "would watch" if c.args.dry_run else "now watching"
+    c.say("%s: %d registry packages (%s); %s %d new, %d already watched, %d entries skipped"
+          % (c.args.file, len(deps.names), "transitive included" if deps.kind != "package.json" else "direct only",
+             verb, len(added), len(already), len(deps.skipped)))
+    for name in added[:c.args.show]:
+        c.say("  + " + name)
+    if len(added) > c.args.show:
+        c.say("  ... and %d more (--json lists all)" % (len(added) - c.args.show,))
+    for what, why in deps.skipped:
+        c.say("  skipped %s: %s" % (what, why))
+    if added and not c.args.dry_run:
+        c.say("the watcher scans each one's latest release on its next poll (its first run becomes the baseline)")
+    return EXIT_OK
+
+
 def cmdPackageList(c: Context) -> int:
     packages = c.client.get("/v1/packages")["packages"]
     if c.args.json:
@@ -914,6 +986,11 @@ def buildParser() -> argparse.ArgumentParser:
     sp.add_argument("--skip-initial-scan", action="store_true")
     sp.add_argument("--wait", action="store_true", help="follow the kickoff run until its verdict")
     scanOptions(sp)
+    sp = cmd(g, "import", cmdPackageImport,
+             "watch every package a package-lock.json, npm-shrinkwrap.json or package.json names (transitive ones too)")
+    sp.add_argument("file", help="package-lock.json, npm-shrinkwrap.json or package.json")
+    sp.add_argument("--dry-run", action="store_true", help="say what would be watched, change nothing")
+    sp.add_argument("--show", type=int, default=20, help=argparse.SUPPRESS)
     cmd(g, "list", cmdPackageList, "watched packages", aliases=["ls"])
     sp = cmd(g, "remove", cmdPackageRemove, "stop watching a package (runs and baseline are kept)", aliases=["rm"])
     sp.add_argument("name")
