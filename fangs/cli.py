@@ -569,41 +569,81 @@ def cmdScanSubmit(c: Context) -> int:
 TERMINAL = ("done", "failed", "timeout", "cancelled")
 
 
+FINAL_LINES = ("run.completed", "run.failed", "run.cancelled")
+
+
+def streamLines(c: Context, deadline: Optional[float] = None, **query: Any) -> Iterator[Dict[str, Any]]:
+    """
+    The run stream's lines (C{GET /v1/runs/stream}), parsed, for ever: a
+    broken or cut stream is reopened with the cursor of the last line seen,
+    so nothing is missed.  Stops at C{deadline} (monotonic) if given.
+    Raises L{APIError} if the orchestrator refuses the stream (404 from one
+    without a stream).
+    """
+    since = query.pop("since", None)
+    backoff = 0.5
+    while deadline is None or time.monotonic() < deadline:
+        q = {k: v for k, v in query.items() if v}
+        if since:
+            q["since"] = since
+        try:
+            for raw in c.client.lines("/v1/runs/stream?" + urllib.parse.urlencode(q)):
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                if line.get("type") != "stream.keepalive" and line.get("cursor"):
+                    since = line["cursor"]
+                backoff = 0.5
+                yield line
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+        except APIError:
+            raise
+        except (CLIError, OSError, ValueError) as e:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            c.err.write("fangs: run stream interrupted (%s); reconnecting\n" % (_oneLine(e),))
+            c.err.flush()
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+def _oneLine(e: BaseException) -> str:
+    return (str(e) or type(e).__name__).splitlines()[0]
+
+
 def waitFor(c: Context, runID: str) -> int:
     """
-    Follow a run until it has a verdict; progress on stderr (one updating
-    line on a terminal), then the verdict like C{run show}.
+    Follow a run until it has a verdict, on the run stream (polling an
+    orchestrator that has none); progress on stderr (one updating line on a
+    terminal), then the verdict like C{run show}.
     """
-    tty = c.err.isatty()
     deadline = time.monotonic() + c.args.wait_timeout
-    terminalSince: Optional[float] = None
-    last = None
     started = time.monotonic()
-    while True:
-        run = c.client.get("/v1/runs/" + runID)
-        if run["verdict"]:
-            break
-        now = time.monotonic()
-        line = "run %s  %-10s  %d events received  %ds" % (short(runID), run["state"], run["events_received"], now - started)
-        if tty:
-            c.err.write("\r" + line.ljust(70))
-            c.err.flush()
-        elif (run["state"], run["events_received"]) != last:
-            c.err.write(line + "\n")
-            c.err.flush()
-        last = (run["state"], run["events_received"])
-        if run["state"] in TERMINAL:
-            terminalSince = terminalSince or now
-            if now - terminalSince > 30:
+    progress = _RunProgress(c, runID, started)
+    run: Optional[Dict[str, Any]] = None
+    try:
+        for line in streamLines(c, deadline, run_id=runID):
+            kind = line.get("type")
+            if kind == "stream.open":
+                run = c.client.get("/v1/runs/" + runID)
+                if run["verdict"]:
+                    break
+                progress.show(run["state"], run["events_received"])
+            elif kind in FINAL_LINES:
+                run = c.client.get("/v1/runs/" + runID)
                 break
-        if now > deadline:
-            if tty:
-                c.err.write("\n")
-            raise CLIError("run %s has no verdict after %ds (state %s); keep following: fangs run show %s"
-                           % (short(runID), c.args.wait_timeout, run["state"], short(runID)))
-        time.sleep(c.args.poll)
-    if tty:
-        c.err.write("\r" + " " * 70 + "\r")
+            elif kind in ("run.started", "run.updated"):
+                progress.show(line.get("status", ""), line.get("events_received", 0))
+    except APIError as e:
+        if e.status != 404 or e.errcode in ("unknown_run",):
+            raise
+        run = _pollUntilVerdict(c, runID, deadline, progress)
+    progress.done()
+    if run is None or not run["verdict"]:
+        state = run["state"] if run else "unknown"
+        raise CLIError("run %s has no verdict after %ds (state %s); keep following: fangs run show %s"
+                       % (short(runID), c.args.wait_timeout, state, short(runID)))
     showRun(c, run)
     verdict = run["verdict"]
     if verdict in ("baseline", "clean"):
@@ -611,6 +651,100 @@ def waitFor(c: Context, runID: str) -> int:
     if verdict == "deviations":
         return EXIT_DEVIATIONS
     return EXIT_ERROR
+
+
+class _RunProgress:
+    def __init__(self, c: Context, runID: str, started: float) -> None:
+        self.c = c
+        self.runID = runID
+        self.started = started
+        self.tty = c.err.isatty()
+        self.last: Any = None
+
+    def show(self, state: str, events: int) -> None:
+        line = "run %s  %-10s  %d events received  %ds" % (short(self.runID), state, events,
+                                                          time.monotonic() - self.started)
+        if self.tty:
+            self.c.err.write("\r" + line.ljust(70))
+        elif (state, events) != self.last:
+            self.c.err.write(line + "\n")
+        self.c.err.flush()
+        self.last = (state, events)
+
+    def done(self) -> None:
+        if self.tty:
+            self.c.err.write("\r" + " " * 70 + "\r")
+            self.c.err.flush()
+
+
+def _pollUntilVerdict(c: Context, runID: str, deadline: float, progress: _RunProgress) -> Dict[str, Any]:
+    terminalSince: Optional[float] = None
+    while True:
+        run = c.client.get("/v1/runs/" + runID)
+        if run["verdict"]:
+            return run
+        now = time.monotonic()
+        progress.show(run["state"], run["events_received"])
+        if run["state"] in TERMINAL:
+            terminalSince = terminalSince or now
+            if now - terminalSince > 30:
+                return run
+        if now > deadline:
+            return run
+        time.sleep(c.args.poll)
+
+
+def _watchLine(line: Dict[str, Any]) -> str:
+    when = (line.get("timestamp") or "")[11:19]
+    what = "%s@%s" % (line.get("package") or "?", line.get("version") or "?")
+    text = "%s  %-14s %-28s run %s  %s" % (when, line["type"], trunc(what, 28), short(line.get("run_id")),
+                                           line.get("status") or "")
+    if line.get("verdict"):
+        text += "  verdict %s" % (line["verdict"],)
+        if line.get("deviations"):
+            text += " (%d deviations, max %s)" % (line["deviations"], line.get("max_severity") or "-")
+    elif line.get("events_received"):
+        text += "  %d events" % (line["events_received"],)
+    if line.get("reason"):
+        text += "  (%s)" % (trunc(line["reason"], 60),)
+    return text
+
+
+def cmdRunWatch(c: Context) -> int:
+    """
+    Follow the run stream: one line per run event, until interrupted.
+    """
+    runID = c.resolve(c.args.run, "run") if c.args.run else None
+    if c.args.since and not c.args.since.isdigit():
+        raise CLIError("--since must be a cursor printed by an earlier stream line", EXIT_USAGE)
+    if c.args.package:
+        _checkName(c.args.package)
+    seen = 0
+    try:
+        for line in streamLines(c, package=c.args.package, state=c.args.state, run_id=runID, since=c.args.since):
+            kind = line.get("type", "")
+            if kind == "stream.keepalive":
+                continue
+            if c.args.json:
+                c.out.write(json.dumps(line, sort_keys=True) + "\n")
+            elif kind == "stream.open":
+                c.err.write("following the run stream from cursor %s (Ctrl-C to stop)\n" % (line.get("cursor"),))
+            elif kind == "stream.gap":
+                c.err.write("fangs: %s\n" % (line.get("reason"),))
+            elif kind.startswith("run."):
+                c.out.write(_watchLine(line) + "\n")
+            c.out.flush()
+            if kind.startswith("run."):
+                seen += 1
+                if c.args.count and seen >= c.args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    except APIError as e:
+        if e.status == 404 and e.errcode != "unknown_run":
+            raise CLIError("this orchestrator has no run stream (upgrade it)") from None
+        raise
+    return EXIT_OK
 
 
 def cmdRunList(c: Context) -> int:
@@ -1019,6 +1153,12 @@ def buildParser() -> argparse.ArgumentParser:
         ("reject", lambda c: _decide(c, "reject"), "reject a run: its behaviour never enters the baseline"),
     ):
         cmd(g, name, fn, help).add_argument("id", help="run id or unique prefix")
+    sp = cmd(g, "watch", cmdRunWatch, "follow runs live: queued, started, updated, completed, failed, cancelled")
+    sp.add_argument("--package", help="only this package's runs")
+    sp.add_argument("--state", help="only lines of this run state or type (e.g. done, run.completed)")
+    sp.add_argument("--run", help="only this run (id or unique prefix)")
+    sp.add_argument("--since", help="first send every line after this cursor (from an earlier --json line)")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many run lines")
     sp = cmd(g, "events", cmdRunEvents, "a run's events (NDJSON with --json)")
     sp.add_argument("id", help="run id or unique prefix")
     sp.add_argument("--type", choices=sorted(wire.EVENT_TYPE_IDS))

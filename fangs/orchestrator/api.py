@@ -227,9 +227,11 @@ def stringField(body: Dict[str, Any], name: str, required: bool = True, default:
 class OrchestratorAPI:
     app = Klein()
 
-    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None) -> None:
+    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None, stream: Any = None) -> None:
         self.core = core
         self.auth = auth or Authenticator("none")
+        #: The L{fangs.orchestrator.stream.RunStream} of C{/v1/runs/stream}, or None.
+        self.stream = stream
 
     async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> None:
         """
@@ -431,6 +433,26 @@ class OrchestratorAPI:
         return self._json(
             request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""}
         )
+
+    @app.route("/v1/runs/stream", methods=["GET"])
+    async def runStream(self, request: IRequest) -> Any:
+        """
+        The live run stream: NDJSON, or a WebSocket when the request upgrades.
+        """
+        from fangs.orchestrator import streamhttp
+        from fangs.orchestrator.stream import StreamError
+
+        await self.auth.requireOperator(request, SCOPE_READ)
+        if self.stream is None:
+            raise NotFoundError("this orchestrator has no run stream")
+        flt, since = streamhttp.streamQuery(request)
+        if streamhttp.wantsWebSocket(request):
+            try:
+                await self.stream.checkSince(since)
+            except StreamError as e:
+                raise BadRequest(str(e)) from None
+            return streamhttp.webSocketResource(self.stream, flt, since)
+        return await streamhttp.serveNDJSON(self.stream, request, flt, since)
 
     @app.route("/v1/runs/<runID>", methods=["GET"])
     async def getRun(self, request: IRequest, runID: str) -> bytes:

@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator import differ
+from fangs.orchestrator import differ, streamdb
 from fangs.orchestrator.allowlist import AllowEntry, Allowlist, ConfigSync, planConfigSync
 
 log = Logger()
@@ -476,10 +476,11 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         CREATE INDEX deviations_by_evidence ON deviations(evidence_event_id)
         """,
     ),
+    (20, "run stream", streamdb.SQLITE_SCHEMA),
 ]
 
 
-class SQLiteStore:
+class SQLiteStore(streamdb.SQLiteStreamStorage):
     """
     SQLite backend: WAL, foreign keys, versioned migrations, one connection on
     one dedicated thread.

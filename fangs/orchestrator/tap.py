@@ -138,10 +138,11 @@ class OrchestratorService(service.MultiService):
     Opens the store before anything else starts and closes it last.
     """
 
-    def __init__(self, store: Any, core: Any) -> None:
+    def __init__(self, store: Any, core: Any, stream: Any = None) -> None:
         super().__init__()
         self.store = store
         self.core = core
+        self.stream = stream
         self._started: Optional[Deferred] = None
 
     def privilegedStartService(self) -> None:
@@ -152,6 +153,8 @@ class OrchestratorService(service.MultiService):
 
     async def _open(self) -> None:
         await self.store.start()
+        if self.stream is not None:
+            await self.stream.start()
         requeued = await self.store.requeueLeased()
         if requeued:
             log.info("{n} leased jobs went back to the queue", n=requeued)
@@ -182,6 +185,8 @@ class OrchestratorService(service.MultiService):
 
     def stopService(self) -> Deferred:
         self.core.dispatcher.cancelAll()
+        if self.stream is not None:
+            self.stream.stop()
         d = super().stopService()
 
         def closeStore(r: Any) -> Any:
@@ -222,6 +227,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if options["tls-cert"]:
         metrics.watchCertificate("server", options["tls-cert"])
     analyzer = RunAnalyzer(reactor, store, metrics=metrics)
+    from fangs.orchestrator.stream import RunStream, RunStreamPublisher
+
+    stream = RunStream(reactor, store)
+    runEvents = RunStreamPublisher(stream, store)
+    analyzer.listeners.append(runEvents.verdict)
     core = Orchestrator(
         reactor,
         store,
@@ -232,11 +242,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         version=fangs.__version__,
         analyzer=analyzer,
         metrics=metrics,
+        runEvents=runEvents,
     )
     from fangs.orchestrator.auth import Authenticator
 
-    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store, clock=reactor))
-    top = OrchestratorService(store, core)
+    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store, clock=reactor), stream=stream)
+    top = OrchestratorService(store, core, stream)
 
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
     sweeper.clock = reactor
