@@ -13,10 +13,9 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
-
-import treq
 
 from fangs import wire
 from fangs.orchestrator.watcher import scanRequest
@@ -35,17 +34,22 @@ async def jsonCall(client, method, url, body=None, raw=None, headers=None):
     return r.code, (json.loads(content) if content.strip() else None)
 
 
-class NDJSONClient:
+class NDJSONClient(Protocol):
     """
-    Reads a stream response line by line as it arrives.
+    Reads a stream response line by line as it arrives; L{close} hangs up.
     """
 
     def __init__(self) -> None:
         self.lines: List[dict] = []
         self._buf = b""
-        self.response: Any = None
 
-    def feed(self, data: bytes) -> None:
+    def close(self) -> None:
+        self.transport.stopProducing()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+    def dataReceived(self, data: bytes) -> None:
         self._buf += data
         while b"\n" in self._buf:
             raw, self._buf = self._buf.split(b"\n", 1)
@@ -64,23 +68,18 @@ class _WS(WebSocketClientProtocol):
         self.factory.closed = True
 
 
-class StreamTests(TestCase):
-    timeout = 120
-
-    def setUp(self):
-        self.http = httpClient(self)
-        self.orch = OrchestratorProcess(self, extra=["--watch-interval", "0"])
-        return Deferred.fromCoroutine(self.orch.startAndWait(self.http))
+class StreamClients:
+    """
+    Stream clients and a runner played over HTTP, against C{self.orch}.
+    """
 
     async def openNDJSON(self, query: str = "") -> NDJSONClient:
         client = NDJSONClient()
         r = await self.http.get(self.orch.url + "/v1/runs/stream" + query, unbuffered=True)
         self.assertEqual(r.code, 200)
         self.assertEqual(r.headers.getRawHeaders(b"content-type"), [b"application/x-ndjson"])
-        client.response = r
-        client.done = treq.collect(r, client.feed)
-        client.done.addErrback(lambda f: None)
-        self.addCleanup(lambda: r.original._transport.loseConnection() if getattr(r.original, "_transport", None) else None)
+        r.deliverBody(client)
+        self.addCleanup(lambda: None if getattr(client, "lost", False) else client.close())
         return client
 
     async def openWebSocket(self, query: str = "") -> WebSocketClientFactory:
@@ -122,6 +121,15 @@ class StreamTests(TestCase):
                                    {"status": "ok", "events_emitted": 2 * len(BENIGN)})
         self.assertEqual(code, 200, ack)
         return runID
+
+
+class StreamTests(StreamClients, TestCase):
+    timeout = 120
+
+    def setUp(self):
+        self.http = httpClient(self)
+        self.orch = OrchestratorProcess(self, extra=["--watch-interval", "0"])
+        return Deferred.fromCoroutine(self.orch.startAndWait(self.http))
 
     def test_ndjsonAndWebSocketCarryTheSameLines(self):
         return Deferred.fromCoroutine(self._sameLines())
@@ -208,3 +216,53 @@ class StreamTests(TestCase):
         out, err, code = await submit
         self.assertEqual(code, 0, (out, err))
         self.assertIn("clean", out.decode())
+
+
+
+class TwoOrchestratorStreamTests(StreamClients, TestCase):
+    """
+    Two orchestrators on one PostgreSQL database: a client of either sees
+    every run's lines in one order, and one that reconnects to the other
+    orchestrator with its cursor misses nothing.
+    """
+
+    timeout = 180
+
+    def setUp(self):
+        from tests import pg
+
+        self.http = httpClient(self)
+        dsn = pg.freshDatabase(self, "stream")
+        self.a = OrchestratorProcess(self, db=dsn, extra=["--watch-interval", "0"])
+        self.b = OrchestratorProcess(self, db=dsn, extra=["--watch-interval", "0"])
+        return Deferred.fromCoroutine(self._start())
+
+    async def _start(self):
+        await self.a.startAndWait(self.http)
+        await self.b.startAndWait(self.http)
+
+    def test_acrossOrchestrators(self):
+        return Deferred.fromCoroutine(self._across())
+
+    async def _across(self):
+        # A client of B while A does the work.
+        self.orch = self.b
+        onB = await self.openNDJSON()
+        self.orch = self.a
+        first = await self.scanOnce("1.0.0", runner="pg-a")
+        await self.until(lambda: any(x["type"] in FINAL for x in onB.lines), "B to show A's run.completed")
+        seenOnB = onB.runLines()
+        self.assertEqual({x["run_id"] for x in seenOnB}, {first})
+        self.assertEqual(seenOnB[0]["type"], "run.queued")
+        self.assertEqual(seenOnB[-1]["type"], "run.completed")
+        # The client goes away; two more runs happen on A; it comes back to A.
+        onB.close()
+        second = await self.scanOnce("1.0.1", runner="pg-a")
+        third = await self.scanOnce("1.0.2", runner="pg-a")
+        back = await self.openNDJSON("?since=%s" % (seenOnB[-1]["cursor"],))
+        await self.until(lambda: sum(x["type"] in FINAL for x in back.lines) >= 2, "both missed runs replayed")
+        lines = back.runLines()
+        self.assertEqual([x["run_id"] for x in lines if x["type"] == "run.completed"], [second, third])
+        cursors = [int(x["cursor"]) for x in lines]
+        self.assertEqual(cursors, sorted(set(cursors)))
+        self.assertGreater(cursors[0], int(seenOnB[-1]["cursor"]))
