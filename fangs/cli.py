@@ -764,9 +764,33 @@ def cmdRunList(c: Context) -> int:
     return EXIT_OK
 
 
+def _steps(c: Context, runID: str) -> Optional[List[Dict[str, Any]]]:
+    try:
+        return c.client.get("/v1/runs/%s/steps" % (runID,))["steps"]
+    except APIError as e:
+        if e.status in (400, 404) and e.errcode != "unknown_run":
+            return None  # an orchestrator without steps
+        raise
+
+
+def _span(step: Dict[str, Any]) -> str:
+    start, end = step.get("started_at"), step.get("ended_at")
+    if not start:
+        return "-"
+    if not end:
+        return "since " + fmtTime(start)
+    try:
+        a = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+        return "%.1fs" % ((b - a).total_seconds(),)
+    except ValueError:
+        return "-"
+
+
 def showRun(c: Context, run: Dict[str, Any]) -> None:
+    steps = _steps(c, run["run_id"])
     if c.args.json:
-        c.json(run)
+        c.json(dict(run, steps=steps) if steps is not None else run)
         return
     c.say("run         %s" % (run["run_id"],))
     c.say("package     %s@%s" % (run["package_name"], run["version"]))
@@ -781,6 +805,12 @@ def showRun(c: Context, run: Dict[str, Any]) -> None:
     summary = ", ".join("%s %d" % (k, v) for k, v in counts.items()) or "none"
     c.say("events      %d received (%s); %d emitted, %d dropped by the sensor"
           % (run["events_received"], summary, run["events_emitted"], run["events_dropped"]))
+    if steps:
+        c.say("")
+        table(c.out, ["STEP", "STATE", "TOOK", "ATTEMPTS", "OUTCOME"],
+              [(st["name"], st["state"], _span(st), st["attempts"] or "-",
+                trunc(st["outcome"] + (" — " + st["detail"] if st.get("detail") else ""), 70)) for st in steps])
+        c.say("")
     devs = run.get("deviations") or []
     c.say("deviations  %d%s" % (len(devs), " (max severity %s)" % run["max_severity"] if run.get("max_severity") else ""))
     if devs:

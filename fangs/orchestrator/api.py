@@ -454,6 +454,15 @@ class OrchestratorAPI:
             return streamhttp.webSocketResource(self.stream, flt, since)
         return await streamhttp.serveNDJSON(self.stream, request, flt, since)
 
+    @app.route("/v1/runs/<runID>/steps", methods=["GET"])
+    async def runSteps(self, request: IRequest, runID: str) -> bytes:
+        from fangs.orchestrator.steps import runSteps, stepsJSON
+
+        await self.auth.requireOperator(request, SCOPE_READ)
+        run = await self.core.requireRun(runIDFromPath(runID))
+        steps = runSteps(run, await self.core.store.outboxFor(run.id))
+        return self._json(request, {"run_id": run.id, "steps": stepsJSON(steps, nsToTimestamp)})
+
     @app.route("/v1/runs/<runID>", methods=["GET"])
     async def getRun(self, request: IRequest, runID: str) -> bytes:
         await self.auth.requireOperator(request, SCOPE_READ)

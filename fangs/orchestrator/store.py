@@ -2078,9 +2078,11 @@ class SQLiteStore(streamdb.SQLiteStreamStorage):
     def outboxFor(self, runID: str) -> "Deferred[List[Dict[str, Any]]]":
         return self._call(
             lambda conn: [
-                {"id": r[0], "notifier_name": r[1], "template": r[2], "state": r[3], "attempts": r[4], "last_error": r[5]}
+                {"id": r[0], "notifier_name": r[1], "template": r[2], "state": r[3], "attempts": r[4], "last_error": r[5],
+                 "created_ns": r[6], "updated_ns": r[7]}
                 for r in conn.execute(
-                    "SELECT id, notifier_name, template, state, attempts, last_error FROM outbox WHERE run_id = ?"
+                    "SELECT id, notifier_name, template, state, attempts, last_error, created_ns, updated_ns"
+                    " FROM outbox WHERE run_id = ?"
                     " ORDER BY notifier_name",
                     (runID,),
                 )
