@@ -162,6 +162,10 @@ class Client:
             content = r.read()
         return json.loads(content) if content.strip() else None
 
+    def raw(self, path: str) -> bytes:
+        with self._open("GET", path) as r:
+            return r.read()
+
     def lines(self, path: str) -> Iterator[bytes]:
         with self._open("GET", path) as r:
             for line in r:
@@ -822,6 +826,45 @@ def showRun(c: Context, run: Dict[str, Any]) -> None:
             c.say("review: fangs baseline promote %s   |   fangs run reject %s" % (short(run["run_id"]), short(run["run_id"])))
 
 
+def cmdRunArtifact(c: Context) -> int:
+    """
+    Save the tarball a run scanned, checked against its SHA-512.
+    """
+    import hashlib
+
+    runID = c.resolve(c.args.id, "run")
+    run = c.client.get("/v1/runs/" + runID)
+    art = run.get("artifact")
+    if not art:
+        raise CLIError("run %s has no tarball record (scanned before artifacts were kept, or not a registry release)"
+                       % (short(runID),), EXIT_NOT_FOUND)
+    if not art.get("url"):
+        raise CLIError("run %s has no stored tarball: %s (%s)" % (short(runID), art["status"], art.get("detail") or "-"),
+                       EXIT_NOT_FOUND)
+    data = c.client.raw(art["url"])
+    if hashlib.sha512(data).hexdigest() != art["sha512"]:
+        raise CLIError("the orchestrator sent %d bytes whose SHA-512 is not the artifact's %s..." % (len(data), art["sha512"][:16]))
+    out = c.args.output
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    if not out:
+        out = "%s-%s.tgz" % (run["package_name"].replace("@", "").replace("/", "-"), run["version"])
+    tmp = out + ".part"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise CLIError("cannot write %s: %s" % (out, e.strerror or e)) from None
+    if c.args.json:
+        c.json({"file": out, "size": len(data), "sha512": art["sha512"], "status": art["status"], "detail": art["detail"]})
+    else:
+        c.say("wrote %s (%d bytes, sha512 %s...): %s, %s" % (out, len(data), art["sha512"][:16], art["status"], art["detail"]))
+    return EXIT_OK
+
+
 def cmdRunShow(c: Context) -> int:
     showRun(c, c.client.get("/v1/runs/" + c.resolve(c.args.id, "run")))
     return EXIT_OK
@@ -1183,6 +1226,9 @@ def buildParser() -> argparse.ArgumentParser:
         ("reject", lambda c: _decide(c, "reject"), "reject a run: its behaviour never enters the baseline"),
     ):
         cmd(g, name, fn, help).add_argument("id", help="run id or unique prefix")
+    sp = cmd(g, "artifact", cmdRunArtifact, "save the tarball a run scanned (checked against its SHA-512)")
+    sp.add_argument("id", help="run id or unique prefix")
+    sp.add_argument("-o", "--output", help="file to write (default PACKAGE-VERSION.tgz; - for stdout)")
     sp = cmd(g, "watch", cmdRunWatch, "follow runs live: queued, started, updated, completed, failed, cancelled")
     sp.add_argument("--package", help="only this package's runs")
     sp.add_argument("--state", help="only lines of this run state or type (e.g. done, run.completed)")

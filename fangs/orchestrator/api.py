@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
-from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge, Unauthorized
+from fangs.errors import BadRequest, FangsError, Gone, NotFoundError, PayloadTooLarge, Unauthorized
 from fangs.orchestrator import differ
 from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, SESSION_COOKIE, SESSION_SECONDS, Authenticator
 from fangs.orchestrator import store as S
@@ -35,6 +35,7 @@ from fangs.orchestrator.site import MAX_NDJSON_LINE
 log = Logger()
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_SHA512 = re.compile(r"^[0-9a-f]{128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 JSON = b"application/json"
 NDJSON = b"application/x-ndjson"
@@ -155,6 +156,24 @@ def runJSON(run: S.RunRow) -> Dict[str, Any]:
         "deviation_count": run.deviation_count,
         "max_severity": run.max_severity,
         "analyzed_at": nsToTimestamp(run.analyzed_ns),
+    }
+
+
+def artifactJSON(a: Any) -> Optional[Dict[str, Any]]:
+    """
+    The run's tarball: where to fetch it and what its integrity check found.
+    """
+    if a is None:
+        return None
+    return {
+        "sha512": a.sha512,
+        "status": a.status,
+        "detail": a.detail,
+        "integrity": a.integrity,
+        "tarball_url": a.tarball_url,
+        "size": a.size,
+        "checked_at": nsToTimestamp(a.checked_ns),
+        "url": "/v1/artifacts/%s" % (a.sha512,) if a.sha512 and a.stored else None,
     }
 
 
@@ -472,7 +491,28 @@ class OrchestratorAPI:
         body["job"] = json.loads(run.job)
         body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
         body["deviations"] = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id)]
+        body["artifact"] = artifactJSON(await self.core.store.artifactFor(run.id))
         return self._json(request, body)
+
+    @app.route("/v1/artifacts/<sha512>", methods=["GET"])
+    async def getArtifact(self, request: IRequest, sha512: str) -> bytes:
+        """
+        A scanned tarball by its SHA-512 (hex).
+        """
+        await self.auth.requireOperator(request, SCOPE_READ)
+        if not _SHA512.match(sha512):
+            raise BadRequest("an artifact id is the 128 lower-case hex characters of its SHA-512")
+        found = await self.core.store.getArtifact(sha512)
+        if found is None:
+            raise NotFoundError("artifact %s... not found" % (sha512[:16],), code="unknown_artifact")
+        size, data = found
+        if data is None:
+            raise Gone("artifact %s... (%d bytes) was dropped by retention; its hash and integrity check are"
+                       " kept with the runs" % (sha512[:16], size), code="artifact_expired")
+        request.setHeader(b"Content-Type", b"application/gzip")
+        request.setHeader(b"Content-Disposition", b'attachment; filename="%s.tgz"' % (sha512[:16].encode(),))
+        request.setHeader(b"X-Fangs-Sha512", sha512.encode())
+        return data
 
     # -- review ---------------------------------------------------------------------
 

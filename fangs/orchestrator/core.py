@@ -87,6 +87,8 @@ class Orchestrator:
         self.metrics.watch(registry, dispatcher)
         #: A L{fangs.orchestrator.stream.RunStreamPublisher}, or None.
         self.runEvents = runEvents
+        #: A L{fangs.orchestrator.artifacts.ArtifactFetcher}, or None (no tarballs kept).
+        self.artifacts: Any = None
 
     def nowNs(self) -> int:
         return int(self.clock.seconds() * 1_000_000_000)
@@ -194,6 +196,8 @@ class Orchestrator:
             if self.runEvents is not None:
                 self.runEvents.announce("run.queued", runID, package, job.version, "pending",
                                         target_runner=target or "")
+            if self.artifacts is not None and job.kind == "sandbox_scan" and job.package_name and job.version:
+                self.artifacts.fetchForRun(runID, job.package_name, job.version)
         return runID, created
 
     def _withDefaults(self, job: wire.Job) -> wire.Job:

@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator import differ, streamdb
+from fangs.orchestrator import artifactdb, differ, streamdb
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import AllowEntry, ConfigSync, planConfigSync
 
@@ -319,6 +319,7 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         """,
     ),
     (20, "run stream", streamdb.POSTGRES_SCHEMA),
+    (21, "artifacts", artifactdb.POSTGRES_SCHEMA),
 ]
 
 
@@ -506,12 +507,12 @@ CHECKED = frozenset(
     listTokens revokeToken hasAdminToken upsertNotifier listNotifiers getNotifier deleteNotifier
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
-    appendStream streamSince streamBounds
+    appendStream streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
     """.split()
 )
 
 
-class PostgresStore(streamdb.PostgresStreamStorage, S.SQLiteStore):
+class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactStorage, S.SQLiteStore):
     """
     PostgreSQL backend.  C{jobListeners} are called on the reactor thread
     with a runner id (or None for the shared queue) whenever any store on the

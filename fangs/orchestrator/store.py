@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator import differ, streamdb
+from fangs.orchestrator import artifactdb, differ, streamdb
 from fangs.orchestrator.allowlist import AllowEntry, Allowlist, ConfigSync, planConfigSync
 
 log = Logger()
@@ -477,10 +477,11 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         """,
     ),
     (20, "run stream", streamdb.SQLITE_SCHEMA),
+    (21, "artifacts", artifactdb.SQLITE_SCHEMA),
 ]
 
 
-class SQLiteStore(streamdb.SQLiteStreamStorage):
+class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage):
     """
     SQLite backend: WAL, foreign keys, versioned migrations, one connection on
     one dedicated thread.

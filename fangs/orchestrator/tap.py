@@ -59,6 +59,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["init-admin-token", None, "Create an admin API token at start-up when none exists and print it once."],
+        ["no-artifacts", None, "Do not fetch and keep the tarball of each scanned release from --registry-url."],
     ]
 
     def postOptions(self) -> None:
@@ -257,6 +258,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
         retentionService(reactor, store, options["retention-days"]).setServiceParent(top)
 
+    if not options["no-artifacts"]:
+        _addArtifacts(top, reactor, core, options)
     if options["watch-interval"] > 0:
         _addWatcher(top, reactor, core, options)
     _addNotifier(top, reactor, core, analyzer)
@@ -281,20 +284,48 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     return top
 
 
+def _registryClient(reactor: Any, options: Options, persistent: int) -> Any:
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from fangs.orchestrator.registryclient import RegistryClient
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = persistent
+    http = HTTPClient(Agent(reactor, pool=pool))
+    return RegistryClient(http, reactor, options["registry-url"]), http, pool
+
+
+class _ArtifactService(service.Service):
+    def __init__(self, fetcher: Any, pool: Any) -> None:
+        self.fetcher = fetcher
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.fetcher.stop()
+        return self.pool.closeCachedConnections()
+
+
+def _addArtifacts(parent: service.MultiService, reactor: Any, core: Any, options: Options) -> None:
+    """
+    The tarball of each scanned release, fetched from the registry and kept by hash.
+    """
+    from fangs.orchestrator.artifacts import ArtifactFetcher
+
+    registry, http, pool = _registryClient(reactor, options, 4)
+    core.artifacts = ArtifactFetcher(reactor, registry, http, core.store)
+    _ArtifactService(core.artifacts, pool).setServiceParent(parent)
+
+
 def _addWatcher(parent: service.MultiService, reactor: Any, core: Any, options: Options) -> None:
     """
     The npm watcher's C{TimerService}: polls at start, then every
     C{--watch-interval} seconds.
     """
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    from fangs.orchestrator.registryclient import RegistryClient
     from fangs.orchestrator.watcher import DEFAULT_CONCURRENCY, Watcher
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = DEFAULT_CONCURRENCY
-    registry = RegistryClient(HTTPClient(Agent(reactor, pool=pool)), reactor, options["registry-url"])
+    registry, _, _ = _registryClient(reactor, options, DEFAULT_CONCURRENCY)
 
     async def submit(request: Any, key: str) -> str:
         runID, _ = await core.submitScan(request, key, requireTarget=False)
