@@ -335,6 +335,37 @@ class OrchestratorAPI:
             wire.HealthResponse(status="ok", orchestrator_id=self.core.orchestratorID, version=self.core.version),
         )
 
+    @app.route("/v1/admin/health", methods=["GET"])
+    async def adminHealth(self, request: IRequest) -> bytes:
+        """
+        Readiness: the database answers, and what waits: queue depth (per
+        tenant), runners, open long polls and stream subscribers.  503 when
+        the database does not answer.
+        """
+        await self.auth.requireOperator(request, SCOPE_READ)
+        clock = self.core.clock
+        started = clock.seconds()
+        try:
+            depth = await self.core.store.queueDepth()
+            db = {"backend": getattr(self.core.store, "backend", "?"), "ok": True,
+                  "latency_ms": round((clock.seconds() - started) * 1000, 1)}
+        except Exception as e:
+            log.warn("admin health: the database did not answer ({error})", error=str(e))
+            depth, db = None, {"backend": getattr(self.core.store, "backend", "?"), "ok": False, "error": type(e).__name__}
+        runners = self.core.registry.all()
+        body = {
+            "status": "ok" if db["ok"] else "unavailable",
+            "orchestrator_id": self.core.orchestratorID,
+            "version": self.core.version,
+            "database": db,
+            # One tenant until tenants exist: every queued run is the default tenant's.
+            "queue": {"depth": depth, "by_tenant": {"default": depth} if depth is not None else {}},
+            "runners": {"registered": len(runners), "busy": sum(1 for r in runners if r.active_run_ids or r.active_run_id)},
+            "long_polls_waiting": self.core.dispatcher.waiterCount(),
+            "stream_subscribers": len(self.stream.subscribers) if self.stream is not None else 0,
+        }
+        return self._json(request, body, 200 if db["ok"] else 503)
+
     @app.route("/v1/runners/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
         reg = wire.loads(readBody(request), wire.RunnerRegistration)

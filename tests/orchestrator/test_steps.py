@@ -82,3 +82,29 @@ class StepsRouteTests(SynchronousTestCase):
         self.assertEqual(code, 404)
         code, body = o.call("GET", "/v1/runs/xyz/steps")
         self.assertEqual(code, 400)
+
+
+class AdminHealthTests(SynchronousTestCase):
+    def test_health(self):
+        o = InMemoryOrchestrator(self)
+        o.register()
+        o.submit()
+        o.submit()
+        code, body = o.call("GET", "/v1/admin/health")
+        self.assertEqual(code, 200, body)
+        self.assertEqual(body["status"], "ok")
+        self.assertEqual(body["queue"], {"depth": 2, "by_tenant": {"default": 2}})
+        self.assertEqual(body["runners"], {"registered": 1, "busy": 0})
+        self.assertEqual(body["database"]["backend"], "sqlite")
+        self.assertTrue(body["database"]["ok"])
+
+    def test_databaseDown(self):
+        o = InMemoryOrchestrator(self)
+
+        def broken():
+            raise RuntimeError("disk gone")
+
+        o.store.queueDepth = broken
+        code, body = o.call("GET", "/v1/admin/health")
+        self.assertEqual(code, 503)
+        self.assertEqual((body["status"], body["database"]["ok"]), ("unavailable", False))
