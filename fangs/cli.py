@@ -162,6 +162,10 @@ class Client:
             content = r.read()
         return json.loads(content) if content.strip() else None
 
+    def raw(self, path: str) -> bytes:
+        with self._open("GET", path) as r:
+            return r.read()
+
     def lines(self, path: str) -> Iterator[bytes]:
         with self._open("GET", path) as r:
             for line in r:
@@ -407,6 +411,78 @@ def cmdPackageAdd(c: Context) -> int:
     return EXIT_OK
 
 
+class Progress:
+    """
+    A progress bar on standard error: redrawn in place on a terminal, a line
+    every tenth of the way otherwise (logs stay short).
+    """
+
+    def __init__(self, err: Any, total: int, what: str, width: int = 30) -> None:
+        self.err = err
+        self.total = total
+        self.what = what
+        self.width = width
+        self.tty = bool(getattr(err, "isatty", lambda: False)())
+        self._lastTenth = -1
+
+    def update(self, done: int, label: str = "") -> None:
+        if not self.total:
+            return
+        filled = self.width * done // self.total
+        bar = "[%s%s] %d/%d %s" % ("#" * filled, "." * (self.width - filled), done, self.total, self.what)
+        if self.tty:
+            self.err.write("\r\x1b[K" + bar + ("  " + trunc(label, 40) if label else ""))
+            if done == self.total:
+                self.err.write("\n")
+        else:
+            tenth = 10 * done // self.total
+            if tenth != self._lastTenth:
+                self._lastTenth = tenth
+                self.err.write(bar + "\n")
+        self.err.flush()
+
+
+def cmdPackageImport(c: Context) -> int:
+    from fangs import lockfile
+
+    try:
+        deps = lockfile.read(c.args.file)
+    except lockfile.LockfileError as e:
+        raise CLIError(str(e), EXIT_USAGE) from None
+    watched = {p["name"] for p in c.client.get("/v1/packages")["packages"]}
+    todo = [n for n in deps.names if n not in watched]
+    added: List[str] = []
+    progress = Progress(c.err, len(todo), "packages watched") if not c.args.json else None
+    for i, name in enumerate(todo, 1):
+        if not c.args.dry_run:
+            body = c.client.call("POST", "/v1/packages", {"name": name})
+            if body.get("added", True):
+                added.append(name)
+        else:
+            added.append(name)
+        if progress:
+            progress.update(i, name)
+    already = sorted(set(deps.names) - set(todo))
+    if c.args.json:
+        c.json({"file": c.args.file, "kind": deps.kind, "packages": len(deps.names), "added": added,
+                "already_watched": already, "skipped": [{"entry": w, "reason": r} for w, r in deps.skipped],
+                "dry_run": bool(c.args.dry_run)})
+        return EXIT_OK
+    verb = "would watch" if c.args.dry_run else "now watching"
+    c.say("%s: %d registry packages (%s); %s %d new, %d already watched, %d entries skipped"
+          % (c.args.file, len(deps.names), "transitive included" if deps.kind != "package.json" else "direct only",
+             verb, len(added), len(already), len(deps.skipped)))
+    for name in added[:c.args.show]:
+        c.say("  + " + name)
+    if len(added) > c.args.show:
+        c.say("  ... and %d more (--json lists all)" % (len(added) - c.args.show,))
+    for what, why in deps.skipped:
+        c.say("  skipped %s: %s" % (what, why))
+    if added and not c.args.dry_run:
+        c.say("the watcher scans each one's latest release on its next poll (its first run becomes the baseline)")
+    return EXIT_OK
+
+
 def cmdPackageList(c: Context) -> int:
     packages = c.client.get("/v1/packages")["packages"]
     if c.args.json:
@@ -497,41 +573,81 @@ def cmdScanSubmit(c: Context) -> int:
 TERMINAL = ("done", "failed", "timeout", "cancelled")
 
 
+FINAL_LINES = ("run.completed", "run.failed", "run.cancelled")
+
+
+def streamLines(c: Context, deadline: Optional[float] = None, **query: Any) -> Iterator[Dict[str, Any]]:
+    """
+    The run stream's lines (C{GET /v1/runs/stream}), parsed, for ever: a
+    broken or cut stream is reopened with the cursor of the last line seen,
+    so nothing is missed.  Stops at C{deadline} (monotonic) if given.
+    Raises L{APIError} if the orchestrator refuses the stream (404 from one
+    without a stream).
+    """
+    since = query.pop("since", None)
+    backoff = 0.5
+    while deadline is None or time.monotonic() < deadline:
+        q = {k: v for k, v in query.items() if v}
+        if since:
+            q["since"] = since
+        try:
+            for raw in c.client.lines("/v1/runs/stream?" + urllib.parse.urlencode(q)):
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                if line.get("type") != "stream.keepalive" and line.get("cursor"):
+                    since = line["cursor"]
+                backoff = 0.5
+                yield line
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+        except APIError:
+            raise
+        except (CLIError, OSError, ValueError) as e:
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            c.err.write("fangs: run stream interrupted (%s); reconnecting\n" % (_oneLine(e),))
+            c.err.flush()
+        time.sleep(backoff)
+        backoff = min(backoff * 2, 10.0)
+
+
+def _oneLine(e: BaseException) -> str:
+    return (str(e) or type(e).__name__).splitlines()[0]
+
+
 def waitFor(c: Context, runID: str) -> int:
     """
-    Follow a run until it has a verdict; progress on stderr (one updating
-    line on a terminal), then the verdict like C{run show}.
+    Follow a run until it has a verdict, on the run stream (polling an
+    orchestrator that has none); progress on stderr (one updating line on a
+    terminal), then the verdict like C{run show}.
     """
-    tty = c.err.isatty()
     deadline = time.monotonic() + c.args.wait_timeout
-    terminalSince: Optional[float] = None
-    last = None
     started = time.monotonic()
-    while True:
-        run = c.client.get("/v1/runs/" + runID)
-        if run["verdict"]:
-            break
-        now = time.monotonic()
-        line = "run %s  %-10s  %d events received  %ds" % (short(runID), run["state"], run["events_received"], now - started)
-        if tty:
-            c.err.write("\r" + line.ljust(70))
-            c.err.flush()
-        elif (run["state"], run["events_received"]) != last:
-            c.err.write(line + "\n")
-            c.err.flush()
-        last = (run["state"], run["events_received"])
-        if run["state"] in TERMINAL:
-            terminalSince = terminalSince or now
-            if now - terminalSince > 30:
+    progress = _RunProgress(c, runID, started)
+    run: Optional[Dict[str, Any]] = None
+    try:
+        for line in streamLines(c, deadline, run_id=runID):
+            kind = line.get("type")
+            if kind == "stream.open":
+                run = c.client.get("/v1/runs/" + runID)
+                if run["verdict"]:
+                    break
+                progress.show(run["state"], run["events_received"])
+            elif kind in FINAL_LINES:
+                run = c.client.get("/v1/runs/" + runID)
                 break
-        if now > deadline:
-            if tty:
-                c.err.write("\n")
-            raise CLIError("run %s has no verdict after %ds (state %s); keep following: fangs run show %s"
-                           % (short(runID), c.args.wait_timeout, run["state"], short(runID)))
-        time.sleep(c.args.poll)
-    if tty:
-        c.err.write("\r" + " " * 70 + "\r")
+            elif kind in ("run.started", "run.updated"):
+                progress.show(line.get("status", ""), line.get("events_received", 0))
+    except APIError as e:
+        if e.status != 404 or e.errcode in ("unknown_run",):
+            raise
+        run = _pollUntilVerdict(c, runID, deadline, progress)
+    progress.done()
+    if run is None or not run["verdict"]:
+        state = run["state"] if run else "unknown"
+        raise CLIError("run %s has no verdict after %ds (state %s); keep following: fangs run show %s"
+                       % (short(runID), c.args.wait_timeout, state, short(runID)))
     showRun(c, run)
     verdict = run["verdict"]
     if verdict in ("baseline", "clean"):
@@ -539,6 +655,100 @@ def waitFor(c: Context, runID: str) -> int:
     if verdict == "deviations":
         return EXIT_DEVIATIONS
     return EXIT_ERROR
+
+
+class _RunProgress:
+    def __init__(self, c: Context, runID: str, started: float) -> None:
+        self.c = c
+        self.runID = runID
+        self.started = started
+        self.tty = c.err.isatty()
+        self.last: Any = None
+
+    def show(self, state: str, events: int) -> None:
+        line = "run %s  %-10s  %d events received  %ds" % (short(self.runID), state, events,
+                                                          time.monotonic() - self.started)
+        if self.tty:
+            self.c.err.write("\r" + line.ljust(70))
+        elif (state, events) != self.last:
+            self.c.err.write(line + "\n")
+        self.c.err.flush()
+        self.last = (state, events)
+
+    def done(self) -> None:
+        if self.tty:
+            self.c.err.write("\r" + " " * 70 + "\r")
+            self.c.err.flush()
+
+
+def _pollUntilVerdict(c: Context, runID: str, deadline: float, progress: _RunProgress) -> Dict[str, Any]:
+    terminalSince: Optional[float] = None
+    while True:
+        run = c.client.get("/v1/runs/" + runID)
+        if run["verdict"]:
+            return run
+        now = time.monotonic()
+        progress.show(run["state"], run["events_received"])
+        if run["state"] in TERMINAL:
+            terminalSince = terminalSince or now
+            if now - terminalSince > 30:
+                return run
+        if now > deadline:
+            return run
+        time.sleep(c.args.poll)
+
+
+def _watchLine(line: Dict[str, Any]) -> str:
+    when = (line.get("timestamp") or "")[11:19]
+    what = "%s@%s" % (line.get("package") or "?", line.get("version") or "?")
+    text = "%s  %-14s %-28s run %s  %s" % (when, line["type"], trunc(what, 28), short(line.get("run_id")),
+                                           line.get("status") or "")
+    if line.get("verdict"):
+        text += "  verdict %s" % (line["verdict"],)
+        if line.get("deviations"):
+            text += " (%d deviations, max %s)" % (line["deviations"], line.get("max_severity") or "-")
+    elif line.get("events_received"):
+        text += "  %d events" % (line["events_received"],)
+    if line.get("reason"):
+        text += "  (%s)" % (trunc(line["reason"], 60),)
+    return text
+
+
+def cmdRunWatch(c: Context) -> int:
+    """
+    Follow the run stream: one line per run event, until interrupted.
+    """
+    runID = c.resolve(c.args.run, "run") if c.args.run else None
+    if c.args.since and not c.args.since.isdigit():
+        raise CLIError("--since must be a cursor printed by an earlier stream line", EXIT_USAGE)
+    if c.args.package:
+        _checkName(c.args.package)
+    seen = 0
+    try:
+        for line in streamLines(c, package=c.args.package, state=c.args.state, run_id=runID, since=c.args.since):
+            kind = line.get("type", "")
+            if kind == "stream.keepalive":
+                continue
+            if c.args.json:
+                c.out.write(json.dumps(line, sort_keys=True) + "\n")
+            elif kind == "stream.open":
+                c.err.write("following the run stream from cursor %s (Ctrl-C to stop)\n" % (line.get("cursor"),))
+            elif kind == "stream.gap":
+                c.err.write("fangs: %s\n" % (line.get("reason"),))
+            elif kind.startswith("run."):
+                c.out.write(_watchLine(line) + "\n")
+            c.out.flush()
+            if kind.startswith("run."):
+                seen += 1
+                if c.args.count and seen >= c.args.count:
+                    break
+    except KeyboardInterrupt:
+        pass
+    except APIError as e:
+        if e.status == 404 and e.errcode != "unknown_run":
+            raise CLIError("this orchestrator has no run stream (upgrade it)") from None
+        raise
+    return EXIT_OK
 
 
 def cmdRunList(c: Context) -> int:
@@ -558,9 +768,33 @@ def cmdRunList(c: Context) -> int:
     return EXIT_OK
 
 
+def _steps(c: Context, runID: str) -> Optional[List[Dict[str, Any]]]:
+    try:
+        return c.client.get("/v1/runs/%s/steps" % (runID,))["steps"]
+    except APIError as e:
+        if e.status in (400, 404) and e.errcode != "unknown_run":
+            return None  # an orchestrator without steps
+        raise
+
+
+def _span(step: Dict[str, Any]) -> str:
+    start, end = step.get("started_at"), step.get("ended_at")
+    if not start:
+        return "-"
+    if not end:
+        return "since " + fmtTime(start)
+    try:
+        a = datetime.datetime.fromisoformat(start.replace("Z", "+00:00"))
+        b = datetime.datetime.fromisoformat(end.replace("Z", "+00:00"))
+        return "%.1fs" % ((b - a).total_seconds(),)
+    except ValueError:
+        return "-"
+
+
 def showRun(c: Context, run: Dict[str, Any]) -> None:
+    steps = _steps(c, run["run_id"])
     if c.args.json:
-        c.json(run)
+        c.json(dict(run, steps=steps) if steps is not None else run)
         return
     c.say("run         %s" % (run["run_id"],))
     c.say("package     %s@%s" % (run["package_name"], run["version"]))
@@ -575,6 +809,12 @@ def showRun(c: Context, run: Dict[str, Any]) -> None:
     summary = ", ".join("%s %d" % (k, v) for k, v in counts.items()) or "none"
     c.say("events      %d received (%s); %d emitted, %d dropped by the sensor"
           % (run["events_received"], summary, run["events_emitted"], run["events_dropped"]))
+    if steps:
+        c.say("")
+        table(c.out, ["STEP", "STATE", "TOOK", "ATTEMPTS", "OUTCOME"],
+              [(st["name"], st["state"], _span(st), st["attempts"] or "-",
+                trunc(st["outcome"] + (" — " + st["detail"] if st.get("detail") else ""), 70)) for st in steps])
+        c.say("")
     devs = run.get("deviations") or []
     c.say("deviations  %d%s" % (len(devs), " (max severity %s)" % run["max_severity"] if run.get("max_severity") else ""))
     if devs:
@@ -584,6 +824,45 @@ def showRun(c: Context, run: Dict[str, Any]) -> None:
         if run["verdict"] == "deviations" and not run.get("decision"):
             c.say("")
             c.say("review: fangs baseline promote %s   |   fangs run reject %s" % (short(run["run_id"]), short(run["run_id"])))
+
+
+def cmdRunArtifact(c: Context) -> int:
+    """
+    Save the tarball a run scanned, checked against its SHA-512.
+    """
+    import hashlib
+
+    runID = c.resolve(c.args.id, "run")
+    run = c.client.get("/v1/runs/" + runID)
+    art = run.get("artifact")
+    if not art:
+        raise CLIError("run %s has no tarball record (scanned before artifacts were kept, or not a registry release)"
+                       % (short(runID),), EXIT_NOT_FOUND)
+    if not art.get("url"):
+        raise CLIError("run %s has no stored tarball: %s (%s)" % (short(runID), art["status"], art.get("detail") or "-"),
+                       EXIT_NOT_FOUND)
+    data = c.client.raw(art["url"])
+    if hashlib.sha512(data).hexdigest() != art["sha512"]:
+        raise CLIError("the orchestrator sent %d bytes whose SHA-512 is not the artifact's %s..." % (len(data), art["sha512"][:16]))
+    out = c.args.output
+    if out == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    if not out:
+        out = "%s-%s.tgz" % (run["package_name"].replace("@", "").replace("/", "-"), run["version"])
+    tmp = out + ".part"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise CLIError("cannot write %s: %s" % (out, e.strerror or e)) from None
+    if c.args.json:
+        c.json({"file": out, "size": len(data), "sha512": art["sha512"], "status": art["status"], "detail": art["detail"]})
+    else:
+        c.say("wrote %s (%d bytes, sha512 %s...): %s, %s" % (out, len(data), art["sha512"][:16], art["status"], art["detail"]))
+    return EXIT_OK
 
 
 def cmdRunShow(c: Context) -> int:
@@ -914,6 +1193,11 @@ def buildParser() -> argparse.ArgumentParser:
     sp.add_argument("--skip-initial-scan", action="store_true")
     sp.add_argument("--wait", action="store_true", help="follow the kickoff run until its verdict")
     scanOptions(sp)
+    sp = cmd(g, "import", cmdPackageImport,
+             "watch every package a package-lock.json, npm-shrinkwrap.json or package.json names (transitive ones too)")
+    sp.add_argument("file", help="package-lock.json, npm-shrinkwrap.json or package.json")
+    sp.add_argument("--dry-run", action="store_true", help="say what would be watched, change nothing")
+    sp.add_argument("--show", type=int, default=20, help=argparse.SUPPRESS)
     cmd(g, "list", cmdPackageList, "watched packages", aliases=["ls"])
     sp = cmd(g, "remove", cmdPackageRemove, "stop watching a package (runs and baseline are kept)", aliases=["rm"])
     sp.add_argument("name")
@@ -942,6 +1226,15 @@ def buildParser() -> argparse.ArgumentParser:
         ("reject", lambda c: _decide(c, "reject"), "reject a run: its behaviour never enters the baseline"),
     ):
         cmd(g, name, fn, help).add_argument("id", help="run id or unique prefix")
+    sp = cmd(g, "artifact", cmdRunArtifact, "save the tarball a run scanned (checked against its SHA-512)")
+    sp.add_argument("id", help="run id or unique prefix")
+    sp.add_argument("-o", "--output", help="file to write (default PACKAGE-VERSION.tgz; - for stdout)")
+    sp = cmd(g, "watch", cmdRunWatch, "follow runs live: queued, started, updated, completed, failed, cancelled")
+    sp.add_argument("--package", help="only this package's runs")
+    sp.add_argument("--state", help="only lines of this run state or type (e.g. done, run.completed)")
+    sp.add_argument("--run", help="only this run (id or unique prefix)")
+    sp.add_argument("--since", help="first send every line after this cursor (from an earlier --json line)")
+    sp.add_argument("--count", type=int, default=0, help="stop after this many run lines")
     sp = cmd(g, "events", cmdRunEvents, "a run's events (NDJSON with --json)")
     sp.add_argument("id", help="run id or unique prefix")
     sp.add_argument("--type", choices=sorted(wire.EVENT_TYPE_IDS))

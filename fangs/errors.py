@@ -41,6 +41,11 @@ class ConflictError(FangsError):
     status = 409
 
 
+class Gone(FangsError):
+    code = "gone"
+    status = 410
+
+
 class PayloadTooLarge(FangsError):
     code = "payload_too_large"
     status = 413

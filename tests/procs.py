@@ -80,12 +80,16 @@ class Daemon:
 
 
 class OrchestratorProcess(Daemon):
-    def __init__(self, testCase: Any, db: Optional[str] = None, port: Optional[int] = None, extra: Optional[List[str]] = None) -> None:
+    def __init__(self, testCase: Any, db: Optional[str] = None, port: Optional[int] = None, extra: Optional[List[str]] = None,
+                 artifacts: bool = False) -> None:
         self.port = port or freePort()
         self.db = db or os.path.join(tempfile.mkdtemp(prefix="fangs-db-"), "fangs.db")
+        # Most tests scan made-up releases: fetching their tarballs from the
+        # real registry would only add noise.  Tests of artifacts turn it on.
+        quiet = [] if artifacts else ["--no-artifacts"]
         super().__init__(
             testCase,
-            ["fangs-orchestrator", "--addr", "127.0.0.1:%d" % (self.port,), "--db", self.db] + (extra or []),
+            ["fangs-orchestrator", "--addr", "127.0.0.1:%d" % (self.port,), "--db", self.db] + quiet + (extra or []),
             "orchestrator",
         )
         self.url = "http://127.0.0.1:%d" % (self.port,)

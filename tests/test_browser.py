@@ -19,12 +19,15 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from fangs import wire
+from fangs.orchestrator.watcher import scanRequest
 from tests import prereq
 from tests.procs import REPO, OrchestratorProcess, httpClient, sleep
 
@@ -379,6 +382,16 @@ class BrowserTests(TestCase):
         widths = b.evaluate("Array.from(document.querySelectorAll('.stack .seg')).map(s => s.style.width)")
         assert widths and all(w.endswith("%") for w in widths), widths
         b.screenshot(os.path.join(SCREENSHOTS, "overview.png"))
+        # ... and at once when the run stream says a run moved (the fallback poll is a minute away now).
+        assert b.evaluate("document.getElementById('overview-live').dataset.stream") == "open", "no run stream"
+        before = b.evaluate("document.getElementById('overview-live').dataset.refreshed")
+        queued = json.loads(wire.dumps(scanRequest("left-pad", "9.9.9", 10 * wire.SECOND, "runner-a")))
+        req = urllib.request.Request(base + "/v1/scans", data=json.dumps(queued).encode(),
+                                     headers={"Content-Type": "application/json"})
+        urllib.request.urlopen(req, timeout=10).read()
+        b.idle(2.0)
+        after = b.evaluate("document.getElementById('overview-live').dataset.refreshed")
+        assert after is not None and after != before, "the run stream did not refresh the overview"
 
         b.navigate(base + "/ui/pending")
         assert b.evaluate("document.querySelectorAll('section.review').length") == 2

@@ -262,3 +262,40 @@ class CLITests(TestCase):
         common = os.path.commonprefix([r["run_id"] for r in runs])
         self.assertGreaterEqual(len(common), 4)
         await self.fails(1, "run", "show", common[:max(4, len(common))], inErr="ambiguous")
+
+    def test_packageImport(self):
+        return Deferred.fromCoroutine(self._packageImport())
+
+    async def _packageImport(self):
+        """
+        C{fangs package import} watches every registry package of a real
+        lockfile, skips those already watched and says what it added.
+        """
+        lockfiles = os.path.join(REPO, "tests", "fixtures", "lockfiles")
+        await self.ok("package", "add", "is-number", "--skip-initial-scan")
+        out = await self.ok("package", "import", os.path.join(lockfiles, "package.json"))
+        self.assertIn("5 registry packages (direct only); now watching 4 new, 1 already watched", out)
+        for name in ("@babel/code-frame", "express", "left-pad", "string-width"):
+            self.assertIn("  + " + name + "\n", out)
+        code, out, err = await self.fangs("--json", "package", "import", os.path.join(lockfiles, "v3-package-lock.json"))
+        self.assertEqual(code, 0, err)
+        report = json.loads(out)
+        self.assertEqual(report["packages"], 81)
+        self.assertEqual(len(report["already_watched"]), 5)
+        self.assertEqual(len(report["added"]), 76)
+        watched = {p["name"] for p in json.loads(await self.ok("--json", "package", "list"))}
+        self.assertEqual(len(watched), 81)
+        self.assertIn("body-parser", watched)
+        # The progress bar goes to stderr and ends complete.
+        code, out, err = await self.fangs("package", "import", os.path.join(lockfiles, "workspace-package-lock.json"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("skipped local-lib: a link to vendor/local-lib", out)
+        self.assertIn("now watching 1 new, 3 already watched", out)
+        self.assertIn("  + is-odd\n", out)
+        self.assertIn("] 1/1 packages watched", err)
+        # A broken lockfile: one line naming the file and the place.
+        bad = os.path.abspath(self.mktemp())
+        with open(bad, "w") as f:
+            f.write('{"lockfileVersion": 3,\n "packages": {"node_modules/a": []}}')
+        await self.fails(2, "package", "import", bad, inErr='packages["node_modules/a"] must be a JSON object')
+        await self.fails(2, "package", "import", bad + ".missing", inErr="cannot read it")

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
-from fangs.errors import BadRequest, FangsError, NotFoundError, PayloadTooLarge, Unauthorized
+from fangs.errors import BadRequest, FangsError, Gone, NotFoundError, PayloadTooLarge, Unauthorized
 from fangs.orchestrator import differ
 from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, SESSION_COOKIE, SESSION_SECONDS, Authenticator
 from fangs.orchestrator import store as S
@@ -35,6 +35,7 @@ from fangs.orchestrator.site import MAX_NDJSON_LINE
 log = Logger()
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_SHA512 = re.compile(r"^[0-9a-f]{128}$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 JSON = b"application/json"
 NDJSON = b"application/x-ndjson"
@@ -162,6 +163,24 @@ def runJSON(run: S.RunRow) -> Dict[str, Any]:
     }
 
 
+def artifactJSON(a: Any) -> Optional[Dict[str, Any]]:
+    """
+    The run's tarball: where to fetch it and what its integrity check found.
+    """
+    if a is None:
+        return None
+    return {
+        "sha512": a.sha512,
+        "status": a.status,
+        "detail": a.detail,
+        "integrity": a.integrity,
+        "tarball_url": a.tarball_url,
+        "size": a.size,
+        "checked_at": nsToTimestamp(a.checked_ns),
+        "url": "/v1/artifacts/%s" % (a.sha512,) if a.sha512 and a.stored else None,
+    }
+
+
 def deviationJSON(d: S.DeviationRow) -> Dict[str, Any]:
     return {
         "id": d.id,
@@ -231,9 +250,11 @@ def stringField(body: Dict[str, Any], name: str, required: bool = True, default:
 class OrchestratorAPI:
     app = Klein()
 
-    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None) -> None:
+    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None, stream: Any = None) -> None:
         self.core = core
         self.auth = auth or Authenticator("none")
+        #: The L{fangs.orchestrator.stream.RunStream} of C{/v1/runs/stream}, or None.
+        self.stream = stream
 
     async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> None:
         """
@@ -317,6 +338,37 @@ class OrchestratorAPI:
             request,
             wire.HealthResponse(status="ok", orchestrator_id=self.core.orchestratorID, version=self.core.version),
         )
+
+    @app.route("/v1/admin/health", methods=["GET"])
+    async def adminHealth(self, request: IRequest) -> bytes:
+        """
+        Readiness: the database answers, and what waits: queue depth (per
+        tenant), runners, open long polls and stream subscribers.  503 when
+        the database does not answer.
+        """
+        await self.auth.requireOperator(request, SCOPE_READ)
+        clock = self.core.clock
+        started = clock.seconds()
+        try:
+            depth = await self.core.store.queueDepth()
+            db = {"backend": getattr(self.core.store, "backend", "?"), "ok": True,
+                  "latency_ms": round((clock.seconds() - started) * 1000, 1)}
+        except Exception as e:
+            log.warn("admin health: the database did not answer ({error})", error=str(e))
+            depth, db = None, {"backend": getattr(self.core.store, "backend", "?"), "ok": False, "error": type(e).__name__}
+        runners = self.core.registry.all()
+        body = {
+            "status": "ok" if db["ok"] else "unavailable",
+            "orchestrator_id": self.core.orchestratorID,
+            "version": self.core.version,
+            "database": db,
+            # One tenant until tenants exist: every queued run is the default tenant's.
+            "queue": {"depth": depth, "by_tenant": {"default": depth} if depth is not None else {}},
+            "runners": {"registered": len(runners), "busy": sum(1 for r in runners if r.active_run_ids or r.active_run_id)},
+            "long_polls_waiting": self.core.dispatcher.waiterCount(),
+            "stream_subscribers": len(self.stream.subscribers) if self.stream is not None else 0,
+        }
+        return self._json(request, body, 200 if db["ok"] else 503)
 
     @app.route("/v1/runners/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
@@ -436,6 +488,35 @@ class OrchestratorAPI:
             request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""}
         )
 
+    @app.route("/v1/runs/stream", methods=["GET"])
+    async def runStream(self, request: IRequest) -> Any:
+        """
+        The live run stream: NDJSON, or a WebSocket when the request upgrades.
+        """
+        from fangs.orchestrator import streamhttp
+        from fangs.orchestrator.stream import StreamError
+
+        await self.auth.requireOperator(request, SCOPE_READ)
+        if self.stream is None:
+            raise NotFoundError("this orchestrator has no run stream")
+        flt, since = streamhttp.streamQuery(request)
+        if streamhttp.wantsWebSocket(request):
+            try:
+                await self.stream.checkSince(since)
+            except StreamError as e:
+                raise BadRequest(str(e)) from None
+            return streamhttp.webSocketResource(self.stream, flt, since)
+        return await streamhttp.serveNDJSON(self.stream, request, flt, since)
+
+    @app.route("/v1/runs/<runID>/steps", methods=["GET"])
+    async def runSteps(self, request: IRequest, runID: str) -> bytes:
+        from fangs.orchestrator.steps import runSteps, stepsJSON
+
+        await self.auth.requireOperator(request, SCOPE_READ)
+        run = await self.core.requireRun(runIDFromPath(runID))
+        steps = runSteps(run, await self.core.store.outboxFor(run.id))
+        return self._json(request, {"run_id": run.id, "steps": stepsJSON(steps, nsToTimestamp)})
+
     @app.route("/v1/runs/<runID>", methods=["GET"])
     async def getRun(self, request: IRequest, runID: str) -> bytes:
         await self.auth.requireOperator(request, SCOPE_READ)
@@ -445,7 +526,28 @@ class OrchestratorAPI:
         body["job"] = json.loads(run.job)
         body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
         body["deviations"] = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id)]
+        body["artifact"] = artifactJSON(await self.core.store.artifactFor(run.id))
         return self._json(request, body)
+
+    @app.route("/v1/artifacts/<sha512>", methods=["GET"])
+    async def getArtifact(self, request: IRequest, sha512: str) -> bytes:
+        """
+        A scanned tarball by its SHA-512 (hex).
+        """
+        await self.auth.requireOperator(request, SCOPE_READ)
+        if not _SHA512.match(sha512):
+            raise BadRequest("an artifact id is the 128 lower-case hex characters of its SHA-512")
+        found = await self.core.store.getArtifact(sha512)
+        if found is None:
+            raise NotFoundError("artifact %s... not found" % (sha512[:16],), code="unknown_artifact")
+        size, data = found
+        if data is None:
+            raise Gone("artifact %s... (%d bytes) was dropped by retention; its hash and integrity check are"
+                       " kept with the runs" % (sha512[:16], size), code="artifact_expired")
+        request.setHeader(b"Content-Type", b"application/gzip")
+        request.setHeader(b"Content-Disposition", b'attachment; filename="%s.tgz"' % (sha512[:16].encode(),))
+        request.setHeader(b"X-Fangs-Sha512", sha512.encode())
+        return data
 
     # -- review ---------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class Orchestrator:
         version: str = "dev",
         analyzer: Optional[Analyzer] = None,
         metrics: Optional[Metrics] = None,
+        runEvents: Any = None,
     ) -> None:
         self.clock = clock
         self.store = store
@@ -84,6 +85,10 @@ class Orchestrator:
         self.analyzer = analyzer or Analyzer()
         self.metrics = metrics if metrics is not None else Metrics(version, processMetrics=False)
         self.metrics.watch(registry, dispatcher)
+        #: A L{fangs.orchestrator.stream.RunStreamPublisher}, or None.
+        self.runEvents = runEvents
+        #: A L{fangs.orchestrator.artifacts.ArtifactFetcher}, or None (no tarballs kept).
+        self.artifacts: Any = None
 
     def nowNs(self) -> int:
         return int(self.clock.seconds() * 1_000_000_000)
@@ -141,6 +146,9 @@ class Orchestrator:
         now = self.nowNs()
         await self.store.confirmDispatch(runID, now, now + duration + grace + LOST_MARGIN_NS)
         log.info("run {run_id} dispatched", run_id=runID)
+        if self.runEvents is not None:
+            self.runEvents.announce("run.started", runID, job.get("package_name") or "", job.get("version") or "",
+                                    "dispatched")
 
     # -- scans --------------------------------------------------------------
 
@@ -185,6 +193,11 @@ class Orchestrator:
             )
             self.dispatcher.wake(target)
             self.metrics.scansSubmitted.inc()
+            if self.runEvents is not None:
+                self.runEvents.announce("run.queued", runID, package, job.version, "pending",
+                                        target_runner=target or "")
+            if self.artifacts is not None and job.kind == "sandbox_scan" and job.package_name and job.version:
+                self.artifacts.fetchForRun(runID, job.package_name, job.version)
         return runID, created
 
     def _withDefaults(self, job: wire.Job) -> wire.Job:
@@ -252,6 +265,10 @@ class Orchestrator:
                 persisted += outcome.events
                 if outcome.inserted:
                     self.analyzer.batchStored(runID, rows, None)
+                    if self.runEvents is not None:
+                        # The stream keeps at most a few of these a second.
+                        self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
+                                                events_received=run.events_received + persisted)
 
         try:
             for lineno, line in enumerate(lines, 1):
@@ -336,6 +353,8 @@ class Orchestrator:
         except S.NotFound:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
         log.info("run {run_id} cancel requested (state {state})", run_id=runID, state=run.state)
+        if self.runEvents is not None and run.state == "cancelled":
+            self.runEvents.run("run.cancelled", run)
         return run
 
     # -- review ---------------------------------------------------------------

@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator import differ
+from fangs.orchestrator import artifactdb, differ, streamdb
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import AllowEntry, ConfigSync, planConfigSync
 
@@ -328,6 +328,8 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         ALTER TABLE runs ADD COLUMN events_unresolved BIGINT NOT NULL DEFAULT 0
         """,
     ),
+    (20, "run stream", streamdb.POSTGRES_SCHEMA),
+    (21, "artifacts", artifactdb.POSTGRES_SCHEMA),
 ]
 
 
@@ -515,11 +517,12 @@ CHECKED = frozenset(
     listTokens revokeToken hasAdminToken upsertNotifier listNotifiers getNotifier deleteNotifier
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
+    appendStream streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
     """.split()
 )
 
 
-class PostgresStore(S.SQLiteStore):
+class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactStorage, S.SQLiteStore):
     """
     PostgreSQL backend.  C{jobListeners} are called on the reactor thread
     with a runner id (or None for the shared queue) whenever any store on the
@@ -543,6 +546,8 @@ class PostgresStore(S.SQLiteStore):
         self._stopping = threading.Event()
         self.jobListeners: List[Callable[[Optional[str]], Any]] = []
         self.runnerListeners: List[Callable[[str], Any]] = []
+        #: Called on the reactor thread when any orchestrator appended a run stream line.
+        self.streamListeners: List[Callable[[], Any]] = []
         #: Calls made before the migrations are done wait here.
         self._gate: Optional[List[Tuple[Deferred, Callable[..., Any], Tuple[Any, ...]]]] = []
 
@@ -678,6 +683,7 @@ class PostgresStore(S.SQLiteStore):
                 with psycopg.connect(self._dsn, autocommit=True, application_name="fangs-listen") as raw:
                     raw.execute("LISTEN %s" % (JOBS_CHANNEL,))
                     raw.execute("LISTEN %s" % (RUNNERS_CHANNEL,))
+                    raw.execute("LISTEN %s" % (streamdb.STREAM_CHANNEL,))
                     backoff = 0.5
                     # Jobs may have been queued while not listening.
                     self._deliver(JOBS_CHANNEL, SHARED_QUEUE)
@@ -699,6 +705,13 @@ class PostgresStore(S.SQLiteStore):
 
     def _notified(self, channel: str, payload: str) -> None:
         listeners: List[Callable[..., Any]]
+        if channel == streamdb.STREAM_CHANNEL:
+            for listener in list(self.streamListeners):
+                try:
+                    listener()
+                except Exception:
+                    log.failure("a run stream listener failed")
+            return
         if channel == JOBS_CHANNEL:
             listeners, arg = list(self.jobListeners), (None if payload == SHARED_QUEUE else payload)
         else:

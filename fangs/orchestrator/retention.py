@@ -1,7 +1,8 @@
 """
 Retention: raw events older than C{--retention-days} are deleted, a batch
 per transaction so no lock is held for long, except every event a deviation
-cites as evidence.  Runs, verdicts, deviations, baselines and the audit are
+cites as evidence; so are the bytes of scanned tarballs no run used for as
+long (their hash, size and integrity outcome stay with the runs).  Runs, verdicts, deviations, baselines and the audit are
 never pruned.  Works on both stores (C{pruneEvents(cutoffNs, batch)}); two
 orchestrators pruning one PostgreSQL database at once take different rows.
 """
@@ -53,6 +54,9 @@ class Pruner:
                 await deferLater(self._clock, self.pause, lambda: None)
             if total:
                 log.info("retention: deleted {n} events older than {days} days", n=total, days=self.days)
+            dropped = await self._store.pruneArtifacts(cutoff)
+            if dropped:
+                log.info("retention: dropped {n} tarballs unused for {days} days", n=dropped, days=self.days)
         except Exception:
             log.failure("retention prune failed after {n} events", n=total)
         finally:

@@ -24,7 +24,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator import differ
+from fangs.orchestrator import artifactdb, differ, streamdb
 from fangs.orchestrator.allowlist import AllowEntry, Allowlist, ConfigSync, planConfigSync
 
 log = Logger()
@@ -505,10 +505,12 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         ALTER TABLE runs ADD COLUMN events_unresolved INTEGER NOT NULL DEFAULT 0
         """,
     ),
+    (20, "run stream", streamdb.SQLITE_SCHEMA),
+    (21, "artifacts", artifactdb.SQLITE_SCHEMA),
 ]
 
 
-class SQLiteStore:
+class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage):
     """
     SQLite backend: WAL, foreign keys, versioned migrations, one connection on
     one dedicated thread.
@@ -2117,9 +2119,11 @@ class SQLiteStore:
     def outboxFor(self, runID: str) -> "Deferred[List[Dict[str, Any]]]":
         return self._call(
             lambda conn: [
-                {"id": r[0], "notifier_name": r[1], "template": r[2], "state": r[3], "attempts": r[4], "last_error": r[5]}
+                {"id": r[0], "notifier_name": r[1], "template": r[2], "state": r[3], "attempts": r[4], "last_error": r[5],
+                 "created_ns": r[6], "updated_ns": r[7]}
                 for r in conn.execute(
-                    "SELECT id, notifier_name, template, state, attempts, last_error FROM outbox WHERE run_id = ?"
+                    "SELECT id, notifier_name, template, state, attempts, last_error, created_ns, updated_ns"
+                    " FROM outbox WHERE run_id = ?"
                     " ORDER BY notifier_name",
                     (runID,),
                 )

@@ -59,6 +59,7 @@ class Options(usage.Options):
     ]
     optFlags = [
         ["init-admin-token", None, "Create an admin API token at start-up when none exists and print it once."],
+        ["no-artifacts", None, "Do not fetch and keep the tarball of each scanned release from --registry-url."],
     ]
 
     def postOptions(self) -> None:
@@ -138,10 +139,11 @@ class OrchestratorService(service.MultiService):
     Opens the store before anything else starts and closes it last.
     """
 
-    def __init__(self, store: Any, core: Any) -> None:
+    def __init__(self, store: Any, core: Any, stream: Any = None) -> None:
         super().__init__()
         self.store = store
         self.core = core
+        self.stream = stream
         self._started: Optional[Deferred] = None
 
     def privilegedStartService(self) -> None:
@@ -152,6 +154,8 @@ class OrchestratorService(service.MultiService):
 
     async def _open(self) -> None:
         await self.store.start()
+        if self.stream is not None:
+            await self.stream.start()
         requeued = await self.store.requeueLeased()
         if requeued:
             log.info("{n} leased jobs went back to the queue", n=requeued)
@@ -182,6 +186,8 @@ class OrchestratorService(service.MultiService):
 
     def stopService(self) -> Deferred:
         self.core.dispatcher.cancelAll()
+        if self.stream is not None:
+            self.stream.stop()
         d = super().stopService()
 
         def closeStore(r: Any) -> Any:
@@ -222,6 +228,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if options["tls-cert"]:
         metrics.watchCertificate("server", options["tls-cert"])
     analyzer = RunAnalyzer(reactor, store, metrics=metrics)
+    from fangs.orchestrator.stream import RunStream, RunStreamPublisher
+
+    stream = RunStream(reactor, store)
+    runEvents = RunStreamPublisher(stream, store)
+    analyzer.listeners.append(runEvents.verdict)
     core = Orchestrator(
         reactor,
         store,
@@ -232,11 +243,12 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         version=fangs.__version__,
         analyzer=analyzer,
         metrics=metrics,
+        runEvents=runEvents,
     )
     from fangs.orchestrator.auth import Authenticator
 
-    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store, clock=reactor))
-    top = OrchestratorService(store, core)
+    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store, clock=reactor), stream=stream)
+    top = OrchestratorService(store, core, stream)
 
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
     sweeper.clock = reactor
@@ -246,6 +258,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
 
         retentionService(reactor, store, options["retention-days"]).setServiceParent(top)
 
+    if not options["no-artifacts"]:
+        _addArtifacts(top, reactor, core, options)
     if options["watch-interval"] > 0:
         _addWatcher(top, reactor, core, options)
     _addNotifier(top, reactor, core, analyzer)
@@ -270,20 +284,48 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     return top
 
 
+def _registryClient(reactor: Any, options: Options, persistent: int) -> Any:
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from fangs.orchestrator.registryclient import RegistryClient
+
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = persistent
+    http = HTTPClient(Agent(reactor, pool=pool))
+    return RegistryClient(http, reactor, options["registry-url"]), http, pool
+
+
+class _ArtifactService(service.Service):
+    def __init__(self, fetcher: Any, pool: Any) -> None:
+        self.fetcher = fetcher
+        self.pool = pool
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self.fetcher.stop()
+        return self.pool.closeCachedConnections()
+
+
+def _addArtifacts(parent: service.MultiService, reactor: Any, core: Any, options: Options) -> None:
+    """
+    The tarball of each scanned release, fetched from the registry and kept by hash.
+    """
+    from fangs.orchestrator.artifacts import ArtifactFetcher
+
+    registry, http, pool = _registryClient(reactor, options, 4)
+    core.artifacts = ArtifactFetcher(reactor, registry, http, core.store)
+    _ArtifactService(core.artifacts, pool).setServiceParent(parent)
+
+
 def _addWatcher(parent: service.MultiService, reactor: Any, core: Any, options: Options) -> None:
     """
     The npm watcher's C{TimerService}: polls at start, then every
     C{--watch-interval} seconds.
     """
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    from fangs.orchestrator.registryclient import RegistryClient
     from fangs.orchestrator.watcher import DEFAULT_CONCURRENCY, Watcher
 
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = DEFAULT_CONCURRENCY
-    registry = RegistryClient(HTTPClient(Agent(reactor, pool=pool)), reactor, options["registry-url"])
+    registry, _, _ = _registryClient(reactor, options, DEFAULT_CONCURRENCY)
 
     async def submit(request: Any, key: str) -> str:
         runID, _ = await core.submitScan(request, key, requireTarget=False)

@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
 from fangs.errors import BadRequest, FangsError, Forbidden, NotFoundError
+from fangs.orchestrator.steps import runSteps
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import KINDS as ALLOW_KINDS
@@ -581,6 +582,7 @@ class DashboardUI:
             treeCapped=len(treeEvents) >= TREE_EVENT_CAP,
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
+            steps=runSteps(run, await self.store.outboxFor(run.id)),
         )
 
     async def _run(self, runID: str) -> S.RunRow:

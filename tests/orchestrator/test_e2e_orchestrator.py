@@ -58,7 +58,8 @@ class PluginServiceTests(TestCase):
     async def _realSocket(self):
         port = freePort()
         options = tap.Options()
-        options.parseOptions(["--addr", "127.0.0.1:%d" % (port,), "--db", self.mktemp() + ".db", "--poll-wait", "1"])
+        options.parseOptions(["--addr", "127.0.0.1:%d" % (port,), "--db", self.mktemp() + ".db", "--poll-wait", "1",
+                             "--no-artifacts"])
         svc = tap.makeService(options)
         svc.privilegedStartService()
         svc.startService()

@@ -23,12 +23,19 @@
     }
   }
 
-  // Elements with data-refresh-url are re-fetched and swapped in place.
+  // Elements with data-refresh-url are re-fetched and swapped in place:
+  // at once when the run stream (data-stream-url) says a run moved, and
+  // every data-refresh-interval ms as a fallback (rarely, while the stream
+  // is open).
   function live(el) {
     var url = el.getAttribute("data-refresh-url");
     var every = parseInt(el.getAttribute("data-refresh-interval") || "5000", 10);
     if (!(every >= 1000)) every = 5000;
+    var timer = null;
+    var streaming = false;
     function tick() {
+      if (timer) window.clearTimeout(timer);
+      timer = null;
       fetch(url, { credentials: "same-origin", headers: { "Accept": "text/html" } })
         .then(function (r) {
           if (!r.ok) throw new Error("HTTP " + r.status);
@@ -40,9 +47,58 @@
           el.setAttribute("data-refreshed", String(Date.now()));
         })
         .catch(function (err) { console.warn("refresh of " + url + " failed: " + err); })
-        .then(function () { window.setTimeout(tick, every); });
+        .then(function () { timer = window.setTimeout(tick, streaming ? every * 12 : every); });
     }
-    window.setTimeout(tick, every);
+    timer = window.setTimeout(tick, every);
+    follow(el, function (open) { streaming = open; }, tick);
+  }
+
+  // Reads the NDJSON run stream; calls moved() (debounced) on run lines and
+  // reconnects with the last cursor when the stream breaks.
+  function follow(el, state, moved) {
+    var url = el.getAttribute("data-stream-url");
+    if (!url || !window.fetch || !window.TextDecoder || !window.ReadableStream) return;
+    var since = "";
+    var pending = null;
+    function changed() {
+      if (!pending) pending = window.setTimeout(function () { pending = null; moved(); }, 250);
+    }
+    function open() {
+      var target = url + (since ? (url.indexOf("?") < 0 ? "?" : "&") + "since=" + since : "");
+      fetch(target, { credentials: "same-origin", headers: { "Accept": "application/x-ndjson" } })
+        .then(function (r) {
+          if (!r.ok || !r.body) throw new Error("HTTP " + r.status);
+          var reader = r.body.getReader();
+          var decoder = new TextDecoder();
+          var buf = "";
+          el.setAttribute("data-stream", "open");
+          state(true);
+          function pump() {
+            return reader.read().then(function (res) {
+              if (res.done) throw new Error("the stream ended");
+              buf += decoder.decode(res.value, { stream: true });
+              var i;
+              while ((i = buf.indexOf("\n")) >= 0) {
+                var text = buf.slice(0, i);
+                buf = buf.slice(i + 1);
+                if (!text.trim()) continue;
+                var line = JSON.parse(text);
+                if (line.cursor && line.type !== "stream.keepalive") since = line.cursor;
+                if (line.type.indexOf("run.") === 0) changed();
+              }
+              return pump();
+            });
+          }
+          return pump();
+        })
+        .catch(function (err) {
+          el.setAttribute("data-stream", "closed");
+          state(false);
+          console.warn("run stream: " + err + "; reconnecting");
+          window.setTimeout(open, 3000);
+        });
+    }
+    open();
   }
 
   function start() {

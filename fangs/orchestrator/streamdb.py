@@ -1,0 +1,138 @@
+"""
+Storage of the run stream (C{GET /v1/runs/stream}): one row per line, in
+cursor order, shared by every orchestrator on the database.
+
+The table keeps a bounded history (L{HISTORY} lines): a client that
+reconnects with C{since=<cursor>} is sent every line after its cursor, and
+one whose cursor fell out of the history is told so.  Cursors are allocated
+in commit order on both engines, so a reader that has seen cursor N never
+later finds a line below N: SQLite has one writer; on PostgreSQL each append
+takes the one counter row's lock until it commits.
+
+The mixins are composed into L{fangs.orchestrator.store.SQLiteStore} and
+L{fangs.orchestrator.pgstore.PostgresStore}; they use the store's
+C{_call(f, *args)}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Tuple
+
+import attrs
+
+#: Lines kept for reconnecting clients.
+HISTORY = 100_000
+#: The history is trimmed once every this many lines.
+TRIM_EVERY = 1_000
+#: PostgreSQL channel that tells other orchestrators a line was appended.
+STREAM_CHANNEL = "fangs_stream"
+
+SQLITE_SCHEMA = """
+    CREATE TABLE run_stream (
+        cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts_ns INTEGER NOT NULL,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        run_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL
+    )
+"""
+
+POSTGRES_SCHEMA = """
+    CREATE TABLE run_stream (
+        cursor BIGINT PRIMARY KEY,
+        ts_ns BIGINT NOT NULL,
+        tenant TEXT NOT NULL DEFAULT 'default',
+        run_id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE TABLE run_stream_head (one INTEGER PRIMARY KEY CHECK (one = 1), cursor BIGINT NOT NULL);
+    INSERT INTO run_stream_head VALUES (1, 0)
+"""
+
+
+@attrs.frozen
+class StreamRow:
+    cursor: int
+    ts_ns: int
+    tenant: str
+    run_id: str
+    type: str
+    #: The line's JSON object without its cursor, as text.
+    body: str
+
+
+_COLUMNS = "cursor, ts_ns, tenant, run_id, type, body"
+
+
+class SQLiteStreamStorage:
+    def appendStream(self, tsNs: int, tenant: str, runID: str, type: str, body: str) -> Any:
+        """
+        Append one line. @return: a Deferred firing with its cursor.
+        """
+        return self._call(self._thd_appendStream, tsNs, tenant, runID, type, body)  # type: ignore[attr-defined]
+
+    def _thd_appendStream(self, conn: Any, tsNs: int, tenant: str, runID: str, type: str, body: str) -> int:
+        from fangs.orchestrator.store import _transaction
+
+        with _transaction(conn):
+            cursor = conn.execute(
+                "INSERT INTO run_stream (ts_ns, tenant, run_id, type, body) VALUES (?, ?, ?, ?, ?)",
+                (tsNs, tenant, runID, type, body),
+            ).lastrowid
+            if cursor % TRIM_EVERY == 0:
+                conn.execute("DELETE FROM run_stream WHERE cursor <= ?", (cursor - HISTORY,))
+            return int(cursor)
+
+    def streamSince(self, cursor: int, limit: int = 1000) -> Any:
+        """
+        Lines after C{cursor}, oldest first, at most C{limit}.
+        """
+        return self._call(self._thd_streamSince, cursor, limit)  # type: ignore[attr-defined]
+
+    def _thd_streamSince(self, conn: Any, cursor: int, limit: int) -> List[StreamRow]:
+        rows = conn.execute(
+            "SELECT " + _COLUMNS + " FROM run_stream WHERE cursor > ? ORDER BY cursor LIMIT ?", (cursor, limit)
+        ).fetchall()
+        return [StreamRow(*r) for r in rows]
+
+    def streamBounds(self) -> Any:
+        """
+        C{(oldest, head)}: the first cursor still kept (None when empty) and
+        the last one handed out (0 before the first line).
+        """
+        return self._call(self._thd_streamBounds)  # type: ignore[attr-defined]
+
+    def _thd_streamBounds(self, conn: Any) -> Tuple[Optional[int], int]:
+        oldest, newest = conn.execute("SELECT MIN(cursor), MAX(cursor) FROM run_stream").fetchone()
+        seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'run_stream'").fetchone()
+        return oldest, int(seq[0]) if seq else int(newest or 0)
+
+
+class PostgresStreamStorage(SQLiteStreamStorage):
+    def _thd_appendStream(self, conn: Any, tsNs: int, tenant: str, runID: str, type: str, body: str) -> int:
+        from fangs.orchestrator.pgstore import _begin
+
+        with _begin(conn) as raw:
+            # The counter row's lock is held until COMMIT: cursors commit in order.
+            (cursor,) = raw.execute("UPDATE run_stream_head SET cursor = cursor + 1 RETURNING cursor").fetchone()
+            raw.execute(
+                "INSERT INTO run_stream (" + _COLUMNS + ") VALUES (%s, %s, %s, %s, %s, %s)",
+                (cursor, tsNs, tenant, runID, type, body),
+            )
+            if cursor % TRIM_EVERY == 0:
+                raw.execute("DELETE FROM run_stream WHERE cursor <= %s", (cursor - HISTORY,))
+            raw.execute("SELECT pg_notify(%s, %s)", (STREAM_CHANNEL, str(cursor)))
+            return int(cursor)
+
+    def _thd_streamSince(self, conn: Any, cursor: int, limit: int) -> List[StreamRow]:
+        rows = conn.raw.execute(
+            "SELECT " + _COLUMNS + " FROM run_stream WHERE cursor > %s ORDER BY cursor LIMIT %s", (cursor, limit)
+        ).fetchall()
+        return [StreamRow(*r) for r in rows]
+
+    def _thd_streamBounds(self, conn: Any) -> Tuple[Optional[int], int]:
+        (oldest,) = conn.raw.execute("SELECT MIN(cursor) FROM run_stream").fetchone()
+        (head,) = conn.raw.execute("SELECT cursor FROM run_stream_head").fetchone()
+        return oldest, int(head)
