@@ -8,8 +8,10 @@ method here and renders the answer.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import attrs
@@ -38,6 +40,9 @@ MAX_DURATION_NS = 24 * 3600 * wire.SECOND
 JOB_POLL_INTERVAL_NS = 5 * wire.SECOND
 HEARTBEAT_INTERVAL_NS = 30 * wire.SECOND
 JOB_KINDS = ("sensor_only", "sandbox_scan")
+#: Runner capability: results carry each run's own events_dropped (else the
+#: runner's cumulative counter, whose increase is counted).
+PER_RUN_DROPS = "events_dropped.per_run"
 INGEST_PIPELINE = 8
 
 
@@ -145,7 +150,11 @@ class Orchestrator:
     # -- scans --------------------------------------------------------------
 
     async def submitScan(
-        self, req: wire.ScanRequest, idempotencyKey: Optional[str] = None, requireTarget: bool = True
+        self,
+        req: wire.ScanRequest,
+        idempotencyKey: Optional[str] = None,
+        requireTarget: bool = True,
+        idempotencyDigest: str = "",
     ) -> Tuple[str, bool]:
         """
         Queue a scan: apply defaults, create the run, wake a waiting runner.
@@ -170,9 +179,12 @@ class Orchestrator:
             job=wire.dumps(job).decode("utf-8"),
             created_ns=self.nowNs(),
             idempotency_key=idempotencyKey,
+            idempotency_digest=idempotencyDigest,
         )
         try:
             runID, created = await self.store.createRun(run)
+        except S.IdempotencyMismatch as e:
+            raise ConflictError(str(e), code="idempotency_key_reused") from None
         except S.Conflict:
             raise ConflictError("run_id %s exists already" % (run.id,)) from None
         if created:
@@ -201,6 +213,7 @@ class Orchestrator:
         for i, wp in enumerate(job.watched_paths or ()):
             if not wp.prefix.startswith("/") or not 1 <= len(wp.prefix.encode()) <= 256:
                 raise BadRequest("job.watched_paths[%d].prefix must be absolute and at most 256 bytes" % (i,))
+        checkScanPolicy(job, self.config)
         sandbox = job.sandbox
         if sandbox is not None:
             if sandbox.grace_period < 0 or sandbox.grace_period > 600 * wire.SECOND:
@@ -234,6 +247,7 @@ class Orchestrator:
         L{BadRequest}; every batch before it stays stored.
         """
         run = await self.requireRun(runID)
+        finished = run.result_status is not None
         span = self._deadlineSpan(run)
         credPaths = credPathsOf(run)
         batches = events = persisted = 0
@@ -264,6 +278,20 @@ class Orchestrator:
                     raise BadRequest(
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
+                if finished:
+                    # After the result only a resend of stored batches is
+                    # accepted (a runner retrying a stream it had sent).
+                    await settle(0)
+                    if not await self.store.batchStored(runID, seq):
+                        raise ConflictError(
+                            "run %s has its result already; events after it are refused"
+                            " (line %d, batch seq %d; %d batches before it were accepted as resends)"
+                            % (runID, lineno, seq, batches),
+                            code="run_finished",
+                        )
+                    batches += 1
+                    events += len(rows)
+                    continue
                 self.metrics.eventsIn(r.type for r in rows)
                 now = self.nowNs()
                 inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows, self.clock.seconds()))
@@ -294,13 +322,20 @@ class Orchestrator:
         for name in ("events_emitted", "events_dropped", "duration"):
             if getattr(result, name) < 0:
                 raise BadRequest("%s must not be negative" % (name,))
+        dropped = result.events_dropped
+        current = await self.store.getRun(runID)
+        if current is not None and current.result_status is None and current.runner_id and not self._perRunDrops(current.runner_id):
+            # A runner that reports its process-wide cumulative counter (the
+            # Go runner): this run's drops are the increase since its last
+            # report.
+            dropped = await self.store.dropIncrease(current.runner_id, result.events_dropped)
         try:
             run, changed = await self.store.recordResult(
                 runID,
                 result.status,
                 result.reason,
                 result.events_emitted,
-                result.events_dropped,
+                dropped,
                 result.duration,
                 self.nowNs(),
             )
@@ -317,9 +352,19 @@ class Orchestrator:
                 dropped=result.events_dropped,
                 received=run.events_received,
             )
-            self.metrics.resultRecorded(result.status, result.duration, result.events_dropped)
+            self.metrics.resultRecorded(result.status, result.duration, dropped)
             self.analyzer.runFinished(runID)
         return run
+
+    def _perRunDrops(self, runnerID: str) -> bool:
+        """
+        Whether the runner announced (capability C{events_dropped.per_run})
+        that its results count each run's own drops.
+        """
+        record = self.registry.get(runnerID)
+        if record is None:
+            return True  # unknown now: take the number as it came
+        return PER_RUN_DROPS in (record.registration.capabilities or ())
 
     async def cancel(self, runID: str) -> S.RunRow:
         try:
@@ -487,3 +532,46 @@ def _encodePayload(payload: Dict[str, Any]) -> str:
         return orjson.dumps(payload).decode("utf-8")
     except TypeError:  # an integer beyond 64 bits: stdlib JSON keeps it
         return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+_CGROUP_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_CGROUP_PATH = re.compile(r"^(?:/sys/fs/cgroup/unified|/sys/fs/cgroup)?/fangs(?:/%s)+$" % (_CGROUP_NAME,))
+PULL_POLICIES = ("", "never", "missing", "always")
+
+
+def checkScanPolicy(job: wire.Job, config: Any) -> None:
+    """
+    What a write-scope caller may ask a runner to do: watch a cgroup only
+    of a C{sensor_only} job and only under the runner's own C{/fangs/}
+    tree, run only allowed images, and ask for at most the configured
+    memory, CPU and pids.
+
+    @raise BadRequest: the job asks for more.
+    """
+    kind = job.kind or "sensor_only"
+    if job.cgroup_path:
+        if kind != "sensor_only":
+            raise BadRequest("job.cgroup_path is only for sensor_only jobs")
+        if not _CGROUP_PATH.match(job.cgroup_path) or "/../" in job.cgroup_path + "/" or "/./" in job.cgroup_path + "/":
+            raise BadRequest("job.cgroup_path must name a cgroup under the runner's /fangs/ tree (like /fangs/<name>)")
+    sandbox = job.sandbox
+    if sandbox is None:
+        return
+    if sandbox.cgroup_parent and not _CGROUP_PATH.match(sandbox.cgroup_parent):
+        raise BadRequest("job.sandbox.cgroup_parent must be under /fangs/")
+    image = sandbox.image or config.sandboxImage
+    if not any(fnmatch.fnmatchcase(image, pattern) for pattern in config.allowedImages()):
+        raise BadRequest(
+            "job.sandbox.image %r is not allowed (allowed: %s; see sandbox.images in the config)"
+            % (image, ", ".join(config.allowedImages()))
+        )
+    if sandbox.pull_policy not in PULL_POLICIES:
+        raise BadRequest("job.sandbox.pull_policy must be one of never, missing, always")
+    for field, ceiling, what in (
+        ("memory_bytes", config.maxMemoryBytes, "sandbox.max_memory_bytes"),
+        ("nano_cpus", config.maxNanoCpus, "sandbox.max_nano_cpus"),
+        ("pids_limit", config.maxPids, "sandbox.max_pids"),
+    ):
+        value = getattr(sandbox, field)
+        if value < 0 or value > ceiling:
+            raise BadRequest("job.sandbox.%s must be between 0 and %d (%s)" % (field, ceiling, what))

@@ -318,6 +318,24 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         CREATE INDEX deviations_by_rank ON deviations(severity_rank, detected_ns, id)
         """,
     ),
+    (
+        50,
+        "harden: server-side sessions, idempotency digests, runner drop counters",
+        """
+        CREATE TABLE dashboard_sessions (
+            id_hash TEXT PRIMARY KEY,
+            token_id TEXT NOT NULL,
+            created_ns BIGINT NOT NULL,
+            expires_ns BIGINT NOT NULL
+        );
+        CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
+        ALTER TABLE runs ADD COLUMN idempotency_digest TEXT NOT NULL DEFAULT '';
+        CREATE TABLE runner_drop_counters (
+            runner_id TEXT PRIMARY KEY,
+            events_dropped BIGINT NOT NULL
+        )
+        """,
+    ),
 ]
 
 
@@ -707,15 +725,21 @@ class PostgresStore(S.SQLiteStore):
         with _begin(conn) as raw:
             try:
                 row = raw.execute(
-                    "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job, idempotency_key, created_ns)"
-                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s)"
+                    "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job, idempotency_key,"
+                    " idempotency_digest, created_ns)"
+                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s)"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                    (run.id, run.package_name, run.version, run.kind, run.target_runner, run.job, run.idempotency_key, run.created_ns),
+                    (run.id, run.package_name, run.version, run.kind, run.target_runner, run.job, run.idempotency_key,
+                     run.idempotency_digest, run.created_ns),
                 ).fetchone()
             except psycopg.errors.UniqueViolation:
                 raise S.Conflict("run %s exists already" % (run.id,)) from None
             if row is None:
-                return raw.execute("SELECT id FROM runs WHERE idempotency_key = %s", (run.idempotency_key,)).fetchone()[0], False
+                found = raw.execute(
+                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = %s", (run.idempotency_key,)
+                ).fetchone()
+                S.checkIdempotency(found[1], run.idempotency_digest)
+                return found[0], False
             raw.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, run.target_runner or SHARED_QUEUE))
             return run.id, True
 
