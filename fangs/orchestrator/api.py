@@ -984,6 +984,15 @@ class OrchestratorAPI:
             out[key.replace("_ns", "_at")] = nsToTimestamp(out.pop(key))
         return out
 
+    def _targetPolicy(self) -> Any:
+        from fangs.orchestrator.notifier import TargetPolicy
+
+        sender = getattr(self.core, "notifier", None)
+        if sender is not None and getattr(sender, "policy", None) is not None:
+            return sender.policy
+        cfg = self.core.config
+        return TargetPolicy.fromConfig(cfg.notifierAllowPrivate, cfg.notifierEnv)
+
     async def _requireNotifier(self, name: str) -> Dict[str, Any]:
         from fangs.orchestrator.notifier import checkName
 
@@ -1003,7 +1012,7 @@ class OrchestratorAPI:
 
         await self.auth.requireOperator(request, SCOPE_ADMIN)
         body = jsonObject(request)
-        target = parseNotifier(stringField(body, "name"), body)
+        target = parseNotifier(stringField(body, "name"), body, self._targetPolicy())
         created = await self.core.store.upsertNotifier(target, actorOf(request), self.core.nowNs())
         found = await self.core.store.getNotifier(target["name"])
         return self._json(request, dict(self._notifierJSON(found), created=created), 201 if created else 200)

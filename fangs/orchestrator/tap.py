@@ -459,10 +459,20 @@ def _addNotifier(parent: service.MultiService, reactor: Any, core: Any, analyzer
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from fangs.orchestrator.notifier import NotifierService
+    from fangs.orchestrator.notifier import NotifierService, TargetPolicy, pinnedClients, threadResolver
 
     pool = HTTPConnectionPool(reactor, persistent=True)
-    notifier = NotifierService(reactor, core.store, HTTPClient(Agent(reactor, pool=pool)), metrics=core.metrics, pool=pool)
+    cfg = core.config
+    notifier = NotifierService(
+        reactor,
+        core.store,
+        HTTPClient(Agent(reactor, pool=pool)),
+        metrics=core.metrics,
+        pool=pool,
+        policy=TargetPolicy.fromConfig(cfg.notifierAllowPrivate, cfg.notifierEnv),
+        resolver=threadResolver(reactor),
+        httpFor=pinnedClients(reactor, pool),
+    )
     analyzer.listeners.append(notifier.wake)
     core.notifier = notifier
     notifier.setServiceParent(parent)
