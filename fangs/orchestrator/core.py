@@ -530,8 +530,13 @@ def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
 def _encodePayload(payload: Dict[str, Any]) -> str:
     try:
         return orjson.dumps(payload).decode("utf-8")
-    except TypeError:  # an integer beyond 64 bits: stdlib JSON keeps it
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:  # an integer beyond 64 bits (stdlib JSON keeps it), or a lone surrogate
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("payload holds text that is not valid Unicode (a lone surrogate escape)") from None
+        return text
 
 
 _CGROUP_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"

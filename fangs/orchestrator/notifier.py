@@ -169,6 +169,15 @@ class TargetPolicy:
             return "%s is not a public address" % (ip,)
         return None
 
+    def allowlisted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allowPrivate)
+
     def checkEnv(self, name: str, what: str) -> None:
         if name not in self.env:
             raise BadRequest(
@@ -208,7 +217,7 @@ def checkURL(url: Any, policy: Optional[TargetPolicy] = None) -> str:
         why = policy.refusal(a)
         if why is not None:
             raise BadRequest("url host %s refused: %s (allow it in the config's notifiers.allow_private)" % (host, why))
-    if parts.scheme == "http" and not addresses:
+    if parts.scheme == "http" and not (addresses or policy.allowPrivate):
         raise BadRequest("plain http:// is only allowed to an allowlisted address (notifiers.allow_private); use https://")
     return url
 
@@ -362,8 +371,10 @@ def slackCode(text: Any) -> str:
     Package-controlled text inside a Slack code span: no backtick can end
     the span, and C{&<>} are escaped (Slack parses them even in code).
     """
-    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return _breakMentions(text.replace("`", "\u02cb"))
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\u02cb")
+    for ch in "*~":
+        text = text.replace(ch, ch + _ZWSP)
+    return _breakLinks(_breakMentions(text))
 
 
 _DISCORD_MARKUP = re.compile(r"([\\*_~|`>\[\]])")
@@ -381,7 +392,10 @@ def discordText(text: Any) -> str:
 
 
 def discordCode(text: Any) -> str:
-    return _breakMentions(str(text).replace("`", "\u02cb"))
+    text = str(text).replace("`", "\u02cb").replace("<", "\u2039").replace(">", "\u203a")
+    for ch in "*~|":
+        text = text.replace(ch, ch + _ZWSP)
+    return _breakLinks(_breakMentions(text))
 
 
 def plainText(text: Any) -> str:
@@ -391,7 +405,8 @@ def plainText(text: Any) -> str:
     brackets and square brackets replaced by look-alikes.
     """
     text = str(text)
-    for a, b in (("<", "\u2039"), (">", "\u203a"), ("[", "\u2045"), ("]", "\u2046"), ("`", "\u02cb")):
+    for a, b in (("<", "\u2039"), (">", "\u203a"), ("[", "\u2045"), ("]", "\u2046"), ("`", "\u02cb"),
+                 ("*", "*" + _ZWSP), ("~", "~" + _ZWSP)):
         text = text.replace(a, b)
     return _breakLinks(_breakMentions(text))
 
@@ -842,6 +857,8 @@ class NotifierService(service.Service):
                 return FAILED, None, "dns: %s has no address" % (host,), "", None
         for a in addresses:
             why = self.policy.refusal(a)
+            if why is None and url.startswith("http:") and not self.policy.allowlisted(a):
+                why = "%s is not in notifiers.allow_private (plain http:// goes to allowlisted addresses only)" % (a,)
             if why is not None:
                 return PERMANENT, None, "url host %s refused: %s" % (host, why), "", None
         http = self._httpFor(addresses[0]) if self._httpFor is not None else self._http

@@ -37,6 +37,8 @@ MAX_NDJSON_LINE = 1024 * 1024
 MAX_STREAM = 256 * 1024 * 1024
 IDLE_TIMEOUT = 60
 PREAUTH_BUFFER = 64 * 1024
+#: Seconds a refused connection is still read (and discarded) after its answer.
+LINGER = 2.0
 
 _STREAM_PATH = re.compile(rb"^/v1/runs/[^/?]+/events(\?|$)")
 
@@ -52,6 +54,7 @@ class FangsRequest(Request):
     _lineLength = 0
     #: The gate is still deciding: the body waits, requestReceived too.
     gatePending = False
+    _pendingTooLarge = ""
     _gatePaused = False
     _stashed: Any = None
 
@@ -97,6 +100,12 @@ class FangsRequest(Request):
             self.channel.transport.pauseProducing()
 
     def _tooLarge(self, message: str) -> None:
+        if self.gatePending:
+            # Who is sending decides first: an unauthenticated stream is a
+            # 401 however long its lines.
+            self._pendingTooLarge = message
+            self.bodyTooLarge = True
+            return
         self.bodyTooLarge = True
         self.tooLargeMessage = message
         try:
@@ -118,6 +127,11 @@ class FangsRequest(Request):
         handled), or answer its refusal and close the connection.
         """
         self.gatePending = False
+        if self.channel is None:
+            return  # the client went away meanwhile
+        if failure is None and self._pendingTooLarge:
+            self._tooLarge(self._pendingTooLarge)
+            return
         if failure is not None:
             err = failure.value
             status = getattr(err, "status", 500)
@@ -194,7 +208,15 @@ class FangsHTTPChannel(HTTPChannel):
             b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%s"
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, reason, extra, len(body), body)
         )
-        self.transport.loseConnection()
+        # Close our side once the answer is out, but keep reading (and
+        # discarding) for a moment: closing a socket with unread data makes
+        # the kernel send a reset, and the client would lose the answer.
+        halfClose = getattr(self.transport, "loseWriteConnection", None)
+        if halfClose is not None and not hasattr(self.transport, "getPeerCertificate"):
+            halfClose()
+            self._linger = self.callLater(LINGER, self.transport.abortConnection)
+        else:
+            self.transport.loseConnection()
         try:
             self.transport.resumeProducing()  # let the close happen even if the gate paused reading
         except Exception:
@@ -238,7 +260,14 @@ class FangsHTTPChannel(HTTPChannel):
         self._awaitingHeaders = True  # what comes next is another request
         super().allContentReceived()
 
+    _linger: Any = None
+
+    def readConnectionLost(self) -> None:
+        self.transport.loseConnection()
+
     def connectionLost(self, reason: Any) -> None:
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
         self._cancelHeadersDeadline()
         super().connectionLost(reason)
 
