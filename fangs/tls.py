@@ -401,9 +401,16 @@ def installReloadOnSIGHUP(tls: Optional[ReloadableServerTLS], reactor: Any, also
     previous = signal.getsignal(signal.SIGHUP)
 
     def handler(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reload)
+        later = getattr(reactor, "callFromThread", None)
+        if later is not None:
+            later(reload)
+        else:  # a test clock
+            reload()
         if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
-            previous(signum, frame)
+            try:
+                previous(signum, frame)
+            except Exception as e:
+                log.error("an earlier SIGHUP handler failed: {error}", error=str(e))
 
     signal.signal(signal.SIGHUP, handler)
 

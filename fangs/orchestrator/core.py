@@ -278,6 +278,7 @@ class Orchestrator:
                     raise BadRequest(
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
+                self.metrics.eventsIn(r.type for r in rows)
                 if finished:
                     # After the result only a resend of stored batches is
                     # accepted (a runner retrying a stream it had sent).
@@ -289,10 +290,6 @@ class Orchestrator:
                             % (runID, lineno, seq, batches),
                             code="run_finished",
                         )
-                    batches += 1
-                    events += len(rows)
-                    continue
-                self.metrics.eventsIn(r.type for r in rows)
                 now = self.nowNs()
                 inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows, self.clock.seconds()))
                 batches += 1

@@ -523,6 +523,7 @@ CHECKED = frozenset(
     listTokens revokeToken hasAdminToken upsertNotifier listNotifiers getNotifier deleteNotifier
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
+    createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored
     """.split()
 )
 

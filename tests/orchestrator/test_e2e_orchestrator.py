@@ -41,6 +41,8 @@ class ChunkedBody:
 
 async def jsonCall(client, method, url, body=None, raw=None, headers=None):
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    if data is not None and headers is None:
+        headers = {"Content-Type": "application/json"}
     r = await client.request(method, url, data=data, headers=headers)
     content = await r.content()
     try:
@@ -87,7 +89,7 @@ class PluginServiceTests(TestCase):
         code, body = await jsonCall(client, "POST", url + "/v1/scans", raw=b"x" * (65 * 1024))
         self.assertEqual(code, 413)
         self.assertEqual(body["error"]["code"], "payload_too_large")
-        r = await client.post(url + "/v1/runners/register", data=ChunkedBody([b"x" * 4096] * 17))
+        r = await client.post(url + "/v1/runners/register", data=ChunkedBody([b"x" * 4096] * 17), headers={"Content-Type": "application/json"})
         self.assertEqual(r.code, 413)
         self.assertEqual(json.loads(await r.content())["error"]["code"], "payload_too_large")
         # A long event stream is not bound by the small-body limit.
