@@ -92,10 +92,14 @@ class PluginServiceTests(TestCase):
         r = await client.post(url + "/v1/runners/register", data=ChunkedBody([b"x" * 4096] * 17), headers={"Content-Type": "application/json"})
         self.assertEqual(r.code, 413)
         self.assertEqual(json.loads(await r.content())["error"]["code"], "payload_too_large")
-        # A long event stream is not bound by the small-body limit.
+        # A long event stream is not bound by the small-body limit (a new
+        # run: events after a run's result are refused).
+        code, body = await jsonCall(client, "POST", url + "/v1/scans", {"target_runner": "w1", "Job": {"kind": "sandbox_scan", "package_name": "is-number", "version": "7.0.1", "sandbox": {}}})
+        runID = body["run_id"]
+        self.assertEqual((await jsonCall(client, "GET", url + "/v1/runners/w1/jobs"))[0], 200)
         lines = b"".join(batchLine(i, [fileEvent("/usr/lib/x%d" % i)] * 20) for i in range(3, 300))
         self.assertGreater(len(lines), 64 * 1024)
-        code, ack = await jsonCall(client, "POST", url + "/v1/runs/%s/events" % runID, raw=lines)
+        code, ack = await jsonCall(client, "POST", url + "/v1/runs/%s/events" % runID, raw=lines, headers={"Content-Type": "application/x-ndjson"})
         self.assertEqual((code, ack["persisted"]), (200, 297 * 20))
 
 
