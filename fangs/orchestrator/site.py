@@ -200,6 +200,16 @@ class FangsHTTPChannel(HTTPChannel):
         if self._rejected:
             return
         self._rejected = True
+        req = self.requests[-1] if self.requests else None
+        log.info(
+            "{method} {path} from {peer} refused before its body: {status} {code}: {message}",
+            method=(getattr(req, "requestMethod", b"") or b"?").decode("latin-1"),
+            path=(getattr(req, "requestPath", b"") or b"?")[:300].decode("latin-1"),
+            peer=str(getattr(self.transport.getPeer(), "host", "?")),
+            status=status,
+            code=code,
+            message=message,
+        )
         body = wire.dumps(wire.ErrorEnvelope(wire.ErrorBody(code=code, message=message, trace_id=os.urandom(16).hex())))
         extra = b'WWW-Authenticate: Bearer realm="fangs"\r\n' if status == 401 else b""
         reason = {401: b"Unauthorized", 403: b"Forbidden", 413: b"Payload Too Large", 400: b"Bad Request",
