@@ -382,17 +382,27 @@ class TokenModeTests(TestCase):
         code, other = await self.call("POST", "/v1/scans", scanBody(version="6.6.6"), self.writer2, headers=dict(JSONH, **key))
         self.assertEqual(code, 202)
         self.assertNotEqual(other["run_id"], first["run_id"])
-        # The watcher's keys cannot be taken: a decoy cannot stop the real release's scan.
-        decoy = {"Idempotency-Key": ["watch:left-pad@1.3.1"]}
-        code, body = await self.call("POST", "/v1/scans", scanBody(version="1.3.1"), self.writer, headers=dict(JSONH, **decoy))
-        self.assertEqual(code, 403, body)
+        # The watcher's keys cannot be taken: a decoy under watch:<pkg>@<ver>
+        # queues the watcher's own scan of that release, not the decoy.
+        decoy = scanBody(version="1.3.1", sandbox={"command": ["true"], "image": "fangs-sandbox/node:20"})
+        key = {"Idempotency-Key": ["watch:left-pad@1.3.1"]}
+        code, queued = await self.call("POST", "/v1/scans", decoy, self.writer, headers=dict(JSONH, **key))
+        self.assertEqual(code, 202, queued)
+        job = json.loads(self.o.rows("SELECT job FROM runs WHERE id = ?", queued["run_id"])[0][0])
+        self.assertNotEqual(job["sandbox"]["command"], ["true"])
+        self.assertIn("left-pad@1.3.1", " ".join(job["sandbox"]["command"]))
         from fangs import wire
+        from fangs.orchestrator.watcher import idempotencyKey, scanRequest
 
-        runID, created = await self.o.core.submitScan(
-            wire.structure(scanBody(version="1.3.1"), wire.ScanRequest), "watch:left-pad@1.3.1", requireTarget=False
-        )
-        self.assertTrue(created)
-        self.assertEqual(self.o.rows("SELECT version FROM runs WHERE id = ?", runID)[0][0], "1.3.1")
+        runID, created = await self.o.core.submitScan(scanRequest("left-pad", "1.3.1"), idempotencyKey("left-pad", "1.3.1"), requireTarget=False)
+        self.assertEqual((runID, created), (queued["run_id"], False))  # the watcher finds the real scan
+        for bad in (scanBody(version="9.9.9"), scanBody(package_name="other", version="1.3.1")):
+            code, body = await self.call("POST", "/v1/scans", bad, self.writer, headers=dict(JSONH, **key))
+            self.assertEqual(code, 403, body)
+        code, body = await self.call("POST", "/v1/scans", scanBody(version="1.0.0"), self.writer,
+                                     headers=dict(JSONH, **{"Idempotency-Key": ["watch:../x"]}))
+        self.assertEqual(code, 403, body)
+        del wire
 
     # -- 8. no 500 ------------------------------------------------------------------
 

@@ -66,7 +66,10 @@ class Locker:
 
 async def call(client: Any, method: str, url: str, body: Any = None, raw: bytes = None) -> Tuple[int, Any]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    r = await client.request(method, url, data=data, timeout=30)
+    headers = None
+    if data is not None:
+        headers = {"Content-Type": ["application/x-ndjson" if url.endswith("/events") else "application/json"]}
+    r = await client.request(method, url, data=data, timeout=30, headers=headers)
     content = await r.content()
     return r.code, json.loads(content) if content else None
 

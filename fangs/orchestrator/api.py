@@ -605,12 +605,35 @@ class OrchestratorAPI:
             if not 1 <= len(key) <= 200:
                 raise BadRequest("Idempotency-Key must be 1-200 characters")
             if key.lower().startswith("watch:"):
-                raise Forbidden("Idempotency-Key values starting with watch: are reserved for the watcher")
+                # The watcher's key names the watcher's own scan of that
+                # release: whatever the body asked for, the scan queued is
+                # exactly the one the watcher would queue (so a decoy under
+                # this key cannot stand in for the real release's scan).
+                req = self._watcherScan(key, req)
+                runID, created = await self.core.submitScan(req, key, requireTarget=False)
+                return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
             # Keys are the caller's own: another caller's key names another run.
             key = "api:%s:%s" % (callerKey(caller), key)
             digest = hashlib.sha256(readBody(request)).hexdigest()
         runID, created = await self.core.submitScan(req, key, requireTarget=False, idempotencyDigest=digest)
         return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
+
+    def _watcherScan(self, key: str, req: wire.ScanRequest) -> wire.ScanRequest:
+        from fangs.orchestrator.watcher import idempotencyKey, scanRequest
+
+        spec = key[len("watch:") :]
+        at = spec.rfind("@")
+        package, version = (spec[:at], spec[at + 1 :]) if at > 0 else ("", "")
+        try:
+            npm.checkPackageName(package)
+            npm.checkVersion(version)
+        except ValueError:
+            raise Forbidden("Idempotency-Key watch:<package>@<version> is reserved for the watcher's scans") from None
+        if idempotencyKey(package, version) != key:
+            raise Forbidden("Idempotency-Key watch:<package>@<version> is reserved for the watcher's scans")
+        if req.job.package_name != package or req.job.version != version:
+            raise Forbidden("Idempotency-Key %s names another package or version than the job" % (key[:200],))
+        return scanRequest(package, version, int(self.core.config.scanDurationSeconds * 1e9))
 
     @app.route("/v1/runs/<runID>/events", methods=["POST"])
     async def postEvents(self, request: IRequest, runID: str) -> bytes:
