@@ -952,7 +952,7 @@ class OrchestratorAPI:
         request.redirect(b"/ui/login")
         return b""
 
-    @app.route("/ui/static/", branch=True)
+    @app.route("/ui/static/", branch=True, methods=["GET", "HEAD"])
     def dashboardStatic(self, request: IRequest) -> Any:
         from fangs.orchestrator.ui import STATIC
 
