@@ -842,3 +842,56 @@ class TLSHardeningTests(TestCase):
         self.certs.write(name + ".pem", pki.certPEM(cert))
         self.certs.write(name + "-key.pem", pki.keyPEM(key))
         return self.clientOptions(name)
+
+
+class TwistdFilesTests(TestCase):
+    """
+    Finding 2 and 9 under the real twistd: the log file, database and key
+    files are created private, and the --init-admin-token secret is not in
+    the log.
+    """
+
+    timeout = 60
+
+    def test_privateFilesAndNoSecretInLog(self) -> Deferred:
+        return Deferred.fromCoroutine(self._twistd())
+
+    async def _twistd(self) -> None:
+        import subprocess
+
+        from tests.procs import REPO, TWISTD
+
+        top = os.path.abspath(self.mktemp())
+        os.makedirs(top)
+        os.chmod(top, 0o755)
+        logPath = os.path.join(top, "orchestrator.log")
+        state = os.path.join(top, "state")
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = subprocess.Popen(
+            TWISTD + ["-n", "--pidfile=", "--logfile=" + logPath, "fangs-orchestrator", "--addr", "127.0.0.1:%d" % (freePort(),),
+                      "--db", os.path.join(state, "fangs.db"), "--watch-interval", "0", "--auth", "token", "--init-admin-token"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+
+        def stop() -> None:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+
+        self.addCleanup(stop)
+        tokenFile = os.path.join(state, "initial-admin-token")
+        for _ in range(150):
+            if os.path.exists(tokenFile) and os.path.getsize(tokenFile) and os.path.exists(logPath) and b"written to" in open(logPath, "rb").read():
+                break
+            await sleep(0.1)
+        with open(tokenFile) as f:
+            token = f.read().strip()
+        self.assertTrue(token.startswith("fangs_"))
+        with open(logPath, "rb") as f:
+            log = f.read()
+        self.assertNotIn(token.split("_")[2].encode(), log)
+        self.assertIn(b"initial admin token", log)
+        self.assertEqual(os.stat(logPath).st_mode & 0o077, 0)
+        self.assertEqual(os.stat(state).st_mode & 0o777, 0o700)
+        for name in ("fangs.db", "session.key", "initial-admin-token"):
+            self.assertEqual(os.stat(os.path.join(state, name)).st_mode & 0o077, 0, name)
