@@ -177,7 +177,9 @@ class DatabaseLockedTests(TestCase):
         locker.release()
 
         # Each batch is whole or absent: the one the 503 was about is absent;
-        # one already queued behind it may have been stored once the lock went.
+        # one already queued behind it may have been stored once the lock went
+        # (its own busy wait ends within a few hundred milliseconds of that).
+        await sleep(1.0)
         events, distinct, batches = o.stored(runID)
         self.assertEqual((events, distinct), (10 * batches, 10 * batches))
         self.assertNotIn(2, o.seqs(runID))
