@@ -111,7 +111,9 @@ class Authenticator:
         if clock is None:
             from twisted.internet import reactor as clock  # noqa: only when none is given
         self._clock = clock
-        self._sessionKeys = sessionKeys
+        # Without a key file (embedded, tests) sessions are signed with a
+        # key that lives in this process only.
+        self._sessionKeys = sessionKeys if sessionKeys is not None else EphemeralSessionKeys()
 
     async def principal(self, request: Any) -> Principal:
         """
@@ -356,6 +358,20 @@ class SessionKeys:
             if hmac.compare_digest(want, mac):
                 return sessionID
         return None
+
+
+class EphemeralSessionKeys(SessionKeys):
+    """
+    A random session key kept in memory only: every session ends with the
+    process.
+    """
+
+    def __init__(self) -> None:
+        self.path = ""
+        self._keys = [os.urandom(32)]
+
+    def reload(self) -> None:
+        pass
 
 
 def rotateSessionKey(path: str, keep: int = 1) -> None:

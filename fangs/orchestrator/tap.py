@@ -98,7 +98,8 @@ class Options(usage.Options):
             raise usage.UsageError("--tls-reload-interval must be 0 (off) or a number of seconds")
         self["endpoint"] = self["listen"] or _addrToEndpoint(self["addr"])
         self._checkTLS()
-        if self["auth-mode"] == "none" and not _isLoopbackEndpoint(self["endpoint"]) and not self["i-know-this-is-unauthenticated"]:
+        local = _isLoopbackEndpoint(self["endpoint"]) or self["endpoint"].startswith("unix:")
+        if self["auth-mode"] == "none" and not local and not self["i-know-this-is-unauthenticated"]:
             raise usage.UsageError(
                 "--auth none on a non-loopback address lets anyone on the network run scans and create admin tokens; "
                 "use --auth token or mtls, or add --i-know-this-is-unauthenticated"
