@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import os
 import weakref
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, unquote
 
 import attrs
