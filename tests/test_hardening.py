@@ -465,6 +465,9 @@ class TokenModeTests(TestCase):
             scanBody(sandbox={"image": "fangs-sandbox/node:20", "nano_cpus": 64 * 10**9}),
             scanBody(sandbox={"image": "fangs-sandbox/node:20", "pids_limit": 10**7}),
             scanBody(sandbox={"image": "fangs-sandbox/node:20", "pull_policy": "sometimes"}),
+            scanBody(sandbox={"image": "fangs-sandbox/node:20", "pull_policy": "always"}),
+            scanBody(sandbox={"image": "fangs-sandbox/node:20", "network_mode": "container:postgres"}),
+            scanBody(sandbox={"image": "fangs-sandbox/node:20", "network_mode": "internal-db-net"}),
             scanBody(sandbox={"image": "fangs-sandbox/node:20", "cgroup_parent": "/system.slice"}),
         ]
         for body in refused:

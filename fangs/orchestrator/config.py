@@ -58,6 +58,11 @@ class OrchestratorConfig:
     maxMemoryBytes: int = DEFAULT_MAX_MEMORY
     maxNanoCpus: int = DEFAULT_MAX_NANO_CPUS
     maxPids: int = DEFAULT_MAX_PIDS
+    #: Pull policies a scan may ask for ("never": images come from the
+    #: runner's own store; a pull could fetch a squatted image of an allowed name).
+    pullPolicies: Tuple[str, ...] = ("never",)
+    #: Docker networks a scan may join (besides the default).
+    networkModes: Tuple[str, ...] = ("none", "bridge")
     #: Notifier targets in loopback/private/link-local ranges that an
     #: operator allowed (CIDRs); everything else of those ranges is refused.
     notifierAllowPrivate: Tuple[str, ...] = ()
@@ -188,6 +193,8 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         maxMemoryBytes=count(sandbox, "max_memory_bytes", DEFAULT_MAX_MEMORY, "sandbox"),
         maxNanoCpus=count(sandbox, "max_nano_cpus", DEFAULT_MAX_NANO_CPUS, "sandbox"),
         maxPids=count(sandbox, "max_pids", DEFAULT_MAX_PIDS, "sandbox"),
+        pullPolicies=names(sandbox, "pull_policies", "sandbox") or ("never",),
+        networkModes=names(sandbox, "network_modes", "sandbox") or ("none", "bridge"),
         notifierAllowPrivate=allowPrivate,
         notifierEnv=env,
         operatorScopes=tuple(opScopes),

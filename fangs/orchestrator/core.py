@@ -213,7 +213,6 @@ class Orchestrator:
         for i, wp in enumerate(job.watched_paths or ()):
             if not wp.prefix.startswith("/") or not 1 <= len(wp.prefix.encode()) <= 256:
                 raise BadRequest("job.watched_paths[%d].prefix must be absolute and at most 256 bytes" % (i,))
-        checkScanPolicy(job, self.config)
         sandbox = job.sandbox
         if sandbox is not None:
             if sandbox.grace_period < 0 or sandbox.grace_period > 600 * wire.SECOND:
@@ -222,6 +221,10 @@ class Orchestrator:
                 raise BadRequest("job.sandbox.network_mode host is not allowed")
             if not sandbox.image:
                 sandbox = attrs.evolve(sandbox, image=self.config.sandboxImage)
+            if not sandbox.pull_policy:
+                # The runner's default would pull a missing image.
+                sandbox = attrs.evolve(sandbox, pull_policy=self.config.pullPolicies[0])
+        checkScanPolicy(attrs.evolve(job, kind=kind, sandbox=sandbox), self.config)
         return attrs.evolve(
             job,
             kind=kind,
@@ -569,6 +572,16 @@ def checkScanPolicy(job: wire.Job, config: Any) -> None:
         )
     if sandbox.pull_policy not in PULL_POLICIES:
         raise BadRequest("job.sandbox.pull_policy must be one of never, missing, always")
+    if sandbox.pull_policy and sandbox.pull_policy not in config.pullPolicies:
+        raise BadRequest(
+            "job.sandbox.pull_policy %s is not allowed (allowed: %s; see sandbox.pull_policies in the config)"
+            % (sandbox.pull_policy, ", ".join(config.pullPolicies))
+        )
+    if sandbox.network_mode and sandbox.network_mode not in config.networkModes:
+        raise BadRequest(
+            "job.sandbox.network_mode %r is not allowed (allowed: %s; see sandbox.network_modes in the config)"
+            % (sandbox.network_mode[:100], ", ".join(config.networkModes))
+        )
     for field, ceiling, what in (
         ("memory_bytes", config.maxMemoryBytes, "sandbox.max_memory_bytes"),
         ("nano_cpus", config.maxNanoCpus, "sandbox.max_nano_cpus"),
