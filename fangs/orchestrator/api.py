@@ -419,12 +419,11 @@ class OrchestratorAPI:
         """
         if self.auth.mode == "none":
             return
-        p = await self.auth.requireKind(request, "runner")
+        await self.auth.requireKind(request, "runner")
         run = await self.core.store.getRun(runID)
         if run is None:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
         await self.auth.requireRunner(request, run.runner_id)
-        del p
 
     async def gate(self, request: IRequest) -> None:
         """
