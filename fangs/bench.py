@@ -194,7 +194,7 @@ def benchIngest(total: int = 100_000, batchSize: int = 64) -> None:
     orch = Orchestrator()
     try:
         post(orch.url + "/v1/runners/register", {"runner_id": "bench", "proto_version": 1})
-        code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}, "duration": 3600 * 10**9}})
+        code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}, "duration": 3600 * 10**9}})
         runID = queued["run_id"]
         samples = _Sampler(orch.url + "/v1/runs/" + runID)
         start = samples.start()
@@ -304,7 +304,7 @@ def benchDiffer() -> None:
         post(orch.url + "/v1/runners/register", {"runner_id": "bench", "proto_version": 1})
         delays, posts = [], []
         for attempt in range(2):
-            code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "package_name": "bench-pkg", "sandbox": {"image": "x"}, "duration": 3600 * 10**9}})
+            code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "package_name": "bench-pkg", "sandbox": {"image": "fangs-sandbox/node:20"}, "duration": 3600 * 10**9}})
             runID = queued["run_id"]
             import urllib.request
 

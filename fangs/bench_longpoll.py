@@ -61,7 +61,7 @@ async def main(reactor, url: str, runners: int, scans: int, pid: int) -> None:
         i = rng.randrange(runners)
         d = defer.Deferred()
         t0 = time.perf_counter()
-        r = await client.post(url + "/v1/scans", json={"target_runner": "bench-%04d" % (i,), "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}}})
+        r = await client.post(url + "/v1/scans", json={"target_runner": "bench-%04d" % (i,), "Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}}})
         body = json.loads(await r.content())
         waiting[body["run_id"]] = d
         t1 = await d

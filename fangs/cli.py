@@ -138,7 +138,7 @@ class Client:
         data = None if body is None else wire.dumps(body)
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
-        if data is not None:
+        if data is not None or method not in ("GET", "HEAD"):
             req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", "Bearer " + self.token)

@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fangs.tls import OPERATOR_URI, RUNNER_URI
+from urllib.parse import quote
+
+from fangs.tls import OPERATOR_URI, RUNNER_URI, SCOPE_NAMES, parseScopes
 
 DAY = datetime.timedelta(days=1)
 
@@ -90,10 +92,13 @@ def issue(
     days: int = 365,
     notBefore: Optional[datetime.datetime] = None,
     notAfter: Optional[datetime.datetime] = None,
+    scopes: Sequence[str] = ("read",),
 ) -> Tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """
     A leaf certificate.  C{kind} is C{server} (SANs from C{names}),
-    C{runner} or C{operator} (SAN URI C{fangs://<kind>/<commonName>}).
+    C{runner} (SAN URI C{fangs://runner/<commonName>}) or C{operator} (SAN
+    URI C{fangs://operator/<commonName>?scopes=<scopes>}); client
+    certificates carry the client-auth extended key usage.
     """
     key = _key()
     now = _now()
@@ -115,7 +120,13 @@ def issue(
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     elif kind in ("runner", "operator"):
-        uri = (RUNNER_URI if kind == "runner" else OPERATOR_URI) + commonName
+        uri = (RUNNER_URI if kind == "runner" else OPERATOR_URI) + quote(commonName, safe="-_.:@")
+        if kind == "operator":
+            try:
+                short = [k for k, v in SCOPE_NAMES.items() if v in parseScopes(scopes)]
+            except ValueError as e:
+                raise PKIError(str(e)) from None
+            uri += "?scopes=" + ",".join(s for s in ("read", "write", "admin") if s in short)
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
         )
@@ -182,11 +193,13 @@ def initCA(directory: str, days: int = 3650) -> str:
     return os.path.join(directory, "ca.pem")
 
 
-def issueFiles(directory: str, kind: str, name: str, sans: Sequence[str] = (), days: int = 365) -> Tuple[str, str]:
+def issueFiles(
+    directory: str, kind: str, name: str, sans: Sequence[str] = (), days: int = 365, scopes: Sequence[str] = ("read",)
+) -> Tuple[str, str]:
     ca, caKey = _loadCA(directory)
     if not name or "/" in name or name.startswith("."):
         raise PKIError("name %r cannot be used as a file name" % (name,))
-    cert, key = issue(ca, caKey, name, kind, sans, days)
+    cert, key = issue(ca, caKey, name, kind, sans, days, scopes=scopes)
     base = os.path.join(directory, name if kind != "server" else "server")
     _write(base + "-key.pem", keyPEM(key), private=True)
     _write(base + ".pem", certPEM(cert))
@@ -221,6 +234,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "fangs pki") -> int:
         p.add_argument("dir")
         p.add_argument("name")
         p.add_argument("--days", type=int, default=365)
+        if kind == "operator":
+            p.add_argument("--scopes", default="read",
+                           help="comma-separated operator scopes in the certificate: read, write, admin (default: read)")
     p = sub.add_parser("revoke", help="revoke a certificate and rewrite DIR/crl.pem")
     p.add_argument("dir")
     p.add_argument("cert")
@@ -233,8 +249,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "fangs pki") -> int:
             print("server certificate %s (key %s) for %s" % (cert, key, ", ".join(args.names)))
         elif args.command in ("issue-runner", "issue-operator"):
             kind = args.command.split("-", 1)[1]
-            cert, key = issueFiles(args.dir, kind, args.name, days=args.days)
-            print("%s certificate %s (key %s), identity fangs://%s/%s" % (kind, cert, key, kind, args.name))
+            scopes = args.scopes.split(",") if kind == "operator" else ()
+            cert, key = issueFiles(args.dir, kind, args.name, days=args.days, scopes=scopes)
+            suffix = "?scopes=" + args.scopes if kind == "operator" else ""
+            print("%s certificate %s (key %s), identity fangs://%s/%s%s" % (kind, cert, key, kind, args.name, suffix))
         elif args.command == "revoke":
             serial = revokeFile(args.dir, args.cert)
             print("revoked serial %x; send SIGHUP to the orchestrator to load %s" % (serial, os.path.join(args.dir, "crl.pem")))

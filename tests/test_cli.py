@@ -17,16 +17,10 @@ from twisted.web.server import Site
 from tests.orchestrator.fakeregistry import FakeRegistry
 from tests.orchestrator.helpers import batchLine
 from tests.orchestrator.test_review import BENIGN, MALICIOUS
-from tests.procs import REPO, OrchestratorProcess, freePort, httpClient, sleep
+from tests.procs import REPO, OrchestratorProcess, freePort, httpClient, jsonCall, sleep
 
 BIN = os.path.join(os.path.dirname(sys.executable), "fangs")
 
-
-async def jsonCall(client, method, url, body=None, raw=None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    r = await client.request(method, url, data=data)
-    content = await r.content()
-    return r.code, (json.loads(content) if content.strip() else None)
 
 
 class CLITests(TestCase):
@@ -41,7 +35,12 @@ class CLITests(TestCase):
         self.addCleanup(port.stopListening)
         self.registry = "http://127.0.0.1:%d" % (port.getHost().port,)
         self.http = httpClient(self)
-        self.orch = OrchestratorProcess(self, extra=["--watch-interval", "3600", "--registry-url", self.registry])
+        config = os.path.abspath(self.mktemp() + ".yaml")
+        with open(os.path.join(REPO, "conf", "orchestrator.yaml")) as f:
+            shipped = f.read()
+        with open(config, "w") as f:  # the shipped config, with loopback notifier targets allowed
+            f.write(shipped.replace("  allow_private: []", "  allow_private: [127.0.0.0/8]"))
+        self.orch = OrchestratorProcess(self, extra=["--watch-interval", "3600", "--registry-url", self.registry, "--config", config])
         return Deferred.fromCoroutine(self.orch.startAndWait(self.http))
 
     async def fangs(self, *args, orchestrator=None):

@@ -69,13 +69,19 @@ class TokenCLITests(TestCase):
         orch = OrchestratorProcess(self, extra=["--auth", "token", "--init-admin-token"])
         orch.start()
         admin = None
+        tokenFile = os.path.join(os.path.dirname(orch.db), "initial-admin-token")
         for _ in range(100):
-            m = re.search(r"FANGS admin token \(shown once, store it now\): (fangs_\S+)", orch.log())
-            if m:
-                admin = m.group(1)
+            if re.search(r"initial admin token \S+ written to", orch.log()) and os.path.exists(tokenFile):
+                with open(tokenFile) as f:
+                    admin = f.read().strip()
                 break
             await sleep(0.2)
         self.assertIsNotNone(admin, orch.log()[-2000:])
+        # The secret is in a private file and never in the log.
+        self.assertEqual(os.stat(tokenFile).st_mode & 0o777, 0o600)
+        self.assertNotIn(admin.split("_")[2], orch.log())
+        for name in ("fangs.db", "session.key"):
+            self.assertEqual(os.stat(os.path.join(os.path.dirname(orch.db), name)).st_mode & 0o077, 0, name)
         env = {"FANGS_ORCHESTRATOR": orch.url}
         code, out, err = await fangs("run", "list", env=env)
         self.assertEqual(code, 1)

@@ -54,7 +54,8 @@ def fixtureJob(name: str, package: Optional[str] = None, duration: float = 90) -
 
 
 async def call(client: Any, method: str, url: str, body: Any = None) -> Any:
-    r = await client.request(method, url, data=None if body is None else json.dumps(body).encode())
+    r = await client.request(method, url, data=None if body is None else json.dumps(body).encode(),
+                             headers=None if body is None else {"Content-Type": ["application/json"]})
     content = await r.content()
     return r.code, (json.loads(content) if content and content[:1] in b"{[" else content)
 

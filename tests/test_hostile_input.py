@@ -17,6 +17,7 @@ headers, or announce an oversize body.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import sqlite3
@@ -202,7 +203,12 @@ def requests(draw: Any) -> Tuple[str, str, Optional[bytes], Dict[str, str]]:
     if query:
         path += "?" + "&".join("%s=%s" % kv for kv in query.items())
     method = draw(st.one_of(st.sampled_from(ruleMethods), methods))
-    return method, path, draw(bodies), draw(headerSets)
+    headers = draw(headerSets)
+    if "Content-Type" not in headers and draw(st.integers(0, 3)):
+        # Mostly what a real client sends, so the handlers behind the
+        # Content-Type check are reached too.
+        headers["Content-Type"] = "application/x-ndjson" if path.split("?")[0].endswith("/events") else "application/json"
+    return method, path, draw(bodies), headers
 
 
 # -- the in-memory fuzz ------------------------------------------------------------
@@ -227,7 +233,7 @@ class Snapshot:
         return self.conn.execute(sql, args).fetchone()[0]
 
 
-class FuzzTests(SynchronousTestCase):
+class FuzzBase(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = self.mktemp() + ".db"
         self.o = InMemoryOrchestrator(self, path=self.path)
@@ -273,6 +279,9 @@ class FuzzTests(SynchronousTestCase):
     def assertResponsive(self) -> None:
         code, _, content = self.send("GET", "/v1/health", None, {})
         self.assertEqual(code, 200, content)
+
+
+class FuzzTests(FuzzBase):
 
     @settings(FUZZ, max_examples=600)
     @given(requests())
@@ -349,6 +358,143 @@ class FuzzTests(SynchronousTestCase):
         self.assertSane("POST", path, code, rheaders, content)
         if code >= 400:
             self.assertEqual(self.snapshot.take(), before, "POST %s -> %d changed the store" % (path, code))
+
+
+# -- the same fuzz with credentials -------------------------------------------------
+
+#: Routes anyone may call (and the dashboard's redirect to its sign-in page).
+_PUBLIC = re.compile(r"^/(v1/health|ui/login|ui/static/|ui/?$|$|favicon)")
+CREDENTIALS = ["admin", "writer", "reader", "runner", "other-runner", "revoked", "foreign", "malformed", "basic-runner", "none"]
+BAD_CREDENTIALS = {"revoked", "foreign", "malformed", "none"}
+
+
+class CredentialFuzzBase(FuzzBase):
+    """
+    The route fuzz in an authenticated mode, each request carrying one of
+    valid, invalid, revoked and foreign credentials: never a 5xx, a refused
+    request changes nothing, and bad credentials get nothing but the
+    public routes.
+    """
+
+    mode = "token"
+
+    def setUp(self) -> None:
+        super().setUp()
+        from fangs.orchestrator.auth import Authenticator, SessionKeys
+
+        def token(name: str, scopes: List[str]) -> Dict[str, Any]:
+            return self.successResultOf(Deferred.fromCoroutine(self.o.core.createToken(name, scopes, "fuzz")))
+
+        self.tokens = {
+            "admin": token("root", ["orchestrator:admin"])["token"],
+            "writer": token("writer", ["orchestrator:write"])["token"],
+            "reader": token("reader", ["orchestrator:read"])["token"],
+            "runner": token("worker-1", ["runner"])["token"],
+            "other-runner": token("worker-2", ["runner"])["token"],
+        }
+        revoked = token("gone", ["orchestrator:admin"])
+        self.successResultOf(self.o.store.revokeToken(revoked["id"], "fuzz", 1))
+        self.tokens["revoked"] = revoked["token"]
+        self.tokens["foreign"] = "fangs_%s_%s" % ("ab" * 8, "c" * 48)  # well formed, another orchestrator's
+        self.identity: Any = None
+        self.o.api.auth = Authenticator(self.mode, self.o.store, peerIdentity=lambda request: self.identity,
+                                        clock=self.o.clock, sessionKeys=SessionKeys(self.mktemp()))
+        self.snapshot.take()
+
+    def credential(self, name: str, headers: Dict[str, str]) -> Dict[str, str]:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        self.identity = None
+        if name == "malformed":
+            headers["Authorization"] = "Bearer fangs_zz"
+        elif name == "basic-runner":
+            headers["Authorization"] = "Basic " + base64.b64encode(b"worker-1:" + self.tokens["runner"].encode()).decode()
+        elif name in self.tokens:
+            headers["Authorization"] = "Bearer " + self.tokens[name]
+        return headers
+
+    def checkWithCredentials(self, req: Tuple[str, str, Optional[bytes], Dict[str, str]], cred: str) -> None:
+        method, path, body, headers = req
+        path = path.replace("@RUN@", self.runID)
+        headers = self.credential(cred, headers)
+        before = self.snapshot.take()
+        code, rheaders, content = self.send(method, path, body, headers)
+        self.assertSane(method, path, code, rheaders, content)
+        what = "%s %s with %s -> %d %r" % (method, path[:200], cred, code, content[:200])
+        if code >= 400 or code == 0:
+            self.assertEqual(self.snapshot.take(), before, what)
+        if cred in BAD_CREDENTIALS and self.identity is None and 200 <= code < 300:
+            self.assertTrue(_PUBLIC.match(path.split("?")[0]), what)
+        if cred in BAD_CREDENTIALS and self.identity is None and not _PUBLIC.match(path.split("?")[0]):
+            self.assertEqual(self.snapshot.take(), before, what)
+        self.assertResponsive()
+
+
+    EXPECTED = {"admin": 200, "writer": 200, "reader": 200, "runner": 403, "other-runner": 403, "revoked": 401,
+                "foreign": 401, "malformed": 401, "basic-runner": 403, "none": 401}
+
+    def checkCredentials(self) -> None:
+        """
+        The credentials the fuzz draws are what they claim to be.
+        """
+        seen = {}
+        for cred in self.EXPECTED:
+            code, _, content = self.send("GET", "/v1/runs", None, self.credential(cred, {}))
+            seen[cred] = code
+        self.assertEqual(seen, self.EXPECTED)
+        code, _, _ = self.send("POST", "/v1/runners/worker-1/heartbeat", b"{}", self.credential("basic-runner", {"Content-Type": "application/json"}))
+        self.assertEqual(code, 200)
+
+
+class TokenFuzzTests(CredentialFuzzBase):
+    mode = "token"
+
+    def test_credentialsAsExpected(self) -> None:
+        self.checkCredentials()
+
+    @settings(FUZZ, max_examples=300)
+    @given(requests(), st.sampled_from(CREDENTIALS))
+    def test_everyRouteWithCredentials(self, req: Tuple[str, str, Optional[bytes], Dict[str, str]], cred: str) -> None:
+        self.checkWithCredentials(req, cred)
+
+
+class MutualTLSFuzzTests(CredentialFuzzBase):
+    """
+    In mtls mode the credential is mostly the peer certificate's identity
+    (what L{fangs.tls.peerIdentity} makes of it): runner and operator
+    certificates of every scope; a revoked, expired, foreign-CA or CN-only
+    certificate never reaches the application (the handshake refuses it,
+    see tests/test_tls.py) or names nobody, which is no identity here.
+    """
+
+    mode = "mtls"
+    IDENTITIES = {
+        "cert-runner": ("runner", "worker-1", ()),
+        "cert-other-runner": ("runner", "worker-2", ()),
+        "cert-reader": ("operator", "ann", ("orchestrator:read",)),
+        "cert-writer": ("operator", "bea", ("orchestrator:read", "orchestrator:write")),
+        "cert-admin": ("operator", "cy", ("orchestrator:admin",)),
+    }
+
+    def credential(self, name: str, headers: Dict[str, str]) -> Dict[str, str]:
+        from fangs.tls import Identity
+
+        if name.startswith("cert-"):
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            kind, who, scopes = self.IDENTITIES[name]
+            self.identity = Identity(kind, who, "CN=" + who, scopes)
+            return headers
+        return super().credential(name, headers)
+
+    EXPECTED = dict(CredentialFuzzBase.EXPECTED, **{"cert-runner": 403, "cert-other-runner": 403, "cert-reader": 200,
+                                                    "cert-writer": 200, "cert-admin": 200})
+
+    @settings(FUZZ, max_examples=300)
+    @given(requests(), st.sampled_from(CREDENTIALS + sorted(IDENTITIES)))
+    def test_everyRouteWithCredentials(self, req: Tuple[str, str, Optional[bytes], Dict[str, str]], cred: str) -> None:
+        self.checkWithCredentials(req, cred)
+
+    def test_credentialsAsExpected(self) -> None:
+        self.checkCredentials()
 
 
 # -- real sockets ------------------------------------------------------------------

@@ -109,7 +109,7 @@ class MultiOrchestratorTests(TestCase):
                 a.kill()  # SIGKILL, mid-way: jobs queued and in flight
                 alive = [b]
             o = alive[n % len(alive)]
-            body: Dict[str, Any] = {"Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}, "package_name": "p%d" % (n % 7), "version": "1.0.%d" % n}}
+            body: Dict[str, Any] = {"Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}, "package_name": "p%d" % (n % 7), "version": "1.0.%d" % n}}
             if n % 4:
                 body["target_runner"] = runners[n % len(runners)].runnerID  # often a runner of the other orchestrator
             r = await client.post(o.url + "/v1/scans", json=body)

@@ -66,7 +66,10 @@ class Locker:
 
 async def call(client: Any, method: str, url: str, body: Any = None, raw: bytes = None) -> Tuple[int, Any]:
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    r = await client.request(method, url, data=data, timeout=30)
+    headers = None
+    if data is not None:
+        headers = {"Content-Type": ["application/x-ndjson" if url.endswith("/events") else "application/json"]}
+    r = await client.request(method, url, data=data, timeout=30, headers=headers)
     content = await r.content()
     return r.code, json.loads(content) if content else None
 
@@ -174,7 +177,9 @@ class DatabaseLockedTests(TestCase):
         locker.release()
 
         # Each batch is whole or absent: the one the 503 was about is absent;
-        # one already queued behind it may have been stored once the lock went.
+        # one already queued behind it may have been stored once the lock went
+        # (its own busy wait ends within a few hundred milliseconds of that).
+        await sleep(1.0)
         events, distinct, batches = o.stored(runID)
         self.assertEqual((events, distinct), (10 * batches, 10 * batches))
         self.assertNotIn(2, o.seqs(runID))

@@ -21,17 +21,11 @@ from fangs import wire
 from fangs.orchestrator.watcher import scanRequest
 from tests.orchestrator.helpers import batchLine
 from tests.orchestrator.test_review import BENIGN
-from tests.procs import REPO, OrchestratorProcess, httpClient, sleep
+from tests.procs import REPO, OrchestratorProcess, httpClient, jsonCall, sleep
 
 BIN = os.path.join(os.path.dirname(sys.executable), "fangs")
 FINAL = ("run.completed", "run.failed", "run.cancelled")
 
-
-async def jsonCall(client, method, url, body=None, raw=None, headers=None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    r = await client.request(method, url, data=data, headers=headers)
-    content = await r.content()
-    return r.code, (json.loads(content) if content.strip() else None)
 
 
 class NDJSONClient(Protocol):

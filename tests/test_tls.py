@@ -45,7 +45,8 @@ class Certs:
         self.server("server", ["127.0.0.1", "localhost", "::1"])
         for name in ("runner-a", "runner-b"):
             self.client(name, "runner")
-        self.client("alice", "operator")
+        self.client("alice", "operator", scopes=("read", "write"))
+        self.client("reader", "operator")
         now = datetime.datetime.now(datetime.timezone.utc)
         self.client("expired", "runner", notBefore=now - datetime.timedelta(days=30), notAfter=now - datetime.timedelta(days=1))
         self.revoked = self.client("revoked", "runner")
@@ -86,15 +87,64 @@ class IdentityTests(SynchronousTestCase):
     def test_sanAndCN(self):
         ca, key = pki.makeCA()
         self.assertEqual(identityOf(pki.issue(ca, key, "w1", "runner")[0]).name, "w1")
-        self.assertEqual(identityOf(pki.issue(ca, key, "bob", "operator")[0]), Identity("operator", "bob", "CN=bob"))
+        self.assertEqual(identityOf(pki.issue(ca, key, "bob", "operator")[0]), Identity("operator", "bob", "CN=bob", ("orchestrator:read",)))
         server = pki.issue(ca, key, "host-cn", "server", ["example.test"])[0]
-        self.assertEqual(identityOf(server), Identity("runner", "host-cn", "CN=host-cn"))
+        # A server certificate (no client-auth EKU) names nobody, not even with CN identities.
+        self.assertIsNone(identityOf(server))
+        self.assertIsNone(identityOf(server, acceptCN=True))
+
+    def test_cnOnlyNeedsTheFlag(self):
+        ca, key = pki.makeCA()
+        withEKU = cnOnlyCert(ca, key, "w9", clientAuth=True)
+        self.assertIsNone(identityOf(withEKU))
+        self.assertEqual(identityOf(withEKU, acceptCN=True), Identity("runner", "w9", "CN=w9"))
+        self.assertIsNone(identityOf(cnOnlyCert(ca, key, "w9", clientAuth=False), acceptCN=True))
+
+    def test_operatorScopes(self):
+        ca, key = pki.makeCA()
+        reader = pki.issue(ca, key, "ann", "operator")[0]
+        writer = pki.issue(ca, key, "bea", "operator", scopes=("read", "write"))[0]
+        admin = pki.issue(ca, key, "cy", "operator", scopes=("admin",))[0]
+        uri = writer.extensions.get_extension_for_class(pki.x509.SubjectAlternativeName).value.get_values_for_type(pki.x509.UniformResourceIdentifier)
+        self.assertEqual(uri, ["fangs://operator/bea?scopes=read,write"])
+        self.assertEqual(identityOf(reader).scopes, ("orchestrator:read",))
+        self.assertEqual(identityOf(writer).scopes, ("orchestrator:read", "orchestrator:write"))
+        self.assertEqual(identityOf(admin).scopes, ("orchestrator:admin",))
+        # The config's mapping wins over the certificate's own claim.
+        self.assertEqual(identityOf(admin, operatorScopes={"cy": ["read"]}).scopes, ("orchestrator:read",))
+        self.assertEqual(identityOf(reader, operatorScopes={"ann": ["write"]}).scopes, ("orchestrator:write",))
+        self.assertRaises(pki.PKIError, pki.issue, ca, key, "dee", "operator", scopes=("root",))
 
     def test_ipv6San(self):
         ca, key = pki.makeCA()
         cert = pki.issue(ca, key, "srv", "server", ["::1", "localhost"])[0]
         san = cert.extensions.get_extension_for_class(pki.x509.SubjectAlternativeName).value
         self.assertEqual([str(a) for a in san.get_values_for_type(pki.x509.IPAddress)], ["::1"])
+
+
+def cnOnlyCert(ca: Any, caKey: Any, cn: str, clientAuth: bool) -> Any:
+    """
+    A client certificate minted outside fangs.pki: subject CN only, no SAN.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if clientAuth:
+        b = b.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    return b.sign(caKey, hashes.SHA256())
 
 
 class TapTLSOptionsTests(SynchronousTestCase):
@@ -150,7 +200,10 @@ class MutualTLSTests(TestCase):
 
     async def call(self, client: Any, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        r = await client.request(method, self.url + path, data=data)
+        headers = None
+        if data is not None:
+            headers = {"Content-Type": ["application/x-ndjson" if path.endswith("/events") else "application/json"]}
+        r = await client.request(method, self.url + path, data=data, headers=headers)
         content = await r.content()
         return r.code, (json.loads(content) if content[:1] == b"{" else content)
 
@@ -304,12 +357,16 @@ class TokenTests(SynchronousTestCase):
 class DashboardSessionTests(SynchronousTestCase):
     """
     A browser cannot send a bearer token: it exchanges one for a session
-    cookie at /ui/login, bound to the token (revoking it ends the session).
+    cookie at /ui/login, a server-side session bound to the token (revoking
+    it or signing out ends the session at once).
     """
 
     def setUp(self) -> None:
+        from fangs.orchestrator.auth import SessionKeys
+
         self.o = InMemoryOrchestrator(self)
-        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None, clock=self.o.clock)
+        self.keys = SessionKeys(self.mktemp())
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None, clock=self.o.clock, sessionKeys=self.keys)
 
     def token(self, name: str, scopes: Any) -> dict:
         return self.successResultOf(Deferred.fromCoroutine(self.o.core.createToken(name, scopes, "test")))
@@ -367,7 +424,7 @@ class DashboardSessionTests(SynchronousTestCase):
         self.o.register()
         runScan(self.o, BENIGN)
         bad = runScan(self.o, MALICIOUS)
-        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None)
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda request: None, sessionKeys=self.keys)
         reader = self.login(self.token("viewer", ["orchestrator:read"])["token"])
         value = [c for c in reader.headers.getRawHeaders(b"set-cookie") if c.startswith(b"fangs_session=")][0].split(b";")[0].split(b"=", 1)[1]
         code, body = self.page(value, "/ui/pending")

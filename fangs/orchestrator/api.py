@@ -9,11 +9,16 @@ as the one JSON envelope C{{"error": {"code", "message", "trace_id"}}}.
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import os
 import re
 import sqlite3
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from urllib.parse import unquote, urlsplit
+
+import attrs
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
@@ -25,9 +30,17 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
-from fangs.errors import BadRequest, FangsError, Gone, NotFoundError, PayloadTooLarge, Unauthorized
+from fangs.errors import BadRequest, FangsError, Forbidden, Gone, NotFoundError, PayloadTooLarge, Unauthorized
 from fangs.orchestrator import differ
-from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, SCOPE_WRITE, SESSION_COOKIE, SESSION_SECONDS, Authenticator
+from fangs.orchestrator.auth import (
+    SCOPE_ADMIN,
+    SCOPE_READ,
+    SCOPE_WRITE,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    Authenticator,
+    callerKey,
+)
 from fangs.orchestrator import store as S
 from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.site import MAX_NDJSON_LINE
@@ -119,9 +132,12 @@ def timeArg(request: IRequest, name: str) -> Optional[int]:
         return None
     try:
         when = wire.parseTimestamp(raw)
-    except wire.WireError:
+        ns = int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+    except (wire.WireError, OverflowError, ValueError):
         raise BadRequest("%s must be an RFC 3339 timestamp, like 2026-05-22T01:23:45Z" % (name,)) from None
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+    if not 0 <= ns < 2**63:
+        raise BadRequest("%s must be between 1970 and 2262" % (name,))
+    return ns
 
 
 def nsToTimestamp(ns: Optional[int]) -> Optional[str]:
@@ -228,9 +244,33 @@ def actorOf(request: IRequest) -> str:
     return "anonymous@%s" % (getattr(peer, "host", "?"),)
 
 
-def jsonObject(request: IRequest) -> Dict[str, Any]:
+def decodeBody(request: IRequest) -> Any:
+    """
+    The request's JSON body, refused (400) when it holds text that cannot
+    be stored (a lone UTF-16 surrogate such as C{"\\ud800"}).
+    """
     body = readBody(request)
     value = wire.decodeJSON(body)
+    if b"\\u" in body or b"\\U" in body:
+        checkEncodable(value)
+    return value
+
+
+def checkEncodable(value: Any) -> None:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("body holds text that is not valid Unicode (a lone surrogate escape)") from None
+    except (ValueError, RecursionError):
+        raise BadRequest("body cannot be stored") from None
+
+
+def loadsBody(request: IRequest, cls: Any) -> Any:
+    return wire.structure(decodeBody(request), cls)
+
+
+def jsonObject(request: IRequest) -> Dict[str, Any]:
+    value = decodeBody(request)
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
     return value
@@ -247,24 +287,210 @@ def stringField(body: Dict[str, Any], name: str, required: bool = True, default:
     return value
 
 
+
+_SAFE_METHODS = (b"GET", b"HEAD", b"OPTIONS")
+_FORM = b"application/x-www-form-urlencoded"
+_PUBLIC_POSTS = ("/ui/login",)
+_RUNNER_ROUTE = re.compile(r"^/v1/runners/([^/]+)/(heartbeat|jobs)$")
+_RUN_ROUTE = re.compile(r"^/v1/runs/([^/]+)/(events|result)$")
+
+
+def _mediaType(request: IRequest) -> Optional[bytes]:
+    raw = request.getHeader(b"content-type")
+    if raw is None:
+        return None
+    return raw.split(b";", 1)[0].strip().lower()
+
+
+def _hasBody(request: IRequest) -> bool:
+    length = request.getHeader(b"content-length")
+    if length is not None:
+        return length.strip() not in (b"", b"0")
+    return request.getHeader(b"transfer-encoding") is not None
+
+
+def _splitHost(value: str) -> Tuple[str, Optional[int]]:
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    if port and not port.isdigit():
+        raise ValueError(value)
+    return host.rstrip("."), int(port) if port else None
+
+
+def _isIP(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+@attrs.frozen
+class BrowserPolicy:
+    """
+    What keeps a browser from being used against the orchestrator, in every
+    auth mode:
+
+     - C{Host} must be one the orchestrator is known by (its public URL's
+       host, C{--allowed-host} names, an IP literal, C{localhost}): a page
+       on a rebound DNS name reaches the socket but is refused.
+       C{allowedHosts=None} checks no Host (embedding in tests).
+     - a state-changing request carrying C{Origin} (every browser sends it
+       with a cross-origin POST) must come from one of C{origins} (the
+       public URL's); C{Sec-Fetch-Site: cross-site} is refused too.
+     - a state-changing request's body must be C{application/json}
+       (C{application/x-ndjson} for event streams, the dashboard's
+       CSRF-protected form under C{/ui/}): a cross-site form or a no-cors
+       C{fetch} can send neither without a CORS preflight, which is never
+       answered.
+    """
+
+    allowedHosts: Optional[FrozenSet[str]] = None
+    origins: FrozenSet[str] = frozenset()
+
+    def check(self, request: IRequest, method: bytes, path: str) -> None:
+        self.checkHost(request)
+        if method.upper() in _SAFE_METHODS:
+            return
+        self.checkOrigin(request)
+        media = _mediaType(request)
+        if media is None and not _hasBody(request):
+            return
+        allowed = {JSON}
+        if _RUN_ROUTE.match(path) and path.endswith("/events"):
+            allowed.add(NDJSON)
+        if path.startswith("/ui/"):
+            allowed.add(_FORM)  # the dashboard's forms carry its CSRF token (and login its token)
+        if media not in allowed:
+            raise UnsupportedMediaType(
+                "Content-Type must be %s for %s %s"
+                % (" or ".join(sorted(a.decode() for a in allowed)), method.decode("latin-1"), path[:200])
+            )
+
+    def checkOrigin(self, request: IRequest) -> None:
+        """
+        Refuse a request a page of another origin made: state-changing
+        requests, and WebSocket upgrades (a cross-site page may open one with
+        the user's cookie).
+        """
+        origin = request.getHeader(b"origin")
+        if origin is not None:
+            text = origin.decode("latin-1").strip().lower().rstrip("/")
+            if text not in self.origins:
+                raise Forbidden("cross-origin request from %s refused (allowed: the orchestrator's public URL; see --public-url)" % (text[:100],), code="cross_origin")
+        if (request.getHeader(b"sec-fetch-site") or b"").strip().lower() == b"cross-site":
+            raise Forbidden("cross-site request refused", code="cross_origin")
+
+    def checkHost(self, request: IRequest) -> None:
+        if self.allowedHosts is None:
+            return
+        raw = request.getHeader(b"host")
+        if raw is None:
+            raise BadRequest("a Host header is required")
+        try:
+            host, _ = _splitHost(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            raise BadRequest("the Host header is not a host name") from None
+        if host in self.allowedHosts or _isIP(host) or host == "localhost":
+            return
+        raise Forbidden(
+            "unknown Host %r (the orchestrator answers to %s; see --public-url and --allowed-host)"
+            % (host[:100], ", ".join(sorted(self.allowedHosts)) or "IP addresses only"),
+            code="unknown_host",
+        )
+
+
+def policyFor(publicURLs: List[str], extraHosts: List[str]) -> BrowserPolicy:
+    """
+    The policy of an orchestrator known by C{publicURLs} (scheme://host:port)
+    and the extra host names.
+    """
+    origins = set()
+    hosts = {h.lower().strip("[]") for h in extraHosts}
+    for url in publicURLs:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        hosts.add(host)
+        default = {"http": 80, "https": 443}.get(parts.scheme)
+        port = parts.port or default
+        shown = "[%s]" % (host,) if ":" in host else host
+        origins.add("%s://%s" % (parts.scheme, shown) if port == default else "%s://%s:%d" % (parts.scheme, shown, port))
+    return BrowserPolicy(frozenset(hosts), frozenset(origins))
+
+
+def requiredScope(method: bytes, path: str) -> str:
+    if path.startswith(("/v1/tokens", "/v1/notifiers")):
+        return SCOPE_ADMIN
+    return SCOPE_READ if method.upper() in _SAFE_METHODS else SCOPE_WRITE
+
+
+class UnsupportedMediaType(FangsError):
+    code = "unsupported_media_type"
+    status = 415
+
 class OrchestratorAPI:
     app = Klein()
 
-    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None, stream: Any = None) -> None:
+    def __init__(self, core: Orchestrator, auth: Optional[Authenticator] = None, policy: Optional[BrowserPolicy] = None,
+                 stream: Any = None) -> None:
         self.core = core
         self.auth = auth or Authenticator("none")
+        self.policy = policy or BrowserPolicy()
         #: The L{fangs.orchestrator.stream.RunStream} of C{/v1/runs/stream}, or None.
         self.stream = stream
 
     async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> None:
         """
         Events and results of a run come only from the runner it was
-        dispatched to.
+        dispatched to.  Who is asking is settled before the run is looked
+        up, so an unauthenticated caller cannot probe run ids.
         """
         if self.auth.mode == "none":
             return
-        run = await self.core.requireRun(runID)
+        await self.auth.requireKind(request, "runner")
+        run = await self.core.store.getRun(runID)
+        if run is None:
+            raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
         await self.auth.requireRunner(request, run.runner_id)
+
+    async def gate(self, request: IRequest) -> None:
+        """
+        Run on a request's headers, before its body is read (the site calls
+        it): the browser policy, then, for a request with a body,
+        authentication and the authorisation that needs no body (the
+        caller's kind, its runner id, its scope, the owner of the run).
+        """
+        method = getattr(request, "requestMethod", b"") or b""
+        raw = getattr(request, "requestPath", b"") or b""
+        try:
+            path = unquote(raw.split(b"?", 1)[0].decode("utf-8"), errors="strict")
+        except UnicodeDecodeError:
+            raise BadRequest("the URL must be UTF-8") from None
+        self.policy.check(request, method, path)
+        if self.auth.mode == "none" or method.upper() in _SAFE_METHODS or path in _PUBLIC_POSTS:
+            return
+        await self.auth.principal(request)
+        m = _RUN_ROUTE.match(path)
+        if m is not None:
+            await self._requireRunnerOfRun(request, runIDFromPath(m.group(1)))
+            return
+        m = _RUNNER_ROUTE.match(path)
+        if m is not None:
+            await self.auth.requireRunner(request, m.group(1))
+            return
+        if path == "/v1/runners/register":
+            await self.auth.requireKind(request, "runner")
+            return
+        if path.startswith("/v1/"):
+            await self.auth.requireOperator(request, requiredScope(method, path))
+            return
+        await self.auth.requireKind(request, "operator")
 
     def resource(self) -> Any:
         return self.core.metrics.instrument(_UTF8URLs(self.app.resource(), self), self.app.url_map)  # counts requests by route
@@ -372,7 +598,7 @@ class OrchestratorAPI:
 
     @app.route("/v1/runners/register", methods=["POST"])
     async def register(self, request: IRequest) -> bytes:
-        reg = wire.loads(readBody(request), wire.RunnerRegistration)
+        reg = loadsBody(request, wire.RunnerRegistration)
         await self.auth.requireRunner(request, reg.runner_id)
         return self._json(request, self.core.register(reg))
 
@@ -407,7 +633,7 @@ class OrchestratorAPI:
     async def heartbeat(self, request: IRequest, runnerID: str) -> bytes:
         await self.auth.requireRunner(request, runnerID)
         body = readBody(request)
-        beat = wire.loads(body, wire.Heartbeat) if body.strip() else wire.Heartbeat()
+        beat = loadsBody(request, wire.Heartbeat) if body.strip() else wire.Heartbeat()
         return self._json(request, await self.core.heartbeat(runnerID, beat))
 
     @app.route("/v1/runners/<runnerID>/jobs", methods=["GET"])
@@ -434,15 +660,44 @@ class OrchestratorAPI:
 
     @app.route("/v1/scans", methods=["POST"])
     async def scans(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE)
-        req = wire.loads(readBody(request), wire.ScanRequest)
+        caller = await self.auth.requireOperator(request, SCOPE_WRITE)
+        req = loadsBody(request, wire.ScanRequest)
         key = request.getHeader(b"Idempotency-Key")
+        digest = ""
         if key is not None:
             key = key.decode("latin-1").strip()
             if not 1 <= len(key) <= 200:
                 raise BadRequest("Idempotency-Key must be 1-200 characters")
-        runID, created = await self.core.submitScan(req, key, requireTarget=False)
+            if key.lower().startswith("watch:"):
+                # The watcher's key names the watcher's own scan of that
+                # release: whatever the body asked for, the scan queued is
+                # exactly the one the watcher would queue (so a decoy under
+                # this key cannot stand in for the real release's scan).
+                req = self._watcherScan(key, req)
+                runID, created = await self.core.submitScan(req, key, requireTarget=False)
+                return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
+            # Keys are the caller's own: another caller's key names another run.
+            key = "api:%s:%s" % (callerKey(caller), key)
+            digest = hashlib.sha256(readBody(request)).hexdigest()
+        runID, created = await self.core.submitScan(req, key, requireTarget=False, idempotencyDigest=digest)
         return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
+
+    def _watcherScan(self, key: str, req: wire.ScanRequest) -> wire.ScanRequest:
+        from fangs.orchestrator.watcher import idempotencyKey, scanRequest
+
+        spec = key[len("watch:") :]
+        at = spec.rfind("@")
+        package, version = (spec[:at], spec[at + 1 :]) if at > 0 else ("", "")
+        try:
+            npm.checkPackageName(package)
+            npm.checkVersion(version)
+        except ValueError:
+            raise Forbidden("Idempotency-Key watch:<package>@<version> is reserved for the watcher's scans") from None
+        if idempotencyKey(package, version) != key:
+            raise Forbidden("Idempotency-Key watch:<package>@<version> is reserved for the watcher's scans")
+        if req.job.package_name != package or req.job.version != version:
+            raise Forbidden("Idempotency-Key %s names another package or version than the job" % (key[:200],))
+        return scanRequest(package, version, int(self.core.config.scanDurationSeconds * 1e9))
 
     @app.route("/v1/runs/<runID>/events", methods=["POST"])
     async def postEvents(self, request: IRequest, runID: str) -> bytes:
@@ -464,7 +719,7 @@ class OrchestratorAPI:
     async def postResult(self, request: IRequest, runID: str) -> bytes:
         runID = runIDFromPath(runID)
         await self._requireRunnerOfRun(request, runID)
-        result = wire.loads(readBody(request), wire.ScanResult)
+        result = loadsBody(request, wire.ScanResult)
         await self.core.recordResult(runID, result)
         return self._json(request, wire.ResultAck(recorded=True))
 
@@ -501,6 +756,7 @@ class OrchestratorAPI:
             raise NotFoundError("this orchestrator has no run stream")
         flt, since = streamhttp.streamQuery(request)
         if streamhttp.wantsWebSocket(request):
+            self.policy.checkOrigin(request)
             try:
                 await self.stream.checkSince(since)
             except StreamError as e:
@@ -803,12 +1059,15 @@ class OrchestratorAPI:
         return b""
 
     @app.route("/ui/logout", methods=["POST"])
-    def logout(self, request: IRequest) -> bytes:
+    async def logout(self, request: IRequest) -> bytes:
+        ended = await self.auth.endSession(request.getCookie(SESSION_COOKIE))
+        if ended:
+            log.info("dashboard sign-out")
         request.addCookie(SESSION_COOKIE, b"", path=b"/ui/", httpOnly=True, sameSite="strict", max_age="0")
         request.redirect(b"/ui/login")
         return b""
 
-    @app.route("/ui/static/", branch=True)
+    @app.route("/ui/static/", branch=True, methods=["GET", "HEAD"])
     def dashboardStatic(self, request: IRequest) -> Any:
         from fangs.orchestrator.ui import STATIC
 
@@ -863,6 +1122,15 @@ class OrchestratorAPI:
             out[key.replace("_ns", "_at")] = nsToTimestamp(out.pop(key))
         return out
 
+    def _targetPolicy(self) -> Any:
+        from fangs.orchestrator.notifier import TargetPolicy
+
+        sender = getattr(self.core, "notifier", None)
+        if sender is not None and getattr(sender, "policy", None) is not None:
+            return sender.policy
+        cfg = self.core.config
+        return TargetPolicy.fromConfig(cfg.notifierAllowPrivate, cfg.notifierEnv)
+
     async def _requireNotifier(self, name: str) -> Dict[str, Any]:
         from fangs.orchestrator.notifier import checkName
 
@@ -882,7 +1150,7 @@ class OrchestratorAPI:
 
         await self.auth.requireOperator(request, SCOPE_ADMIN)
         body = jsonObject(request)
-        target = parseNotifier(stringField(body, "name"), body)
+        target = parseNotifier(stringField(body, "name"), body, self._targetPolicy())
         created = await self.core.store.upsertNotifier(target, actorOf(request), self.core.nowNs())
         found = await self.core.store.getNotifier(target["name"])
         return self._json(request, dict(self._notifierJSON(found), created=created), 201 if created else 200)
@@ -974,6 +1242,10 @@ class _UTF8URLs(Resource):
             return self._api.error(request, Failure(BadRequest("the URL and Host must be UTF-8")))
         if b"\0" in path:
             return self._api.error(request, Failure(BadRequest("the URL must not contain NUL")))
+        try:
+            self._api.policy.check(request, request.method, request.path.decode("utf-8", "replace"))
+        except FangsError:
+            return self._api.error(request, Failure())
         return self._inner.render(request)
 
 

@@ -23,11 +23,12 @@ error envelope, logged with the certificate subject or token name.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
 import re
-from typing import Any, Callable, FrozenSet, Optional, Tuple
+from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 
 import attrs
 from twisted.logger import Logger
@@ -100,6 +101,7 @@ class Authenticator:
         store: Any = None,
         peerIdentity: Callable[[Any], Optional[Identity]] = peerIdentity,
         clock: Any = None,
+        sessionKeys: Optional["SessionKeys"] = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError("auth mode must be one of %s" % (", ".join(MODES),))
@@ -109,6 +111,9 @@ class Authenticator:
         if clock is None:
             from twisted.internet import reactor as clock  # noqa: only when none is given
         self._clock = clock
+        # Without a key file (embedded, tests) sessions are signed with a
+        # key that lives in this process only.
+        self._sessionKeys = sessionKeys if sessionKeys is not None else EphemeralSessionKeys()
 
     async def principal(self, request: Any) -> Principal:
         """
@@ -135,7 +140,7 @@ class Authenticator:
         identity = self._peerIdentity(request)
         if identity is not None:
             if identity.kind == "operator":
-                return Principal("operator", identity.name, frozenset(OPERATOR_SCOPES), "certificate", identity.subject)
+                return Principal("operator", identity.name, impliedScopes(frozenset(identity.scopes)), "certificate", identity.subject)
             return Principal("runner", identity.name, frozenset((SCOPE_RUNNER,)), "certificate", identity.subject)
         if self.mode == "mtls":
             # Cannot happen through the TLS layer (it requires a certificate),
@@ -147,43 +152,71 @@ class Authenticator:
 
     async def sessionFor(self, token: str, nowNs: int) -> Tuple[bytes, Principal]:
         """
-        Exchange an operator token for a dashboard session cookie value.  The
-        cookie names the token and is signed with the token's stored hash,
-        so revoking the token ends the session and a restart does not.
+        Exchange an operator token for a dashboard session.  The session is
+        a random id stored (hashed) server-side, so logout and the token's
+        revocation end it at once; the cookie carries the id signed with the
+        server's session key, which lives outside the database.
         """
         principal = await self._fromToken(b"Bearer " + token.strip().encode("ascii", "replace"))
         if principal.kind != "operator":
             raise Forbidden("runner tokens cannot sign in to the dashboard")
+        if self._sessionKeys is None:
+            raise Unauthorized("dashboard sessions are not configured on this orchestrator")
         tokenID = principal.subject.split()[-1]
-        row = await self._store.lookupToken(tokenID)
-        expires = nowNs // 1_000_000_000 + SESSION_SECONDS
-        payload = "%s.%d" % (tokenID, expires)
-        mac = hmac.new(row["secret_hash"].encode("ascii"), payload.encode("ascii"), hashlib.sha256).hexdigest()
-        return ("%s.%s" % (payload, mac)).encode("ascii"), principal
+        sessionID = os.urandom(32).hex()
+        await self._store.createSession(_sessionHash(sessionID), tokenID, nowNs, nowNs + SESSION_SECONDS * 1_000_000_000)
+        return self._sessionKeys.sign(sessionID).encode("ascii"), principal
+
+    async def endSession(self, cookie: Optional[bytes]) -> bool:
+        """
+        Logout: forget the session server-side.  A forged or unknown cookie
+        ends nothing.
+        """
+        sessionID = self._sessionID(cookie)
+        if sessionID is None or self._store is None:
+            return False
+        return bool(await self._store.deleteSession(_sessionHash(sessionID)))
+
+    def _sessionID(self, cookie: Optional[bytes]) -> Optional[str]:
+        if not cookie or self._sessionKeys is None:
+            return None
+        try:
+            text = cookie.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return self._sessionKeys.verify(text)
 
     async def _fromSession(self, cookie: bytes) -> Principal:
-        try:
-            tokenID, expires, mac = cookie.decode("ascii").split(".")
-            expiresAt = int(expires)
-        except (ValueError, UnicodeDecodeError):
-            raise Unauthorized("dashboard session is malformed; sign in again at /ui/login") from None
-        row = await self._store.lookupToken(tokenID) if self._store is not None else None
-        if row is None or row["revoked_ns"] is not None:
+        sessionID = self._sessionID(cookie)
+        if sessionID is None:
+            raise Unauthorized("dashboard session is malformed or signed with a retired key; sign in again at /ui/login")
+        row = await self._store.lookupSession(_sessionHash(sessionID)) if self._store is not None else None
+        if row is None:
+            raise Unauthorized("dashboard session ended; sign in again at /ui/login")
+        if row["revoked_ns"] is not None:
             raise Unauthorized("dashboard session ended (token revoked); sign in again at /ui/login")
-        want = hmac.new(row["secret_hash"].encode("ascii"), ("%s.%s" % (tokenID, expires)).encode("ascii"), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(want, mac) or expiresAt < self._clock.seconds():
+        if row["expires_ns"] < self._clock.seconds() * 1_000_000_000:
             raise Unauthorized("dashboard session expired; sign in again at /ui/login")
         scopes = frozenset(row["scopes"].split())
         if SCOPE_RUNNER in scopes:
             raise Unauthorized("runner tokens cannot use the dashboard")
-        return Principal("operator", row["name"], impliedScopes(scopes), "session", "token " + tokenID)
+        return Principal("operator", row["name"], impliedScopes(scopes), "session", "token " + row["token_id"])
 
     async def _fromToken(self, header: bytes) -> Principal:
         text = header.decode("latin-1").strip()
         scheme, _, value = text.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise Unauthorized("Authorization must be 'Bearer <token>'")
-        m = _TOKEN.match(value.strip())
+        value = value.strip()
+        if scheme.lower() == "basic" and value:
+            # Go runners can only send credentials as HTTP Basic: the token
+            # is the password (the user name is ignored).
+            try:
+                decoded = base64.b64decode(value.encode("ascii"), validate=True).decode("ascii")
+            except (ValueError, UnicodeError):
+                raise Unauthorized("Authorization Basic credentials are not base64 of user:token") from None
+            value = decoded.partition(":")[2].strip()
+        elif scheme.lower() != "bearer" or not value:
+            raise Unauthorized("Authorization must be 'Bearer <token>' (or Basic with the token as password)")
+        m = _TOKEN.match(value)
         if m is None or self._store is None:
             raise Unauthorized("unknown or malformed token")
         row = await self._store.lookupToken(m.group(1))
@@ -196,6 +229,16 @@ class Authenticator:
         return Principal("operator", row["name"], impliedScopes(scopes), "token", "token " + row["id"])
 
     # -- checks used by the routes ------------------------------------------------
+
+    async def requireKind(self, request: Any, kind: str) -> Principal:
+        """
+        An authenticated caller of this kind (C{runner} or C{operator}).
+        """
+        p = await self.principal(request)
+        if p.kind == "anonymous" or p.kind == kind:
+            return p
+        self._refuse(request, p, "%s credentials cannot use %s routes" % (p.kind, kind))
+        return p
 
     async def requireOperator(self, request: Any, scope: str = SCOPE_READ) -> Principal:
         p = await self.principal(request)
@@ -222,12 +265,127 @@ class Authenticator:
         return p
 
     def _refuse(self, request: Any, p: Principal, why: str) -> None:
+        method = getattr(request, "requestMethod", b"") or request.method
+        path = getattr(request, "requestPath", b"") or getattr(request, "path", b"") or b""
         log.warn(
             "403 {method} {path} for {principal} ({subject}): {why}",
-            method=request.method.decode("latin-1"),
-            path=request.path.decode("latin-1", "replace"),
+            method=method.decode("latin-1") if isinstance(method, bytes) else str(method),
+            path=path.decode("latin-1", "replace") if isinstance(path, bytes) else str(path),
             principal=str(p),
             subject=p.subject,
             why=why,
         )
         raise Forbidden(why)
+
+
+def callerKey(p: Principal) -> str:
+    """
+    A stable name for the caller, for scoping its idempotency keys: the
+    token id for tokens and sessions, the certificate identity otherwise.
+    """
+    if p.kind == "anonymous":
+        return "anonymous"
+    if p.subject.startswith("token "):
+        return p.subject
+    return "%s:%s" % (p.kind, p.name)
+
+
+def _sessionHash(sessionID: str) -> str:
+    return hashlib.sha256(sessionID.encode("ascii")).hexdigest()
+
+
+class SessionKeyError(ValueError):
+    """
+    The session key file cannot be used.
+    """
+
+
+class SessionKeys:
+    """
+    The HMAC keys of dashboard session cookies, kept in a file outside the
+    database (created 0600 at first start).  The file holds one hex key per
+    line: the first signs new cookies, the others (the retired keys of a
+    rotation) are still accepted, so a rotation does not sign everybody
+    out unless the old line is dropped.  Re-read on SIGHUP.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._keys: List[bytes] = []
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise SessionKeyError("cannot create session key file %s: %s" % (self.path, e.strerror)) from None
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        try:
+            st = os.stat(self.path)
+            if st.st_mode & 0o077:
+                os.chmod(self.path, 0o600)
+            with open(self.path, "r", encoding="ascii") as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise SessionKeyError("cannot read session key file %s: %s" % (self.path, e)) from None
+        keys = []
+        for line in lines:
+            try:
+                key = bytes.fromhex(line)
+            except ValueError:
+                raise SessionKeyError("session key file %s: every line must be a hex key" % (self.path,)) from None
+            if len(key) < 16:
+                raise SessionKeyError("session key file %s: keys must be at least 16 bytes" % (self.path,))
+            keys.append(key)
+        if not keys:
+            raise SessionKeyError("session key file %s holds no key" % (self.path,))
+        self._keys = keys
+
+    def sign(self, sessionID: str) -> str:
+        mac = hmac.new(self._keys[0], sessionID.encode("ascii"), hashlib.sha256).hexdigest()
+        return "%s.%s" % (sessionID, mac)
+
+    def verify(self, cookie: str) -> Optional[str]:
+        sessionID, _, mac = cookie.partition(".")
+        if not re.match(r"^[0-9a-f]{64}$", sessionID) or not mac:
+            return None
+        for key in self._keys:
+            want = hmac.new(key, sessionID.encode("ascii"), hashlib.sha256).hexdigest()
+            if hmac.compare_digest(want, mac):
+                return sessionID
+        return None
+
+
+class EphemeralSessionKeys(SessionKeys):
+    """
+    A random session key kept in memory only: every session ends with the
+    process.
+    """
+
+    def __init__(self) -> None:
+        self.path = ""
+        self._keys = [os.urandom(32)]
+
+    def reload(self) -> None:
+        pass
+
+
+def rotateSessionKey(path: str, keep: int = 1) -> None:
+    """
+    Put a new key first in the session key file, keeping C{keep} previous
+    keys (0 signs every session out).  Written atomically, mode 0600.
+    """
+    old: List[str] = []
+    if os.path.exists(path):
+        with open(path, "r", encoding="ascii") as f:
+            old = [line.strip() for line in f if line.strip()]
+    lines = [os.urandom(32).hex()] + old[:keep]
+    tmp = path + ".new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)

@@ -57,7 +57,7 @@ def _ingest(extra: List[str], total: int, batchSize: int) -> float:
     orch = Orchestrator(extra + ["--watch-interval", "0", "--retention-days", "0"])
     try:
         post(orch.url + "/v1/runners/register", {"runner_id": "bench", "proto_version": 1})
-        code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}, "duration": 3600 * 10**9}})
+        code, queued = post(orch.url + "/v1/scans", {"target_runner": "bench", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}, "duration": 3600 * 10**9}})
         start = time.perf_counter()
         code, ack = post(orch.url + "/v1/runs/%s/events" % (queued["run_id"],), body, {"Content-Type": "application/x-ndjson"})
         seconds = time.perf_counter() - start
@@ -76,7 +76,7 @@ def _dispatch(dsn: str, orchestrators: int, runners: int, scans: int) -> float:
     orchs = [Orchestrator(["--db", dsn, "--poll-wait", "2", "--watch-interval", "0", "--retention-days", "0"]) for _ in range(orchestrators)]
     try:
         for i in range(scans):
-            code, _ = post(orchs[i % len(orchs)].url + "/v1/scans", {"Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}}})
+            code, _ = post(orchs[i % len(orchs)].url + "/v1/scans", {"Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}}})
             assert code == 202, code
         done = [0]
         lock = threading.Lock()

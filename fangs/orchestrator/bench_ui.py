@@ -44,7 +44,7 @@ def fill(base: str, events: int, post: Callable[..., Any], realisticEvent: Calla
     code, _ = post(base + "/v1/runners/register", {"runner_id": "bench-ui", "proto_version": 1})
     assert code == 200, code
     code, queued = post(base + "/v1/scans", {"target_runner": "bench-ui", "Job": {
-        "kind": "sandbox_scan", "package_name": "bench-ui-pkg", "version": "1.0.0", "sandbox": {"image": "img"}}})
+        "kind": "sandbox_scan", "package_name": "bench-ui-pkg", "version": "1.0.0", "sandbox": {"image": "fangs-sandbox/node:20"}}})
     assert code == 202, queued
     runID = queued["run_id"]
     with urllib.request.urlopen(base + "/v1/runners/bench-ui/jobs", timeout=60) as r:

@@ -32,6 +32,9 @@ DEFAULT_WATCHED_PATHS: Tuple[WatchedPath, ...] = (
 )
 
 DEFAULT_SANDBOX_IMAGE = "fangs-sandbox/node:20"
+DEFAULT_MAX_MEMORY = 4 * 1024**3
+DEFAULT_MAX_NANO_CPUS = 4_000_000_000
+DEFAULT_MAX_PIDS = 4096
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,26 @@ class OrchestratorConfig:
     sandboxImage: str = DEFAULT_SANDBOX_IMAGE
     scanDurationSeconds: float = 120.0
     graceSeconds: float = 2.0
+    #: Images (fnmatch patterns) a scan may name; empty: the sandbox image only.
+    images: Tuple[str, ...] = ()
+    maxMemoryBytes: int = DEFAULT_MAX_MEMORY
+    maxNanoCpus: int = DEFAULT_MAX_NANO_CPUS
+    maxPids: int = DEFAULT_MAX_PIDS
+    #: Pull policies a scan may ask for ("never": images come from the
+    #: runner's own store; a pull could fetch a squatted image of an allowed name).
+    pullPolicies: Tuple[str, ...] = ("never",)
+    #: Docker networks a scan may join (besides the default).
+    networkModes: Tuple[str, ...] = ("none", "bridge")
+    #: Notifier targets in loopback/private/link-local ranges that an
+    #: operator allowed (CIDRs); everything else of those ranges is refused.
+    notifierAllowPrivate: Tuple[str, ...] = ()
+    #: Environment variables notifier headers, URLs and secrets may name.
+    notifierEnv: Tuple[str, ...] = ()
+    #: Operator certificate scopes by operator name (overrides the SAN URI).
+    operatorScopes: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+
+    def allowedImages(self) -> Tuple[str, ...]:
+        return self.images or (self.sandboxImage,)
 
 
 def defaultConfigPath() -> Optional[str]:
@@ -126,7 +149,55 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
             raise ConfigError("config %s: sandbox.%s must be a positive number" % (path, key))
         return float(value)
 
+    def count(section: Dict[str, Any], key: str, default: int, where: str) -> int:
+        value = section.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError("config %s: %s.%s must be a positive integer" % (path, where, key))
+        return value
+
+    def names(section: Dict[str, Any], key: str, where: str) -> Tuple[str, ...]:
+        value = section.get(key) or []
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError("config %s: %s.%s must be a list of strings" % (path, where, key))
+        return tuple(value)
+
+    images = names(sandbox, "images", "sandbox")
+    notifiers = data.get("notifiers") or {}
+    if not isinstance(notifiers, dict):
+        raise ConfigError("config %s: notifiers must be a mapping" % (path,))
+    allowPrivate = names(notifiers, "allow_private", "notifiers")
+    import ipaddress
+
+    for cidr in allowPrivate:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError("config %s: notifiers.allow_private entry %r is not an address or CIDR" % (path, cidr)) from None
+    env = names(notifiers, "env", "notifiers")
+    operators = data.get("operators") or {}
+    if not isinstance(operators, dict):
+        raise ConfigError("config %s: operators must map operator names to scope lists" % (path,))
+    from fangs.tls import parseScopes
+
+    opScopes = []
+    for name, scopes in operators.items():
+        if not isinstance(name, str) or not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+            raise ConfigError("config %s: operators.%s must be a list of scopes (read, write, admin)" % (path, name))
+        try:
+            opScopes.append((name, parseScopes(scopes)))
+        except ValueError as e:
+            raise ConfigError("config %s: operators.%s: %s" % (path, name, e)) from None
+
     return OrchestratorConfig(
+        images=images,
+        maxMemoryBytes=count(sandbox, "max_memory_bytes", DEFAULT_MAX_MEMORY, "sandbox"),
+        maxNanoCpus=count(sandbox, "max_nano_cpus", DEFAULT_MAX_NANO_CPUS, "sandbox"),
+        maxPids=count(sandbox, "max_pids", DEFAULT_MAX_PIDS, "sandbox"),
+        pullPolicies=names(sandbox, "pull_policies", "sandbox") or ("never",),
+        networkModes=names(sandbox, "network_modes", "sandbox") or ("none", "bridge"),
+        notifierAllowPrivate=allowPrivate,
+        notifierEnv=env,
+        operatorScopes=tuple(opScopes),
         path=path,
         raw=raw,
         watchedPaths=watched,

@@ -8,8 +8,10 @@ method here and renders the answer.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import attrs
@@ -38,6 +40,9 @@ MAX_DURATION_NS = 24 * 3600 * wire.SECOND
 JOB_POLL_INTERVAL_NS = 5 * wire.SECOND
 HEARTBEAT_INTERVAL_NS = 30 * wire.SECOND
 JOB_KINDS = ("sensor_only", "sandbox_scan")
+#: Runner capability: results carry each run's own events_dropped (else the
+#: runner's cumulative counter, whose increase is counted).
+PER_RUN_DROPS = "events_dropped.per_run"
 INGEST_PIPELINE = 8
 
 
@@ -153,7 +158,11 @@ class Orchestrator:
     # -- scans --------------------------------------------------------------
 
     async def submitScan(
-        self, req: wire.ScanRequest, idempotencyKey: Optional[str] = None, requireTarget: bool = True
+        self,
+        req: wire.ScanRequest,
+        idempotencyKey: Optional[str] = None,
+        requireTarget: bool = True,
+        idempotencyDigest: str = "",
     ) -> Tuple[str, bool]:
         """
         Queue a scan: apply defaults, create the run, wake a waiting runner.
@@ -178,9 +187,12 @@ class Orchestrator:
             job=wire.dumps(job).decode("utf-8"),
             created_ns=self.nowNs(),
             idempotency_key=idempotencyKey,
+            idempotency_digest=idempotencyDigest,
         )
         try:
             runID, created = await self.store.createRun(run)
+        except S.IdempotencyMismatch as e:
+            raise ConflictError(str(e), code="idempotency_key_reused") from None
         except S.Conflict:
             raise ConflictError("run_id %s exists already" % (run.id,)) from None
         if created:
@@ -222,6 +234,10 @@ class Orchestrator:
                 raise BadRequest("job.sandbox.network_mode host is not allowed")
             if not sandbox.image:
                 sandbox = attrs.evolve(sandbox, image=self.config.sandboxImage)
+            if not sandbox.pull_policy:
+                # The runner's default would pull a missing image.
+                sandbox = attrs.evolve(sandbox, pull_policy=self.config.pullPolicies[0])
+        checkScanPolicy(attrs.evolve(job, kind=kind, sandbox=sandbox), self.config)
         return attrs.evolve(
             job,
             kind=kind,
@@ -247,6 +263,7 @@ class Orchestrator:
         L{BadRequest}; every batch before it stays stored.
         """
         run = await self.requireRun(runID)
+        finished = run.result_status is not None
         span = self._deadlineSpan(run)
         credPaths = credPathsOf(run)
         batches = events = persisted = 0
@@ -282,6 +299,17 @@ class Orchestrator:
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
                 self.metrics.eventsIn(r.type for r in rows)
+                if finished:
+                    # After the result only a resend of stored batches is
+                    # accepted (a runner retrying a stream it had sent).
+                    await settle(0)
+                    if not await self.store.batchStored(runID, seq):
+                        raise ConflictError(
+                            "run %s has its result already; events after it are refused"
+                            " (line %d, batch seq %d; %d batches before it were accepted as resends)"
+                            % (runID, lineno, seq, batches),
+                            code="run_finished",
+                        )
                 now = self.nowNs()
                 inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows, self.clock.seconds()))
                 batches += 1
@@ -319,13 +347,20 @@ class Orchestrator:
             observation_ended_ns=_ns(result.observation_ended_at),
             events_unresolved=min(result.events_unresolved, 2 ** 62),
         )
+        dropped = result.events_dropped
+        current = await self.store.getRun(runID)
+        if current is not None and current.result_status is None and current.runner_id and not self._perRunDrops(current.runner_id):
+            # A runner that reports its process-wide cumulative counter (the
+            # Go runner): this run's drops are the increase since its last
+            # report.
+            dropped = await self.store.dropIncrease(current.runner_id, result.events_dropped)
         try:
             run, changed = await self.store.recordResult(
                 runID,
                 result.status,
                 result.reason,
                 result.events_emitted,
-                result.events_dropped,
+                dropped,
                 result.duration,
                 self.nowNs(),
                 lifecycle,
@@ -343,9 +378,19 @@ class Orchestrator:
                 dropped=result.events_dropped,
                 received=run.events_received,
             )
-            self.metrics.resultRecorded(result.status, result.duration, result.events_dropped)
+            self.metrics.resultRecorded(result.status, result.duration, dropped)
             self.analyzer.runFinished(runID)
         return run
+
+    def _perRunDrops(self, runnerID: str) -> bool:
+        """
+        Whether the runner announced (capability C{events_dropped.per_run})
+        that its results count each run's own drops.
+        """
+        record = self.registry.get(runnerID)
+        if record is None:
+            return True  # unknown now: take the number as it came
+        return PER_RUN_DROPS in (record.registration.capabilities or ())
 
     async def cancel(self, runID: str) -> S.RunRow:
         try:
@@ -513,8 +558,13 @@ def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
 def _encodePayload(payload: Dict[str, Any]) -> str:
     try:
         return orjson.dumps(payload).decode("utf-8")
-    except TypeError:  # an integer beyond 64 bits: stdlib JSON keeps it
-        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    except TypeError:  # an integer beyond 64 bits (stdlib JSON keeps it), or a lone surrogate
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("payload holds text that is not valid Unicode (a lone surrogate escape)") from None
+        return text
 
 
 def _ns(when: Any) -> Any:
@@ -524,3 +574,56 @@ def _ns(when: Any) -> Any:
     if when is None:
         return None
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+_CGROUP_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+_CGROUP_PATH = re.compile(r"^(?:/sys/fs/cgroup/unified|/sys/fs/cgroup)?/fangs(?:/%s)+$" % (_CGROUP_NAME,))
+PULL_POLICIES = ("", "never", "missing", "always")
+
+
+def checkScanPolicy(job: wire.Job, config: Any) -> None:
+    """
+    What a write-scope caller may ask a runner to do: watch a cgroup only
+    of a C{sensor_only} job and only under the runner's own C{/fangs/}
+    tree, run only allowed images, and ask for at most the configured
+    memory, CPU and pids.
+
+    @raise BadRequest: the job asks for more.
+    """
+    kind = job.kind or "sensor_only"
+    if job.cgroup_path:
+        if kind != "sensor_only":
+            raise BadRequest("job.cgroup_path is only for sensor_only jobs")
+        if not _CGROUP_PATH.match(job.cgroup_path) or "/../" in job.cgroup_path + "/" or "/./" in job.cgroup_path + "/":
+            raise BadRequest("job.cgroup_path must name a cgroup under the runner's /fangs/ tree (like /fangs/<name>)")
+    sandbox = job.sandbox
+    if sandbox is None:
+        return
+    if sandbox.cgroup_parent and not _CGROUP_PATH.match(sandbox.cgroup_parent):
+        raise BadRequest("job.sandbox.cgroup_parent must be under /fangs/")
+    image = sandbox.image or config.sandboxImage
+    if not any(fnmatch.fnmatchcase(image, pattern) for pattern in config.allowedImages()):
+        raise BadRequest(
+            "job.sandbox.image %r is not allowed (allowed: %s; see sandbox.images in the config)"
+            % (image, ", ".join(config.allowedImages()))
+        )
+    if sandbox.pull_policy not in PULL_POLICIES:
+        raise BadRequest("job.sandbox.pull_policy must be one of never, missing, always")
+    if sandbox.pull_policy and sandbox.pull_policy not in config.pullPolicies:
+        raise BadRequest(
+            "job.sandbox.pull_policy %s is not allowed (allowed: %s; see sandbox.pull_policies in the config)"
+            % (sandbox.pull_policy, ", ".join(config.pullPolicies))
+        )
+    if sandbox.network_mode and sandbox.network_mode not in config.networkModes:
+        raise BadRequest(
+            "job.sandbox.network_mode %r is not allowed (allowed: %s; see sandbox.network_modes in the config)"
+            % (sandbox.network_mode[:100], ", ".join(config.networkModes))
+        )
+    for field, ceiling, what in (
+        ("memory_bytes", config.maxMemoryBytes, "sandbox.max_memory_bytes"),
+        ("nano_cpus", config.maxNanoCpus, "sandbox.max_nano_cpus"),
+        ("pids_limit", config.maxPids, "sandbox.max_pids"),
+    ):
+        value = getattr(sandbox, field)
+        if value < 0 or value > ceiling:
+            raise BadRequest("job.sandbox.%s must be between 0 and %d (%s)" % (field, ceiling, what))

@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import socket
 import hmac
 import ipaddress
 import json
 import os
 import random as _random
 import re
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
+import attrs
 import treq
 from twisted.application import service
 from twisted.internet.defer import Deferred, DeferredList
@@ -122,10 +124,76 @@ def isLoopbackHost(host: str) -> bool:
         return False
 
 
-def checkURL(url: Any) -> str:
+#: Cloud metadata services that sit on otherwise ordinary-looking addresses.
+_METADATA = tuple(ipaddress.ip_network(n) for n in ("169.254.169.254/32", "100.100.100.200/32", "fd00:ec2::254/128", "192.0.0.192/32"))
+
+
+@attrs.frozen
+class TargetPolicy:
     """
-    An C{https} URL, or C{http} to a loopback address only.  L{BadRequest}
-    otherwise.
+    Where notifications may go.  Loopback, private, link-local, shared,
+    reserved and metadata addresses (anything not globally routable) are
+    refused unless one of C{allowPrivate} (the config's
+    C{notifiers.allow_private}) holds them; C{${NAME}} may only name the
+    variables in C{env} (C{notifiers.env}).
+    """
+
+    allowPrivate: Tuple[Any, ...] = ()
+    env: FrozenSet[str] = frozenset()
+
+    @classmethod
+    def fromConfig(cls, allowPrivate: Sequence[str] = (), env: Sequence[str] = ()) -> "TargetPolicy":
+        return cls(tuple(ipaddress.ip_network(c, strict=False) for c in allowPrivate), frozenset(env))
+
+    def refusal(self, address: str) -> Optional[str]:
+        """
+        Why a target address is refused, or None.
+        """
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return "%r is not an IP address" % (address,)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if any(ip in net for net in self.allowPrivate):
+            return None
+        if any(ip in net for net in _METADATA):
+            return "%s is a cloud metadata address" % (ip,)
+        if ip.is_loopback:
+            return "%s is a loopback address" % (ip,)
+        if ip.is_link_local:
+            return "%s is a link-local address" % (ip,)
+        if ip.is_private:
+            return "%s is a private address" % (ip,)
+        if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+            return "%s is not a public address" % (ip,)
+        return None
+
+    def allowlisted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in net for net in self.allowPrivate)
+
+    def checkEnv(self, name: str, what: str) -> None:
+        if name not in self.env:
+            raise BadRequest(
+                "%s names environment variable %s, which the config does not list in notifiers.env" % (what, name)
+            )
+
+
+OPEN_POLICY = TargetPolicy(allowPrivate=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")), env=frozenset())
+
+
+def checkURL(url: Any, policy: Optional[TargetPolicy] = None) -> str:
+    """
+    An C{https} URL (or C{http} to an address the policy's allowlist holds)
+    whose host, when it is an IP literal or C{localhost}, the policy
+    accepts.  Host names are checked again after DNS at every delivery.
+    L{BadRequest} otherwise.
     """
     if not isinstance(url, str) or not 1 <= len(url) <= 2048:
         raise BadRequest("url must be a string of 1-2048 characters")
@@ -143,19 +211,40 @@ def checkURL(url: Any) -> str:
         raise BadRequest("url has no host")
     if parts.username is not None or parts.password is not None:
         raise BadRequest("url must not carry credentials; use headers with ${ENV} values")
-    if parts.scheme == "http" and not isLoopbackHost(host):
-        raise BadRequest("plain http:// is only allowed to loopback (127.0.0.0/8, ::1, localhost); use https://")
+    policy = policy if policy is not None else TargetPolicy()
+    addresses = literalAddresses(host)
+    for a in addresses:
+        why = policy.refusal(a)
+        if why is not None:
+            raise BadRequest("url host %s refused: %s (allow it in the config's notifiers.allow_private)" % (host, why))
+    if parts.scheme == "http" and not (addresses or policy.allowPrivate):
+        raise BadRequest("plain http:// is only allowed to an allowlisted address (notifiers.allow_private); use https://")
     return url
 
 
-def parseNotifier(name: str, body: Mapping[str, Any]) -> Dict[str, Any]:
+def literalAddresses(host: str) -> List[str]:
+    """
+    The addresses a host names without DNS: an IP literal, or localhost's.
+    """
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return ["127.0.0.1", "::1"]
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return []
+
+
+def parseNotifier(name: str, body: Mapping[str, Any], policy: Optional[TargetPolicy] = None) -> Dict[str, Any]:
     """
     Validate a target as the API receives it.  Header values may be literal
-    or a whole C{${ENV_NAME}}, read from the environment at send time, so
-    credentials need not be stored either.
+    or a whole C{${ENV_NAME}} (a name the config lists in C{notifiers.env}),
+    read from the environment at send time, so credentials need not be
+    stored either.
 
     @raise BadRequest: anything invalid.
     """
+    policy = policy if policy is not None else TargetPolicy()
     checkName(name)
     known = {"name", "url", "template", "secret_env", "min_severity", "headers", "packages", "enabled"}
     unknown = sorted(set(body) - known)
@@ -164,8 +253,11 @@ def parseNotifier(name: str, body: Mapping[str, Any]) -> Dict[str, Any]:
     if body.get("name", name) != name:
         raise BadRequest("name in the body differs from the name in the path")
     url = body.get("url")
-    if not (isinstance(url, str) and _ENV_REF.match(url)):  # "${SLACK_WEBHOOK_URL}": checked at send time
-        url = checkURL(url)
+    ref = _ENV_REF.match(url) if isinstance(url, str) else None
+    if ref:  # "${SLACK_WEBHOOK_URL}": the URL itself is checked at send time
+        policy.checkEnv(ref.group(1), "url")
+    else:
+        url = checkURL(url, policy)
     template = body.get("template", "generic")
     if template not in TEMPLATES:
         raise BadRequest("template must be one of %s" % (", ".join(TEMPLATES),))
@@ -175,6 +267,7 @@ def parseNotifier(name: str, body: Mapping[str, Any]) -> Dict[str, Any]:
             raise BadRequest("secret_env must be the name of an environment variable, like FANGS_WEBHOOK_SECRET")
         if template not in SIGNED_TEMPLATES:
             raise BadRequest("secret_env (signing) applies to the generic and siem templates only")
+        policy.checkEnv(secretEnv, "secret_env")
     minSeverity = body.get("min_severity") or None
     if minSeverity is not None:
         if not isinstance(minSeverity, str) or minSeverity not in differ.SEVERITY_LABELS:
@@ -189,6 +282,11 @@ def parseNotifier(name: str, body: Mapping[str, Any]) -> Dict[str, Any]:
             raise BadRequest("header %s is set by the orchestrator" % (k,))
         if not isinstance(v, str) or len(v) > 4096 or any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in v):
             raise BadRequest("header %s must be a string without control characters" % (k,))
+        ref = _ENV_REF.match(v)
+        if ref:
+            policy.checkEnv(ref.group(1), "header %s" % (k,))
+        elif "${" in v:
+            raise BadRequest("header %s: ${NAME} must be the whole value" % (k,))
     packages = body.get("packages") or []
     if not isinstance(packages, list) or len(packages) > MAX_PACKAGES:
         raise BadRequest("packages must be a list of at most %d package names or patterns" % (MAX_PACKAGES,))
@@ -238,6 +336,81 @@ def _finding(n: int) -> str:
     return "%d finding%s" % (n, "" if n == 1 else "s")
 
 
+_ZWSP = "\u200b"
+_MENTION = re.compile(r"@(?=[A-Za-z0-9!&#])")
+
+
+def _breakMentions(text: str) -> str:
+    """
+    C{@everyone}, C{@here}, C{@channel}, C{@user}: a zero-width space after
+    the C{@} keeps them from notifying anybody.
+    """
+    return _MENTION.sub("@" + _ZWSP, text)
+
+
+def _breakLinks(text: str) -> str:
+    return text.replace("://", ":" + _ZWSP + "//").replace("www.", "www" + _ZWSP + ".")
+
+
+def slackText(text: Any) -> str:
+    """
+    Package-controlled text for Slack mrkdwn: C{&}, C{<}, C{>} escaped (no
+    C{<!channel>}, C{<@U123>}, C{<http://x|masked>} links), mentions and
+    bare links broken, markup characters and backticks neutralised.
+    """
+    text = str(text)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = text.replace("`", "\u02cb")
+    for ch in "*_~|":
+        text = text.replace(ch, ch + _ZWSP)
+    return _breakLinks(_breakMentions(text))
+
+
+def slackCode(text: Any) -> str:
+    """
+    Package-controlled text inside a Slack code span: no backtick can end
+    the span, and C{&<>} are escaped (Slack parses them even in code).
+    """
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\u02cb")
+    for ch in "*~":
+        text = text.replace(ch, ch + _ZWSP)
+    return _breakLinks(_breakMentions(text))
+
+
+_DISCORD_MARKUP = re.compile(r"([\\*_~|`>\[\]])")
+
+
+def discordText(text: Any) -> str:
+    """
+    Package-controlled text for Discord markdown: every markup character
+    backslash-escaped (no masked links, no formatting), mentions and links
+    broken.  (Messages also carry C{allowed_mentions: {parse: []}}.)
+    """
+    text = _DISCORD_MARKUP.sub(r"\\\1", str(text))
+    text = text.replace("<", "\\<")
+    return _breakLinks(_breakMentions(text))
+
+
+def discordCode(text: Any) -> str:
+    text = str(text).replace("`", "\u02cb").replace("<", "\u2039").replace(">", "\u203a")
+    for ch in "*~|":
+        text = text.replace(ch, ch + _ZWSP)
+    return _breakLinks(_breakMentions(text))
+
+
+def plainText(text: Any) -> str:
+    """
+    Package-controlled text for the generic JSON body (often forwarded to
+    chat or shown in HTML by receivers): mentions and links broken, angle
+    brackets and square brackets replaced by look-alikes.
+    """
+    text = str(text)
+    for a, b in (("<", "\u2039"), (">", "\u203a"), ("[", "\u2045"), ("]", "\u2046"), ("`", "\u02cb"),
+                 ("*", "*" + _ZWSP), ("~", "~" + _ZWSP)):
+        text = text.replace(a, b)
+    return _breakLinks(_breakMentions(text))
+
+
 _DISCORD_COLOURS = {"critical": 0xE3635D, "high": 0xD3A851, "medium": 0xD3A851, "low": 0x6DA3D8}
 
 
@@ -256,8 +429,8 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
             "source": "fangs-orchestrator",
             "schema_version": "v1",
             "run_id": run["run_id"],
-            "package_name": run.get("package_name", ""),
-            "version": run.get("version", ""),
+            "package_name": plainText(run.get("package_name", "")),
+            "version": plainText(run.get("version", "")),
             "state": run.get("state", ""),
             "verdict": run.get("verdict", ""),
             "is_baseline": run.get("verdict") == "baseline",
@@ -266,9 +439,9 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
                 {
                     "id": d["id"],
                     "category": d["category"],
-                    "value": d["value"],
+                    "value": plainText(d["value"]),
                     "severity": d["severity"],
-                    "reason": d.get("reason", ""),
+                    "reason": plainText(d.get("reason", "")),
                     "evidence_event_id": d.get("evidence_event_id"),
                 }
                 for d in deviations
@@ -300,39 +473,45 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
         return b"".join(lines), "application/x-ndjson"
     shown, more = deviations[:MAX_LINES], max(0, n - MAX_LINES)
     if template == "slack":
-        text = "🚨 FANGS deviation: %s@%s — %s (max: %s)" % (pkg, ver, _finding(n), maxSev)
-        lines = ["• *%s* `%s` — %s" % (d["severity"], _cut(d["value"], 80), d["category"]) for d in shown]
+        spkg, sver = slackText(pkg), slackText(ver)
+        text = "🚨 FANGS deviation: %s@%s — %s (max: %s)" % (spkg, sver, _finding(n), maxSev)
+        lines = ["• *%s* `%s` — %s" % (d["severity"], slackCode(_cut(d["value"], 80)), d["category"]) for d in shown]
         if more:
             lines.append("_… and %d more_" % (more,))
         body = {
             "text": text,
             "blocks": [
-                {"type": "header", "text": {"type": "plain_text", "text": _cut(text, SLACK_HEADER_MAX), "emoji": True}},
+                {
+                    "type": "header",
+                    "text": {"type": "plain_text", "text": _cut("🚨 FANGS deviation: %s@%s — %s (max: %s)" % (_breakLinks(_breakMentions(pkg)), _breakLinks(_breakMentions(ver)), _finding(n), maxSev), SLACK_HEADER_MAX), "emoji": True},
+                },
                 {
                     "type": "section",
                     "text": {
                         "type": "mrkdwn",
-                        "text": "Run `%s` · package `%s` · version `%s`" % (run["run_id"][:12], pkg, ver),
+                        "text": "Run `%s` · package `%s` · version `%s`" % (run["run_id"][:12], slackCode(pkg), slackCode(ver)),
                     },
                 },
                 {"type": "section", "text": {"type": "mrkdwn", "text": _cut("\n".join(lines), 3000)}},
             ],
+            "unfurl_links": False,
+            "unfurl_media": False,
         }
         return _json(body), "application/json"
     if template == "discord":
         fields = [
-            {"name": "%s · %s" % (d["severity"], d["category"]), "value": "`%s`" % (_cut(d["value"], 100),), "inline": False}
+            {"name": "%s · %s" % (d["severity"], d["category"]), "value": "`%s`" % (discordCode(_cut(d["value"], 100)),), "inline": False}
             for d in shown
         ]
         if more:
             fields.append({"name": "…", "value": "and %d more" % (more,), "inline": False})
         embed = {
-            "title": _cut("FANGS deviation: %s@%s" % (pkg, ver), 256),
+            "title": _cut("FANGS deviation: %s@%s" % (discordText(pkg), discordText(ver)), 256),
             "description": "**%s** (max severity: **%s**)\nRun `%s`" % (_finding(n), maxSev, run["run_id"][:12]),
             "color": _DISCORD_COLOURS.get(maxSev, 0x808080),
             "fields": fields,
         }
-        return _json({"username": "FANGS", "embeds": [embed]}), "application/json"
+        return _json({"username": "FANGS", "embeds": [embed], "allowed_mentions": {"parse": []}}), "application/json"
     raise ValueError("unknown template %r" % (template,))
 
 
@@ -436,7 +615,7 @@ def parseRetryAfter(value: Optional[bytes], now: float) -> Optional[float]:
     return min(RETRY_AFTER_CAP, max(0.0, when - now))
 
 
-def resolveURL(url: str, environ: Mapping[str, str]) -> str:
+def resolveURL(url: str, environ: Mapping[str, str], policy: Optional[TargetPolicy] = None) -> str:
     """
     The target's URL, read from the environment when it is a C{${NAME}}
     (a Slack or Discord webhook URL is itself a secret), and checked.
@@ -444,16 +623,20 @@ def resolveURL(url: str, environ: Mapping[str, str]) -> str:
     @raise DeliveryError: the variable is missing.
     @raise BadRequest: the URL is not acceptable.
     """
+    policy = policy if policy is not None else TargetPolicy()
     ref = _ENV_REF.match(url)
     if ref:
+        if ref.group(1) not in policy.env:
+            raise DeliveryError("url: environment variable %s is not listed in the config's notifiers.env" % (ref.group(1),))
         url = environ.get(ref.group(1), "")
         if not url:
             raise DeliveryError("url: environment variable %s is not set" % (ref.group(1),))
-    return checkURL(url)
+    return checkURL(url, policy)
 
 
 def requestHeaders(
-    target: Mapping[str, Any], body: bytes, contentType: str, now: float, environ: Mapping[str, str]
+    target: Mapping[str, Any], body: bytes, contentType: str, now: float, environ: Mapping[str, str],
+    policy: Optional[TargetPolicy] = None,
 ) -> Dict[str, List[str]]:
     """
     The headers of one attempt.  Custom headers first (a C{${NAME}} value is
@@ -465,6 +648,8 @@ def requestHeaders(
     for k, v in (target.get("headers") or {}).items():
         ref = _ENV_REF.match(v)
         if ref:
+            if policy is not None and ref.group(1) not in policy.env:
+                raise DeliveryError("header %s: environment variable %s is not listed in the config's notifiers.env" % (k, ref.group(1)))
             v = environ.get(ref.group(1), "")
             if not v:
                 raise DeliveryError("header %s: environment variable %s is not set" % (k, ref.group(1)))
@@ -472,6 +657,8 @@ def requestHeaders(
     headers["Content-Type"] = [contentType]
     secretEnv = target.get("secret_env")
     if secretEnv and target.get("template") in SIGNED_TEMPLATES:
+        if policy is not None and secretEnv not in policy.env:
+            raise DeliveryError("signing secret: environment variable %s is not listed in the config's notifiers.env" % (secretEnv,))
         secret = environ.get(secretEnv, "")
         if not secret:
             raise DeliveryError("signing secret: environment variable %s is not set" % (secretEnv,))
@@ -509,8 +696,19 @@ class NotifierService(service.Service):
         concurrency: int = CONCURRENCY,
         timeout: float = TIMEOUT,
         pool: Any = None,
+        policy: Optional[TargetPolicy] = None,
+        resolver: Optional[Callable[[str], Any]] = None,
+        httpFor: Optional[Callable[[str], Any]] = None,
     ) -> None:
         self._pool = pool  # closed at stop
+        #: Where messages may go; the default refuses every non-public address.
+        self.policy = policy if policy is not None else TargetPolicy()
+        #: C{resolver(host)}: a Deferred of the host's addresses (DNS at
+        #: delivery time, so a name rebound to a private address is refused).
+        self._resolver = resolver
+        #: C{httpFor(address)}: a client that connects to exactly that
+        #: checked address (no second DNS lookup); None: use C{http}.
+        self._httpFor = httpFor
         self._clock = clock
         self._store = store
         self._http = http
@@ -639,15 +837,33 @@ class NotifierService(service.Service):
         """
         now = self._clock.seconds()
         try:
-            url = resolveURL(target["url"], self._environ)
-            headers = requestHeaders(target, body, contentType, now, self._environ)
+            url = resolveURL(target["url"], self._environ, self.policy)
+            headers = requestHeaders(target, body, contentType, now, self._environ, self.policy)
             headers.update(extra or {})
         except BadRequest as e:
             return PERMANENT, None, "url: " + e.message, "", None
         except DeliveryError as e:
             return PERMANENT, None, str(e), "", None
+        host = urlsplit(url).hostname or ""
+        addresses = literalAddresses(host)
+        if not addresses:
+            if self._resolver is None:
+                return PERMANENT, None, "no resolver to check %s with" % (host,), "", None
+            try:
+                addresses = list(await self._resolver(host))
+            except Exception as e:
+                return FAILED, None, "dns: %s" % (_describe(e),), "", None
+            if not addresses:
+                return FAILED, None, "dns: %s has no address" % (host,), "", None
+        for a in addresses:
+            why = self.policy.refusal(a)
+            if why is None and url.startswith("http:") and not self.policy.allowlisted(a):
+                why = "%s is not in notifiers.allow_private (plain http:// goes to allowlisted addresses only)" % (a,)
+            if why is not None:
+                return PERMANENT, None, "url host %s refused: %s" % (host, why), "", None
+        http = self._httpFor(addresses[0]) if self._httpFor is not None else self._http
         try:
-            response = await self._http.request(
+            response = await http.request(
                 "POST",
                 url,
                 data=body,
@@ -713,3 +929,60 @@ def _describe(e: BaseException) -> str:
     if reasons:
         text = "; ".join(str(getattr(r, "value", r)) for r in reasons) or text
     return _cut(text, 300)
+
+
+# ---------------------------------------------------------------------------
+# Connecting to checked addresses only
+
+
+def _thd_resolve(host: str) -> List[str]:
+    infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    seen: List[str] = []
+    for info in infos:
+        a = info[4][0]
+        if a not in seen:
+            seen.append(a)
+    return seen
+
+
+def threadResolver(reactor: Any) -> Callable[[str], Any]:
+    """
+    C{resolver(host)}: the system resolver on the reactor's thread pool.
+    """
+    from twisted.internet.threads import deferToThreadPool
+
+    def resolve(host: str) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), _thd_resolve, host)
+
+    return resolve
+
+
+def pinnedClients(reactor: Any, pool: Any, timeout: float = TIMEOUT) -> Callable[[str], Any]:
+    """
+    C{httpFor(address)}: a treq client whose every connection goes to
+    C{address} (the one just checked), with TLS verified against the URL's
+    host name.
+    """
+    from treq.client import HTTPClient
+    from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+    from twisted.internet.ssl import optionsForClientTLS
+    from twisted.web.client import Agent
+    from twisted.web.iweb import IAgentEndpointFactory
+    from zope.interface import implementer
+
+    @implementer(IAgentEndpointFactory)
+    class Pinned:
+        def __init__(self, address: str) -> None:
+            self.address = address
+
+        def endpointForURI(self, uri: Any) -> Any:
+            cls = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
+            endpoint = cls(reactor, self.address, uri.port, timeout=timeout)
+            if uri.scheme == b"https":
+                endpoint = wrapClientTLS(optionsForClientTLS(uri.host.decode("ascii")), endpoint)
+            return endpoint
+
+    def httpFor(address: str) -> Any:
+        return HTTPClient(Agent.usingEndpointFactory(reactor, Pinned(address), pool=pool))
+
+    return httpFor

@@ -330,6 +330,24 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
     ),
     (20, "run stream", streamdb.POSTGRES_SCHEMA),
     (21, "artifacts", artifactdb.POSTGRES_SCHEMA),
+    (
+        50,
+        "harden: server-side sessions, idempotency digests, runner drop counters",
+        """
+        CREATE TABLE dashboard_sessions (
+            id_hash TEXT PRIMARY KEY,
+            token_id TEXT NOT NULL,
+            created_ns BIGINT NOT NULL,
+            expires_ns BIGINT NOT NULL
+        );
+        CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
+        ALTER TABLE runs ADD COLUMN idempotency_digest TEXT NOT NULL DEFAULT '';
+        CREATE TABLE runner_drop_counters (
+            runner_id TEXT PRIMARY KEY,
+            events_dropped BIGINT NOT NULL
+        )
+        """,
+    ),
 ]
 
 
@@ -518,6 +536,7 @@ CHECKED = frozenset(
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
     appendStream streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
+    createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored
     """.split()
 )
 
@@ -730,15 +749,21 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
         with _begin(conn) as raw:
             try:
                 row = raw.execute(
-                    "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job, idempotency_key, created_ns)"
-                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s)"
+                    "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job, idempotency_key,"
+                    " idempotency_digest, created_ns)"
+                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s)"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                    (run.id, run.package_name, run.version, run.kind, run.target_runner, run.job, run.idempotency_key, run.created_ns),
+                    (run.id, run.package_name, run.version, run.kind, run.target_runner, run.job, run.idempotency_key,
+                     run.idempotency_digest, run.created_ns),
                 ).fetchone()
             except psycopg.errors.UniqueViolation:
                 raise S.Conflict("run %s exists already" % (run.id,)) from None
             if row is None:
-                return raw.execute("SELECT id FROM runs WHERE idempotency_key = %s", (run.idempotency_key,)).fetchone()[0], False
+                found = raw.execute(
+                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = %s", (run.idempotency_key,)
+                ).fetchone()
+                S.checkIdempotency(found[1], run.idempotency_digest)
+                return found[0], False
             raw.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, run.target_runner or SHARED_QUEUE))
             return run.id, True
 

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import attrs
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
@@ -196,6 +196,17 @@ def parseRetryAfter(value: Optional[bytes], nowSeconds: float) -> Optional[float
     return max(0.0, when.timestamp() - nowSeconds)
 
 
+def _cancelled(e: BaseException) -> bool:
+    """
+    Whether a connection error is only how treq reports that the request
+    was cancelled.
+    """
+    if isinstance(e, ConnectingCancelledError):
+        return True
+    reasons = getattr(e, "reasons", None) or []
+    return any(getattr(f, "check", lambda *a: False)(defer.CancelledError) for f in reasons)
+
+
 class RegistryClient:
     """
     @param client: a treq C{HTTPClient} (or C{StubTreq}).
@@ -274,6 +285,8 @@ class RegistryClient:
                 await self._sleep(self._backoff(attempt))
                 continue
             except (ConnectError, ConnectionLost, DNSLookupError, TimeoutError, ResponseFailed, ResponseNeverReceived) as e:
+                if _cancelled(e):
+                    raise defer.CancelledError() from None  # our caller gave up: no retry
                 problem = "%s: %s" % (url, e.__class__.__name__)
                 await self._sleep(self._backoff(attempt))
                 continue

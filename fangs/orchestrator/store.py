@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import sqlite3
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -57,6 +58,12 @@ class NotFound(StoreError):
     pass
 
 
+class IdempotencyMismatch(StoreError):
+    """
+    An idempotency key the same caller used before with a different body.
+    """
+
+
 class Conflict(StoreError):
     pass
 
@@ -71,6 +78,8 @@ class NewRun:
     job: str  # the Job as wire JSON
     created_ns: int
     idempotency_key: Optional[str] = None
+    #: SHA-256 of the request body the key was first used with.
+    idempotency_digest: str = ""
 
 
 @attrs.frozen
@@ -250,7 +259,31 @@ def decodeToken(token: str, shape: Sequence[type]) -> List[Any]:
     for v, t in zip(values, shape):
         if not isinstance(v, t) or isinstance(v, bool):
             raise BadPageToken("page_token is not a token this server issued")
+        if isinstance(v, int) and not -(2**63) <= v < 2**63:
+            raise BadPageToken("page_token is not a token this server issued")
+        if isinstance(v, str) and (len(v) > 256 or not _encodable(v)):
+            raise BadPageToken("page_token is not a token this server issued")
     return values
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def checkIdempotency(stored: str, given: str) -> None:
+    """
+    A repeated idempotency key must come with the body it was first used
+    with (an empty digest is a row from before digests were kept, or the
+    watcher, which never sends a body).
+
+    @raise IdempotencyMismatch: the bodies differ.
+    """
+    if stored and given and not hmac.compare_digest(stored, given):
+        raise IdempotencyMismatch("Idempotency-Key was used before with a different request body")
 
 
 # ---------------------------------------------------------------------------
@@ -507,6 +540,24 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
     ),
     (20, "run stream", streamdb.SQLITE_SCHEMA),
     (21, "artifacts", artifactdb.SQLITE_SCHEMA),
+    (
+        50,
+        "harden: server-side sessions, idempotency digests, runner drop counters",
+        """
+        CREATE TABLE dashboard_sessions (
+            id_hash TEXT PRIMARY KEY,
+            token_id TEXT NOT NULL,
+            created_ns INTEGER NOT NULL,
+            expires_ns INTEGER NOT NULL
+        );
+        CREATE INDEX dashboard_sessions_by_token ON dashboard_sessions(token_id);
+        ALTER TABLE runs ADD COLUMN idempotency_digest TEXT NOT NULL DEFAULT '';
+        CREATE TABLE runner_drop_counters (
+            runner_id TEXT PRIMARY KEY,
+            events_dropped INTEGER NOT NULL
+        )
+        """,
+    ),
 ]
 
 
@@ -622,16 +673,17 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
         with _transaction(conn):
             if run.idempotency_key is not None:
                 row = conn.execute(
-                    "SELECT id FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
+                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
                 ).fetchone()
                 if row is not None:
+                    checkIdempotency(row[1], run.idempotency_digest)
                     return row[0], False
             try:
                 conn.execute(
                     "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job,"
-                    " queue_seq, idempotency_key, created_ns)"
+                    " queue_seq, idempotency_key, idempotency_digest, created_ns)"
                     " VALUES (?, ?, ?, ?, 'pending', ?, ?,"
-                    " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs), ?, ?)",
+                    " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs), ?, ?, ?)",
                     (
                         run.id,
                         run.package_name,
@@ -640,6 +692,7 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                         run.target_runner,
                         run.job,
                         run.idempotency_key,
+                        run.idempotency_digest,
                         run.created_ns,
                     ),
                 )
@@ -1847,6 +1900,7 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                 "UPDATE api_tokens SET revoked_ns = ? WHERE id = ? AND revoked_ns IS NULL", (nowNs, tokenID)
             )
             if cur.rowcount:
+                conn.execute("DELETE FROM dashboard_sessions WHERE token_id = ?", (tokenID,))
                 conn.execute(
                     "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'token.revoke', ?)",
                     (nowNs, actor, "token:" + tokenID),
@@ -1858,6 +1912,88 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
             lambda conn: conn.execute(
                 "SELECT 1 FROM api_tokens WHERE revoked_ns IS NULL AND (' ' || scopes || ' ') LIKE '% orchestrator:admin %' LIMIT 1"
             ).fetchone()
+            is not None
+        )
+
+    def revokeTokenSessions(self, tokenID: str) -> "Deferred[int]":
+        """
+        End every dashboard session of a token (called with its revocation).
+        """
+        return self._call(
+            lambda conn: conn.execute("DELETE FROM dashboard_sessions WHERE token_id = ?", (tokenID,)).rowcount
+        )
+
+    # -- dashboard sessions --
+    #
+    # A session is a random id handed to the browser in a cookie signed with
+    # a key kept outside the database; only the id's SHA-256 is stored, so
+    # neither a copy of the database nor of the key alone makes a session.
+    # Logout deletes the row; revoking the token ends its sessions at once
+    # (the lookup joins the token).
+
+    def createSession(self, idHash: str, tokenID: str, nowNs: int, expiresNs: int) -> "Deferred[None]":
+        def thd(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute("DELETE FROM dashboard_sessions WHERE expires_ns < ?", (nowNs,))
+                conn.execute(
+                    "INSERT INTO dashboard_sessions (id_hash, token_id, created_ns, expires_ns) VALUES (?, ?, ?, ?)",
+                    (idHash, tokenID, nowNs, expiresNs),
+                )
+
+        return self._call(thd)
+
+    def lookupSession(self, idHash: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        """
+        The live session with this id hash and its token, or None.
+        """
+
+        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+            r = conn.execute(
+                "SELECT s.token_id, s.expires_ns, t.name, t.scopes, t.revoked_ns FROM dashboard_sessions s"
+                " JOIN api_tokens t ON t.id = s.token_id WHERE s.id_hash = ?",
+                (idHash,),
+            ).fetchone()
+            if r is None:
+                return None
+            return dict(zip(("token_id", "expires_ns", "name", "scopes", "revoked_ns"), r))
+
+        return self._call(thd)
+
+    def deleteSession(self, idHash: str) -> "Deferred[bool]":
+        return self._call(
+            lambda conn: conn.execute("DELETE FROM dashboard_sessions WHERE id_hash = ?", (idHash,)).rowcount == 1
+        )
+
+    # -- cumulative drop counters of runners that report no per-run drops --
+
+    def dropIncrease(self, runnerID: str, cumulative: int) -> "Deferred[int]":
+        """
+        Record a runner's cumulative C{events_dropped} and return how much it
+        grew since the last report (a smaller value means the runner
+        restarted: the whole value is new).
+        """
+
+        def thd(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                row = conn.execute(
+                    "SELECT events_dropped FROM runner_drop_counters WHERE runner_id = ?", (runnerID,)
+                ).fetchone()
+                previous = row[0] if row is not None else 0
+                conn.execute(
+                    "INSERT INTO runner_drop_counters (runner_id, events_dropped) VALUES (?, ?)"
+                    " ON CONFLICT (runner_id) DO UPDATE SET events_dropped = excluded.events_dropped",
+                    (runnerID, cumulative),
+                )
+                return cumulative - previous if cumulative >= previous else cumulative
+
+        return self._call(thd)
+
+    def batchStored(self, runID: str, seq: int) -> "Deferred[bool]":
+        """
+        Whether batch C{seq} of the run is stored already (a resend).
+        """
+        return self._call(
+            lambda conn: conn.execute("SELECT 1 FROM batches WHERE run_id = ? AND seq = ?", (runID, seq)).fetchone()
             is not None
         )
 

@@ -56,9 +56,25 @@ class Options(usage.Options):
         ["tls-client-ca", None, None, "PEM CA bundle: require and verify a client certificate on every connection."],
         ["tls-crl", None, None, "PEM certificate revocation list checked for client certificates."],
         ["auth", None, "auto", "none | token | mtls | auto (mtls with --tls-client-ca; token with TLS or a non-loopback address; else none)."],
+        ["public-url", None, None,
+         "Comma-separated URL(s) browsers and clients reach this orchestrator by (e.g. https://fangs.example:8443): "
+         "the only Origin accepted on state-changing requests, and its host an accepted Host "
+         "(default: derived from --addr)."],
+        ["allowed-host", None, "", "Comma-separated extra Host names to answer (besides the public URL's, IP literals and localhost)."],
+        ["session-key-file", None, None,
+         "File of the dashboard session signing key(s), created 0600 at first start (default: session.key beside the SQLite database, or var/lib/fangs/session.key)."],
+        ["init-admin-token-file", None, None,
+         "Where --init-admin-token writes the new token, mode 0600 (default: initial-admin-token beside the session key file). Never logged."],
+        ["max-stream-body", None, 256 * 1024 * 1024, "Largest event stream (POST /v1/runs/<id>/events) body in bytes.", int],
+        ["max-line", None, 1024 * 1024, "Largest line of an event stream in bytes.", int],
+        ["tls-reload-interval", None, 30.0,
+         "Seconds between checks of the TLS files (a new CRL is loaded) and of established client certificates (revoked or expired ones are disconnected); 0 disables.", float],
     ]
     optFlags = [
-        ["init-admin-token", None, "Create an admin API token at start-up when none exists and print it once."],
+        ["init-admin-token", None, "Create an admin API token at start-up when none exists and write it (once) to --init-admin-token-file."],
+        ["i-know-this-is-unauthenticated", None, "Allow --auth none on a non-loopback address."],
+        ["accept-cn-identity", None, "Accept a client certificate without a FANGS SAN URI, taking its subject CN as a runner id."],
+        ["rotate-session-key", None, "Put a new key first in the session key file at start-up (the previous key still verifies existing sessions)."],
         ["no-artifacts", None, "Do not fetch and keep the tarball of each scanned release from --registry-url."],
     ]
 
@@ -75,8 +91,22 @@ class Options(usage.Options):
             raise usage.UsageError("--watch-interval must be 0 (off) or a number of seconds")
         if not self["registry-url"].startswith(("http://", "https://")):
             raise usage.UsageError("--registry-url must be an http:// or https:// URL")
+        if self["max-stream-body"] < 1024 or self["max-line"] < 1024:
+            raise usage.UsageError("--max-stream-body and --max-line must be at least 1024 bytes")
+        if self["max-line"] > self["max-stream-body"]:
+            raise usage.UsageError("--max-line cannot exceed --max-stream-body")
+        if self["tls-reload-interval"] < 0:
+            raise usage.UsageError("--tls-reload-interval must be 0 (off) or a number of seconds")
         self["endpoint"] = self["listen"] or _addrToEndpoint(self["addr"])
         self._checkTLS()
+        local = _isLoopbackEndpoint(self["endpoint"]) or self["endpoint"].startswith("unix:")
+        if self["auth-mode"] == "none" and not local and not self["i-know-this-is-unauthenticated"]:
+            raise usage.UsageError(
+                "--auth none on a non-loopback address lets anyone on the network run scans and create admin tokens; "
+                "use --auth token or mtls, or add --i-know-this-is-unauthenticated"
+            )
+        self["public-urls"] = _publicURLs(self["public-url"], self["endpoint"], bool(self["tls-cert"]))
+        self["allowed-hosts"] = [h.strip() for h in self["allowed-host"].split(",") if h.strip()]
         if self["config"] is None:
             self["config"] = defaultConfigPath()
         elif not os.path.exists(self["config"]):
@@ -116,6 +146,56 @@ class Options(usage.Options):
         if mode == "mtls" and not ca:
             raise usage.UsageError("--auth mtls needs --tls-client-ca")
         self["auth-mode"] = mode
+
+
+def _endpointPort(endpoint: str) -> Optional[int]:
+    parts = endpoint.split(":")
+    for part in parts[1:2]:
+        if part.isdigit():
+            return int(part)
+    for part in parts:
+        if part.startswith("port=") and part[5:].isdigit():
+            return int(part[5:])
+    return None
+
+
+def _endpointHost(endpoint: str) -> str:
+    at = endpoint.find("interface=")
+    if at < 0:
+        return ""
+    host, i = "", at + len("interface=")
+    while i < len(endpoint) and endpoint[i] != ":":
+        if endpoint[i] == "\\" and i + 1 < len(endpoint):
+            i += 1
+        host += endpoint[i]
+        i += 1
+    return host
+
+
+def _publicURLs(given: Optional[str], endpoint: str, tls: bool) -> List[str]:
+    """
+    The URLs the orchestrator is reached by: C{--public-url}, else what the
+    listening address implies (for loopback: 127.0.0.1, ::1 and localhost;
+    for all interfaces: the machine's host names).
+    """
+    if given:
+        urls = [u.strip().rstrip("/") for u in given.split(",") if u.strip()]
+        for u in urls:
+            if not u.startswith(("http://", "https://")):
+                raise usage.UsageError("--public-url must be http:// or https:// URLs (got %r)" % (u,))
+        return urls
+    scheme = "https" if tls else "http"
+    port = _endpointPort(endpoint)
+    host = _endpointHost(endpoint)
+    if _isLoopbackEndpoint(endpoint):
+        hosts = ["127.0.0.1", "localhost", "[::1]"] if host != "::1" else ["[::1]", "localhost", "127.0.0.1"]
+    elif host and host not in ("0.0.0.0", "::"):
+        hosts = ["[%s]" % (host,) if ":" in host else host]
+    else:
+        import socket
+
+        hosts = sorted({socket.gethostname(), "localhost", "127.0.0.1"})
+    return ["%s://%s%s" % (scheme, h, ":%d" % (port,) if port else "") for h in hosts]
 
 
 def _isLoopbackEndpoint(endpoint: str) -> bool:
@@ -170,16 +250,27 @@ class OrchestratorService(service.MultiService):
         )
 
     initAdminToken = False
+    initAdminTokenFile = ""
 
     async def _initAdminToken(self) -> None:
-        import sys
-
         if await self.store.hasAdminToken():
             log.info("an admin token exists already; --init-admin-token created none")
             return
+        path = self.initAdminTokenFile
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            log.error("--init-admin-token: {path} exists already; remove it (after reading it) to create another token", path=path)
+            return
         created = await self.core.createToken("initial-admin", ["orchestrator:admin"], "twistd --init-admin-token")
-        sys.stdout.write("FANGS admin token (shown once, store it now): %s\n" % (created["token"],))
-        sys.stdout.flush()
+        with os.fdopen(fd, "w") as f:
+            f.write(created["token"] + "\n")
+        # The secret itself never goes to the log (twistd's stdout is the log).
+        log.info(
+            "initial admin token {token_id} written to {path} (mode 0600); read it, store it, then delete the file",
+            token_id=created["id"],
+            path=path,
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -197,6 +288,25 @@ class OrchestratorService(service.MultiService):
         return d.addBoth(closeStore)
 
 
+def _privateFile(path: str) -> None:
+    """
+    Create C{path} (and its directory) private to this user before SQLite
+    opens it; SQLite gives its WAL and shared-memory files the database
+    file's mode.  An existing file that others can read is made private.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for p in (path, path + "-wal", path + "-shm"):
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: only here, never at import time
@@ -209,15 +319,30 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     from fangs.orchestrator.site import FangsSite
     from fangs.orchestrator.store import SQLiteStore
 
+    # Everything the orchestrator creates (database, WAL, key files, logs,
+    # which twistd opens after this) is private to its user.
+    os.umask(0o077)
     dbPath = options["db"]
     if dbPath.startswith(("postgresql://", "postgres://")):
         from fangs.orchestrator.pgstore import PostgresStore
 
         store: Any = PostgresStore(dbPath, reactor)
+        stateDir = os.path.abspath(os.path.join("var", "lib", "fangs"))
     else:
+        stateDir = os.path.dirname(os.path.abspath(dbPath)) if dbPath != ":memory:" else os.path.abspath(os.path.join("var", "lib", "fangs"))
         if dbPath != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(dbPath)), exist_ok=True)
+            _privateFile(dbPath)
         store = SQLiteStore(dbPath, reactor)
+    from fangs.orchestrator.auth import SessionKeyError, SessionKeys, rotateSessionKey
+
+    keyPath = options["session-key-file"] or os.path.join(stateDir, "session.key")
+    os.makedirs(os.path.dirname(os.path.abspath(keyPath)), mode=0o700, exist_ok=True)
+    try:
+        if options["rotate-session-key"]:
+            rotateSessionKey(keyPath)
+        sessionKeys = SessionKeys(keyPath)
+    except (SessionKeyError, OSError) as e:
+        raise usage.UsageError(str(e)) from None
     registry = RunnerRegistry(reactor, store=store)
     dispatcher = Dispatcher(reactor, store, pollWait=options["poll-wait"])
     # Jobs queued by other orchestrators on the same PostgreSQL database.
@@ -245,9 +370,23 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         metrics=metrics,
         runEvents=runEvents,
     )
-    from fangs.orchestrator.auth import Authenticator
+    import functools
 
-    api = OrchestratorAPI(core, Authenticator(options["auth-mode"], store, clock=reactor), stream=stream)
+    from fangs.orchestrator.api import policyFor
+    from fangs.orchestrator.auth import Authenticator
+    from fangs.tls import peerIdentity
+
+    identify = functools.partial(
+        peerIdentity,
+        acceptCN=bool(options["accept-cn-identity"]),
+        operatorScopes=dict(options["loaded-config"].operatorScopes) or None,
+    )
+    api = OrchestratorAPI(
+        core,
+        Authenticator(options["auth-mode"], store, peerIdentity=identify, clock=reactor, sessionKeys=sessionKeys),
+        policyFor(options["public-urls"], options["allowed-hosts"]),
+        stream=stream,
+    )
     top = OrchestratorService(store, core, stream)
 
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
@@ -265,14 +404,26 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     _addNotifier(top, reactor, core, analyzer)
 
     top.initAdminToken = bool(options["init-admin-token"])
-    site = FangsSite(api.resource(), maxBody=options["max-body"], timeout=options["idle-timeout"])
+    top.initAdminTokenFile = options["init-admin-token-file"] or os.path.join(os.path.dirname(os.path.abspath(keyPath)), "initial-admin-token")
+    site = FangsSite(
+        api.resource(),
+        maxBody=options["max-body"],
+        timeout=options["idle-timeout"],
+        gate=lambda request: Deferred.fromCoroutine(api.gate(request)),
+        maxStream=options["max-stream-body"],
+        maxLine=options["max-line"],
+    )
     from twisted.application.internet import StreamServerEndpointService
 
     from fangs.tls import installReloadOnSIGHUP, serverEndpoint
 
     tls = options["tls"]
+    installReloadOnSIGHUP(tls, reactor, also=[sessionKeys.reload])
     if tls is not None:
-        installReloadOnSIGHUP(tls, reactor)
+        if options["tls-reload-interval"] > 0:
+            checker = TimerService(options["tls-reload-interval"], tls.reloadIfChanged)
+            checker.clock = reactor
+            checker.setServiceParent(top)
     listener = StreamServerEndpointService(serverEndpoint(reactor, options["endpoint"], tls), site)
     listener.setServiceParent(top)
     log.info(
@@ -352,10 +503,20 @@ def _addNotifier(parent: service.MultiService, reactor: Any, core: Any, analyzer
     from treq.client import HTTPClient
     from twisted.web.client import Agent, HTTPConnectionPool
 
-    from fangs.orchestrator.notifier import NotifierService
+    from fangs.orchestrator.notifier import NotifierService, TargetPolicy, pinnedClients, threadResolver
 
     pool = HTTPConnectionPool(reactor, persistent=True)
-    notifier = NotifierService(reactor, core.store, HTTPClient(Agent(reactor, pool=pool)), metrics=core.metrics, pool=pool)
+    cfg = core.config
+    notifier = NotifierService(
+        reactor,
+        core.store,
+        HTTPClient(Agent(reactor, pool=pool)),
+        metrics=core.metrics,
+        pool=pool,
+        policy=TargetPolicy.fromConfig(cfg.notifierAllowPrivate, cfg.notifierEnv),
+        resolver=threadResolver(reactor),
+        httpFor=pinnedClients(reactor, pool),
+    )
     analyzer.listeners.append(notifier.wake)
     core.notifier = notifier
     notifier.setServiceParent(parent)

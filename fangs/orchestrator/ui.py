@@ -673,6 +673,10 @@ class DashboardUI:
 
     @app.route("/notifiers", methods=["GET"])
     async def notifiers(self, request: IRequest) -> bytes:
+        # Targets and their receivers' answers are the API's admin-only data.
+        scopes = getattr(request, "fangsScopes", None)
+        if scopes is not None and "orchestrator:admin" not in scopes:
+            raise Forbidden("notifiers and their delivery history are visible to admins only")
         notifiers = await self.store.tableRows("notifiers", 100)
         tables = [t for t in await self.store.tableNames() if "deliver" in t]
         deliveries = None

@@ -215,7 +215,7 @@ class RunnerService(Service):
 
     def __init__(self, clock: IReactorTime, client: Any, sensor: Any, sandbox: Any, cgroups: Any,
                  runnerID: str, hostname: str, kernelVersion: str, maxConcurrent: int = 1,
-                 capabilities: Sequence[str] = ("sensor", "sandbox.docker"),
+                 capabilities: Sequence[str] = ("sensor", "sandbox.docker", "events_dropped.per_run"),
                  retryPolicy: Optional[Callable[[int], float]] = None,
                  streamerFactory: Optional[Callable[[IReactorTime, Any, Any], Any]] = None,
                  cgroupInode: Callable[[str], int] = _cgroupInode,

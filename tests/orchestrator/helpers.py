@@ -49,6 +49,7 @@ class InMemoryOrchestrator:
         data = raw
         if body is not None:
             data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = contentHeaders(path, data, headers)
         d = self.treq.request(method, BASE + path, data=data, headers=headers)
         self.treq.flush()
         return self.test.successResultOf(d)
@@ -70,7 +71,7 @@ class InMemoryOrchestrator:
         Start a request that may stay pending (a long poll).
         """
         data = None if body is None else json.dumps(body).encode()
-        return self.treq.request(method, BASE + path, data=data)
+        return self.treq.request(method, BASE + path, data=data, headers=contentHeaders(path, data, None))
 
     def finish(self, d: Any) -> Tuple[int, Any]:
         self.treq.flush()
@@ -87,7 +88,7 @@ class InMemoryOrchestrator:
         self.test.assertEqual(status, 200)
 
     def submit(self, runnerID: Optional[str] = "worker-1", **job: Any) -> str:
-        body = {"Job": {"kind": "sandbox_scan", "package_name": "left-pad", "version": "1.3.0", "sandbox": {"image": "img"}}}
+        body = {"Job": {"kind": "sandbox_scan", "package_name": "left-pad", "version": "1.3.0", "sandbox": {"image": "fangs-sandbox/node:20"}}}
         body["Job"].update(job)
         if runnerID is not None:
             body["target_runner"] = runnerID
@@ -101,6 +102,18 @@ class InMemoryOrchestrator:
         if self.dispatcher.waiterCount():
             self.clock.advance(self.dispatcher.pollWait)
         return self.finish(d)
+
+
+def contentHeaders(path: str, data: Optional[bytes], headers: Any) -> Any:
+    """
+    The Content-Type a real client sends (JSON, or NDJSON for event
+    streams), unless the test gives its own headers.
+    """
+    if data is None or headers is not None and any(k.lower() == "content-type" for k in headers):
+        return headers
+    out = dict(headers or {})
+    out["Content-Type"] = "application/x-ndjson" if path.split("?")[0].endswith("/events") else "application/json"
+    return out
 
 
 def batchLine(seq: int, events: Any, runID: Optional[str] = None) -> bytes:

@@ -132,7 +132,7 @@ class ScanTests(SynchronousTestCase):
         self.o.register()
 
     def test_queuedWithDefaults(self):
-        status, body = self.o.call("POST", "/v1/scans", {"target_runner": "worker-1", "Job": {"package_name": "lodash", "version": "4.17.21", "cgroup_path": "/sys/fs/cgroup/x"}})
+        status, body = self.o.call("POST", "/v1/scans", {"target_runner": "worker-1", "Job": {"package_name": "lodash", "version": "4.17.21", "cgroup_path": "/sys/fs/cgroup/unified/fangs/x"}})
         self.assertEqual(status, 202)
         self.assertEqual(body["queued"], True)
         self.assertRegex(body["run_id"], "^[0-9a-f]{32}$")
@@ -173,11 +173,11 @@ class ScanTests(SynchronousTestCase):
     def test_duplicateRunID409(self):
         rid = list(bytes.fromhex("0123456789abcdef0123456789abcdef"))
         self.o.submit(run_id=rid)
-        status, body = self.o.call("POST", "/v1/scans", {"target_runner": "worker-1", "job": {"kind": "sandbox_scan", "run_id": rid, "sandbox": {"image": "x"}}})
+        status, body = self.o.call("POST", "/v1/scans", {"target_runner": "worker-1", "job": {"kind": "sandbox_scan", "run_id": rid, "sandbox": {"image": "fangs-sandbox/node:20"}}})
         assertError(self, status, body, 409, "conflict")
 
     def test_missingTargetGoesToSharedQueue(self):
-        status, body = self.o.call("POST", "/v1/scans", {"Job": {"package_name": "x", "cgroup_path": "/x"}})
+        status, body = self.o.call("POST", "/v1/scans", {"Job": {"package_name": "x", "cgroup_path": "/fangs/x"}})
         self.assertEqual(status, 202)
         self.o.register("worker-2")
         status, job = self.o.poll("worker-2")
@@ -190,19 +190,19 @@ class ScanTests(SynchronousTestCase):
         self.assertEqual(body["queue_depth"], 1)
 
     def test_unregisteredTarget(self):
-        status, body = self.o.call("POST", "/v1/scans", {"target_runner": "nobody", "Job": {"cgroup_path": "/x"}})
+        status, body = self.o.call("POST", "/v1/scans", {"target_runner": "nobody", "Job": {"cgroup_path": "/fangs/x"}})
         assertError(self, status, body, 404, "unknown_runner", "nobody")
 
     def test_badInput(self):
         cases = [
             (b"{", "malformed JSON"),
             (b'{"target_runner": "worker-1"}', "$.job"),
-            (b'{"target_runner": "worker-1", "Job": {"duration": "10s", "cgroup_path": "/x"}}', "$.job.duration"),
-            (b'{"target_runner": "worker-1", "Job": {"kind": "bake", "cgroup_path": "/x"}}', "kind"),
+            (b'{"target_runner": "worker-1", "Job": {"duration": "10s", "cgroup_path": "/fangs/x"}}', "$.job.duration"),
+            (b'{"target_runner": "worker-1", "Job": {"kind": "bake", "cgroup_path": "/fangs/x"}}', "kind"),
             (b'{"target_runner": "worker-1", "Job": {"kind": "sandbox_scan"}}', "sandbox"),
-            (b'{"target_runner": "worker-1", "Job": {"duration": -5, "cgroup_path": "/x"}}', "duration"),
+            (b'{"target_runner": "worker-1", "Job": {"duration": -5, "cgroup_path": "/fangs/x"}}', "duration"),
             (b'{"target_runner": "worker-1", "Job": {"cgroup_path": "/x", "watched_paths": [{"prefix": "etc"}]}}', "watched_paths[0]"),
-            (b'{"target_runner": "worker-1", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x", "network_mode": "HOST"}}}', "host"),
+            (b'{"target_runner": "worker-1", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20", "network_mode": "HOST"}}}', "host"),
         ]
         for raw, text in cases:
             status, body = self.o.call("POST", "/v1/scans", raw=raw)
@@ -211,7 +211,7 @@ class ScanTests(SynchronousTestCase):
         self.assertEqual(runs["runs"], [])
 
     def test_idempotencyKey(self):
-        body = {"target_runner": "worker-1", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}}}
+        body = {"target_runner": "worker-1", "Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}}}
         s1, r1 = self.o.call("POST", "/v1/scans", body, headers={"Idempotency-Key": "abc"})
         s2, r2 = self.o.call("POST", "/v1/scans", body, headers={"Idempotency-Key": "abc"})
         s3, r3 = self.o.call("POST", "/v1/scans", body, headers={"Idempotency-Key": "def"})
@@ -270,7 +270,7 @@ class LongPollTests(SynchronousTestCase):
         d = self.o.start("GET", "/v1/runners/worker-1/jobs")
         self.o.treq.flush()
         runID, _ = self.successResultOf(Deferred.fromCoroutine(
-            self.o.core.submitScan(wire.structure({"Job": {"kind": "sandbox_scan", "sandbox": {"image": "x"}}}, wire.ScanRequest), requireTarget=False)))
+            self.o.core.submitScan(wire.structure({"Job": {"kind": "sandbox_scan", "sandbox": {"image": "fangs-sandbox/node:20"}}}, wire.ScanRequest), requireTarget=False)))
         status, job = self.o.finish(d)
         self.assertEqual(bytes(job["run_id"]).hex(), runID)
 

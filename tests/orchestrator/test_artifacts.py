@@ -24,7 +24,7 @@ from fangs.orchestrator.watcher import scanRequest
 from tests.orchestrator.fakeregistry import FakeRegistry
 from tests.orchestrator.helpers import batchLine
 from tests.orchestrator.test_review import BENIGN
-from tests.procs import REPO, OrchestratorProcess, httpClient
+from tests.procs import REPO, OrchestratorProcess, httpClient, jsonCall
 
 TARBALL = b"\x1f\x8b" + os.urandom(3000)
 
@@ -164,13 +164,11 @@ class ArtifactEndToEndTests(TestCase):
         return Deferred.fromCoroutine(self.orch.startAndWait(self.http))
 
     async def call(self, method, path, body=None, raw=None):
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        r = await self.http.request(method, self.orch.url + path, data=data)
-        content = await r.content()
-        try:
-            return r.code, json.loads(content)
-        except ValueError:
-            return r.code, content
+        return await jsonCall(self.http, method, self.orch.url + path, body, raw)
+
+    async def fetchRaw(self, path):
+        r = await self.http.get(self.orch.url + path)
+        return r.code, await r.content()
 
     async def scan(self, version):
         code, _ = await self.call("POST", "/v1/runners/register", {"runner_id": "art", "proto_version": 1})
@@ -198,7 +196,7 @@ class ArtifactEndToEndTests(TestCase):
         art = run["artifact"]
         self.assertEqual((art["status"], art["size"]), ("verified", len(TARBALL)))
         self.assertEqual(art["url"], "/v1/artifacts/" + hashlib.sha512(TARBALL).hexdigest())
-        code, data = await self.call("GET", art["url"])
+        code, data = await self.fetchRaw(art["url"])
         self.assertEqual((code, data), (200, TARBALL))
         code, body = await self.call("GET", "/v1/artifacts/" + "0" * 128)
         self.assertEqual((code, body["error"]["code"]), (404, "unknown_artifact"))

@@ -41,6 +41,8 @@ class ChunkedBody:
 
 async def jsonCall(client, method, url, body=None, raw=None, headers=None):
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    if data is not None and headers is None:
+        headers = {"Content-Type": "application/json"}
     r = await client.request(method, url, data=data, headers=headers)
     content = await r.content()
     try:
@@ -88,13 +90,17 @@ class PluginServiceTests(TestCase):
         code, body = await jsonCall(client, "POST", url + "/v1/scans", raw=b"x" * (65 * 1024))
         self.assertEqual(code, 413)
         self.assertEqual(body["error"]["code"], "payload_too_large")
-        r = await client.post(url + "/v1/runners/register", data=ChunkedBody([b"x" * 4096] * 17))
+        r = await client.post(url + "/v1/runners/register", data=ChunkedBody([b"x" * 4096] * 17), headers={"Content-Type": "application/json"})
         self.assertEqual(r.code, 413)
         self.assertEqual(json.loads(await r.content())["error"]["code"], "payload_too_large")
-        # A long event stream is not bound by the small-body limit.
+        # A long event stream is not bound by the small-body limit (a new
+        # run: events after a run's result are refused).
+        code, body = await jsonCall(client, "POST", url + "/v1/scans", {"target_runner": "w1", "Job": {"kind": "sandbox_scan", "package_name": "is-number", "version": "7.0.1", "sandbox": {}}})
+        runID = body["run_id"]
+        self.assertEqual((await jsonCall(client, "GET", url + "/v1/runners/w1/jobs"))[0], 200)
         lines = b"".join(batchLine(i, [fileEvent("/usr/lib/x%d" % i)] * 20) for i in range(3, 300))
         self.assertGreater(len(lines), 64 * 1024)
-        code, ack = await jsonCall(client, "POST", url + "/v1/runs/%s/events" % runID, raw=lines)
+        code, ack = await jsonCall(client, "POST", url + "/v1/runs/%s/events" % runID, raw=lines, headers={"Content-Type": "application/x-ndjson"})
         self.assertEqual((code, ack["persisted"]), (200, 297 * 20))
 
 

@@ -10,7 +10,7 @@ import json
 from treq.client import HTTPClient
 from treq.testing import StubTreq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -20,12 +20,29 @@ from twisted.web.server import Site
 
 from fangs.errors import BadRequest
 from fangs.orchestrator import notifier as N
+from fangs.orchestrator.config import OrchestratorConfig
 from tests.orchestrator.helpers import InMemoryOrchestrator, execEvent, runScan
 from tests.orchestrator.test_api import assertError
 from tests.orchestrator.test_review import BENIGN, MALICIOUS
 
 SECRET = "s3cret-key"
 ENV = {"FANGS_HOOK_SECRET": SECRET, "HOOK_TOKEN": "Bearer abc"}
+#: The names the tests' config lets targets read, and the addresses it
+#: allows: loopback (the real-socket receiver) and TEST-NET-2, which the
+#: fake resolver answers for every name (no packet ever goes there: the
+#: receiver is behind StubTreq).
+CONFIG = OrchestratorConfig(
+    notifierAllowPrivate=("127.0.0.0/8", "::1/128", "198.51.100.0/24"),
+    notifierEnv=("FANGS_HOOK_SECRET", "HOOK_TOKEN", "SLACK_URL", "X", "MISSING_SECRET", "NOT_SET"),
+)
+POLICY = N.TargetPolicy.fromConfig(CONFIG.notifierAllowPrivate, CONFIG.notifierEnv)
+
+
+def fakeResolver(answers=("198.51.100.7",)):
+    def resolve(host):
+        return succeed(list(answers))
+
+    return resolve
 
 
 class Receiver(Resource):
@@ -68,10 +85,12 @@ class World:
 
     def __init__(self, test, script=((200, {}),), path=":memory:", http=None, environ=ENV, clock=None, **kw):
         self.test = test
-        self.o = InMemoryOrchestrator(test, path=path, clock=clock)
+        self.o = InMemoryOrchestrator(test, path=path, clock=clock, config=CONFIG)
         self.receiver = Receiver(script)
         self.stub = StubTreq(self.receiver)
         self.http = http or self.stub
+        kw.setdefault("policy", POLICY)
+        kw.setdefault("resolver", fakeResolver())
         self.svc = N.NotifierService(self.o.clock, self.o.store, self.http, environ=environ, rand=lambda: 0.5, **kw)
         self.o.analyzer.listeners.append(self.svc.wake)
         self.o.core.notifier = self.svc
@@ -219,16 +238,22 @@ class SignatureTests(SynchronousTestCase):
 
     def test_urls(self):
         for ok in ("https://hooks.slack.com/services/x", "http://127.0.0.1:9000/h", "http://127.1.2.3/h",
-                   "http://[::1]:8080/h", "http://localhost/h", "https://[2001:db8::1]/h"):
-            self.assertEqual(N.checkURL(ok), ok)
-        for bad in ("http://example.com/h", "ftp://127.0.0.1/", "http://[::2]/h", "https://user:pw@x.example/",
-                    "http://127.0.0.1:99999/", "https:///nohost", "https://x.example/a b", "javascript:alert(1)"):
-            self.assertRaises(BadRequest, N.checkURL, bad)
+                   "http://[::1]:8080/h", "http://localhost/h", "https://[2606:4700::1111]/h"):
+            self.assertEqual(N.checkURL(ok, POLICY), ok)
+        for bad in ("ftp://127.0.0.1/", "http://[::2]/h", "https://user:pw@x.example/",
+                    "http://127.0.0.1:99999/", "https:///nohost", "https://x.example/a b", "javascript:alert(1)",
+                    "https://[2001:db8::1]/h"):
+            self.assertRaises(BadRequest, N.checkURL, bad, POLICY)
+        # Without an allowlist every internal address is refused.
+        for bad in ("http://example.com/h", "http://127.0.0.1:9000/h", "https://localhost/h", "https://10.1.2.3/h", "https://192.168.1.1/",
+                    "https://169.254.169.254/latest/meta-data/", "https://[fd00:ec2::254]/", "https://[::ffff:127.0.0.1]/",
+                    "https://100.64.0.1/", "https://[fe80::1]/", "https://0.0.0.0/", "https://172.16.0.1/"):
+            self.assertRaises(BadRequest, N.checkURL, bad, N.TargetPolicy())
 
 
 class TargetAPITests(SynchronousTestCase):
     def setUp(self):
-        self.o = InMemoryOrchestrator(self)
+        self.o = InMemoryOrchestrator(self, config=CONFIG)
 
     def test_crud(self):
         body = {"name": "siem-1", "url": "https://siem.example/in", "template": "siem", "secret_env": "FANGS_HOOK_SECRET",
@@ -256,8 +281,7 @@ class TargetAPITests(SynchronousTestCase):
     def test_invalid(self):
         base = {"name": "h", "url": "https://h.example/", "template": "generic"}
         cases = [
-            ({"url": "http://h.example/"}, "loopback"),
-            ({"url": "http://[::2]/"}, "loopback"),
+            ({"url": "http://[::2]/"}, "not a public address"),
             ({"url": "gopher://127.0.0.1/"}, "http"),
             ({"template": "teams"}, "template"),
             ({"min_severity": "warn"}, "min_severity"),
@@ -405,7 +429,7 @@ class DeliveryTests(SynchronousTestCase):
         for headers, body in w.receiver.requests:
             self.assertNotIn("x-fangs-signature", headers)
             bodies[tuple(sorted(json.loads(body)))] = json.loads(body)
-        self.assertEqual(set(bodies), {("blocks", "text"), ("embeds", "username")})
+        self.assertEqual(set(bodies), {("blocks", "text", "unfurl_links", "unfurl_media"), ("allowed_mentions", "embeds", "username")})
 
     def test_disabledPausesAndRemovedKeepsHistory(self):
         w = World(self, script=[(500, {}), (200, {})])
@@ -495,8 +519,8 @@ class RealSocketTests(TestCase):
         # The orchestrator's clock reads the real time, so rows are due now.
         clock = Clock()
         clock.advance(reactor.seconds() - 1_800_000_000)
-        o = InMemoryOrchestrator(self, clock=clock)
-        svc = N.NotifierService(reactor, o.store, http, environ=ENV)
+        o = InMemoryOrchestrator(self, clock=clock, config=CONFIG)
+        svc = N.NotifierService(reactor, o.store, http, environ=ENV, policy=POLICY)
         o.analyzer.listeners.append(svc.wake)
         svc.startService()
         self.addCleanup(svc.stopService)

@@ -6,6 +6,8 @@ L{SQLiteStore} on a temporary file and L{PostgresStore} on the test cluster
 
 from __future__ import annotations
 
+import attrs
+
 import os
 import tempfile
 from typing import Any, List
@@ -401,6 +403,37 @@ class StoreContract:
         self.assertTrue(await st.revokeToken("t1", "op", T0 + 2))
         self.assertFalse(await st.revokeToken("t1", "op", T0 + 3))
         self.assertFalse(await st.hasAdminToken())
+
+    @coro
+    async def test_sessionsAndIdempotency(self) -> None:
+        st = await self.fresh()
+        await st.createToken("t1", "admin", "orchestrator:admin", "hash", "op", T0)
+        await st.createSession("h1", "t1", T0, T0 + 100)
+        await st.createSession("h2", "t1", T0, T0 + 100)
+        found = await st.lookupSession("h1")
+        self.assertEqual((found["token_id"], found["name"], found["expires_ns"], found["revoked_ns"]), ("t1", "admin", T0 + 100, None))
+        self.assertIsNone(await st.lookupSession("nope"))
+        self.assertTrue(await st.deleteSession("h1"))
+        self.assertFalse(await st.deleteSession("h1"))
+        self.assertIsNone(await st.lookupSession("h1"))
+        self.assertTrue(await st.revokeToken("t1", "op", T0 + 2))
+        self.assertIsNone(await st.lookupSession("h2"))  # revocation ended it
+        await st.createToken("t2", "ro", "orchestrator:read", "hash2", "op", T0 + 1)
+        await st.createSession("h3", "t2", T0, T0 + 100)
+        self.assertEqual(await st.revokeTokenSessions("t2"), 1)
+        # Idempotency keys bound to a body digest.
+        run = S.NewRun(id="a" * 32, package_name="p", version="1", kind="sandbox_scan", target_runner=None, job="{}",
+                       created_ns=T0, idempotency_key="api:k", idempotency_digest="d1")
+        self.assertEqual(await st.createRun(run), ("a" * 32, True))
+        self.assertEqual(await st.createRun(attrs.evolve(run, id="b" * 32)), ("a" * 32, False))
+        with self.assertRaises(S.IdempotencyMismatch):
+            await st.createRun(attrs.evolve(run, id="c" * 32, idempotency_digest="d2"))
+        self.assertFalse(await st.batchStored("a" * 32, 1))
+        await st.ingestBatch("a" * 32, 1, [], T0, T0 + 10)
+        self.assertTrue(await st.batchStored("a" * 32, 1))
+        # Cumulative drop counters: the increase, a restart starts over.
+        self.assertEqual([await st.dropIncrease("w1", n) for n in (10, 25, 25, 3)], [10, 15, 0, 3])
+        self.assertEqual(await st.dropIncrease("w2", 7), 7)
 
     @coro
     async def test_releases(self) -> None:

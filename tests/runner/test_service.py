@@ -116,7 +116,7 @@ class ControlPlaneTests(ServiceTestsMixin, SynchronousTestCase):
         self.assertEqual(kind, "register")
         self.assertEqual((reg.runner_id, reg.hostname, reg.kernel_version, reg.proto_version,
                           reg.capabilities), ("r1", "host-1", "6.1.0", 1,
-                                              ["sensor", "sandbox.docker"]))
+                                              ["sensor", "sandbox.docker", "events_dropped.per_run"]))
         self.assertEqual(self.client.calls[1], ("heartbeat", "r1"))
         self.assertEqual(self.client.calls[2], ("poll", "r1"))
 
