@@ -71,6 +71,7 @@ class _ActiveRun:
     streamer: Any = None
     cgroup: Any = None
     dropped: int = 0
+    egress: Any = None
     reporting: bool = False
     stopReason: Optional[str] = None
     done: Optional[Deferred[None]] = None
@@ -138,7 +139,7 @@ class RunnerService(Service):
                  streamerFactory: Optional[Callable[[IReactorTime, Any, Any], Any]] = None,
                  cgroupInode: Callable[[str], int] = _cgroupInode,
                  streamCloseTimeout: float = 60.0, resultRetryWindow: float = 300.0,
-                 shutdownTimeout: float = 30.0) -> None:
+                 shutdownTimeout: float = 30.0, egress: Any = None) -> None:
         if maxConcurrent < 1:
             raise ValueError("maxConcurrent must be at least 1")
         self._clock = clock
@@ -157,6 +158,9 @@ class RunnerService(Service):
         self._streamCloseTimeout = streamCloseTimeout
         self._resultRetryWindow = resultRetryWindow
         self._shutdownTimeout = shutdownTimeout
+        #: The L{fangs.runner.egress.EgressManager} (None: sandboxes keep
+        #: the network their job names, as before).
+        self._egress = egress
 
         self.ack: Optional[RegistrationAck] = None
         self._pollInterval = 0.0
@@ -224,6 +228,11 @@ class RunnerService(Service):
                     log.info("removed {n} stale sandbox containers", n=reaped)
             except Exception:
                 log.failure("reaping stale sandbox containers failed")
+            if self._egress is not None:
+                try:
+                    await self._egress.reapStale()
+                except Exception:
+                    log.failure("reaping stale egress networks failed")
             await self._ensureRegistered()
             await self._pollLoop()
         except CancelledError:
@@ -481,9 +490,18 @@ class RunnerService(Service):
             self._sensor.addRun(job.run_id, run.cgroup.cgroupID, watched, run.streamer.add)
         except Exception as e:
             return "failed", "sensor attach: %s" % (_describe(e),)
+        if self._egress is not None:
+            try:
+                run.egress = await self._egress.open(job, run.cgroup.cgroupID, run.streamer.add)
+            except Exception as e:
+                self._detach(run)
+                return "failed", "egress: %s" % (_describe(e),)
+            run.job = run.egress.job
         try:
             return await self._executeSandbox(run)
         finally:
+            if run.egress is not None:
+                await run.egress.close()
             self._detach(run)
 
     async def _executeSandbox(self, run: _ActiveRun) -> tuple[str, str]:
@@ -497,6 +515,8 @@ class RunnerService(Service):
             raise
         except Exception as e:
             return "failed", "sandbox launch: %s" % (_describe(e),)
+        if run.egress is not None:
+            run.egress.baitPlanted(handle.bait)
         try:
             status, reason = await self._watchContainer(run, handle)
             grace = job.sandbox.grace_period / SECOND
