@@ -889,11 +889,9 @@ class _Connection(Protocol):
         if self.state == _DONE or self.recorded:
             return
         if self.state == _PEEK:
-            if self.received == 0 and cut is None:
+            if cut is None:
                 self.gw.stats.sinkholed += self.gw.policy.mode == CONTAIN
                 self.gw.stats.refused += self.gw.policy.mode != CONTAIN
-            elif cut is None:
-                self.gw.stats.sinkholed += 1
             self._capture(self.buf)
         if cut is not None:
             self._emit(self._protocol(), "cut", Cut=cut, Reason=why)

@@ -516,7 +516,7 @@ class RunnerService(Service):
         except Exception as e:
             return "failed", "sandbox launch: %s" % (_describe(e),)
         if run.egress is not None:
-            run.egress.baitPlanted(handle.bait)
+            run.egress.baitPlanted(getattr(handle, "bait", None) or {})
         try:
             status, reason = await self._watchContainer(run, handle)
             grace = job.sandbox.grace_period / SECOND
