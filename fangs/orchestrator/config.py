@@ -32,6 +32,7 @@ DEFAULT_WATCHED_PATHS: Tuple[WatchedPath, ...] = (
 )
 
 DEFAULT_SANDBOX_IMAGE = "fangs-sandbox/node:20"
+EGRESS_POLICIES = ("contain", "registry-only", "open")
 
 
 class ConfigError(ValueError):
@@ -50,6 +51,27 @@ class OrchestratorConfig:
     sandboxImage: str = DEFAULT_SANDBOX_IMAGE
     scanDurationSeconds: float = 120.0
     graceSeconds: float = 2.0
+    #: Egress policy stamped on scans that name none (docs/egress.md).
+    egressPolicy: str = "contain"
+    #: Hosts a contained sandbox may reach; empty: the registry's host
+    #: (filled in by L{withRegistry}).
+    egressAllowedHosts: Tuple[str, ...] = ()
+
+    def withRegistry(self, registryURL: str) -> "OrchestratorConfig":
+        """
+        This configuration with the allowed egress hosts defaulted to the
+        host of the registry the orchestrator uses.
+        """
+        if self.egressAllowedHosts:
+            return self
+        from urllib.parse import urlsplit
+
+        url = urlsplit(registryURL)
+        if not url.hostname:
+            return self
+        default = {"https": 443, "http": 80}.get(url.scheme)
+        host = url.hostname if url.port in (None, default) else "%s:%d" % (url.hostname, url.port)
+        return attrs.evolve(self, egressAllowedHosts=(host,))
 
 
 def defaultConfigPath() -> Optional[str]:
@@ -126,7 +148,25 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
             raise ConfigError("config %s: sandbox.%s must be a positive number" % (path, key))
         return float(value)
 
+    egress = data.get("egress") or {}
+    if not isinstance(egress, dict):
+        raise ConfigError("config %s: egress must be a mapping" % (path,))
+    policy = egress.get("policy", "contain")
+    if policy not in EGRESS_POLICIES:
+        raise ConfigError("config %s: egress.policy must be one of %s" % (path, ", ".join(EGRESS_POLICIES)))
+    hosts = egress.get("allowed_hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
+        raise ConfigError("config %s: egress.allowed_hosts must be a list of host names" % (path,))
+    from fangs.runner.gateway import PolicyError, parseAllowedHosts
+
+    try:
+        parseAllowedHosts(hosts)
+    except PolicyError as e:
+        raise ConfigError("config %s: egress.allowed_hosts: %s" % (path, e)) from None
+
     return OrchestratorConfig(
+        egressPolicy=policy,
+        egressAllowedHosts=tuple(h.strip() for h in hosts),
         path=path,
         raw=raw,
         watchedPaths=watched,

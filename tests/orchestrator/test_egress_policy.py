@@ -1,0 +1,68 @@
+"""
+The orchestrator's side of egress containment: the C{egress:} section of
+C{conf/orchestrator.yaml} and the policy stamped on every sandbox job.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from fangs.orchestrator.config import ConfigError, OrchestratorConfig, defaultConfigPath, loadConfig
+from tests.orchestrator.helpers import InMemoryOrchestrator
+
+
+class ConfigTests(SynchronousTestCase):
+    def load(self, text: str) -> OrchestratorConfig:
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return loadConfig(path)
+
+    def test_shippedDefaults(self) -> None:
+        config = loadConfig(defaultConfigPath())
+        self.assertEqual((config.egressPolicy, config.egressAllowedHosts), ("contain", ()))
+        self.assertEqual(config.withRegistry("https://registry.npmjs.org").egressAllowedHosts, ("registry.npmjs.org",))
+
+    def test_privateRegistry(self) -> None:
+        config = self.load("egress: {policy: registry-only, allowed_hosts: [npm.corp.example:4873]}\n")
+        self.assertEqual((config.egressPolicy, config.egressAllowedHosts), ("registry-only", ("npm.corp.example:4873",)))
+        self.assertEqual(config.withRegistry("https://registry.npmjs.org"), config)
+        self.assertEqual(OrchestratorConfig().withRegistry("http://npm.corp.example:4873/").egressAllowedHosts,
+                         ("npm.corp.example:4873",))
+
+    def test_bad(self) -> None:
+        for text in ("egress: [1]\n", "egress: {policy: leaky}\n", "egress: {allowed_hosts: [https://x.example]}\n",
+                     "egress: {allowed_hosts: [10.0.0.1]}\n", "egress: {allowed_hosts: yes}\n"):
+            self.assertRaises(ConfigError, self.load, text)
+
+
+class StampTests(SynchronousTestCase):
+    def orchestrator(self, config: OrchestratorConfig = OrchestratorConfig()) -> InMemoryOrchestrator:
+        o = InMemoryOrchestrator(self, config=config.withRegistry("https://registry.npmjs.org"))
+        o.register()
+        return o
+
+    def test_defaultsStamped(self) -> None:
+        o = self.orchestrator()
+        o.submit()
+        sandbox = o.poll()[1]["sandbox"]
+        self.assertEqual((sandbox["egress_policy"], sandbox["allowed_hosts"]), ("contain", ["registry.npmjs.org"]))
+
+    def test_scanNamesItsOwn(self) -> None:
+        o = self.orchestrator(OrchestratorConfig(egressPolicy="registry-only"))
+        o.submit(sandbox={"image": "img", "egress_policy": "Open", "allowed_hosts": ["npm.corp.example"]})
+        sandbox = o.poll()[1]["sandbox"]
+        self.assertEqual((sandbox["egress_policy"], sandbox["allowed_hosts"]), ("open", ["npm.corp.example"]))
+        o.submit(sandbox={"image": "img"})
+        self.assertEqual(o.poll()[1]["sandbox"]["egress_policy"], "registry-only")
+
+    def test_badPolicyIs400(self) -> None:
+        o = self.orchestrator()
+        for sandbox in ({"image": "i", "egress_policy": "leaky"}, {"image": "i", "allowed_hosts": ["a b"]},
+                        {"image": "i", "allowed_hosts": "registry.npmjs.org"}):
+            status, body = o.call("POST", "/v1/scans", {"target_runner": "worker-1",
+                                                        "Job": {"kind": "sandbox_scan", "sandbox": sandbox}})
+            self.assertEqual(status, 400, body)
+            self.assertIn("message", body["error"])
