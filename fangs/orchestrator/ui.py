@@ -31,6 +31,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
+from fangs.egresstext import describeAttempt
 from fangs.errors import BadRequest, FangsError, Forbidden, NotFoundError
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
@@ -45,6 +46,9 @@ STATIC = os.path.join(HERE, "static")
 CSP = b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 CSRF_COOKIE = b"fangs_csrf"
 EVENTS_PER_PAGE = 100
+#: Egress attempts listed on a run page (the events table has them all).
+EGRESS_LIST_LIMIT = 200
+
 #: The process tree is built from at most this many events of a run (plus
 #: the deviations' evidence events); the page says so when it stops short.
 TREE_EVENT_CAP = 5000
@@ -128,6 +132,8 @@ def eventSummary(etype: int, p: Dict[str, Any]) -> str:
         return str(p.get("QName", ""))
     if etype == wire.EventType.TLS_SNI:
         return str(p.get("SNI", ""))
+    if etype == wire.EventType.EGRESS_ATTEMPT:
+        return describeAttempt(p)
     return truncate(json.dumps(p, sort_keys=True), 200)
 
 
@@ -555,6 +561,7 @@ class DashboardUI:
                 }
             )
         chips = sorted(((typeName(t), n) for t, n in counts.items()), key=lambda c: typeSortKey(c[0]))
+        egress = await self._egress(run.id, counts)
         base = "/ui/runs/%s" % (run.id,)
         nextURL = None
         if more:
@@ -581,7 +588,28 @@ class DashboardUI:
             treeCapped=len(treeEvents) >= TREE_EVENT_CAP,
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
+            egress=egress,
+            egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - len(egress)),
         )
+
+    async def _egress(self, runID: str, counts: Dict[int, int]) -> List[Dict[str, Any]]:
+        """
+        The run's egress attempts the gateway stopped, one line each.
+        """
+        if not counts.get(int(wire.EventType.EGRESS_ATTEMPT)):
+            return []
+        rows = []
+        events = await self.store.eventPage(runID, (0, -1), EGRESS_LIST_LIMIT, int(wire.EventType.EGRESS_ATTEMPT))
+        for e in events:
+            try:
+                p = orjson.loads(e.data)
+            except orjson.JSONDecodeError:
+                continue
+            if not isinstance(p, dict) or p.get("Action") == "forwarded":
+                continue
+            rows.append({"id": e.id, "text": describeAttempt(p), "canary": bool(p.get("Canaries")),
+                         "action": str(p.get("Action") or "")})
+        return rows
 
     async def _run(self, runID: str) -> S.RunRow:
         if len(runID) != 32 or any(c not in "0123456789abcdef" for c in runID):

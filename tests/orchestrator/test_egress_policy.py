@@ -66,3 +66,36 @@ class StampTests(SynchronousTestCase):
                                                         "Job": {"kind": "sandbox_scan", "sandbox": sandbox}})
             self.assertEqual(status, 400, body)
             self.assertIn("message", body["error"])
+
+
+class RunPageTests(SynchronousTestCase):
+    """
+    The dashboard's run page lists the attempts the gateway stopped.
+    """
+
+    def test_listed(self) -> None:
+        from treq.testing import StubTreq
+
+        from fangs import wire
+        from tests.orchestrator.helpers import runScan
+
+        o = InMemoryOrchestrator(self)
+        o.register()
+        header = {"TsNs": 5, "PID": 0, "Type": 12, "Tags": 0}
+        events = [
+            {"type": 12, "payload": {"Header": header, "Protocol": "http", "Action": "sinkholed", "Method": "POST",
+                                     "Host": "hooks.example", "Path": "/x", "DestName": "hooks.example",
+                                     "DestPort": 80, "BodySize": 2150, "Canaries": ["npm_token"]}},
+            {"type": 12, "payload": {"Header": header, "Protocol": "tls", "Action": "forwarded",
+                                     "SNI": "registry.npmjs.org", "DestName": "registry.npmjs.org", "DestPort": 443}},
+        ]
+        runID = runScan(o, events)
+        treq = StubTreq(o.api.resource())
+        d = treq.get("http://orchestrator.test/ui/runs/" + runID)
+        treq.flush()
+        text = self.successResultOf(self.successResultOf(d).content()).decode()
+        panel = text[text.index('id="egress"'):text.index('id="events"')]
+        self.assertIn("tried POST http://hooks.example/x with 2.1 KiB containing the bait npm token (sinkholed)", panel)
+        self.assertIn("bait</span>", panel)
+        self.assertNotIn("registry.npmjs.org", panel)  # allowed traffic is not an attempt
+        self.assertEqual(wire.EVENT_TYPE_NAMES[12], "egress_attempt")
