@@ -597,23 +597,18 @@ def cmdRunShow(c: Context) -> int:
 def showEgress(c: Context, runID: str) -> None:
     """
     The run's egress attempts, one line each ("tried POST http://... with
-    2.1 KiB containing the bait npm token (sinkholed)").
+    2.1 KiB containing the bait npm token (sinkholed)"), repeats counted.
     """
-    from fangs.egresstext import LIST_LIMIT, describeAttempt
+    from fangs.egresstext import LIST_LIMIT, summarise
 
-    lines = []
-    for line in c.client.lines("/v1/runs/%s/events?type=egress_attempt" % (runID,)):
-        if not line.strip():
-            continue
-        e = json.loads(line)
-        p = e.get("payload") or {}
-        if p.get("Action") == "forwarded":
-            continue  # the allowed registry traffic
-        lines.append(describeAttempt(p))
+    payloads = [json.loads(line).get("payload") or {}
+                for line in c.client.lines("/v1/runs/%s/events?type=egress_attempt" % (runID,)) if line.strip()]
+    stopped = [p for p in payloads if p.get("Action") != "forwarded"]
+    lines = summarise(stopped)
     if not lines:
         return
     c.say("")
-    c.say("egress      %d attempt(s) stopped by the gateway" % (len(lines),))
+    c.say("egress      %d attempt(s) stopped by the gateway" % (len(stopped),))
     for text in lines[:LIST_LIMIT]:
         c.say("  " + text)
     if len(lines) > LIST_LIMIT:

@@ -78,3 +78,22 @@ def describeAttempt(p: Dict[str, Any]) -> str:
     else:
         text += " (%s)" % (action,)
     return text
+
+
+def summarise(payloads: List[Dict[str, Any]]) -> List[str]:
+    """
+    The lines of a run's egress attempts: what limits cut first, then each
+    distinct attempt once in the order first seen, with a count when it
+    repeated; allowed (forwarded) traffic is left out.
+    """
+    cuts: List[str] = []
+    seen: Dict[str, int] = {}
+    for p in payloads:
+        if not isinstance(p, dict) or p.get("Action") == "forwarded":
+            continue
+        text = describeAttempt(p)
+        if p.get("Action") == "cut" and isinstance(p.get("Cut"), dict):
+            cuts.append(text)
+            continue
+        seen[text] = seen.get(text, 0) + 1
+    return cuts + [t if n == 1 else "%s \u00d7%d" % (t, n) for t, n in seen.items()]

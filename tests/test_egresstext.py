@@ -37,3 +37,14 @@ class DescribeTests(SynchronousTestCase):
 
     def test_size(self) -> None:
         self.assertEqual([size(n) for n in (5, 2048, 3 * 1024 * 1024)], ["5 B", "2.0 KiB", "3.0 MiB"])
+
+
+class SummariseTests(SynchronousTestCase):
+    def test_cutFirstRepeatsCountedForwardedLeftOut(self) -> None:
+        from fangs.egresstext import summarise
+
+        get = {"Protocol": "http", "Action": "sinkholed", "Method": "GET", "Host": "f.invalid", "Path": "/f"}
+        lines = summarise([{"Protocol": "dns", "Action": "forwarded", "DestName": "registry.npmjs.org"}, get, get, get,
+                           {"Protocol": "tcp", "Action": "cut", "Cut": {"concurrent": 9}}])
+        self.assertEqual(lines, ["egress limits cut this run's traffic: 9 concurrent",
+                                 "tried GET http://f.invalid/f (sinkholed) \u00d73"])

@@ -31,7 +31,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
-from fangs.egresstext import describeAttempt
+from fangs.egresstext import describeAttempt, summarise
 from fangs.errors import BadRequest, FangsError, Forbidden, NotFoundError
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
@@ -589,27 +589,28 @@ class DashboardUI:
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
             egress=egress,
-            egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - len(egress)),
+            egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - EGRESS_LIST_LIMIT),
         )
 
     async def _egress(self, runID: str, counts: Dict[int, int]) -> List[Dict[str, Any]]:
         """
-        The run's egress attempts the gateway stopped, one line each.
+        The run's egress attempts the gateway stopped, one line each
+        (repeats counted, what limits cut first).
         """
         if not counts.get(int(wire.EventType.EGRESS_ATTEMPT)):
             return []
-        rows = []
+        payloads = []
         events = await self.store.eventPage(runID, (0, -1), EGRESS_LIST_LIMIT, int(wire.EventType.EGRESS_ATTEMPT))
         for e in events:
             try:
                 p = orjson.loads(e.data)
             except orjson.JSONDecodeError:
                 continue
-            if not isinstance(p, dict) or p.get("Action") == "forwarded":
-                continue
-            rows.append({"id": e.id, "text": describeAttempt(p), "canary": bool(p.get("Canaries")),
-                         "action": str(p.get("Action") or "")})
-        return rows
+            if isinstance(p, dict):
+                payloads.append(p)
+        lines = summarise(payloads)
+        return [{"text": t, "canary": " the bait" in t or " the baits " in t, "cut": t.startswith("egress limits")}
+                for t in lines]
 
     async def _run(self, runID: str) -> S.RunRow:
         if len(runID) != 32 or any(c not in "0123456789abcdef" for c in runID):
