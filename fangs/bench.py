@@ -348,6 +348,7 @@ _optional("mtls", "fangs.bench_tls")
 _optional("watcher", "fangs.orchestrator.bench_watcher")
 _optional("ui", "fangs.orchestrator.bench_ui")
 _optional("postgres", "fangs.orchestrator.bench_pg")
+_optional("egress", "fangs.runner.bench_egress")
 
 
 def benchSensor() -> None:

@@ -268,15 +268,42 @@ def _alive(pid: int) -> bool:
     return os.path.exists("/proc/%d" % (pid,))
 
 
-async def runCommand(argv: Sequence[str]) -> Tuple[bytes, bytes, int]:
-    """
-    Run a command without blocking the reactor: C{(stdout, stderr, code)}.
-    """
-    from twisted.internet import reactor
-    from twisted.internet.utils import getProcessOutputAndValue
+def _thd_run(argv: Sequence[str], stdin: bytes) -> Tuple[bytes, bytes, int]:
+    import subprocess
 
-    out, err, code = await getProcessOutputAndValue(argv[0], list(argv[1:]), env=dict(os.environ), reactor=reactor)
-    return out, err, code
+    done = subprocess.run(list(argv), input=stdin, capture_output=True, timeout=60)
+    return done.stdout, done.stderr, done.returncode
+
+
+async def runCommand(argv: Sequence[str], stdin: bytes = b"") -> Tuple[bytes, bytes, int]:
+    """
+    Run a command on a pool thread: C{(stdout, stderr, code)}.
+    """
+    return await deferToThread(_thd_run, argv, stdin)
+
+
+def restoreScripts(rules: Sequence[Sequence[str]]) -> List[Tuple[str, bytes]]:
+    """
+    The C{iptables} commands of L{setupRules} or L{teardownRules} as one
+    C{iptables-restore --noflush} input per family (one process and one
+    atomic commit each, instead of one process per rule).
+    """
+    out: List[Tuple[str, bytes]] = []
+    for binary in ("iptables", "ip6tables"):
+        tables: Dict[str, List[str]] = {}
+        for argv in rules:
+            if argv[0] != binary:
+                continue
+            args = list(argv[1:])
+            table = "filter"
+            if args[:1] == ["-t"]:
+                table, args = args[1], args[2:]
+            line = ":%s - [0:0]" % (args[1],) if args[0] == "-N" else " ".join(args)
+            tables.setdefault(table, []).append(line)
+        if tables:
+            text = "".join("*%s\n%s\nCOMMIT\n" % (t, "\n".join(lines)) for t, lines in sorted(tables.items()))
+            out.append((binary + "-restore", text.encode()))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +358,10 @@ class RunEgress:
         self._runHex = runHex
         self._bridge = bridge
         self._closed = False
+        #: Fires once the run's rules and network are removed (after L{close}).
+        self.tornDown: Deferred = Deferred()
+        if gateway is None:
+            self.tornDown.callback(None)
 
     def baitPlanted(self, bait: Mapping[str, str]) -> None:
         """
@@ -349,7 +380,11 @@ class RunEgress:
             return self.gateway.stats if self.gateway is not None else None
         self._closed = True
         stats = await self.gateway.close()
-        await self._manager._teardown(self._runHex, self._bridge, self.networkID)
+        # The container is gone: nothing can use the network any more, so its
+        # rules and the network itself go down without holding up the
+        # run's result.
+        self.tornDown = Deferred.fromCoroutine(self._manager._teardown(self._runHex, self._bridge, self.networkID))
+        self.tornDown.addErrback(lambda f: log.failure("run {run_id}: egress teardown failed", f, run_id=self._runHex))
         log.info("run {run_id} egress: {connections} connections ({forwarded} forwarded, {sinkholed} sinkholed, "
                  "{refused} refused), {dns} DNS queries, {cut}", run_id=self._runHex,
                  connections=stats.connections, forwarded=stats.forwarded, sinkholed=stats.sinkholed,
@@ -363,13 +398,13 @@ class EgressManager:
 
     @param reactor: listens for the gateways, runs threads.
     @param dockerClientFactory: the docker SDK client (made on a thread).
-    @param command: C{argv -> awaitable (stdout, stderr, code)}.
+    @param command: C{(argv, stdin) -> awaitable (stdout, stderr, code)}.
     @param gatewayFactory: C{(**kwargs) -> RunGateway} (tests inject).
     """
 
     def __init__(self, reactor: Any, dockerClientFactory: Callable[[], Any] = docker.from_env,
                  defaultPolicy: str = DEFAULT_POLICY, allowedHosts: Sequence[str] = DEFAULT_ALLOWED_HOSTS,
-                 limits: Limits = Limits(), command: Callable[[Sequence[str]], Any] = runCommand,
+                 limits: Limits = Limits(), command: Callable[[Sequence[str], bytes], Any] = runCommand,
                  gatewayFactory: Callable[..., RunGateway] = RunGateway, threadpool: Any = None) -> None:
         if defaultPolicy not in POLICIES:
             raise PolicyError("egress policy %r is not one of %s" % (defaultPolicy, ", ".join(POLICIES)))
@@ -426,10 +461,10 @@ class EgressManager:
                 limits=self.limits)
             gateway.start()
             ports = Ports(gateway.tcpPort, gateway.dnsUDPPort, gateway.dnsTCPPort, gateway.udpPort)
-            for argv in setupRules(runHex, bridge, net["gateway"], ports):
-                out, err, code = await self._command([argv[0], "-w"] + argv[1:])
+            for binary, script in restoreScripts(setupRules(runHex, bridge, net["gateway"], ports)):
+                out, err, code = await self._command([binary, "-w", "--noflush"], script)
                 if code != 0:
-                    raise EgressError("%s failed: %s" % (" ".join(argv[:6]), err.decode("utf-8", "replace").strip()[:200]))
+                    raise EgressError("%s failed: %s" % (binary, " ".join(err.decode("utf-8", "replace").split())[:200]))
         except BaseException as e:
             if gateway is not None:
                 await gateway.close()
@@ -446,11 +481,24 @@ class EgressManager:
         return RunEgress(self, contained, policy, gateway, net["id"], runHex, bridge)
 
     async def _teardown(self, runHex: str, bridge: str, networkID: str) -> None:
-        for argv in teardownRules(runHex, bridge):
+        rules = teardownRules(runHex, bridge)
+        for binary, script in restoreScripts(rules):
             try:
-                await self._command([argv[0], "-w"] + argv[1:])
+                out, err, code = await self._command([binary, "-w", "--noflush"], script)
             except Exception:
-                log.failure("run {run_id}: {command} failed", run_id=runHex, command=" ".join(argv))
+                log.failure("run {run_id}: {command} failed", run_id=runHex, command=binary)
+                code = 1
+            if code == 0:
+                continue
+            # Some rule was already gone (a failed setup, a reaped run): one
+            # command at a time, each allowed to fail.
+            for argv in rules:
+                if argv[0] + "-restore" != binary:
+                    continue
+                try:
+                    await self._command([argv[0], "-w"] + list(argv[1:]), b"")
+                except Exception:
+                    log.failure("run {run_id}: {command} failed", run_id=runHex, command=" ".join(argv))
         if networkID:
             try:
                 await self._call(_thd_removeNetwork, networkID)

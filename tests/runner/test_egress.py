@@ -174,9 +174,9 @@ class ManagerTests(SynchronousTestCase):
         self.manager = E.EgressManager(FakeReactor(), lambda: self.api, command=self.command,
                                        gatewayFactory=self.gateway, threadpool=ImmediatePool())
 
-    async def command(self, argv: Sequence[str]) -> Tuple[bytes, bytes, int]:
-        self.commands.append(list(argv))
-        if self.failOn and self.failOn in " ".join(argv):
+    async def command(self, argv: Sequence[str], stdin: bytes = b"") -> Tuple[bytes, bytes, int]:
+        self.commands.append(list(argv) + ([stdin.decode()] if stdin else []))
+        if self.failOn and self.failOn in " ".join(argv) + stdin.decode():
             return b"", b"iptables: No chain/target/match by that name.\n", 1
         return b"", b"", 0
 
@@ -198,19 +198,40 @@ class ManagerTests(SynchronousTestCase):
         [g] = self.gateways
         self.assertTrue(g.started)
         self.assertEqual((g.kw["address"], g.kw["cgroupID"], g.kw["policy"].mode), ("172.30.0.1", 77, "contain"))
-        self.assertEqual(len(self.commands), len(E.setupRules("x", "y", "z", E.Ports(1, 2, 3, 4))))
-        self.assertTrue(all(c[1] == "-w" for c in self.commands))
+        # One atomic iptables-restore per family.
+        self.assertEqual([c[:3] for c in self.commands], [["iptables-restore", "-w", "--noflush"],
+                                                          ["ip6tables-restore", "-w", "--noflush"]])
+        self.assertIn("-I PREROUTING 1 -i %s -j %s" % (E.bridgeName(runID(1).hex()), E.chainName(runID(1).hex(), "N")),
+                      self.commands[0][3])
         egress.baitPlanted(makeBait("/root"))
         self.assertIn("npm_token", g.canaries)
         self.successResultOf(Deferred.fromCoroutine(egress.close()))
         self.assertTrue(g.closed)
         self.assertEqual(self.api.removed, ["net-" + name])
+        self.assertTrue(egress.tornDown.called)
+        self.assertIn("-X " + E.chainName(runID(1).hex(), "N"), self.commands[2][3])
+        self.assertEqual(len(self.commands), 4)
+
+    def test_teardownFallsBackToOneRuleAtATime(self) -> None:
+        egress = self.successResultOf(self.open(job(1)))
+        self.failOn = "-D"
+        self.successResultOf(Deferred.fromCoroutine(egress.close()))
         self.assertIn(["iptables", "-w", "-t", "nat", "-X", E.chainName(runID(1).hex(), "N")], self.commands)
+        self.assertEqual(len(self.api.removed), 1)
+
+    def test_restoreScripts(self) -> None:
+        [(v4, s4), (v6, s6)] = E.restoreScripts(E.setupRules("ab" * 16, "fgX", "10.1.0.1", E.Ports(1, 2, 3, 4)))
+        self.assertEqual((v4, v6), ("iptables-restore", "ip6tables-restore"))
+        text = s4.decode()
+        self.assertTrue(text.startswith("*filter\n:%s - [0:0]\n" % (E.chainName("ab" * 16, "I"),)), text)
+        self.assertIn("*nat\n:%s - [0:0]\n" % (E.chainName("ab" * 16, "N"),), text)
+        self.assertEqual(text.count("COMMIT"), 2)
+        self.assertEqual(s6.decode().count("-j DROP"), 3)
 
     def test_ruleFailureFailsClosed(self) -> None:
         self.failOn = "PREROUTING"
         f = self.failureResultOf(self.open(job(1)), E.EgressError)
-        self.assertIn("iptables -t nat -I PREROUTING", str(f.value))
+        self.assertIn("iptables-restore failed: iptables: No chain", str(f.value))
         self.assertTrue(self.gateways[0].closed)
         self.assertEqual(len(self.api.removed), 1)
 
@@ -374,6 +395,7 @@ class RealEgressTests(TestCase):
         logs = await handle.logs(300)
         await handle.stop(timeout=0)
         stats = await egress.close()
+        await egress.tornDown
         return info, logs, events, egress, stats
 
     def attempts(self, events: List[Tuple[int, Dict[str, Any]]]) -> List[Dict[str, Any]]:
