@@ -552,3 +552,29 @@ class RealEgressTests(TestCase):
             self.assertCleanedUp(oegress)
 
         return Deferred.fromCoroutine(go())
+
+
+class StreamerBatchBytesTests(SynchronousTestCase):
+    """
+    Egress events carry up to 64 KiB of a body: batches are cut by size so
+    no NDJSON line reaches the orchestrator's 1 MiB line limit.
+    """
+
+    def test_bigEventsSplitBatches(self) -> None:
+        import json
+
+        from fangs.orchestrator.site import MAX_NDJSON_LINE
+        from tests.runner.fakes import FakeEventsClient
+
+        client = FakeEventsClient()
+        clock = Clock()
+        s = EventStreamer(clock, client, runID(1))
+        body = "A" * (88 * 1024)
+        for i in range(40):
+            s.add(12, {"Header": {"TsNs": i}, "Protocol": "http", "BodyB64": body})
+        s.add(1, {"PathName": "/etc/passwd"})
+        clock.advance(1)
+        lines = [line for post in client.posts for line in post.consumer.data.splitlines() if line]
+        self.assertGreater(len(lines), 5)
+        self.assertTrue(all(len(line) < MAX_NDJSON_LINE for line in lines), [len(l) for l in lines])
+        self.assertEqual(sum(len(json.loads(line)["events"]) for line in lines), 41)
