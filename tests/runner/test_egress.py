@@ -432,12 +432,22 @@ class RealEgressTests(TestCase):
             port = reactor.listenTCP(0, host, interface="0.0.0.0")
             self.addCleanup(port.stopListening)
             p = port.getHost().port
-            targets = [a for a in [dockerBridgeAddress()] + hostAddresses() if a]
+            targets = [(a, p) for a in [dockerBridgeAddress()] + hostAddresses() if a]
             self.assertTrue(targets)
-            env = {"FANGS_EGRESS_TARGETS": ",".join("%s:%d" % (a, p) for a in targets)}
+            # Another run's contained network, its gateway listening: a
+            # neighbour this run must not reach either.
+            manager = E.EgressManager(reactor)
+            neighbourEvents: List[Any] = []
+            neighbour = await manager.open(Job(run_id=RunID(os.urandom(16)), kind="sandbox_scan",
+                                               sandbox=SandboxSpec(command=["true"])), 0,
+                                           lambda t, pl: neighbourEvents.append(pl))
+            self.addCleanup(lambda: Deferred.fromCoroutine(neighbour.close()))
+            neighbour.baitPlanted({})
+            targets.append((neighbour.gateway.address, neighbour.gateway.tcpPort))
+            env = {"FANGS_EGRESS_TARGETS": ",".join("%s:%d" % t for t in targets)}
             info, logs, events, egress, stats = await self.contained(SandboxSpec(
                 image=imagemod.FIXTURES_IMAGE, command=npmInstallCommand("/fixtures/egress-exfil.tgz", ""),
-                user="0:0", pull_policy="never", env=env))
+                user="0:0", pull_policy="never", env=env), manager)
             self.assertEqual(info.exitCode, 0, logs)
             gw = egress.gateway.address
             for line in ("token found", "gateway " + gw, "lookup " + gw, "http 200", "https ERR_SSL_SSLV3_ALERT_HANDSHAKE_FAILURE",
@@ -460,8 +470,10 @@ class RealEgressTests(TestCase):
             self.assertEqual(raw["Action"], "sinkholed")
             self.assertTrue(any(a["Protocol"] == "udp" for a in attempts))
             for target in targets:
-                self.assertEqual(by[("tcp", target, p)]["Action"], "sinkholed")
+                self.assertEqual(by[("tcp",) + target]["Action"], "sinkholed")
             self.assertEqual(host.accepted, [])  # the host's own service was never reached
+            self.assertEqual(neighbourEvents, [])  # nor the other run's gateway
+            self.assertEqual(neighbour.gateway.stats.connections, 0)
             [canary] = [pl for t, pl in events if t == EventType.CANARY_EXFILTRATED]
             self.assertEqual((canary["Bait"], canary["Channel"], canary["DestName"]),
                              (["npm_token"], "egress", "hooks.exfil.invalid"))
@@ -578,3 +590,20 @@ class StreamerBatchBytesTests(SynchronousTestCase):
         self.assertGreater(len(lines), 5)
         self.assertTrue(all(len(line) < MAX_NDJSON_LINE for line in lines), [len(l) for l in lines])
         self.assertEqual(sum(len(json.loads(line)["events"]) for line in lines), 41)
+
+
+class RunnerOptionsTests(SynchronousTestCase):
+    def test_egressOptions(self) -> None:
+        from twisted.python import usage
+
+        from fangs.runner.tap import Options
+
+        o = Options()
+        o.parseOptions([])
+        self.assertEqual((o["egress-policy"], o["egress-allowed-hosts"]), ("contain", ["registry.npmjs.org"]))
+        o = Options()
+        o.parseOptions(["--egress-policy", "registry-only", "--egress-allowed-hosts", "npm.corp.example, r.example:4873"])
+        self.assertEqual((o["egress-policy"], o["egress-allowed-hosts"]),
+                         ("registry-only", ["npm.corp.example", "r.example:4873"]))
+        for bad in (["--egress-policy", "leaky"], ["--egress-allowed-hosts", "https://r.example"]):
+            self.assertRaises(usage.UsageError, Options().parseOptions, bad)
