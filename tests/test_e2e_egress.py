@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue

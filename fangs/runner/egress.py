@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
@@ -46,7 +47,6 @@ from fangs.runner.gateway import (
     CONTAIN,
     OPEN,
     POLICIES,
-    REGISTRY_ONLY,
     GatewayPolicy,
     GatewayStats,
     Limits,
@@ -54,7 +54,7 @@ from fangs.runner.gateway import (
     RunGateway,
     parseAllowedHosts,
 )
-from fangs.wire import Job, RunID
+from fangs.wire import Job
 
 log = Logger()
 
@@ -173,8 +173,6 @@ def canariesFromBait(bait: Mapping[str, str]) -> Dict[str, str]:
     copies of one kind (two homes) get C{#2} suffixes, which event reports
     drop.
     """
-    import re
-
     out: Dict[str, str] = {}
 
     def put(name: str, value: str) -> None:

@@ -5,8 +5,6 @@ C{conf/orchestrator.yaml} and the policy stamped on every sandbox job.
 
 from __future__ import annotations
 
-import os
-
 from twisted.trial.unittest import SynchronousTestCase
 
 from fangs.orchestrator.config import ConfigError, OrchestratorConfig, defaultConfigPath, loadConfig

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults, succeed
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
