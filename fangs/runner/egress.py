@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import attrs
@@ -410,6 +411,7 @@ class EgressManager:
         self._reactor = reactor
         self._factory = dockerClientFactory
         self._client = None
+        self._lock = threading.Lock()
         self.defaultPolicy = defaultPolicy
         self.allowedHosts = tuple(allowedHosts)
         self.limits = limits
@@ -420,8 +422,9 @@ class EgressManager:
 
     def _call(self, f: Callable[..., Any], *args: Any) -> Deferred:
         def run() -> Any:
-            if self._client is None:
-                self._client = self._factory()
+            with self._lock:
+                if self._client is None:
+                    self._client = self._factory()
             return f(getattr(self._client, "api", self._client), *args)
 
         if self._threadpool is not None:

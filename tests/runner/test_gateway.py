@@ -485,3 +485,27 @@ class LayeredEncodingTests(GatewayTestsMixin, SynchronousTestCase):
         blob = base64.b64encode(base64.b64encode(b"\0" * 300000))
         out = G.expandForScan(blob, budget=64 * 1024)
         self.assertLessEqual(sum(len(b) for b in out), 64 * 1024)
+
+
+class PlainHTTPRegistryTests(GatewayTestsMixin, SynchronousTestCase):
+    def test_allowedHostHeaderForwarded(self) -> None:
+        proto, t = self.connect(("104.16.0.35", 80))
+        head = b"GET /is-number HTTP/1.1\r\nHost: registry.npmjs.org\r\n\r\n"
+        proto.dataReceived(head)
+        self.assertEqual(self.upstreams.calls, [("registry.npmjs.org", 80)])
+        self.assertEqual(self.upstreams.transports[0].value(), head)
+        self.assertEqual(self.attempts()[0]["Action"], "forwarded")
+
+    def test_allowedHostOnAnotherPortSinkholed(self) -> None:
+        proto, t = self.connect(("104.16.0.35", 8080))
+        proto.dataReceived(b"GET / HTTP/1.1\r\nHost: registry.npmjs.org:8080\r\n\r\n")
+        self.assertEqual(self.upstreams.calls, [])
+        self.assertEqual(t.value(), G.HTTP_OK)
+
+    def test_upstreamFailureClosesQuietly(self) -> None:
+        from twisted.internet.defer import fail
+
+        self.gw._connect = lambda host, port, protocol, timeout: fail(ConnectionRefusedError("no"))
+        proto, t = self.connect(("104.16.0.35", 443))
+        proto.dataReceived(clientHello("registry.npmjs.org"))
+        self.assertTrue(t.disconnected)
