@@ -516,7 +516,9 @@ class RunnerService(Service):
         except Exception as e:
             return "failed", "sandbox launch: %s" % (_describe(e),)
         if run.egress is not None:
-            run.egress.baitPlanted(getattr(handle, "bait", None) or {})
+            # The run's bait values (name -> value) when the sandbox gives
+            # them, else its planted files: the gateway looks for them.
+            run.egress.baitPlanted(getattr(handle, "canaries", None) or getattr(handle, "bait", None) or {})
         try:
             status, reason = await self._watchContainer(run, handle)
             grace = job.sandbox.grace_period / SECOND
