@@ -154,16 +154,30 @@ def parseAllowedHosts(entries: Sequence[str]) -> Dict[str, FrozenSet[int]]:
         text = entry.strip().lower()
         if "://" in text:
             raise PolicyError("allowed host %r must be a host name, not a URL" % (entry,))
-        host, sep, port = text.rpartition(":")
+        if text.startswith("["):
+            host, bracket, rest = text[1:].partition("]")
+            if not bracket:
+                raise PolicyError("allowed host %r has an unclosed [" % (entry,))
+            sep, port = (":", rest[1:]) if rest.startswith(":") else ("", "")
+        elif text.count(":") > 1:
+            host, sep, port = text, "", ""  # a bare IPv6 address
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep:
+                host = text
         if not sep:
-            host, ports = text, {443, 80}
+            ports = {443, 80}
         else:
             if not port.isdigit() or not 0 < int(port) < 65536:
                 raise PolicyError("allowed host %r has a bad port" % (entry,))
             ports = {int(port)}
         host = host.rstrip(".")
-        if not _HOSTNAME.match(host) or _isAddress(host):
-            raise PolicyError("allowed host %r is not a host name" % (entry,))
+        if _isAddress(host):
+            # A registry reached by address (a private one): connections
+            # whose original destination is that address are forwarded.
+            host = str(ipaddress.ip_address(host))
+        elif not _HOSTNAME.match(host):
+            raise PolicyError("allowed host %r is not a host name or address" % (entry,))
         allowed.setdefault(host, set()).update(ports)
     return {h: frozenset(p) for h, p in allowed.items()}
 
@@ -840,6 +854,8 @@ class _Connection(Protocol):
         name = normaliseName(name)
         if name and self.gw.policy.allows(name, self.destPort):
             return self._forward(protocol, name)
+        if self.destIP and self.gw.policy.allows(self.destIP, self.destPort):
+            return self._forward(protocol, self.destIP)
         if self.gw.policy.mode != CONTAIN:
             self.gw.stats.refused += 1
             self._emit(protocol, "refused")

@@ -29,10 +29,12 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.withRegistry("https://registry.npmjs.org"), config)
         self.assertEqual(OrchestratorConfig().withRegistry("http://npm.corp.example:4873/").egressAllowedHosts,
                          ("npm.corp.example:4873",))
+        self.assertEqual(OrchestratorConfig().withRegistry("http://127.0.0.1:4873").egressAllowedHosts,
+                         ("127.0.0.1:4873",))
 
     def test_bad(self) -> None:
         for text in ("egress: [1]\n", "egress: {policy: leaky}\n", "egress: {allowed_hosts: [https://x.example]}\n",
-                     "egress: {allowed_hosts: [10.0.0.1]}\n", "egress: {allowed_hosts: yes}\n"):
+                     "egress: {allowed_hosts: [a b]}\n", "egress: {allowed_hosts: yes}\n"):
             self.assertRaises(ConfigError, self.load, text)
 
 

@@ -87,8 +87,10 @@ class ParserTests(SynchronousTestCase):
         allowed = G.parseAllowedHosts(["Registry.npmjs.org", "npm.internal.example:4873"])
         self.assertEqual(allowed, {"registry.npmjs.org": frozenset({80, 443}),
                                    "npm.internal.example": frozenset({4873})})
-        for bad in ["https://registry.npmjs.org", "10.0.0.1", "a b", "x:99999", ""]:
+        for bad in ["https://registry.npmjs.org", "a b", "x:99999", "", "[::1"]:
             self.assertRaises(G.PolicyError, G.parseAllowedHosts, [bad])
+        self.assertEqual(G.parseAllowedHosts(["10.0.0.5:4873", "[::1]:8080", "fd00::5"]),
+                         {"10.0.0.5": frozenset({4873}), "::1": frozenset({8080}), "fd00::5": frozenset({80, 443})})
 
     def test_splitHostPort(self) -> None:
         self.assertEqual(G.splitHostPort("a.invalid:8080", 80), ("a.invalid", 8080))
@@ -509,3 +511,20 @@ class PlainHTTPRegistryTests(GatewayTestsMixin, SynchronousTestCase):
         proto, t = self.connect(("104.16.0.35", 443))
         proto.dataReceived(clientHello("registry.npmjs.org"))
         self.assertTrue(t.disconnected)
+
+
+class RegistryByAddressTests(GatewayTestsMixin, SynchronousTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.gw.policy = G.GatewayPolicy(G.CONTAIN, G.parseAllowedHosts(["10.20.0.5:4873"]))
+
+    def test_forwardedByOriginalDestination(self) -> None:
+        proto, t = self.connect(("10.20.0.5", 4873))
+        proto.dataReceived(b"GET /is-number HTTP/1.1\r\nHost: 10.20.0.5:4873\r\n\r\n")
+        self.assertEqual(self.upstreams.calls, [("10.20.0.5", 4873)])
+
+    def test_otherAddressOrPortSinkholed(self) -> None:
+        for dest in (("10.20.0.6", 4873), ("10.20.0.5", 22)):
+            proto, t = self.connect(dest)
+            proto.dataReceived(b"GET / HTTP/1.1\r\nHost: other.invalid\r\n\r\n")
+        self.assertEqual(self.upstreams.calls, [])
