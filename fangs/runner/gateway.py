@@ -265,6 +265,7 @@ def parseClientHello(data: bytes) -> ClientHello:
             if len(body) >= 4 + hsLen:
                 return _helloFields(body[4:4 + hsLen])
 
+
 def _helloFields(h: bytes) -> ClientHello:
     try:
         p = 2 + 32
