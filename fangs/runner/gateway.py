@@ -432,6 +432,61 @@ def originalDestination(transport: Any) -> Tuple[str, int]:
         return host.host, host.port
 
 
+def _nla(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * ((4 - length % 4) % 4)
+
+
+def _nlaParse(data: bytes) -> Dict[int, bytes]:
+    out: Dict[int, bytes] = {}
+    off = 0
+    while off + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        out[kind & 0x3FFF] = data[off + 4:off + length]
+        off += (length + 3) & ~3
+    return out
+
+
+def conntrackOriginal(local: Tuple[str, int], peer: Tuple[str, int], proto: int = 17) -> Optional[Tuple[str, int]]:
+    """
+    Where a datagram (or connection) that reached C{local} from C{peer}
+    through the host's DNAT rule was originally sent: asked of the kernel's
+    connection tracking over netlink (C{IPCTNL_MSG_CT_GET} by reply tuple).
+    C{None} when the kernel does not know it.  Non-blocking in practice:
+    the kernel answers a netlink request at once.
+    """
+    NESTED = 0x8000
+    try:
+        tupleIP = _nla(1 | NESTED, _nla(1, socket.inet_aton(local[0])) + _nla(2, socket.inet_aton(peer[0])))
+        tupleProto = _nla(2 | NESTED, _nla(1, bytes([proto])) + _nla(2, struct.pack("!H", local[1]))
+                          + _nla(3, struct.pack("!H", peer[1])))
+    except OSError:
+        return None
+    body = struct.pack("=BBH", socket.AF_INET, 0, 0) + _nla(2 | NESTED, tupleIP + tupleProto)  # CTA_TUPLE_REPLY
+    header = struct.pack("=IHHII", 16 + len(body), (1 << 8) | 1, 1, 1, 0)  # CTNETLINK, CT_GET, NLM_F_REQUEST
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12) as sock:  # NETLINK_NETFILTER
+            sock.settimeout(0.2)
+            sock.send(header + body)
+            data = sock.recv(65536)
+    except (OSError, AttributeError):
+        return None
+    if len(data) < 20:
+        return None
+    msgType = struct.unpack_from("=H", data, 4)[0]
+    if msgType == 2:  # NLMSG_ERROR: not tracked
+        return None
+    attrs_ = _nlaParse(data[20:])
+    orig = _nlaParse(attrs_.get(1, b""))  # CTA_TUPLE_ORIG
+    ip, pr = _nlaParse(orig.get(1, b"")), _nlaParse(orig.get(2, b""))
+    dst, port = ip.get(2), pr.get(3)
+    if not dst or len(dst) != 4 or not port or len(port) != 2:
+        return None
+    return socket.inet_ntoa(dst), struct.unpack("!H", port)[0]
+
+
 def hostResolver(reactor: Any) -> Callable[[str], Deferred]:
     """
     Resolve a name to its IPv4 addresses on the host (getaddrinfo on the
@@ -492,6 +547,8 @@ class RunGateway:
     @param resolve: C{name -> Deferred[list of IPv4 addresses]}.
     @param connect: C{(host, port, protocol, timeout) -> Deferred}.
     @param origDst: C{transport -> (ip, port)}, where a connection was going.
+    @param datagramDst: C{(local, peer) -> (ip, port) or None}, where a
+        redirected datagram was going.
     """
 
     def __init__(self, reactor: Any, runID: RunID, cgroupID: int, address: str, policy: GatewayPolicy,
@@ -499,7 +556,9 @@ class RunGateway:
                  resolve: Optional[Callable[[str], Deferred]] = None,
                  connect: Optional[Callable[..., Deferred]] = None,
                  origDst: Callable[[Any], Tuple[str, int]] = originalDestination,
-                 nowNs: Callable[[], int] = _monotonicNs) -> None:
+                 nowNs: Callable[[], int] = _monotonicNs,
+                 datagramDst: Callable[[Tuple[str, int], Tuple[str, int]], Optional[Tuple[str, int]]]
+                 = conntrackOriginal) -> None:
         self._reactor = reactor
         self.runID = runID
         self._cgroupID = cgroupID
@@ -510,6 +569,7 @@ class RunGateway:
         self._resolve = resolve or hostResolver(reactor)
         self._connect = connect or hostConnector(reactor)
         self._origDst = origDst
+        self._datagramDst = datagramDst
         self._nowNs = nowNs
         self.stats = GatewayStats()
         self._matcher: Optional[CanaryMatcher] = None
@@ -663,18 +723,30 @@ class RunGateway:
 
     # -- DNS -----------------------------------------------------------------
 
-    async def answerDNS(self, data: bytes) -> Optional[bytes]:
+    def _destOf(self, local: Optional[Tuple[str, int]], peer: Optional[Tuple[str, int]]) -> Tuple[str, int]:
+        if local is None or peer is None:
+            return "", 0
+        try:
+            return self._datagramDst(local, peer) or ("", 0)
+        except Exception:
+            log.failure("run {run_id}: original destination of a datagram", run_id=self.runID.hex())
+            return "", 0
+
+    async def answerDNS(self, data: bytes, local: Optional[Tuple[str, int]] = None,
+                        peer: Optional[Tuple[str, int]] = None) -> Optional[bytes]:
         """
         The answer to one DNS message from the sandbox (C{None}: no answer).
+        C{local} and C{peer} (UDP) let the record say which resolver it was
+        sent to.
         """
         msg = dns.Message()
         try:
             msg.fromStr(data)
         except Exception:
-            self._datagram(data, "dns")
+            self._datagram(data, "dns", self._destOf(local, peer))
             return None
         if msg.answer or not msg.queries:
-            self._datagram(data, "dns")
+            self._datagram(data, "dns", self._destOf(local, peer))
             return None
         answer = dns.Message(id=msg.id, answer=1, opCode=msg.opCode, recDes=msg.recDes, recAv=1)
         answer.queries = msg.queries[:1]
@@ -687,7 +759,8 @@ class RunGateway:
         name = query.name.name.decode("ascii", "replace")
         qname = normaliseName(name)
         qtype = dns.QUERY_TYPES.get(query.type, str(query.type))
-        fields = {"DestName": qname, "DestPort": 53, "QType": qtype}
+        destIP, destPort = self._destOf(local, peer)
+        fields = {"DestName": qname, "DestIP": destIP, "DestPort": destPort or 53, "QType": qtype}
         if self.policy.allowsName(qname):
             addresses: List[str] = []
             if query.type == dns.A:
@@ -714,7 +787,7 @@ class RunGateway:
             self.record(self._payload("dns", "refused", **fields), name=qname)
         return answer.toStr()
 
-    def _datagram(self, data: bytes, protocol: str) -> None:
+    def _datagram(self, data: bytes, protocol: str, dest: Tuple[str, int] = ("", 0)) -> None:
         self.stats.datagrams += 1
         if self.stats.datagrams > self.limits.maxDatagrams:
             self.stats.countCut("datagrams")
@@ -726,7 +799,7 @@ class RunGateway:
         self.stats.sinkholed += action == "sinkholed"
         self.stats.refused += action == "refused"
         kept = data[:self.limits.captureBytes]
-        self.record(self._payload("udp", action, DestPort=53 if protocol == "dns" else 0,
+        self.record(self._payload("udp", action, DestIP=dest[0], DestPort=dest[1] or (53 if protocol == "dns" else 0),
                                   BodySize=len(data), BodySHA256=hashlib.sha256(data).hexdigest(),
                                   BodyB64=base64.b64encode(kept).decode("ascii")),
                     scanned=data[:self.limits.scanBytes])
@@ -1131,7 +1204,7 @@ class _DNSProtocol(DatagramProtocol):
         self.gw = gateway
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
-        d = Deferred.fromCoroutine(self.gw.answerDNS(data))
+        d = Deferred.fromCoroutine(self.gw.answerDNS(data, (self.gw.address, self.gw.dnsUDPPort), addr))
 
         def reply(answer: Optional[bytes]) -> None:
             if answer is not None and self.transport is not None:
@@ -1188,6 +1261,6 @@ class _UDPSink(DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         try:
-            self.gw._datagram(data, "udp")
+            self.gw._datagram(data, "udp", self.gw._destOf((self.gw.address, self.gw.udpPort), addr))
         except Exception:
             log.failure("run {run_id}: recording a datagram failed", run_id=self.gw.runID.hex())

@@ -467,7 +467,9 @@ class RealEgressTests(TestCase):
             self.assertEqual((tls["Action"], tls["SNI"]), ("sinkholed", "secure.exfil.invalid"))
             raw = by[("tcp", gw, 4444)]
             self.assertEqual(raw["Action"], "sinkholed")
-            self.assertTrue(any(a["Protocol"] == "udp" for a in attempts))
+            # The datagram's original destination, from the kernel's connection tracking.
+            self.assertEqual(by[("udp", gw, 9999)]["Action"], "sinkholed")
+            self.assertTrue(all(a["DestPort"] == 53 for a in attempts if a["Protocol"] == "dns"))
             for target in targets:
                 self.assertEqual(by[("tcp",) + target]["Action"], "sinkholed")
             self.assertEqual(host.accepted, [])  # the host's own service was never reached

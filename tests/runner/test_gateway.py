@@ -127,7 +127,8 @@ class GatewayTestsMixin:
             G.GatewayPolicy(self.mode, G.parseAllowedHosts(["registry.npmjs.org"])),
             lambda t, p: self.events.append((t, p)), limits=self.limits,
             resolve=self.resolve, connect=self.upstreams.connect,
-            origDst=lambda transport: self.dest, nowNs=lambda: 123)
+            origDst=lambda transport: self.dest, nowNs=lambda: 123,
+            datagramDst=lambda local, peer: ("172.30.0.1", 9999) if peer[0] == "172.30.0.2" else None)
         if self.baitKnown:
             self.gw.setCanaries({"npm_token": TOKEN})
 
@@ -327,8 +328,18 @@ class DNSTests(GatewayTestsMixin, SynchronousTestCase):
 
     def test_udpSink(self) -> None:
         G._UDPSink(self.gw).datagramReceived(b"beacon " + TOKEN.encode(), ("172.30.0.2", 5555))
-        [e] = self.attempts()
-        self.assertEqual((e["Protocol"], e["Action"], e["Canaries"]), ("udp", "sinkholed", ["npm_token"]))
+        G._UDPSink(self.gw).datagramReceived(b"untracked", ("172.30.0.3", 5555))
+        [e, f] = self.attempts()
+        self.assertEqual((e["Protocol"], e["Action"], e["Canaries"], e["DestIP"], e["DestPort"]),
+                         ("udp", "sinkholed", ["npm_token"], "172.30.0.1", 9999))
+        self.assertEqual((f["DestIP"], f["DestPort"]), ("", 0))
+
+    def test_netlinkAttributes(self) -> None:
+        blob = G._nla(1, b"abc") + G._nla(2 | 0x8000, G._nla(3, b"\x00\x35"))
+        parsed = G._nlaParse(blob)
+        self.assertEqual(parsed[1], b"abc")
+        self.assertEqual(G._nlaParse(parsed[2]), {3: b"\x00\x35"})
+        self.assertIsNone(G.conntrackOriginal(("127.0.0.1", 1), ("127.0.0.1", 2)))  # not tracked
 
     def test_dnsOverTCP(self) -> None:
         q = dns.Message(id=3)
