@@ -349,6 +349,7 @@ _optional("watcher", "fangs.orchestrator.bench_watcher")
 _optional("ui", "fangs.orchestrator.bench_ui")
 _optional("postgres", "fangs.orchestrator.bench_pg")
 _optional("stream", "fangs.orchestrator.bench_stream")
+_optional("egress", "fangs.runner.bench_egress")
 
 
 def benchSensor() -> None:

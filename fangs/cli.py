@@ -866,12 +866,40 @@ def cmdRunArtifact(c: Context) -> int:
 
 
 def cmdRunShow(c: Context) -> int:
-    showRun(c, c.client.get("/v1/runs/" + c.resolve(c.args.id, "run")))
+    run = c.client.get("/v1/runs/" + c.resolve(c.args.id, "run"))
+    showRun(c, run)
+    if not c.args.json:
+        showEgress(c, run["run_id"])
     return EXIT_OK
+
+
+def showEgress(c: Context, runID: str) -> None:
+    """
+    The run's egress attempts, one line each ("tried POST http://... with
+    2.1 KiB containing the bait npm token (sinkholed)"), repeats counted.
+    """
+    from fangs.egresstext import LIST_LIMIT, summarise
+
+    payloads = [json.loads(line).get("payload") or {}
+                for line in c.client.lines("/v1/runs/%s/events?type=egress_attempt" % (runID,)) if line.strip()]
+    stopped = [p for p in payloads if p.get("Action") != "forwarded"]
+    lines = summarise(stopped)
+    if not lines:
+        return
+    c.say("")
+    c.say("egress      %d attempt(s) stopped by the gateway" % (len(stopped),))
+    for text in lines[:LIST_LIMIT]:
+        c.say("  " + text)
+    if len(lines) > LIST_LIMIT:
+        c.say("  ... and %d more: fangs run events %s --type egress_attempt" % (len(lines) - LIST_LIMIT, short(runID)))
 
 
 def _eventSummary(e: Dict[str, Any]) -> str:
     p = e.get("payload") or {}
+    if e.get("type_name") == "egress_attempt":
+        from fangs.egresstext import describeAttempt
+
+        return describeAttempt(p)
     for key in ("PathName", "BinaryPathStr", "QName", "SNI"):
         if p.get(key):
             return str(p[key])

@@ -273,6 +273,12 @@ class SandboxSpec:
     pull_policy: str = omitempty("")
     grace_period: int = omitempty(0)
     cgroup_parent: str = omitempty("")
+    #: Extension: C{contain} (default), C{registry-only} or C{open}; see
+    #: docs/egress.md.  A reference runner ignores the key.
+    egress_policy: str = omitempty("")
+    #: Extension: host names (or C{host:port}) the sandbox may reach through
+    #: the egress gateway; the registry's host when empty.
+    allowed_hosts: List[str] = omitempty(factory=list)
 
 
 @attrs.frozen

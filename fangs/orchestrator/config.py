@@ -35,6 +35,7 @@ DEFAULT_SANDBOX_IMAGE = "fangs-sandbox/node:20"
 DEFAULT_MAX_MEMORY = 4 * 1024**3
 DEFAULT_MAX_NANO_CPUS = 4_000_000_000
 DEFAULT_MAX_PIDS = 4096
+EGRESS_POLICIES = ("contain", "registry-only", "open")
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,27 @@ class OrchestratorConfig:
 
     def allowedImages(self) -> Tuple[str, ...]:
         return self.images or (self.sandboxImage,)
+    #: Egress policy stamped on scans that name none (docs/egress.md).
+    egressPolicy: str = "contain"
+    #: Hosts a contained sandbox may reach; empty: the registry's host
+    #: (filled in by L{withRegistry}).
+    egressAllowedHosts: Tuple[str, ...] = ()
+
+    def withRegistry(self, registryURL: str) -> "OrchestratorConfig":
+        """
+        This configuration with the allowed egress hosts defaulted to the
+        host of the registry the orchestrator uses.
+        """
+        if self.egressAllowedHosts:
+            return self
+        from urllib.parse import urlsplit
+
+        url = urlsplit(registryURL)
+        if not url.hostname:
+            return self
+        default = {"https": 443, "http": 80}.get(url.scheme)
+        host = url.hostname if url.port in (None, default) else "%s:%d" % (url.hostname, url.port)
+        return attrs.evolve(self, egressAllowedHosts=(host,))
 
 
 def defaultConfigPath() -> Optional[str]:
@@ -188,6 +210,22 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         except ValueError as e:
             raise ConfigError("config %s: operators.%s: %s" % (path, name, e)) from None
 
+    egress = data.get("egress") or {}
+    if not isinstance(egress, dict):
+        raise ConfigError("config %s: egress must be a mapping" % (path,))
+    policy = egress.get("policy", "contain")
+    if policy not in EGRESS_POLICIES:
+        raise ConfigError("config %s: egress.policy must be one of %s" % (path, ", ".join(EGRESS_POLICIES)))
+    hosts = egress.get("allowed_hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
+        raise ConfigError("config %s: egress.allowed_hosts must be a list of host names" % (path,))
+    from fangs.runner.gateway import PolicyError, parseAllowedHosts
+
+    try:
+        parseAllowedHosts(hosts)
+    except PolicyError as e:
+        raise ConfigError("config %s: egress.allowed_hosts: %s" % (path, e)) from None
+
     return OrchestratorConfig(
         images=images,
         maxMemoryBytes=count(sandbox, "max_memory_bytes", DEFAULT_MAX_MEMORY, "sandbox"),
@@ -198,6 +236,8 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         notifierAllowPrivate=allowPrivate,
         notifierEnv=env,
         operatorScopes=tuple(opScopes),
+        egressPolicy=policy,
+        egressAllowedHosts=tuple(h.strip() for h in hosts),
         path=path,
         raw=raw,
         watchedPaths=watched,

@@ -237,6 +237,7 @@ class Orchestrator:
             if not sandbox.pull_policy:
                 # The runner's default would pull a missing image.
                 sandbox = attrs.evolve(sandbox, pull_policy=self.config.pullPolicies[0])
+            sandbox = self._withEgress(sandbox)
         checkScanPolicy(attrs.evolve(job, kind=kind, sandbox=sandbox), self.config)
         return attrs.evolve(
             job,
@@ -247,6 +248,25 @@ class Orchestrator:
             dispatched_at=wire.timestampFromNs(self.nowNs()),
             sandbox=sandbox,
         )
+
+    def _withEgress(self, sandbox: wire.SandboxSpec) -> wire.SandboxSpec:
+        """
+        Stamp the egress policy and allowed hosts (the scan's own, else the
+        configuration's) on a sandbox spec; see docs/egress.md.
+        """
+        from fangs.runner.gateway import POLICIES, PolicyError, parseAllowedHosts
+
+        policy = (sandbox.egress_policy or self.config.egressPolicy).strip().lower()
+        if policy not in POLICIES:
+            raise BadRequest("job.sandbox.egress_policy must be one of %s" % (", ".join(POLICIES),))
+        hosts = list(sandbox.allowed_hosts or self.config.egressAllowedHosts)
+        try:
+            parseAllowedHosts(hosts)
+        except PolicyError as e:
+            raise BadRequest("job.sandbox.allowed_hosts: %s" % (e,)) from None
+        if policy == "open":
+            log.warn("scan with egress policy OPEN: its sandbox reaches everything and nothing it sends is recorded")
+        return attrs.evolve(sandbox, egress_policy=policy, allowed_hosts=hosts)
 
     # -- events -------------------------------------------------------------
 

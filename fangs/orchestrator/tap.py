@@ -112,7 +112,7 @@ class Options(usage.Options):
         elif not os.path.exists(self["config"]):
             raise usage.UsageError("--config %s does not exist" % (self["config"],))
         try:
-            self["loaded-config"] = loadConfig(self["config"])
+            self["loaded-config"] = loadConfig(self["config"]).withRegistry(self["registry-url"])
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

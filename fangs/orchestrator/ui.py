@@ -31,6 +31,7 @@ from twisted.web.static import File
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
+from fangs.egresstext import describeAttempt, summarise
 from fangs.errors import BadRequest, FangsError, Forbidden, NotFoundError
 from fangs.orchestrator.steps import runSteps
 from fangs.orchestrator import differ
@@ -46,6 +47,9 @@ STATIC = os.path.join(HERE, "static")
 CSP = b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
 CSRF_COOKIE = b"fangs_csrf"
 EVENTS_PER_PAGE = 100
+#: Egress attempts listed on a run page (the events table has them all).
+EGRESS_LIST_LIMIT = 200
+
 #: The process tree is built from at most this many events of a run (plus
 #: the deviations' evidence events); the page says so when it stops short.
 TREE_EVENT_CAP = 5000
@@ -129,6 +133,8 @@ def eventSummary(etype: int, p: Dict[str, Any]) -> str:
         return str(p.get("QName", ""))
     if etype == wire.EventType.TLS_SNI:
         return str(p.get("SNI", ""))
+    if etype == wire.EventType.EGRESS_ATTEMPT:
+        return describeAttempt(p)
     return truncate(json.dumps(p, sort_keys=True), 200)
 
 
@@ -556,6 +562,7 @@ class DashboardUI:
                 }
             )
         chips = sorted(((typeName(t), n) for t, n in counts.items()), key=lambda c: typeSortKey(c[0]))
+        egress = await self._egress(run.id, counts)
         base = "/ui/runs/%s" % (run.id,)
         nextURL = None
         if more:
@@ -583,7 +590,29 @@ class DashboardUI:
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
             steps=runSteps(run, await self.store.outboxFor(run.id)),
+            egress=egress,
+            egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - EGRESS_LIST_LIMIT),
         )
+
+    async def _egress(self, runID: str, counts: Dict[int, int]) -> List[Dict[str, Any]]:
+        """
+        The run's egress attempts the gateway stopped, one line each
+        (repeats counted, what limits cut first).
+        """
+        if not counts.get(int(wire.EventType.EGRESS_ATTEMPT)):
+            return []
+        payloads = []
+        events = await self.store.eventPage(runID, (0, -1), EGRESS_LIST_LIMIT, int(wire.EventType.EGRESS_ATTEMPT))
+        for e in events:
+            try:
+                p = orjson.loads(e.data)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(p, dict):
+                payloads.append(p)
+        lines = summarise(payloads)
+        return [{"text": t, "canary": " the bait" in t or " the baits " in t, "cut": t.startswith("egress limits")}
+                for t in lines]
 
     async def _run(self, runID: str) -> S.RunRow:
         if len(runID) != 32 or any(c not in "0123456789abcdef" for c in runID):

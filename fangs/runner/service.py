@@ -93,6 +93,7 @@ class _ActiveRun:
     unresolved: int = 0
     life: Any = None
     notes: List[str] = attrs.field(factory=list)
+    egress: Any = None
     reporting: bool = False
     stopReason: Optional[str] = None
     done: Optional[Deferred[None]] = None
@@ -220,7 +221,7 @@ class RunnerService(Service):
                  streamerFactory: Optional[Callable[[IReactorTime, Any, Any], Any]] = None,
                  cgroupInode: Callable[[str], int] = _cgroupInode,
                  streamCloseTimeout: float = 60.0, resultRetryWindow: float = 300.0,
-                 shutdownTimeout: float = 30.0) -> None:
+                 shutdownTimeout: float = 30.0, egress: Any = None) -> None:
         if maxConcurrent < 1:
             raise ValueError("maxConcurrent must be at least 1")
         self._clock = clock
@@ -239,6 +240,9 @@ class RunnerService(Service):
         self._streamCloseTimeout = streamCloseTimeout
         self._resultRetryWindow = resultRetryWindow
         self._shutdownTimeout = shutdownTimeout
+        #: The L{fangs.runner.egress.EgressManager} (None: sandboxes keep
+        #: the network their job names, as before).
+        self._egress = egress
 
         self.ack: Optional[RegistrationAck] = None
         self._pollInterval = 0.0
@@ -306,6 +310,11 @@ class RunnerService(Service):
                     log.info("removed {n} stale sandbox containers", n=reaped)
             except Exception:
                 log.failure("reaping stale sandbox containers failed")
+            if self._egress is not None:
+                try:
+                    await self._egress.reapStale()
+                except Exception:
+                    log.failure("reaping stale egress networks failed")
             await self._ensureRegistered()
             await self._pollLoop()
         except CancelledError:
@@ -569,6 +578,22 @@ class RunnerService(Service):
             run.cgroup = self._cgroups.create(run.hex)
         except Exception as e:
             return "failed", "create cgroup: %s" % (_describe(e),)
+        if self._egress is not None:
+            try:
+                run.egress = await self._egress.open(job, run.cgroup.cgroupID, run.streamer.add)
+            except Exception as e:
+                return "failed", "egress: %s" % (_describe(e),)
+            run.job = job = run.egress.job
+        try:
+            return await self._executeContained(run, watched)
+        finally:
+            if run.egress is not None:
+                # After the container is gone: the gateway saw all it will.
+                await run.egress.close()
+
+    async def _executeContained(self, run: _ActiveRun, watched: List[Any]) -> tuple[str, str]:
+        job = run.job
+        assert job.sandbox is not None
         if run.stopReason is not None:
             return "failed", run.stopReason
         try:
@@ -578,6 +603,9 @@ class RunnerService(Service):
         except Exception as e:
             return "failed", "sandbox launch: %s" % (_describe(e),)
         attached = False
+        if run.egress is not None:
+            # The run's bait values: the gateway looks for them in what it sinkholes.
+            run.egress.baitPlanted(dict(handle.canaries))
         try:
             try:
                 self._addRun(job.run_id, run.cgroup.cgroupID, watched + list(handle.watchedPaths(watched)),

@@ -145,6 +145,22 @@ class _Post:
     abandoned: bool = False
 
 
+def _size(payload: Dict[str, Any]) -> int:
+    """
+    About how many bytes an event's JSON takes: its top-level strings (and
+    those of its top-level objects) plus a fixed part.
+    """
+    n = 256
+    for value in payload.values():
+        if isinstance(value, str):
+            n += len(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                if isinstance(item, str):
+                    n += len(item)
+    return n
+
+
 def _asDeferred(result: Any) -> Deferred[Any]:
     if isinstance(result, Deferred):
         return result
@@ -162,12 +178,19 @@ class EventStreamer:
     def __init__(self, clock: IReactorTime, client: Any, runID: RunID,
                  flushInterval: float = 0.25, batchSize: int = 64,
                  segmentSeconds: float = 5.0, requestTimeout: float = 30.0,
-                 retryPolicy: Optional[Callable[[int], float]] = None) -> None:
+                 retryPolicy: Optional[Callable[[int], float]] = None,
+                 batchBytes: int = 512 * 1024) -> None:
         self._clock = clock
         self._client = client
         self._runID = runID
         self._flushInterval = flushInterval
         self._batchSize = batchSize
+        #: A batch is cut once its events' strings reach this many bytes (the
+        #: orchestrator refuses NDJSON lines over 1 MiB; egress events carry
+        #: up to 64 KiB of a captured body).
+        self._batchBytes = batchBytes
+        self._pendingSizes: List[int] = []
+        self._pendingBytes = 0
         self._segmentSeconds = segmentSeconds
         self._requestTimeout = requestTimeout
         self._retryPolicy = retryPolicy or backoffPolicy(initialDelay=0.5, maxDelay=15.0)
@@ -198,7 +221,10 @@ class EventStreamer:
         """
         self._emitted += 1
         self._pending.append(EventEnvelope(type=int(eventType), payload=payload))
-        if len(self._pending) >= self._batchSize:
+        size = _size(payload)
+        self._pendingSizes.append(size)
+        self._pendingBytes += size
+        if len(self._pending) >= self._batchSize or self._pendingBytes >= self._batchBytes:
             self._flush()
         elif self._flushCall is None:
             self._flushCall = self._clock.callLater(self._flushInterval, self._flush)
@@ -259,8 +285,14 @@ class EventStreamer:
         self._flushCall = None
         try:
             while self._pending:
-                events = self._pending[: self._batchSize]
-                del self._pending[: self._batchSize]
+                n, size = 0, 0
+                while n < len(self._pending) and n < self._batchSize and (n == 0 or size + self._pendingSizes[n] <= self._batchBytes):
+                    size += self._pendingSizes[n]
+                    n += 1
+                events = self._pending[:n]
+                del self._pending[:n]
+                del self._pendingSizes[:n]
+                self._pendingBytes -= size
                 batch = EventBatch(run_id=self._runID, seq=self._nextSeq, events=events)
                 self._nextSeq += 1
                 self._queue.append(_Batch(batch.seq, wire.dumps(batch) + b"\n", len(events)))

@@ -52,6 +52,11 @@ class Options(usage.Options):
         ["docker-image", None, DEFAULT_IMAGE, "Sandbox image for jobs that name none."],
         ["bpf-source", None, None, "Path of the sensor's BPF C source (default: installed copy)."],
         ["cgroup-root", None, DEFAULT_CGROUP_ROOT, "Mount point of the cgroup v2 hierarchy."],
+        ["egress-policy", None, "contain",
+         "Egress of jobs that name none: contain (sinkhole and record), registry-only (refuse), "
+         "open (the default bridge: unrecorded, reaches everything)."],
+        ["egress-allowed-hosts", None, "registry.npmjs.org",
+         "Comma-separated hosts (or host:port) a contained sandbox may reach, for jobs that name none."],
     ]
 
     compData = usage.Completions(
@@ -74,6 +79,16 @@ class Options(usage.Options):
             raise usage.UsageError("TLS options need an https:// --orchestrator URL")
         if not self["runner-id"]:
             self["runner-id"] = socket.gethostname()
+        from fangs.runner.gateway import POLICIES, PolicyError, parseAllowedHosts
+
+        if self["egress-policy"] not in POLICIES:
+            raise usage.UsageError("--egress-policy must be one of " + ", ".join(POLICIES))
+        hosts = [h.strip() for h in self["egress-allowed-hosts"].split(",") if h.strip()]
+        try:
+            parseAllowedHosts(hosts)
+        except PolicyError as e:
+            raise usage.UsageError("--egress-allowed-hosts: %s" % (e,))
+        self["egress-allowed-hosts"] = hosts
 
 
 def kernelVersion(path: str = "/proc/sys/kernel/osrelease") -> str:
@@ -109,6 +124,7 @@ def makeService(options: Options) -> MultiService:
     from twisted.web.client import HTTPConnectionPool
 
     from fangs.runner.cgroups import CgroupManager
+    from fangs.runner.egress import EgressManager
     from fangs.runner.sandbox import DockerSandbox
     from fangs.runner.sensor import Sensor
 
@@ -128,6 +144,8 @@ def makeService(options: Options) -> MultiService:
     sensor = Sensor(reactor, sourcePath=options["bpf-source"], cgroupRoot=options["cgroup-root"])
     sandbox = DockerSandbox(reactor, defaultImage=options["docker-image"], cgroupRoot=options["cgroup-root"])
     cgroups = CgroupManager(root=options["cgroup-root"])
+    egress = EgressManager(reactor, defaultPolicy=options["egress-policy"],
+                           allowedHosts=options["egress-allowed-hosts"])
 
     top = MultiService()
     # A MultiService stops its children in reverse order: the runner drains
@@ -141,5 +159,6 @@ def makeService(options: Options) -> MultiService:
         hostname=socket.gethostname(),
         kernelVersion=kernelVersion(),
         maxConcurrent=options["max-concurrent"],
+        egress=egress,
     ).setServiceParent(top)
     return top
