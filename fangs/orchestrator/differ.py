@@ -127,6 +127,7 @@ deviations) > C{deviations}.
 from __future__ import annotations
 
 import enum
+import json
 import re
 from typing import (
     AbstractSet,
@@ -145,6 +146,7 @@ from typing import (
 
 import attrs
 
+from fangs.orchestrator import actors as A
 from fangs.orchestrator.allowlist import (
     EMPTY_ALLOWLIST,
     KIND_DNS,
@@ -170,17 +172,35 @@ PROC_EXEC = "proc_new_exec"
 FS_READ = "fs_new_path_read"
 FS_WRITE = "fs_new_path_write"
 
-CATEGORIES = (NET_DESTINATION, NET_DNS, NET_HTTPS_HOST, PROC_EXEC, FS_READ, FS_WRITE)
+NET_HTTP = "net_new_http_host"
+NET_UDP = "net_new_udp_destination"
+NET_EGRESS = "net_new_egress"
+PROC_IO_URING = "proc_io_uring"
+PROC_DETACHED = "proc_detached"
+CANARY = "canary_exfiltrated"
+RUN_UNRESOLVED = "run_unresolved_access"
+
+CATEGORIES = (
+    NET_DESTINATION, NET_DNS, NET_HTTPS_HOST, PROC_EXEC, FS_READ, FS_WRITE,
+    NET_HTTP, NET_UDP, NET_EGRESS, PROC_IO_URING, PROC_DETACHED, CANARY,
+)
 FILE_CATEGORIES = frozenset((FS_READ, FS_WRITE))
+OUTBOUND_CATEGORIES = frozenset((NET_DESTINATION, NET_DNS, NET_HTTPS_HOST, NET_HTTP, NET_UDP, NET_EGRESS))
 
 #: Bookkeeping rows (never deviations).  C{_network}/C{reached}: network
 #: events (count, first id).  C{_named_pid}/C{"<pid>"}: a process that sent a
 #: DNS name or SNI.  C{_dest_pid}/C{"<pid> <ip:port>"}: a process connected
 #: to a destination.
 FACT_NETWORK = "_network"
-FACT_NAMED_PID = "_named_pid"
-FACT_DEST_PID = "_dest_pid"
-FACT_CATEGORIES = (FACT_NETWORK, FACT_NAMED_PID, FACT_DEST_PID)
+FACT_EXEC = "_exec"
+FACT_FORK = "_fork"
+FACT_EXIT = "_exit"
+FACT_PPID = "_ppid"
+FACT_SOCK = "_sock"
+FACT_UNRESOLVED = "_unresolved"
+FACT_CATEGORIES = (FACT_NETWORK, FACT_EXEC, FACT_FORK, FACT_EXIT, FACT_PPID, FACT_SOCK, FACT_UNRESOLVED)
+#: Separates the pid (and other parts) inside stored row values.
+SEP = "\x1f"
 _NETWORK_VALUE = "reached"
 
 # Event types (ref §1.5) as plain ints for the hot path.
@@ -189,6 +209,15 @@ EXEC = int(EventType.EXEC)
 NET_CONNECT = int(EventType.NET_CONNECT)
 DNS_QUERY = int(EventType.DNS_QUERY)
 TLS_SNI = int(EventType.TLS_SNI)
+HTTP_REQUEST = int(EventType.HTTP_REQUEST)
+UDP_SEND = int(EventType.UDP_SEND)
+IO_URING = int(EventType.IO_URING)
+CANARY_EXFILTRATED = int(EventType.CANARY_EXFILTRATED)
+DETACHED = int(EventType.DETACHED)
+UNRESOLVED = int(EventType.UNRESOLVED)
+EGRESS_ATTEMPT = int(EventType.EGRESS_ATTEMPT)
+PROCESS_FORK = int(EventType.PROCESS_FORK)
+PROCESS_EXIT = int(EventType.PROCESS_EXIT)
 
 O_WRONLY = 0o1
 O_RDWR = 0o2
@@ -352,13 +381,18 @@ def normalizeExec(binary: str) -> str:
 
 
 # ---------------------------------------------------------------------------
+# ---------------------------------------------------------------------------
 # Fingerprints
 
 
 @attrs.frozen
 class FingerprintRow:
     """
-    One stored fingerprint of one run (or a C{_} bookkeeping row).
+    One stored row of one run.  Public rows (category without C{_}) have
+    the value C{"<pid>\\x1f<value>"}: fingerprints are kept per process at
+    ingest and rolled up per actor at analysis (L{analyzeRows}).  Rows whose
+    value has no separator are from before actors (legacy) and count as
+    C{npm}.
     """
 
     category: str
@@ -377,9 +411,6 @@ class FingerprintRow:
         return self.category.startswith("_")
 
     def merge(self, other: "FingerprintRow") -> "FingerprintRow":
-        """
-        The row for both sets of events (same category and value).
-        """
         if self.key != other.key:
             raise ValueError("cannot merge %r with %r" % (self.key, other.key))
         return FingerprintRow(
@@ -392,31 +423,7 @@ class FingerprintRow:
         )
 
 
-@attrs.frozen
-class RunFacts:
-    """
-    Run-level facts derived from the bookkeeping rows.
-    """
-
-    reached_network: bool = False
-    network_event_id: Optional[int] = None
-    named_pids: FrozenSet[int] = frozenset()
-    dest_pids: Mapping[str, FrozenSet[int]] = attrs.field(factory=dict)
-
-    def isNamed(self, destination: str) -> bool:
-        """
-        Whether a process that connected to C{destination} also sent a DNS
-        name or SNI in this run.
-        """
-        pids = self.dest_pids.get(destination)
-        return bool(pids) and not self.named_pids.isdisjoint(pids)
-
-
-# A record is [count, first_event_id, cred, raw_ip]; mutable lists keep the
-# per-event cost to one dict lookup and a few stores.
 _Record = List[Any]
-
-#: Entries of the per-set path memo before it is reset.
 _MEMO_LIMIT = 1 << 16
 
 
@@ -426,75 +433,75 @@ def _intField(value: Any) -> int:
     return 0
 
 
+def _strField(payload: Mapping[str, Any], key: str) -> str:
+    v = payload.get(key)
+    if type(v) is str:  # noqa: E721
+        return v.replace("\x00", "").replace(SEP, "").strip()
+    return ""
+
+
 class FingerprintSet:
     """
-    The fingerprints of some events of one run.  Feed events with L{add};
-    read plain rows with L{rows}; rebuild from stored rows with L{fromRows};
-    combine with L{merge}.  The result depends only on the multiset of
-    events, not on their order or on how they were split into batches.
+    The per-process fingerprints and process facts of some events of one
+    run.  Order- and batch-independent: rows of batches merged with
+    L{FingerprintRow.merge} equal the rows of the whole run.
     """
 
-    __slots__ = (
-        "_tables",
-        "_read",
-        "_write",
-        "_exec",
-        "_dest",
-        "_dns",
-        "_sni",
-        "_network",
-        "_named",
-        "_destPid",
-        "_cred",
-        "_credProc",
-        "_memo",
-    )
+    __slots__ = ("_tables", "_read", "_write", "_cred", "_credProc", "_memo", "_ppid")
 
     def __init__(self, credPaths: Iterable[str] = DEFAULT_CRED_PATHS) -> None:
-        self._tables: Dict[str, Dict[str, _Record]] = {
-            c: {} for c in CATEGORIES + FACT_CATEGORIES
-        }
-        t = self._tables
-        self._read = t[FS_READ]
-        self._write = t[FS_WRITE]
-        self._exec = t[PROC_EXEC]
-        self._dest = t[NET_DESTINATION]
-        self._dns = t[NET_DNS]
-        self._sni = t[NET_HTTPS_HOST]
-        self._network = t[FACT_NETWORK]
-        self._named = t[FACT_NAMED_PID]
-        self._destPid = t[FACT_DEST_PID]
-        # raw path -> (normalised value, cred by path); bounded.
+        self._tables: Dict[str, Dict[str, _Record]] = {c: {} for c in CATEGORIES + FACT_CATEGORIES}
+        self._read = self._tables[FS_READ]
+        self._write = self._tables[FS_WRITE]
+        self._ppid = self._tables[FACT_PPID]
         self._memo: Dict[str, Tuple[str, bool]] = {}
         credPaths = tuple(credPaths)
         self._cred = PathPrefixes(credPaths)
-        # /proc/self/... cred prefixes also cover /proc/<pid>/... and
-        # /proc/thread-self/...: reading another process's environ is the
-        # same secret.
         self._credProc = PathPrefixes(
             p[len("/proc/self") :] for p in credPaths if p.startswith("/proc/self/")
         )
 
-    # -- feeding -----------------------------------------------------------
+    def _bump(self, category: str, value: str, event_id: int) -> _Record:
+        return _bump(self._tables[category], value, event_id)
 
     def add(self, event_id: int, kind: int, payload: Mapping[str, Any]) -> None:
         """
         Account for one event.  Never raises on a malformed payload.
-
-        (Hot path: exact C{type(...) is} checks instead of C{isinstance}
-        against C{typing} ABCs, which cost more than the rest of the work.
-        Payloads are decoded JSON, so they are plain C{dict}s.)
         """
         if type(payload) is not dict:  # noqa: E721
             if not isinstance(payload, Mapping):
                 return
             payload = dict(payload)
+        header = payload.get("Header")
+        if type(header) is dict:  # noqa: E721
+            pid = header.get("PID", 0)
+            ppid = header.get("PPID", 0)
+            if type(pid) is not int:  # noqa: E721
+                pid = 0
+            if type(ppid) is int and ppid > 0 and pid > 0:  # noqa: E721
+                key = "%d%s%d" % (pid, SEP, ppid)
+                record = self._ppid.get(key)
+                if record is None:
+                    self._ppid[key] = [1, event_id, False, False]
+                else:
+                    record[0] += 1
+                    if event_id < record[1]:
+                        record[1] = event_id
+        else:
+            header = {}
+            pid = 0
+        prefix = "%d%s" % (pid, SEP)
+        try:
+            self._add(event_id, kind, payload, header, pid, prefix)
+        except (AttributeError, TypeError, ValueError):
+            return
+
+    def _add(self, event_id: int, kind: int, payload: Dict[str, Any], header: Dict[str, Any], pid: int, prefix: str) -> None:
         if kind == FILE_ACCESS:
             path = payload.get("PathName")
             if not path or type(path) is not str:  # noqa: E721
                 return
-            header = payload.get("Header")
-            tags = header.get("Tags", 0) if type(header) is dict else 0  # noqa: E721
+            tags = header.get("Tags", 0)
             if type(tags) is not int:  # noqa: E721
                 tags = 0
             flags = payload.get("Flags", 0)
@@ -504,7 +511,7 @@ class FingerprintSet:
             hit = memo.get(path)
             if hit is None:
                 canonical = canonicalPath(path)
-                hit = (_applyRules(canonical), self._credPath(canonical))
+                hit = (_applyRules(canonical).replace(SEP, ""), self._credPath(canonical))
                 if len(memo) >= _MEMO_LIMIT:
                     memo.clear()
                 memo[path] = hit
@@ -512,9 +519,10 @@ class FingerprintSet:
             if tags & TAG_CRED_ACCESS:
                 cred = True
             table = self._write if flags & WRITE_INTENT else self._read
-            record = table.get(value)
+            key = prefix + value
+            record = table.get(key)
             if record is None:
-                table[value] = [1, event_id, cred, False]
+                table[key] = [1, event_id, cred, False]
             else:
                 record[0] += 1
                 if event_id < record[1]:
@@ -522,30 +530,93 @@ class FingerprintSet:
                 if cred:
                     record[2] = True
         elif kind == EXEC:
-            binary = payload.get("BinaryPathStr")
-            if binary and type(binary) is str:  # noqa: E721
-                value = normalizeExec(binary)
-                if value:
-                    _bump(self._exec, value, event_id)
-        elif kind == NET_CONNECT:
-            _bump(self._network, _NETWORK_VALUE, event_id)
-            ip = payload.get("DestIP")
-            if not ip or type(ip) is not str or not ip.strip():  # noqa: E721
+            record = A.execRecord(pid, _intField(header.get("TsNs")), event_id, payload)
+            if record is None or not record.binary:
+                return
+            detail = json.dumps(
+                [record.binary, list(record.argv), record.ppid, [list(a) for a in record.ancestors],
+                 record.cwd, record.lifecycle],
+                separators=(",", ":"), ensure_ascii=False,
+            ).replace(SEP, "")
+            self._bump(FACT_EXEC, "%s%d%s%s" % (prefix, record.ts, SEP, detail), event_id)
+        elif kind == NET_CONNECT or kind == UDP_SEND:
+            self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
+            ip = _strField(payload, "DestIP")
+            if not ip:
                 return
             value = formatDestination(ip, payload.get("DestPort"))
-            record = _bump(self._dest, value, event_id)
+            record = self._bump(NET_DESTINATION if kind == NET_CONNECT else NET_UDP, prefix + value, event_id)
             record[3] = True
-            _bump(self._destPid, "%d %s" % (_pid(payload), value), event_id)
         elif kind == DNS_QUERY or kind == TLS_SNI:
-            _bump(self._network, _NETWORK_VALUE, event_id)
+            self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
             name = payload.get("QName" if kind == DNS_QUERY else "SNI")
             if not name or type(name) is not str:  # noqa: E721
                 return
-            value = normalizeHostName(name)
+            value = normalizeHostName(name).replace(SEP, "")
             if not value:
                 return
-            _bump(self._dns if kind == DNS_QUERY else self._sni, value, event_id)
-            _bump(self._named, str(_pid(payload)), event_id)
+            self._bump(NET_DNS if kind == DNS_QUERY else NET_HTTPS_HOST, prefix + value, event_id)
+            self._sock(payload, prefix, value, event_id)
+        elif kind == HTTP_REQUEST:
+            self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
+            host = normalizeHostName(_strField(payload, "Host"))
+            method = _strField(payload, "Method").upper()[:16] or "?"
+            if host:
+                self._bump(NET_HTTP, "%s%s %s" % (prefix, method, host), event_id)
+                self._sock(payload, prefix, host.split(":")[0], event_id)
+        elif kind == EGRESS_ATTEMPT:
+            self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
+            name = normalizeHostName(_strField(payload, "DestName") or _strField(payload, "Host") or _strField(payload, "SNI"))
+            ip = _strField(payload, "DestIP")
+            port = payload.get("DestPort")
+            proto = _strField(payload, "Protocol") or "?"
+            where = name or ip
+            if where:
+                dest = "%s:%d" % (where, port) if type(port) is int and port > 0 else where  # noqa: E721
+                record = self._bump(NET_EGRESS, "%s%s %s" % (prefix, proto, dest), event_id)
+                record[3] = not name
+            canaries = payload.get("Canaries")
+            if isinstance(canaries, list) and canaries:
+                for bait in canaries:
+                    if isinstance(bait, str) and bait:
+                        self._bump(CANARY, "%s%s via %s to %s" % (prefix, bait, proto, where or "?"), event_id)
+        elif kind == CANARY_EXFILTRATED:
+            self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
+            baits = payload.get("Bait")
+            if isinstance(baits, str):
+                baits = [baits]
+            if not isinstance(baits, list) or not baits:
+                baits = ["?"]
+            channel = _strField(payload, "Channel") or "?"
+            dest = normalizeHostName(_strField(payload, "DestName")) or _strField(payload, "DestIP") or "?"
+            for bait in baits:
+                if isinstance(bait, str):
+                    self._bump(CANARY, "%s%s via %s to %s" % (prefix, bait.replace(SEP, "") or "?", channel, dest), event_id)
+        elif kind == IO_URING:
+            refused = payload.get("Refused")
+            self._bump(PROC_IO_URING, prefix + ("refused" if refused is True else "used"), event_id)
+        elif kind == DETACHED:
+            binary = _strField(payload, "BinaryPathStr")
+            argv = payload.get("ArgvStrs")
+            if not binary and isinstance(argv, list) and argv and isinstance(argv[0], str):
+                binary = argv[0].replace(SEP, "")
+            self._bump(PROC_DETACHED, prefix + (normalizeExec(binary) or "?"), event_id)
+        elif kind == UNRESOLVED:
+            raw = _strField(payload, "RawPath")
+            reason = _strField(payload, "Reason")
+            self._bump(FACT_UNRESOLVED, "%s%s%s%s" % (prefix, raw, SEP, reason), event_id)
+        elif kind == PROCESS_FORK:
+            child = payload.get("ChildPID")
+            if type(child) is int and child > 0:  # noqa: E721
+                self._bump(FACT_FORK, "%s%d%s%d" % (prefix, child, SEP, _intField(header.get("TsNs"))), event_id)
+        elif kind == PROCESS_EXIT:
+            self._bump(FACT_EXIT, "%s%d" % (prefix, _intField(header.get("TsNs"))), event_id)
+
+    def _sock(self, payload: Mapping[str, Any], prefix: str, name: str, event_id: int) -> None:
+        ip = _strField(payload, "DestIP")
+        if ip:
+            dest = formatDestination(ip, payload.get("DestPort"))
+            self._bump(FACT_SOCK, "%s%s%s%s" % (prefix, dest, SEP, name), event_id)
 
     def addAll(self, events: Iterable[Tuple[int, int, Mapping[str, Any]]]) -> "FingerprintSet":
         add = self.add
@@ -567,9 +638,6 @@ class FingerprintSet:
     # -- combining and serialising ----------------------------------------
 
     def merge(self, other: "FingerprintSet") -> "FingerprintSet":
-        """
-        Fold C{other}'s fingerprints into this set; returns C{self}.
-        """
         for row in other.rows():
             self._addRow(row)
         return self
@@ -589,10 +657,6 @@ class FingerprintSet:
     def fromRows(
         cls, rows: Iterable[FingerprintRow], credPaths: Iterable[str] = DEFAULT_CRED_PATHS
     ) -> "FingerprintSet":
-        """
-        Rebuild a set from stored rows (duplicates are merged).  Unknown
-        categories are kept (they round-trip) but never diffed.
-        """
         fps = cls(credPaths)
         for row in rows:
             fps._addRow(row)
@@ -600,7 +664,7 @@ class FingerprintSet:
 
     def rows(self) -> List[FingerprintRow]:
         """
-        Every row, bookkeeping included, sorted by category then value.
+        Every stored row, sorted by category then value.
         """
         out = []
         for category in sorted(self._tables):
@@ -610,17 +674,8 @@ class FingerprintSet:
                 out.append(FingerprintRow(category, value, count, first, bool(cred), bool(rawIP)))
         return out
 
-    def fingerprints(self) -> List[FingerprintRow]:
-        """
-        The public fingerprints only (no C{_} rows), sorted.
-        """
-        return [row for row in self.rows() if not row.internal]
-
-    def keys(self) -> FrozenSet[Tuple[str, str]]:
-        return frozenset(row.key for row in self.fingerprints())
-
-    def __len__(self) -> int:
-        return sum(len(self._tables[c]) for c in CATEGORIES if c in self._tables)
+    def table(self, category: str) -> Dict[str, _Record]:
+        return self._tables.get(category, {})
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FingerprintSet):
@@ -629,30 +684,22 @@ class FingerprintSet:
 
     __hash__ = None  # type: ignore[assignment]
 
-    def __repr__(self) -> str:
-        return "<FingerprintSet %d fingerprints>" % (len(self),)
+    def __len__(self) -> int:
+        return sum(len(self._tables[c]) for c in CATEGORIES if c in self._tables)
 
-    def facts(self) -> RunFacts:
-        network = self._network.get(_NETWORK_VALUE)
-        destPids: Dict[str, set] = {}
-        for key in self._destPid:
-            pid, _, destination = key.partition(" ")
-            try:
-                destPids.setdefault(destination, set()).add(int(pid))
-            except ValueError:
-                continue
-        named = set()
-        for key in self._named:
-            try:
-                named.add(int(key))
-            except ValueError:
-                continue
-        return RunFacts(
-            reached_network=network is not None,
-            network_event_id=network[1] if network is not None else None,
-            named_pids=frozenset(named),
-            dest_pids={d: frozenset(p) for d, p in destPids.items()},
-        )
+    def __repr__(self) -> str:
+        return "<FingerprintSet %d per-process fingerprints>" % (len(self),)
+
+    # -- the run's view: actors ------------------------------------------------
+
+    def view(self, context: A.RunContext = A.RunContext()) -> "RunView":
+        return RunView.build(self, context)
+
+    def fingerprints(self, context: A.RunContext = A.RunContext()) -> List["Fingerprint"]:
+        return self.view(context).fingerprints
+
+    def keys(self, context: A.RunContext = A.RunContext()) -> FrozenSet[Tuple[str, str, str]]:
+        return frozenset(f.key for f in self.fingerprints(context))
 
 
 def _bump(table: Dict[str, _Record], value: str, event_id: int) -> _Record:
@@ -666,21 +713,228 @@ def _bump(table: Dict[str, _Record], value: str, event_id: int) -> _Record:
     return record
 
 
-def _pid(payload: Mapping[str, Any]) -> int:
-    header = payload.get("Header")
-    if type(header) is dict:  # noqa: E721
-        return _intField(header.get("PID"))
-    return 0
-
-
 def extract(
     events: Iterable[Tuple[int, int, Mapping[str, Any]]],
     credPaths: Iterable[str] = DEFAULT_CRED_PATHS,
 ) -> FingerprintSet:
-    """
-    One-shot extraction: C{FingerprintSet(credPaths).addAll(events)}.
-    """
     return FingerprintSet(credPaths).addAll(events)
+
+
+# ---------------------------------------------------------------------------
+# Collapsing benign churn
+
+_IN_PACKAGE = re.compile(r"^(.*/node_modules/((?:@[^/]+/)?[^/]+))/(.+)$")
+_CACACHE_TMP_FILE = re.compile(r"^(.*/\.npm/_cacache/tmp/<HEX>)/.+$")
+NPM_CONFIG_FILES = ("/root/.npmrc", "/etc/npmrc", "/usr/etc/npmrc", "/usr/local/etc/npmrc")
+
+
+def collapseValue(category: str, value: str, version: str = "") -> str:
+    """
+    Fold release churn out of a file fingerprint: the release's own version
+    string becomes C{<VERSION>}; a path inside an installed package
+    (C{.../node_modules/<pkg>/<rest>}) becomes one fingerprint per directory
+    role, C{.../node_modules/<pkg>/<first dir>/**} (or C{.../<pkg>/*} for its
+    top-level files); npm's cacache temp entries collapse likewise.
+    """
+    if category not in FILE_CATEGORIES:
+        return value
+    if version and len(version) >= 3 and version in value:
+        value = value.replace(version, "<VERSION>")
+    m = _IN_PACKAGE.match(value)
+    if m:
+        rest = m.group(3)
+        slash = rest.find("/")
+        if slash < 0:
+            return m.group(1) + "/*"
+        return "%s/%s/**" % (m.group(1), rest[:slash])
+    m = _CACACHE_TMP_FILE.match(value)
+    if m:
+        return m.group(1) + "/**"
+    return value
+
+
+def packageDirOf(path: str) -> Tuple[str, str]:
+    """
+    C{(dir, package)} of the innermost installed package a path lies in,
+    or C{("", "")}.
+    """
+    m = _IN_PACKAGE.match(path)
+    if m:
+        return m.group(1), m.group(2)
+    return "", ""
+
+
+WRITABLE_DIRS = PathPrefixes(("/tmp", "/var/tmp", "/dev/shm", "/root", "/home", "/run/user"))
+
+
+def isWritableExec(binary: str) -> bool:
+    """
+    An executable in a directory anyone may write (C{/tmp}, C{/dev/shm},
+    home directories), outside an installed package tree.
+    """
+    return binary.startswith("/") and WRITABLE_DIRS.covers(binary) and "/node_modules/" not in binary
+
+
+# ---------------------------------------------------------------------------
+# The run seen by actor
+
+
+@attrs.frozen
+class Fingerprint:
+    """
+    One behaviour of one actor class: the unit of baselines and deviations.
+    C{actor} is the actor (the first one, by evidence) that showed it;
+    C{actors} every distinct actor label.
+    """
+
+    category: str
+    value: str
+    actor_class: str
+    count: int
+    first_event_id: int
+    cred: bool
+    raw_ip: bool
+    actor: A.Actor
+    actors: Tuple[str, ...]
+    pids: FrozenSet[int]
+
+    @property
+    def key(self) -> Tuple[str, str, str]:
+        return (self.category, self.value, self.actor_class)
+
+
+class RunView:
+    """
+    A run's fingerprints per actor, its process tree and its socket facts.
+    """
+
+    def __init__(self) -> None:
+        self.tree = A.ProcessTree()
+        self.fingerprints: List[Fingerprint] = []
+        self.reached_network = False
+        self.network_event_id: Optional[int] = None
+        #: (pid, destination) -> names carried on that socket.
+        self.socket_names: Dict[Tuple[int, str], set] = {}
+        #: destination -> names any process carried on it.
+        self.dest_names: Dict[str, set] = {}
+        self.network_pids: set = set()
+        self.unresolved: List[Tuple[int, str, str, int]] = []
+
+    @classmethod
+    def build(cls, fps: FingerprintSet, context: A.RunContext = A.RunContext()) -> "RunView":
+        view = cls()
+        tree = view.tree = A.ProcessTree(context)
+        net = fps.table(FACT_NETWORK).get(_NETWORK_VALUE)
+        if net is not None:
+            view.reached_network = True
+            view.network_event_id = net[1]
+        for value in fps.table(FACT_PPID):
+            pid, _, ppid = value.partition(SEP)
+            if pid.isdigit() and ppid.isdigit():
+                tree.addParent(int(pid), int(ppid))
+        for value in fps.table(FACT_FORK):
+            parent, child, ts = (value.split(SEP) + ["", "", ""])[:3]
+            if parent.isdigit() and child.isdigit():
+                tree.addFork(int(parent), int(child), int(ts) if ts.lstrip("-").isdigit() else 0)
+        for value in fps.table(FACT_EXIT):
+            pid, _, ts = value.partition(SEP)
+            if pid.isdigit():
+                tree.addExit(int(pid), int(ts) if ts.lstrip("-").isdigit() else 0)
+        for value in fps.table(PROC_DETACHED):
+            pid = value.partition(SEP)[0]
+            if pid.isdigit():
+                tree.markDetached(int(pid))
+        execs: List[Tuple[A.ExecRecord, _Record]] = []
+        for value, record in fps.table(FACT_EXEC).items():
+            parsed = _parseExec(value, record[1])
+            if parsed is not None:
+                execs.append((parsed, record))
+                tree.addExec(parsed)
+        for value in fps.table(FACT_SOCK):
+            pid, dest, name = (value.split(SEP) + ["", "", ""])[:3]
+            if pid.lstrip("-").isdigit() and dest and name:
+                view.socket_names.setdefault((int(pid), dest), set()).add(name)
+                view.dest_names.setdefault(dest, set()).add(name)
+        for value, record in fps.table(FACT_UNRESOLVED).items():
+            pid, raw, reason = (value.split(SEP) + ["", "", ""])[:3]
+            view.unresolved.append((int(pid) if pid.isdigit() else 0, raw, reason, record[1]))
+
+        groups: Dict[Tuple[str, str, str], List[Any]] = {}
+        actorCache: Dict[int, List[A.Actor]] = {}
+
+        def actorsFor(pid: int) -> List[A.Actor]:
+            found = actorCache.get(pid)
+            if found is None:
+                found = actorCache[pid] = [A.Actor(A.ACTOR_NPM)] if pid < 0 else tree.actorsOf(pid)
+            return found
+
+        def account(category: str, value: str, pid: int, count: int, first: int, cred: bool, rawIP: bool) -> None:
+            for actor in actorsFor(pid):
+                key = (category, value, actor.cls)
+                g = groups.get(key)
+                if g is None:
+                    groups[key] = [count, first, cred, rawIP, actor, {actor.label}, {pid}]
+                else:
+                    g[0] += count
+                    if first < g[1]:
+                        g[1] = first
+                        g[4] = actor
+                    g[2] = g[2] or cred
+                    g[3] = g[3] or rawIP
+                    g[5].add(actor.label)
+                    g[6].add(pid)
+
+        version = context.version
+        for category in CATEGORIES:
+            if category == PROC_EXEC:
+                continue
+            for value, (count, first, cred, rawIP) in fps.table(category).items():
+                pid_s, sep, rest = value.partition(SEP)
+                if not sep:
+                    pid, rest = -1, value  # legacy row (before actors)
+                elif pid_s.isdigit():
+                    pid = int(pid_s)
+                else:
+                    pid = 0
+                if category in OUTBOUND_CATEGORIES:
+                    view.network_pids.add(pid)
+                account(category, collapseValue(category, rest, version), pid, count, first, bool(cred), bool(rawIP))
+        # Legacy exec fingerprints (before actors).
+        for value, (count, first, cred, rawIP) in fps.table(PROC_EXEC).items():
+            pid_s, sep, rest = value.partition(SEP)
+            account(PROC_EXEC, rest if sep else value, int(pid_s) if sep and pid_s.isdigit() else -1, count, first, False, False)
+        misses = A.pathSearchMisses(e for e, _ in execs)
+        for record, stored in execs:
+            if (record.pid, record.ts, record.binary) in misses:
+                continue
+            account(PROC_EXEC, normalizeExec(record.binary), record.pid, stored[0], stored[1], False, False)
+        view.fingerprints = sorted(
+            (
+                Fingerprint(c, v, ac, g[0], g[1], g[2], g[3], g[4], tuple(sorted(g[5])), frozenset(g[6]))
+                for (c, v, ac), g in groups.items()
+            ),
+            key=lambda f: (f.category, f.value, f.actor_class),
+        )
+        return view
+
+    def socketNamed(self, pids: AbstractSet[int], destination: str) -> set:
+        names: set = set()
+        for pid in pids:
+            names |= self.socket_names.get((pid, destination), set())
+        return names
+
+
+def _parseExec(value: str, eventID: int) -> Optional[A.ExecRecord]:
+    try:
+        pid_s, ts_s, detail = value.split(SEP, 2)
+        binary, argv, ppid, ancestors, cwd, lifecycle = json.loads(detail)
+        return A.ExecRecord(
+            pid=int(pid_s), ppid=int(ppid), ts=int(ts_s), event_id=eventID, binary=str(binary),
+            argv=tuple(str(a) for a in argv), ancestors=tuple((int(a), int(b)) for a, b in ancestors),
+            cwd=str(cwd), lifecycle=str(lifecycle),
+        )
+    except (ValueError, TypeError):
+        return None
 
 
 # ---------------------------------------------------------------------------
@@ -690,7 +944,24 @@ FLAG_CRED = "cred"
 FLAG_NETWORK = "network"
 FLAG_RAW_IP = "raw_ip"
 FLAG_PROVIDER_RANGE = "provider_range"
-FLAGS = frozenset((FLAG_CRED, FLAG_NETWORK, FLAG_RAW_IP, FLAG_PROVIDER_RANGE))
+FLAG_SCRIPT = "script"
+FLAG_NPM = "npm"
+FLAG_NPM_CONFIG = "npm_config"
+FLAG_OWN_PACKAGE = "own_package"
+FLAG_WRITABLE_EXEC = "writable_exec"
+FLAG_DETACHED = "detached"
+FLAG_TREE_OUTBOUND = "tree_outbound"
+FLAG_TREE_CRED = "tree_cred"
+FLAG_TREE_WRITABLE_EXEC = "tree_writable_exec"
+FLAG_TREE_NETWORK = "tree_network"
+FLAG_PROC_CRED = "process_cred"
+FLAG_ACCOUNT_DB = "account_db"
+ACCOUNT_DB_FILES = ("/etc/passwd", "/etc/group")
+FLAGS = frozenset((
+    FLAG_CRED, FLAG_NETWORK, FLAG_RAW_IP, FLAG_PROVIDER_RANGE, FLAG_SCRIPT, FLAG_NPM, FLAG_NPM_CONFIG,
+    FLAG_OWN_PACKAGE, FLAG_WRITABLE_EXEC, FLAG_DETACHED, FLAG_TREE_OUTBOUND, FLAG_TREE_CRED,
+    FLAG_TREE_WRITABLE_EXEC, FLAG_TREE_NETWORK, FLAG_PROC_CRED, FLAG_ACCOUNT_DB,
+))
 
 
 @attrs.frozen
@@ -703,7 +974,7 @@ class SeverityRule:
 
     def matches(self, category: str, flags: AbstractSet[str]) -> bool:
         return (
-            category == self.category
+            (self.category == "*outbound" and category in OUTBOUND_CATEGORIES or category == self.category)
             and self.requires <= flags
             and self.unless.isdisjoint(flags)
         )
@@ -716,30 +987,46 @@ def _rule(category: str, requires: str, unless: str, severity: Severity, reason:
 
 
 _L, _M, _H, _C = Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL
+_OUT = "*outbound"
 
-#: First matching row wins.  C{{provider}} in a reason is replaced by the
-#: provider name.
+#: First matching row wins.  C{tree_*} flags are chains: facts of the same
+#: actor's process tree (one install script and all its descendants; or all
+#: of npm; or all of "other").  C{{provider}} is the provider's name.
 SEVERITY_RULES: Tuple[SeverityRule, ...] = (
-    # category        requires        unless            sev  reason
-    _rule(FS_READ,    "cred network", "",               _C, "read of cred-tagged path while the run also reached the network"),
-    _rule(FS_WRITE,   "cred network", "",               _C, "write to cred-tagged path while the run also reached the network"),
-    _rule(FS_READ,    "cred",         "",               _H, "read of cred-tagged path"),
-    _rule(FS_WRITE,   "cred",         "",               _H, "write to cred-tagged path"),
-    _rule(NET_DESTINATION, "raw_ip",  "provider_range", _H, "connection to a raw IP outside every allowlist"),
-    _rule(NET_DESTINATION, "raw_ip provider_range", "", _M, "connection into a {provider} range by a process that named no host (no DNS query or SNI)"),
-    _rule(NET_DESTINATION, "",        "",               _M, "new network destination"),
-    _rule(NET_DNS,    "",             "",               _M, "new DNS name queried"),
-    _rule(NET_HTTPS_HOST, "",         "",               _M, "new TLS server name (SNI)"),
-    _rule(PROC_EXEC,  "",             "",               _M, "new executable run"),
-    _rule(FS_READ,    "",             "",               _L, "new path read"),
-    _rule(FS_WRITE,   "",             "",               _L, "new path written"),
+    # category        requires                    unless          sev  reason
+    _rule(CANARY,     "",                         "",             _C, "a planted credential (canary) left the sandbox"),
+    _rule(FS_READ,    "cred tree_outbound",       "npm_config",   _C, "credential read and a new outbound destination in the same process tree"),
+    _rule(FS_WRITE,   "cred tree_outbound",       "npm_config",   _C, "write to a credential path and a new outbound destination in the same process tree"),
+    _rule(_OUT,       "tree_cred",                "",             _C, "new outbound destination from a process tree that read a credential"),
+    _rule(FS_READ,    "cred npm_config npm",      "",             _L, "npm reads its own configuration"),
+    _rule(FS_READ,    "cred account_db",          "script",       _L, "account database read by the container runtime or npm (user lookup)"),
+    _rule(FS_READ,    "cred",                     "",             _H, "read of cred-tagged path"),
+    _rule(FS_WRITE,   "cred",                     "",             _H, "write to cred-tagged path"),
+    _rule(PROC_IO_URING, "",                      "",             _H, "io_uring used (its I/O is invisible to the sensor)"),
+    _rule(PROC_DETACHED, "tree_network",          "",             _H, "detached process that reached the network"),
+    _rule(PROC_DETACHED, "",                      "",             _M, "process left running after the install (detached)"),
+    _rule(PROC_EXEC,  "writable_exec tree_outbound", "",          _H, "new executable from a writable directory, and a new outbound destination in the same tree"),
+    _rule(_OUT,       "tree_writable_exec",       "",             _H, "new outbound destination from a process tree that ran an executable from a writable directory"),
+    _rule(_OUT,       "detached",                 "",             _H, "new outbound destination from a detached process"),
+    _rule(NET_DESTINATION, "raw_ip provider_range process_cred", "", _H, "connection into a {provider} range, no allowlisted or baselined name on the socket, by a process that read a credential"),
+    _rule(NET_DESTINATION, "raw_ip",              "provider_range", _H, "connection to a raw IP outside every allowlist"),
+    _rule(NET_DESTINATION, "raw_ip provider_range", "",           _M, "connection into a {provider} range without an allowlisted or baselined name (TLS SNI / HTTP Host) on that socket"),
+    _rule(NET_DESTINATION, "",                    "",             _M, "new network destination"),
+    _rule(NET_EGRESS, "raw_ip",                   "",             _H, "egress attempt to a raw IP"),
+    _rule(NET_EGRESS, "",                         "",             _M, "new egress attempt"),
+    _rule(NET_UDP,    "",                         "",             _M, "new UDP destination"),
+    _rule(NET_DNS,    "",                         "",             _M, "new DNS name queried"),
+    _rule(NET_HTTPS_HOST, "",                     "",             _M, "new TLS server name (SNI)"),
+    _rule(NET_HTTP,   "",                         "",             _M, "new plain-HTTP host"),
+    _rule(PROC_EXEC,  "writable_exec",            "",             _M, "new executable from a writable directory"),
+    _rule(PROC_EXEC,  "",                         "",             _M, "new executable run"),
+    _rule(FS_WRITE,   "own_package script",       "",             _L, "build output inside the script's own package directory"),
+    _rule(FS_READ,    "",                         "",             _L, "new path read"),
+    _rule(FS_WRITE,   "",                         "",             _L, "new path written"),
 )  # fmt: skip
 
 
 def classify(category: str, flags: AbstractSet[str], provider: str = "") -> Tuple[Severity, str]:
-    """
-    Severity and reason from L{SEVERITY_RULES}.
-    """
     for rule in SEVERITY_RULES:
         if rule.matches(category, flags):
             return rule.severity, rule.reason.replace("{provider}", provider or "provider")
@@ -758,86 +1045,184 @@ class Deviation:
     evidence_event_id: int
     count: int
     reason: str
+    actor: str = A.ACTOR_OTHER
+    detail: Mapping[str, Any] = attrs.field(factory=dict)
 
     @property
     def severity_label(self) -> str:
         return self.severity.label
 
+    @property
+    def actor_label(self) -> str:
+        return str(self.detail.get("label") or self.actor)
+
 
 @attrs.frozen
-class _Assessment:
-    allowed: bool
-    flags: FrozenSet[str] = frozenset()
-    provider: str = ""
+class ManifestDelta:
+    """
+    A change in the registry's manifest of the release (see
+    L{fangs.orchestrator.manifest}).
+    """
+
+    category: str
+    value: str
+    severity: Severity
+    reason: str
 
 
-def _assess(row: FingerprintRow, facts: RunFacts, allow: Allowlist) -> _Assessment:
+def _treeKey(f: Fingerprint) -> Tuple[str, int]:
+    a = f.actor
+    if a.cls == A.ACTOR_SCRIPT:
+        return (a.label, a.pid)
+    return (a.cls, 0)
+
+
+def _allowed(f: Fingerprint, view: RunView, allow: Allowlist, baselineKeys: AbstractSet[Tuple[str, str, str]]) -> Tuple[bool, str]:
     """
-    Whether an allowlist suppresses C{row}, else its severity flags.
+    Whether an allowlist (or, for provider ranges, a named socket) hides
+    C{f}; and the provider name for a destination in a provider range.
     """
-    category = row.category
-    flags = set()
-    if facts.reached_network:
-        flags.add(FLAG_NETWORK)
-    provider = ""
-    if category in FILE_CATEGORIES:
-        if allow.coversPath(row.value, cred=row.cred):
-            return _Assessment(True)
-        if row.cred:
-            flags.add(FLAG_CRED)
-    elif category == PROC_EXEC:
-        if allow.coversExec(row.value):
-            return _Assessment(True)
-    elif category == NET_DNS:
-        if allow.coversName(KIND_DNS, row.value):
-            return _Assessment(True)
-    elif category == NET_HTTPS_HOST:
-        if allow.coversName(KIND_SNI, row.value):
-            return _Assessment(True)
-    elif category == NET_DESTINATION:
-        host, _ = splitDestination(row.value)
+    c = f.category
+    if c in FILE_CATEGORIES:
+        return allow.coversPath(f.value, cred=f.cred), ""
+    if c == PROC_EXEC:
+        return allow.coversExec(f.value), ""
+    if c == NET_DNS:
+        return allow.coversName(KIND_DNS, f.value), ""
+    if c == NET_HTTPS_HOST:
+        return allow.coversName(KIND_SNI, f.value), ""
+    if c == NET_HTTP:
+        host = f.value.partition(" ")[2].split(":")[0]
+        return allow.coversName(KIND_SNI, host), ""
+    if c in (NET_DESTINATION, NET_UDP):
+        host, _ = splitDestination(f.value)
         address = parseIP(host)
         if allow.cidrFor(address) is not None:
-            return _Assessment(True)
+            return True, ""
         provider = providerFor(address) or ""
-        if provider and facts.isNamed(row.value):
-            return _Assessment(True)
-        if row.raw_ip:
-            flags.add(FLAG_RAW_IP)
         if provider:
-            flags.add(FLAG_PROVIDER_RANGE)
-    return _Assessment(False, frozenset(flags), provider)
+            # Socket level: the same socket carried a name that is
+            # allowlisted or in the baseline.
+            for name in view.socketNamed(f.pids, f.value):
+                if allow.coversName(KIND_SNI, name) or allow.coversName(KIND_DNS, name):
+                    return True, provider
+                if any((cat, name, ac) in baselineKeys for cat in (NET_HTTPS_HOST, NET_DNS) for ac in A.ACTOR_CLASSES):
+                    return True, provider
+                if any((NET_HTTP, v, ac) in baselineKeys for ac in A.ACTOR_CLASSES for v in _httpValues(name)):
+                    return True, provider
+        return False, provider
+    return False, ""
 
 
-def isAllowed(row: FingerprintRow, facts: RunFacts, allow: Allowlist) -> bool:
-    return _assess(row, facts, allow).allowed
+def _httpValues(name: str) -> List[str]:
+    return ["%s %s" % (m, name) for m in ("GET", "POST", "PUT", "HEAD", "CONNECT")]
+
+
+def _deviation(f: Fingerprint, severity: Severity, reason: str) -> Deviation:
+    a = f.actor
+    detail = a.asDict()
+    detail["actors"] = list(f.actors)
+    who = a.label
+    if a.pid:
+        who += " (pid %d%s)" % (a.pid, ": " + " ".join(a.argv)[:160] if a.argv else "")
+    return Deviation(f.category, f.value, severity, f.first_event_id, f.count, "%s; by %s" % (reason, who), a.cls, detail)
 
 
 def diff(
-    fingerprints: FingerprintSet,
-    baselineKeys: AbstractSet[Tuple[str, str]],
+    view: Union[RunView, FingerprintSet],
+    baselineKeys: AbstractSet[Tuple[str, str, str]],
     allow: Allowlist = EMPTY_ALLOWLIST,
-    facts: Optional[RunFacts] = None,
+    context: A.RunContext = A.RunContext(),
 ) -> List[Deviation]:
     """
-    The run's fingerprints that are neither in C{baselineKeys} (a set of
-    C{(category, value)}) nor allowlisted, with severity and reason; most
-    severe first, then by category and value.  C{facts} defaults to
-    C{fingerprints.facts()}.
+    The run's actor fingerprints that are neither in C{baselineKeys} (a set
+    of C{(category, value, actor_class)}) nor allowlisted, with severity and
+    reason; most severe first.
     """
-    if facts is None:
-        facts = fingerprints.facts()
+    if isinstance(view, FingerprintSet):
+        view = view.view(context)
+    new: List[Tuple[Fingerprint, str]] = []
+    for f in view.fingerprints:
+        if f.key in baselineKeys:
+            continue
+        allowed, provider = _allowed(f, view, allow, baselineKeys)
+        if not allowed:
+            new.append((f, provider))
+    # Chains: facts of each actor's process tree among the new fingerprints.
+    treeFacts: Dict[Tuple[str, int], set] = {}
+    credPids: set = set()
+    for f, _ in new:
+        facts = treeFacts.setdefault(_treeKey(f), set())
+        if f.category in OUTBOUND_CATEGORIES:
+            facts.add(FLAG_TREE_OUTBOUND)
+        if f.category == CANARY or (
+            f.category in FILE_CATEGORIES and f.cred and not _npmConfig(f)
+            and not (f.value in ACCOUNT_DB_FILES and f.actor_class != A.ACTOR_SCRIPT)
+        ):
+            facts.add(FLAG_TREE_CRED)
+            credPids |= f.pids
+        if f.category == PROC_EXEC and isWritableExec(f.value):
+            facts.add(FLAG_TREE_WRITABLE_EXEC)
+    networkTrees = set()
+    for f in view.fingerprints:
+        if f.category in OUTBOUND_CATEGORIES:
+            networkTrees.add(_treeKey(f))
     out = []
-    for row in fingerprints.fingerprints():
-        if row.key in baselineKeys:
-            continue
-        assessment = _assess(row, facts, allow)
-        if assessment.allowed:
-            continue
-        severity, reason = classify(row.category, assessment.flags, assessment.provider)
-        out.append(Deviation(row.category, row.value, severity, row.first_event_id, row.count, reason))
-    out.sort(key=lambda d: (-d.severity, d.category, d.value))
+    for f, provider in new:
+        flags = set(treeFacts.get(_treeKey(f), ()))
+        if view.reached_network:
+            flags.add(FLAG_NETWORK)
+        if _treeKey(f) in networkTrees:
+            flags.add(FLAG_TREE_NETWORK)
+        if f.actor_class == A.ACTOR_SCRIPT:
+            flags.add(FLAG_SCRIPT)
+        elif f.actor_class == A.ACTOR_NPM:
+            flags.add(FLAG_NPM)
+        if f.actor.detached:
+            flags.add(FLAG_DETACHED)
+        if f.category in FILE_CATEGORIES:
+            if f.cred:
+                flags.add(FLAG_CRED)
+            if _npmConfig(f):
+                flags.add(FLAG_NPM_CONFIG)
+            if f.value in ACCOUNT_DB_FILES:
+                flags.add(FLAG_ACCOUNT_DB)
+            if f.actor.package and packageDirOf(f.value)[1] == f.actor.package:
+                flags.add(FLAG_OWN_PACKAGE)
+        if f.category == PROC_EXEC and isWritableExec(f.value):
+            flags.add(FLAG_WRITABLE_EXEC)
+        if f.raw_ip and not (f.category in (NET_DESTINATION, NET_UDP) and view.socketNamed(f.pids, f.value)):
+            flags.add(FLAG_RAW_IP)
+        if provider:
+            flags.add(FLAG_PROVIDER_RANGE)
+        if not f.pids.isdisjoint(credPids):
+            flags.add(FLAG_PROC_CRED)
+        severity, reason = classify(f.category, flags, provider)
+        out.append(_deviation(f, severity, reason))
+    out.sort(key=lambda d: (-d.severity, d.category, d.value, d.actor))
     return out
+
+
+def _npmConfig(f: Fingerprint) -> bool:
+    return f.category == FS_READ and (f.value in NPM_CONFIG_FILES or f.value.endswith("/.npmrc")) and f.actor_class == A.ACTOR_NPM
+
+
+def firstRunFinding(d: Deviation) -> bool:
+    """
+    A finding that keeps a package's first run from seeding the baseline
+    silently: a credential read by a script, a canary, a raw-IP destination
+    (no name on the socket), a new exec from a writable directory, or
+    anything high or above.
+    """
+    if d.severity >= Severity.HIGH:
+        return True
+    if d.category == CANARY:
+        return True
+    if d.category in FILE_CATEGORIES and d.actor == A.ACTOR_SCRIPT and "cred" in d.reason:
+        return True
+    if d.category == PROC_EXEC and isWritableExec(d.value):
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------
@@ -850,17 +1235,13 @@ VERDICT_INCOMPLETE = "incomplete"
 VERDICT_REJECTED = "rejected"
 VERDICTS = (VERDICT_BASELINE, VERDICT_CLEAN, VERDICT_DEVIATIONS, VERDICT_INCOMPLETE, VERDICT_REJECTED)
 
-#: The only run state that counts as complete.  C{failed}, C{timeout} and
-#: every non-terminal state (C{pending}, C{running}, ...) are incomplete.
 COMPLETE_STATE = "ok"
+
+#: Only findings at or above this make a run wait for a person.
+BLOCKING = Severity.MEDIUM
 
 
 def isComplete(runState: str, eventsDropped: int) -> bool:
-    """
-    A run can seed or extend a baseline only if it finished C{ok} and its
-    sensor dropped nothing.  The promote endpoint should refuse (409) runs
-    for which this is false.
-    """
     return runState == COMPLETE_STATE and eventsDropped == 0
 
 
@@ -873,12 +1254,14 @@ def verdict(
     promoted: bool = False,
 ) -> str:
     """
-    In order: C{rejected} if an operator rejected the run; C{incomplete} if
-    it did not finish C{ok} or events were dropped (promotion does not
-    override this); C{baseline} if an operator promoted it or no baseline
-    exists yet; C{clean} with zero deviations; else C{deviations}.
+    C{rejected} > C{incomplete} > C{baseline} (promoted, or no baseline) >
+    C{clean} (no blocking deviation) > C{deviations}.  C{deviations} counts
+    blocking ones (a plain int), or is a sequence of L{Deviation}s.
     """
-    count = deviations if isinstance(deviations, int) else len(deviations)
+    if isinstance(deviations, int):
+        count = deviations
+    else:
+        count = sum(1 for d in deviations if getattr(d, "severity", BLOCKING) >= BLOCKING)  # type: ignore[union-attr]
     if rejected:
         return VERDICT_REJECTED
     if not isComplete(runState, eventsDropped):
@@ -893,30 +1276,29 @@ def verdict(
 @attrs.frozen
 class AnalysisPlan:
     """
-    What the storage layer does, in one transaction:
-
-    - set the run's verdict to C{verdict};
-    - replace the run's deviation rows with exactly C{deviations};
-    - insert-or-ignore C{baseline_add} into the package baseline keyed
-      C{(package, category, value, run_id)};
-    - C{in_baseline} is true when the run is now part of the baseline
-      (verdict C{baseline} or C{clean}).
-
-    C{max_severity} is the most severe deviation (C{None} without any), for
-    the notifier.
+    What the storage layer does, in one transaction: set the verdict;
+    replace the run's deviation rows with C{deviations} (on C{clean} they are
+    the C{low} notes); insert C{baseline_add} keys C{(category, value,
+    actor_class)} with counts; C{reason} explains an C{incomplete} or a held
+    first run.
     """
 
     verdict: str
     complete: bool
     in_baseline: bool
     deviations: Tuple[Deviation, ...]
-    baseline_add: Tuple[FingerprintRow, ...]
+    baseline_add: Tuple[Fingerprint, ...]
     max_severity: Optional[Severity]
+    reason: str = ""
+
+    @property
+    def blocking(self) -> Tuple[Deviation, ...]:
+        return tuple(d for d in self.deviations if d.severity >= BLOCKING)
 
 
 def planAnalysis(
     fingerprints: Union[FingerprintSet, Iterable[FingerprintRow]],
-    baselineKeys: AbstractSet[Tuple[str, str]],
+    baselineKeys: AbstractSet[Tuple[str, str, str]],
     allow: Allowlist = EMPTY_ALLOWLIST,
     *,
     runState: str,
@@ -924,41 +1306,66 @@ def planAnalysis(
     hasBaseline: bool,
     rejected: bool = False,
     promoted: bool = False,
+    context: A.RunContext = A.RunContext(),
+    manifestDeltas: Sequence[ManifestDelta] = (),
 ) -> AnalysisPlan:
     """
     Decide the whole analysis of one run.  Pure: same inputs, same plan.
 
-    C{baselineKeys}/C{hasBaseline} must exclude this run's own contribution
-    (see the module docstring).  Deviations are computed against the
-    baseline whenever one exists and are written for verdicts C{deviations},
-    C{incomplete} and C{rejected} (evidence stays visible); none are written
-    when the run seeds the baseline, is promoted, or is clean.  Baseline
-    rows: every public, non-allowlisted fingerprint, for verdicts
-    C{baseline} and C{clean} only.
+    Without a baseline the run is compared with an empty one: a first run
+    with a L{firstRunFinding} is C{deviations} (it waits for a person, who
+    may promote it), otherwise it seeds the baseline.  Unresolved file
+    accesses make a run C{incomplete} unless their raw path is absolute
+    (then they are judged as reads of that path).
     """
     if not isinstance(fingerprints, FingerprintSet):
         fingerprints = FingerprintSet.fromRows(fingerprints)
-    facts = fingerprints.facts()
-    deviations: Sequence[Deviation] = ()
-    if hasBaseline:
-        deviations = diff(fingerprints, baselineKeys, allow, facts)
-    outcome = verdict(runState, eventsDropped, hasBaseline, deviations, rejected, promoted)
+    view = fingerprints.view(context)
+    reason = ""
+    unresolved = [u for u in view.unresolved if not u[1].startswith("/")]
+    extra: List[Deviation] = []
+    if unresolved:
+        runState = runState if runState != COMPLETE_STATE else "unresolved"
+        reason = "%d file access(es) the sensor could not resolve (e.g. %r: %s)" % (
+            len(unresolved), unresolved[0][1], unresolved[0][2] or "unknown")
+        who = view.tree.actorOf(unresolved[0][0])
+        more = " (+%d more)" % (len(unresolved) - 1) if len(unresolved) > 1 else ""
+        extra.append(Deviation(RUN_UNRESOLVED, (unresolved[0][1] or "?") + more, Severity.MEDIUM,
+                               unresolved[0][3], len(unresolved), reason, who.cls, who.asDict()))
+    deviations: List[Deviation] = list(diff(view, baselineKeys if hasBaseline else frozenset(), allow, context))
+    for m in manifestDeltas:
+        deviations.append(Deviation(m.category, m.value, m.severity, 0, 1, m.reason, "registry", {"label": "registry", "class": "registry"}))
+    deviations.sort(key=lambda d: (-d.severity, d.category, d.value, d.actor))
+    held = False
+    if not hasBaseline and not promoted:
+        findings = [d for d in deviations if firstRunFinding(d)]
+        if findings:
+            held = True
+            deviations = findings
+            if not reason:
+                reason = "first run of the package, held for review: %d finding(s) of the kind that must not seed a baseline silently" % (len(findings),)
+    if held and not rejected and isComplete(runState, eventsDropped):
+        outcome = VERDICT_DEVIATIONS
+    else:
+        outcome = verdict(runState, eventsDropped, hasBaseline, deviations, rejected, promoted)
     inBaseline = outcome in (VERDICT_BASELINE, VERDICT_CLEAN)
     written: Tuple[Deviation, ...] = ()
     if outcome in (VERDICT_DEVIATIONS, VERDICT_INCOMPLETE, VERDICT_REJECTED):
-        written = tuple(deviations)
-    baselineAdd: Tuple[FingerprintRow, ...] = ()
+        written = tuple(extra + deviations) if (hasBaseline or held) else tuple(extra)
+    elif outcome == VERDICT_CLEAN:
+        written = tuple(d for d in deviations if d.severity < BLOCKING)
+    baselineAdd: Tuple[Fingerprint, ...] = ()
     if inBaseline:
-        baselineAdd = tuple(
-            row for row in fingerprints.fingerprints() if not _assess(row, facts, allow).allowed
-        )
+        baselineAdd = tuple(f for f in view.fingerprints if not _allowed(f, view, allow, baselineKeys)[0])
+    blocking = [d for d in written if d.severity >= BLOCKING] if outcome != VERDICT_CLEAN else []
     return AnalysisPlan(
         verdict=outcome,
         complete=isComplete(runState, eventsDropped),
         in_baseline=inBaseline,
         deviations=written,
         baseline_add=baselineAdd,
-        max_severity=max((d.severity for d in written), default=None),
+        max_severity=max((d.severity for d in blocking), default=None),
+        reason=reason,
     )
 
 
@@ -967,17 +1374,20 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_CRED_PATHS",
     "Deviation",
+    "Fingerprint",
     "FingerprintRow",
     "FingerprintSet",
-    "RunFacts",
+    "ManifestDelta",
+    "RunView",
     "SEVERITY_RULES",
     "Severity",
     "SeverityRule",
     "VERDICTS",
     "classify",
+    "collapseValue",
     "diff",
     "extract",
-    "isAllowed",
+    "firstRunFinding",
     "isComplete",
     "normalizeDNS",
     "normalizeExec",

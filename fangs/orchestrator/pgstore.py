@@ -318,6 +318,7 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         CREATE INDEX deviations_by_rank ON deviations(severity_rank, detected_ns, id)
         """,
     ),
+    (S.ACTORS_MIGRATION, "actors and manifest deltas", S.actorsMigration("TEXT", "")),
 ]
 
 
