@@ -1070,11 +1070,18 @@ class ManifestDelta:
     reason: str
 
 
-def _treeKey(f: Fingerprint) -> Tuple[str, int]:
+def _treeKeys(f: Fingerprint) -> List[Tuple[str, int]]:
+    """
+    The process trees a fingerprint belongs to, for chains: one install
+    script (and its descendants); all of npm; each process of unknown
+    lineage on its own.
+    """
     a = f.actor
     if a.cls == A.ACTOR_SCRIPT:
-        return (a.label, a.pid)
-    return (a.cls, 0)
+        return [(a.label, a.pid)]
+    if a.cls == A.ACTOR_NPM:
+        return [(a.cls, 0)]
+    return [(a.cls, pid) for pid in sorted(f.pids)]
 
 
 def _allowed(f: Fingerprint, view: RunView, allow: Allowlist, baselineKeys: AbstractSet[Tuple[str, str, str]]) -> Tuple[bool, str]:
@@ -1100,18 +1107,25 @@ def _allowed(f: Fingerprint, view: RunView, allow: Allowlist, baselineKeys: Abst
         if allow.cidrFor(address) is not None:
             return True, ""
         provider = providerFor(address) or ""
-        if provider:
-            # Socket level: the same socket carried a name that is
-            # allowlisted or in the baseline.
-            for name in view.socketNamed(f.pids, f.value):
-                if allow.coversName(KIND_SNI, name) or allow.coversName(KIND_DNS, name):
-                    return True, provider
-                if any((cat, name, ac) in baselineKeys for cat in (NET_HTTPS_HOST, NET_DNS) for ac in A.ACTOR_CLASSES):
-                    return True, provider
-                if any((NET_HTTP, v, ac) in baselineKeys for ac in A.ACTOR_CLASSES for v in _httpValues(name)):
-                    return True, provider
+        if provider and f.pids and all(
+            any(_goodName(name, allow, baselineKeys) for name in view.socketNamed({pid}, f.value)) for pid in f.pids
+        ):
+            # Socket level: every process's socket to it carried a name
+            # that is allowlisted or in the baseline.
+            return True, provider
         return False, provider
     return False, ""
+
+
+def _goodName(name: str, allow: Allowlist, baselineKeys: AbstractSet[Tuple[str, str, str]]) -> bool:
+    if allow.coversName(KIND_SNI, name) or allow.coversName(KIND_DNS, name):
+        return True
+    for ac in A.ACTOR_CLASSES:
+        if (NET_HTTPS_HOST, name, ac) in baselineKeys:
+            return True
+        if any((NET_HTTP, v, ac) in baselineKeys for v in _httpValues(name)):
+            return True
+    return False
 
 
 def _httpValues(name: str) -> List[str]:
@@ -1152,27 +1166,31 @@ def diff(
     treeFacts: Dict[Tuple[str, int], set] = {}
     credPids: set = set()
     for f, _ in new:
-        facts = treeFacts.setdefault(_treeKey(f), set())
+        found = set()
         if f.category in OUTBOUND_CATEGORIES:
-            facts.add(FLAG_TREE_OUTBOUND)
-        if f.category == CANARY or (
-            f.category in FILE_CATEGORIES and f.cred and not _npmConfig(f)
-            and not (f.value in ACCOUNT_DB_FILES and f.actor_class != A.ACTOR_SCRIPT)
-        ):
-            facts.add(FLAG_TREE_CRED)
+            found.add(FLAG_TREE_OUTBOUND)
+        if f.category == CANARY or (f.category in FILE_CATEGORIES and f.cred and not _npmConfig(f)):
+            found.add(FLAG_TREE_CRED)
             credPids |= f.pids
         if f.category == PROC_EXEC and isWritableExec(f.value):
-            facts.add(FLAG_TREE_WRITABLE_EXEC)
+            found.add(FLAG_TREE_WRITABLE_EXEC)
+        for key in _treeKeys(f):
+            treeFacts.setdefault(key, set()).update(found)
     networkTrees = set()
     for f in view.fingerprints:
         if f.category in OUTBOUND_CATEGORIES:
-            networkTrees.add(_treeKey(f))
+            networkTrees.update(_treeKeys(f))
+        elif f.category in FILE_CATEGORIES and f.cred and not _npmConfig(f):
+            credPids |= f.pids  # baselined or not: "the process also read a credential"
     out = []
     for f, provider in new:
-        flags = set(treeFacts.get(_treeKey(f), ()))
+        keys = _treeKeys(f)
+        flags = set()
+        for key in keys:
+            flags |= treeFacts.get(key, set())
         if view.reached_network:
             flags.add(FLAG_NETWORK)
-        if _treeKey(f) in networkTrees:
+        if any(key in networkTrees for key in keys):
             flags.add(FLAG_TREE_NETWORK)
         if f.actor_class == A.ACTOR_SCRIPT:
             flags.add(FLAG_SCRIPT)
@@ -1337,7 +1355,7 @@ def planAnalysis(
         deviations.append(Deviation(m.category, m.value, m.severity, 0, 1, m.reason, "registry", {"label": "registry", "class": "registry"}))
     deviations.sort(key=lambda d: (-d.severity, d.category, d.value, d.actor))
     held = False
-    if not hasBaseline and not promoted:
+    if not hasBaseline and not promoted and isComplete(runState, eventsDropped):
         findings = [d for d in deviations if firstRunFinding(d)]
         if findings:
             held = True
