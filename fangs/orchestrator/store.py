@@ -1571,9 +1571,10 @@ class SQLiteStore:
                 return []
             conn.executemany(
                 "INSERT INTO releases (package_name, version, integrity, shasum, tarball, published_ns, dist_tags,"
-                " discovered_ns, seeded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags"
-                " WHERE dist_tags != excluded.dist_tags",
+                " discovered_ns, seeded, manifest, deltas) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags,"
+                " manifest = CASE WHEN releases.manifest = '' THEN excluded.manifest ELSE releases.manifest END"
+                " WHERE releases.dist_tags != excluded.dist_tags OR (releases.manifest = '' AND excluded.manifest != '')",
                 [
                     (
                         name,
@@ -1585,6 +1586,8 @@ class SQLiteStore:
                         json.dumps(sorted(r.get("dist_tags") or ())),
                         nowNs,
                         1 if r.get("seeded") else 0,
+                        json.dumps(r.get("manifest") or {}, sort_keys=True) if r.get("manifest") else "",
+                        json.dumps(r.get("deltas") or []),
                     )
                     for r in releases
                 ],

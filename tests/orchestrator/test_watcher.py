@@ -172,13 +172,21 @@ class WatcherTests(SynchronousTestCase):
         self.h.poll()
         self.assertEqual(len([s for s in self.h.fake.statuses() if s == 200]), 4)
 
-    def test_abbreviatedWithTimesIsEnough(self):
+    def test_newReleasesFetchTheFullDocument(self):
+        """
+        Even an abbreviated packument with publish times lacks the scripts,
+        repository and maintainers the manifest deltas compare: a new
+        release costs one full fetch; an unchanged package none.
+        """
         h = Harness(self, FakeRegistry(abbreviatedHasTimes=True))
         h.fake.publish("x", "1.0.0")
         h.watch("x")
         h.poll()
-        self.assertEqual(h.fake.statuses(), [200])
+        self.assertEqual(h.fake.statuses(), [200, 200])
+        self.assertNotIn("install-v1", h.fake.log[-1][2])
         self.assertIsNotNone(h.releases("x")["1.0.0"]["published_at"])
+        h.poll()
+        self.assertEqual(h.fake.statuses(), [200, 200, 304])
 
     def test_queueFailureRetriedNothingLost(self):
         self.h.poll()
