@@ -576,14 +576,37 @@ def showRun(c: Context, run: Dict[str, Any]) -> None:
     c.say("events      %d received (%s); %d emitted, %d dropped by the sensor"
           % (run["events_received"], summary, run["events_emitted"], run["events_dropped"]))
     devs = run.get("deviations") or []
+    if run.get("analysis_reason"):
+        c.say("analysis    %s" % (run["analysis_reason"],))
     c.say("deviations  %d%s" % (len(devs), " (max severity %s)" % run["max_severity"] if run.get("max_severity") else ""))
+    deltas = [d for d in devs if d.get("actor") == "registry"]
+    if deltas:
+        c.say("manifest    %d change(s) in the registry's manifest" % (len(deltas),))
     if devs:
         c.say("")
-        table(c.out, ["DEV_ID", "SEVERITY", "CATEGORY", "VALUE"],
-              [(d["id"][:SHORT], d["severity"], d["category"], trunc(d["value"], 60)) for d in devs])
-        if run["verdict"] == "deviations" and not run.get("decision"):
-            c.say("")
-            c.say("review: fangs baseline promote %s   |   fangs run reject %s" % (short(run["run_id"]), short(run["run_id"])))
+        table(c.out, ["DEV_ID", "SEVERITY", "CATEGORY", "VALUE", "ACTOR"],
+              [(d["id"][:SHORT], d["severity"], d["category"], trunc(d["value"], 60), _actorCell(d)) for d in devs])
+    notes = run.get("notes") or []
+    if notes:
+        c.say("")
+        c.say("notes       %d low finding(s) (they do not wait for review)" % (len(notes),))
+        table(c.out, ["SEVERITY", "CATEGORY", "VALUE", "ACTOR"],
+              [(d["severity"], d["category"], trunc(d["value"], 60), _actorCell(d)) for d in notes])
+    if devs and run["verdict"] == "deviations" and not run.get("decision"):
+        c.say("")
+        c.say("review: fangs baseline promote %s   |   fangs run reject %s" % (short(run["run_id"]), short(run["run_id"])))
+
+
+def _actorCell(d: Dict[str, Any]) -> str:
+    """
+    The actor of a deviation: its label, and the pid of the process that
+    defines it (an install script's shell).
+    """
+    detail = d.get("actor_detail") or {}
+    label = d.get("actor") or "-"
+    if detail.get("pid"):
+        label += " pid %s" % (detail["pid"],)
+    return trunc(label, 60)
 
 
 def cmdRunShow(c: Context) -> int:
@@ -686,6 +709,11 @@ def cmdDeviationShow(c: Context) -> int:
     c.say("value       %s" % (d["value"],))
     c.say("severity    %s" % (d["severity"],))
     c.say("reason      %s" % (d["reason"],))
+    detail = d.get("actor_detail") or {}
+    if d.get("actor"):
+        c.say("actor       %s" % (d["actor"],))
+    if detail.get("pid"):
+        c.say("process     pid %s: %s" % (detail["pid"], " ".join(detail.get("argv") or [])[:200]))
     c.say("detected    %s (seen %d time(s))" % (fmtTime(d["detected_at"]), d["count"]))
     ev = d.get("evidence_event")
     if ev:

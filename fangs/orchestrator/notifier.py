@@ -241,6 +241,15 @@ def _finding(n: int) -> str:
 _DISCORD_COLOURS = {"critical": 0xE3635D, "high": 0xD3A851, "medium": 0xD3A851, "low": 0x6DA3D8}
 
 
+def _by(d: Mapping[str, Any]) -> str:
+    """
+    " by <actor>" for a deviation that names its actor (an install script,
+    npm, other; "registry" for a manifest delta).
+    """
+    actor = d.get("actor") or ""
+    return " by `%s`" % (_cut(actor, 80),) if actor else ""
+
+
 def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[str, Any]]) -> Tuple[bytes, str]:
     """
     The body and content type of the message about C{run} (a mapping with
@@ -269,6 +278,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
                     "value": d["value"],
                     "severity": d["severity"],
                     "reason": d.get("reason", ""),
+                    "actor": d.get("actor", ""),
                     "evidence_event_id": d.get("evidence_event_id"),
                 }
                 for d in deviations
@@ -290,6 +300,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
                     "category": d["category"],
                     "value": d["value"],
                     "reason": d.get("reason", ""),
+                    "actor": d.get("actor", ""),
                     "evidence_event_id": d.get("evidence_event_id"),
                     "detected_at": d.get("detected_at"),
                 }
@@ -301,7 +312,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
     shown, more = deviations[:MAX_LINES], max(0, n - MAX_LINES)
     if template == "slack":
         text = "🚨 FANGS deviation: %s@%s — %s (max: %s)" % (pkg, ver, _finding(n), maxSev)
-        lines = ["• *%s* `%s` — %s" % (d["severity"], _cut(d["value"], 80), d["category"]) for d in shown]
+        lines = ["• *%s* `%s` — %s%s" % (d["severity"], _cut(d["value"], 80), d["category"], _by(d)) for d in shown]
         if more:
             lines.append("_… and %d more_" % (more,))
         body = {
@@ -321,7 +332,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
         return _json(body), "application/json"
     if template == "discord":
         fields = [
-            {"name": "%s · %s" % (d["severity"], d["category"]), "value": "`%s`" % (_cut(d["value"], 100),), "inline": False}
+            {"name": "%s · %s" % (d["severity"], d["category"]), "value": "`%s`%s" % (_cut(d["value"], 100), _by(d)), "inline": False}
             for d in shown
         ]
         if more:

@@ -223,6 +223,19 @@ class DeviationFilter:
     since_ns: Optional[int] = None
 
 
+def _actorLabel(actor: str, detail: str) -> str:
+    """
+    The actor label of a stored deviation (C{script:pkg@1.0.0:postinstall},
+    C{npm}, C{other}, C{registry}); C{""} for rows from before actors.
+    """
+    try:
+        found = json.loads(detail or "{}")
+    except ValueError:
+        found = {}
+    label = found.get("label") if isinstance(found, dict) else None
+    return label if isinstance(label, str) and label else actor
+
+
 def deviationID(runID: str, category: str, value: str, actor: str = "") -> str:
     """
     Deterministic, so a re-analysis yields the same ids.
@@ -1951,6 +1964,7 @@ class SQLiteStore:
                 "reason": r[7],
                 "evidence_event_id": r[8],
                 "detected_at": wire.formatTimestamp(wire.timestampFromNs(r[10])),
+                "actor": _actorLabel(r[11], r[12]),
             }
             for r in conn.execute(
                 _DEVIATION_SELECT + " WHERE run_id = ? ORDER BY severity_rank DESC, category, value", (run.id,)
