@@ -223,6 +223,14 @@ class DeviationFilter:
     since_ns: Optional[int] = None
 
 
+def _jsonList(text: Any) -> List[Any]:
+    try:
+        found = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return found if isinstance(found, list) else []
+
+
 def _actorLabel(actor: str, detail: str) -> str:
     """
     The actor label of a stored deviation (C{script:pkg@1.0.0:postinstall},
@@ -1702,10 +1710,12 @@ class SQLiteStore:
                     "run_id": r[10],
                     "attempts": r[11],
                     "last_error": r[12],
+                    # What the registry's manifest changed against the previous release.
+                    "deltas": _jsonList(r[13]),
                 }
                 for r in conn.execute(
                     "SELECT version, integrity, shasum, tarball, published_ns, dist_tags, discovered_ns, seeded,"
-                    " queued, queued_ns, run_id, attempts, last_error FROM releases WHERE package_name = ?"
+                    " queued, queued_ns, run_id, attempts, last_error, deltas FROM releases WHERE package_name = ?"
                     " ORDER BY COALESCE(published_ns, discovered_ns) DESC, version DESC LIMIT ?",
                     (name, limit),
                 )
