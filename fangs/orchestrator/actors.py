@@ -316,34 +316,44 @@ class ProcessTree:
         seen: Set[int] = set()
         node: Optional[_Instance] = inst
         actor: Optional[Actor] = None
-        detached = False
         while node is not None and id(node) not in seen and len(chain) < _MAX_DEPTH:
             if node.actor is not None:
                 actor = node.actor
                 break
             seen.add(id(node))
             chain.append(node)
-            detached = detached or node.detached
             parent = self._parentOf(node, byPid)
             script = self._scriptOf(node, parent)
             if script is not None:
                 actor = script
+                chain.pop()
+                node.actor = script
                 break
             if any(isNpmExec(e) for e in node.execs):
                 actor = Actor(ACTOR_NPM, pid=node.pid, argv=node.execs[-1].argv)
+                chain.pop()
+                node.actor = actor
                 break
             node = parent
         if actor is None:
             actor = OTHER
-        if detached and actor.cls == ACTOR_SCRIPT and not actor.detached:
-            own = attrs.evolve(actor, detached=True)
-        else:
-            own = actor
-        for i, member in enumerate(chain):
-            # Only the members below a detached process are detached.
-            member.actor = actor
-        inst.actor = own
-        return own
+        # Top down: a process at or below a detached one is detached (a
+        # script's descendants stay the script's, flagged).
+        detached = actor.detached
+        for member in reversed(chain):
+            detached = detached or member.detached or self._reparented(member)
+            member.actor = attrs.evolve(actor, detached=True) if detached and actor.cls == ACTOR_SCRIPT else actor
+        return inst.actor if inst.actor is not None else actor
+
+    def _reparented(self, inst: _Instance) -> bool:
+        """
+        Forked by one process, but reported with another parent (init or a
+        subreaper) when it exec'd: it outlived its parent.
+        """
+        if inst.parent is None:
+            return False
+        parents = {e.ppid for e in inst.execs if e.ppid > 0}
+        return bool(parents) and inst.parent[0] not in parents
 
     def _scriptOf(self, node: _Instance, parent: Optional[_Instance]) -> Optional[Actor]:
         shell = next((e for e in node.execs if isShellScript(e)), None)

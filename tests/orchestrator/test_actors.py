@@ -272,6 +272,18 @@ class BuiltTreeTests(SynchronousTestCase):
         self.assertEqual(one(found, NET_DESTINATION, "198.51.100.7:443").severity, Severity.HIGH)
         self.assertIn("detached", one(found, NET_DESTINATION, "198.51.100.7:443").reason)
 
+    def test_reparentedChildIsDetachedWithoutADetachedEvent(self) -> None:
+        r = Run().npm(100).script(200, 100, "pkg", "node evil.js")
+        r.fork(200, 201).fork(201, 202).exit(201)
+        r.exec(202, 1, "/usr/bin/node", "node", "daemon.js").fork(202, 203)
+        r.exec(203, 202, "/usr/bin/curl", "curl").connect(203, "198.51.100.7", 80)
+        tree = r.tree()
+        # resolved child first, then parent: both detached, the script's
+        self.assertTrue(tree.actorOf(203).detached)
+        self.assertTrue(tree.actorOf(202).detached)
+        self.assertFalse(tree.actorOf(200).detached)
+        self.assertEqual(tree.actorOf(203).label, "script:pkg@1.0.0:postinstall")
+
     def test_pidReuse(self) -> None:
         """
         pid 300 is a script's child, exits, and comes back as a child of
