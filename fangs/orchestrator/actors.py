@@ -119,7 +119,7 @@ class RunContext:
 
 
 class _Instance:
-    __slots__ = ("pid", "start", "end", "parent", "execs", "ppids", "detached", "actor")
+    __slots__ = ("pid", "start", "end", "parent", "execs", "ppids", "detached", "actor", "_npm")
 
     def __init__(self, pid: int, start: int) -> None:
         self.pid = pid
@@ -130,6 +130,12 @@ class _Instance:
         self.ppids: Set[int] = set()
         self.detached = False
         self.actor: Optional[Actor] = None
+        self._npm: Optional[bool] = None
+
+    def isNpm(self) -> bool:
+        if self._npm is None:
+            self._npm = any(isNpmExec(e) for e in self.execs)
+        return self._npm
 
 
 def _base(path: str) -> str:
@@ -280,7 +286,7 @@ class ProcessTree:
             found = _at(parents, inst.start if inst.start >= 0 else (inst.execs[0].ts if inst.execs else -1)) or parents[-1]
             if best is None:
                 best = found
-            elif found.execs and any(isNpmExec(e) or isShellScript(e) for e in found.execs):
+            elif found.isNpm() or any(isShellScript(e) for e in found.execs):
                 best = found
                 break
         return best
@@ -329,7 +335,7 @@ class ProcessTree:
                 chain.pop()
                 node.actor = script
                 break
-            if any(isNpmExec(e) for e in node.execs):
+            if node.isNpm():
                 actor = Actor(ACTOR_NPM, pid=node.pid, argv=node.execs[-1].argv)
                 chain.pop()
                 node.actor = actor
@@ -357,9 +363,9 @@ class ProcessTree:
 
     def _scriptOf(self, node: _Instance, parent: Optional[_Instance]) -> Optional[Actor]:
         shell = next((e for e in node.execs if isShellScript(e)), None)
-        if shell is None or parent is None or not any(isNpmExec(e) for e in parent.execs):
+        if shell is None or parent is None or not parent.isNpm():
             return None
-        if any(isNpmExec(e) for e in node.execs):
+        if node.isNpm():
             return None
         package = ""
         for record in node.execs:

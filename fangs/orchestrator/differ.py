@@ -193,14 +193,16 @@ OUTBOUND_CATEGORIES = frozenset((NET_DESTINATION, NET_DNS, NET_HTTPS_HOST, NET_H
 #: to a destination.
 FACT_NETWORK = "_network"
 FACT_EXEC = "_exec"
+FACT_EXEC_TS = "_exec_ts"
 FACT_FORK = "_fork"
 FACT_EXIT = "_exit"
 FACT_PPID = "_ppid"
 FACT_SOCK = "_sock"
 FACT_UNRESOLVED = "_unresolved"
-FACT_CATEGORIES = (FACT_NETWORK, FACT_EXEC, FACT_FORK, FACT_EXIT, FACT_PPID, FACT_SOCK, FACT_UNRESOLVED)
+FACT_CATEGORIES = (FACT_NETWORK, FACT_EXEC, FACT_EXEC_TS, FACT_FORK, FACT_EXIT, FACT_PPID, FACT_SOCK, FACT_UNRESOLVED)
 #: Separates the pid (and other parts) inside stored row values.
 SEP = "\x1f"
+_FS = "\x1e"
 _NETWORK_VALUE = "reached"
 
 # Event types (ref §1.5) as plain ints for the hot path.
@@ -533,12 +535,16 @@ class FingerprintSet:
             record = A.execRecord(pid, _intField(header.get("TsNs")), event_id, payload)
             if record is None or not record.binary:
                 return
-            detail = json.dumps(
-                [record.binary, list(record.argv), record.ppid, [list(a) for a in record.ancestors],
-                 record.cwd, record.lifecycle],
-                separators=(",", ":"), ensure_ascii=False,
-            ).replace(SEP, "")
-            self._bump(FACT_EXEC, "%s%d%s%s" % (prefix, record.ts, SEP, detail), event_id)
+            # pid SEP ts SEP binary FS ppid FS ancestors FS cwd FS lifecycle FS argv...
+            fields = [record.binary, str(record.ppid), ",".join("%d:%d" % a for a in record.ancestors),
+                      record.cwd, record.lifecycle]
+            fields.extend(record.argv)
+            detail = _FS.join(f.replace(_FS, "") for f in fields).replace(SEP, "")
+            # One row per distinct exec of a process (evidence: the first
+            # event id), and beside it the earliest time it happened (kept
+            # in the row's first_event_id column, merged with MIN too).
+            self._bump(FACT_EXEC, prefix + detail, event_id)
+            self._bump(FACT_EXEC_TS, prefix + detail, record.ts if record.ts > 0 else 0)
         elif kind == NET_CONNECT or kind == UDP_SEND:
             self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
             ip = _strField(payload, "DestIP")
@@ -660,6 +666,30 @@ class FingerprintSet:
         fps = cls(credPaths)
         for row in rows:
             fps._addRow(row)
+        return fps
+
+    @classmethod
+    def fromTuples(
+        cls, rows: Iterable[Tuple[str, str, int, int, Any, Any]], credPaths: Iterable[str] = DEFAULT_CRED_PATHS
+    ) -> "FingerprintSet":
+        """
+        L{fromRows} from plain C{(category, value, count, first_event_id,
+        cred, raw_ip)} tuples as the store reads them (no duplicates).
+        """
+        fps = cls(credPaths)
+        tables = fps._tables
+        for category, value, count, first, cred, rawIP in rows:
+            table = tables.get(category)
+            if table is None:
+                table = tables[category] = {}
+            record = table.get(value)
+            if record is None:
+                table[value] = [count, first, bool(cred), bool(rawIP)]
+            else:
+                record[0] += count
+                record[1] = min(record[1], first)
+                record[2] = record[2] or bool(cred)
+                record[3] = record[3] or bool(rawIP)
         return fps
 
     def rows(self) -> List[FingerprintRow]:
@@ -845,8 +875,10 @@ class RunView:
             if pid.isdigit():
                 tree.markDetached(int(pid))
         execs: List[Tuple[A.ExecRecord, _Record]] = []
+        times = fps.table(FACT_EXEC_TS)
         for value, record in fps.table(FACT_EXEC).items():
-            parsed = _parseExec(value, record[1])
+            ts = times.get(value)
+            parsed = _parseExec(value, record[1], ts[1] if ts is not None else 0)
             if parsed is not None:
                 execs.append((parsed, record))
                 tree.addExec(parsed)
@@ -859,21 +891,71 @@ class RunView:
             pid, raw, reason = (value.split(SEP) + ["", "", ""])[:3]
             view.unresolved.append((int(pid) if pid.isdigit() else 0, raw, reason, record[1]))
 
-        groups: Dict[Tuple[str, str, str], List[Any]] = {}
+        # Per-process rows roll up per actor class: first by (category,
+        # value, pid), then each pid's actors (one, or more after pid reuse).
+        version = context.version
+        perPid: Dict[Tuple[str, str, int], List[Any]] = {}
+        pidOf: Dict[str, int] = {}
+        for category in CATEGORIES:
+            if category == PROC_EXEC:
+                continue
+            collapsed: Dict[str, str] = {}
+            outbound = category in OUTBOUND_CATEGORIES
+            networkPids = view.network_pids
+            for value, record in fps.table(category).items():
+                pid_s, sep, rest = value.partition(SEP)
+                if not sep:
+                    pid, rest = -1, value  # legacy row (before actors)
+                else:
+                    pid = pidOf.get(pid_s, -2)
+                    if pid == -2:
+                        pid = pidOf[pid_s] = int(pid_s) if pid_s.isdigit() else 0
+                if outbound:
+                    networkPids.add(pid)
+                shown = collapsed.get(rest)
+                if shown is None:
+                    shown = collapsed[rest] = collapseValue(category, rest, version)
+                key = (category, shown, pid)
+                g = perPid.get(key)
+                if g is None:
+                    perPid[key] = [record[0], record[1], record[2], record[3]]
+                else:
+                    g[0] += record[0]
+                    if record[1] < g[1]:
+                        g[1] = record[1]
+                    g[2] = g[2] or record[2]
+                    g[3] = g[3] or record[3]
+        # Legacy exec fingerprints (before actors).
+        for value, record in fps.table(PROC_EXEC).items():
+            pid_s, sep, rest = value.partition(SEP)
+            perPid[(PROC_EXEC, rest if sep else value, int(pid_s) if sep and pid_s.isdigit() else -1)] = list(record)
+        misses = A.pathSearchMisses(e for e, _ in execs)
+        shownExec: Dict[str, str] = {}
+        for record, stored in execs:
+            if (record.pid, record.ts, record.binary) in misses:
+                continue
+            shown = shownExec.get(record.binary)
+            if shown is None:
+                shown = shownExec[record.binary] = normalizeExec(record.binary)
+            key = (PROC_EXEC, shown, record.pid)
+            g = perPid.get(key)
+            if g is None:
+                perPid[key] = [stored[0], stored[1], False, False]
+            else:
+                g[0] += stored[0]
+                g[1] = min(g[1], stored[1])
+
         actorCache: Dict[int, List[A.Actor]] = {}
-
-        def actorsFor(pid: int) -> List[A.Actor]:
-            found = actorCache.get(pid)
-            if found is None:
-                found = actorCache[pid] = [A.Actor(A.ACTOR_NPM)] if pid < 0 else tree.actorsOf(pid)
-            return found
-
-        def account(category: str, value: str, pid: int, count: int, first: int, cred: bool, rawIP: bool) -> None:
-            for actor in actorsFor(pid):
-                key = (category, value, actor.cls)
+        groups: Dict[Tuple[str, str, str], List[Any]] = {}
+        for (category, shown, pid), (count, first, cred, rawIP) in perPid.items():
+            actors = actorCache.get(pid)
+            if actors is None:
+                actors = actorCache[pid] = [A.Actor(A.ACTOR_NPM)] if pid < 0 else tree.actorsOf(pid)
+            for actor in actors:
+                key = (category, shown, actor.cls)
                 g = groups.get(key)
                 if g is None:
-                    groups[key] = [count, first, cred, rawIP, actor, {actor.label}, {pid}]
+                    groups[key] = [count, first, cred, rawIP, actor, [pid]]
                 else:
                     g[0] += count
                     if first < g[1]:
@@ -881,40 +963,14 @@ class RunView:
                         g[4] = actor
                     g[2] = g[2] or cred
                     g[3] = g[3] or rawIP
-                    g[5].add(actor.label)
-                    g[6].add(pid)
-
-        version = context.version
-        for category in CATEGORIES:
-            if category == PROC_EXEC:
-                continue
-            for value, (count, first, cred, rawIP) in fps.table(category).items():
-                pid_s, sep, rest = value.partition(SEP)
-                if not sep:
-                    pid, rest = -1, value  # legacy row (before actors)
-                elif pid_s.isdigit():
-                    pid = int(pid_s)
-                else:
-                    pid = 0
-                if category in OUTBOUND_CATEGORIES:
-                    view.network_pids.add(pid)
-                account(category, collapseValue(category, rest, version), pid, count, first, bool(cred), bool(rawIP))
-        # Legacy exec fingerprints (before actors).
-        for value, (count, first, cred, rawIP) in fps.table(PROC_EXEC).items():
-            pid_s, sep, rest = value.partition(SEP)
-            account(PROC_EXEC, rest if sep else value, int(pid_s) if sep and pid_s.isdigit() else -1, count, first, False, False)
-        misses = A.pathSearchMisses(e for e, _ in execs)
-        for record, stored in execs:
-            if (record.pid, record.ts, record.binary) in misses:
-                continue
-            account(PROC_EXEC, normalizeExec(record.binary), record.pid, stored[0], stored[1], False, False)
-        view.fingerprints = sorted(
-            (
-                Fingerprint(c, v, ac, g[0], g[1], g[2], g[3], g[4], tuple(sorted(g[5])), frozenset(g[6]))
-                for (c, v, ac), g in groups.items()
-            ),
-            key=lambda f: (f.category, f.value, f.actor_class),
-        )
+                    g[5].append(pid)
+        fingerprints = []
+        for (c, v, ac), g in groups.items():
+            pids = frozenset(g[5])
+            labels = sorted({a.label for pid in pids for a in actorCache[pid] if a.cls == ac})
+            fingerprints.append(Fingerprint(c, v, ac, g[0], g[1], bool(g[2]), bool(g[3]), g[4], tuple(labels), pids))
+        fingerprints.sort(key=lambda f: (f.category, f.value, f.actor_class))
+        view.fingerprints = fingerprints
         return view
 
     def socketNamed(self, pids: AbstractSet[int], destination: str) -> set:
@@ -924,14 +980,18 @@ class RunView:
         return names
 
 
-def _parseExec(value: str, eventID: int) -> Optional[A.ExecRecord]:
+def _parseExec(value: str, eventID: int, ts: int) -> Optional[A.ExecRecord]:
     try:
-        pid_s, ts_s, detail = value.split(SEP, 2)
-        binary, argv, ppid, ancestors, cwd, lifecycle = json.loads(detail)
+        pid_s, detail = value.split(SEP, 1)
+        fields = detail.split(_FS)
+        binary, ppid, ancestors, cwd, lifecycle = fields[:5]
+        pairs = []
+        for item in ancestors.split(",") if ancestors else ():
+            a, _, b = item.partition(":")
+            pairs.append((int(a), int(b)))
         return A.ExecRecord(
-            pid=int(pid_s), ppid=int(ppid), ts=int(ts_s), event_id=eventID, binary=str(binary),
-            argv=tuple(str(a) for a in argv), ancestors=tuple((int(a), int(b)) for a, b in ancestors),
-            cwd=str(cwd), lifecycle=str(lifecycle),
+            pid=int(pid_s), ppid=int(ppid), ts=ts, event_id=eventID, binary=binary,
+            argv=tuple(fields[5:]), ancestors=tuple(pairs), cwd=cwd, lifecycle=lifecycle,
         )
     except (ValueError, TypeError):
         return None

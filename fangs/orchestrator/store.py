@@ -1072,13 +1072,10 @@ class SQLiteStore:
             raise NotFound("run %s not found" % (runID,))
         run = _runRow(row)
         before = (run.verdict, run.deviation_count, run.max_severity)
-        fps = differ.FingerprintSet.fromRows(
-            (
-                differ.FingerprintRow(c, v, n, f, bool(cr), bool(ri))
-                for c, v, n, f, cr, ri in conn.execute(
-                    "SELECT category, value, count, first_event_id, cred, raw_ip FROM run_fingerprints WHERE run_id = ?",
-                    (runID,),
-                )
+        fps = differ.FingerprintSet.fromTuples(
+            conn.execute(
+                "SELECT category, value, count, first_event_id, cred, raw_ip FROM run_fingerprints WHERE run_id = ?",
+                (runID,),
             ),
             credPaths or differ.DEFAULT_CRED_PATHS,
         )
