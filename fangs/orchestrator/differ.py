@@ -1,127 +1,96 @@
 """
-The differ: fingerprints of a run's behaviour, compared with the package's
-baseline.  Pure logic: no Twisted, no I/O, no clock.  The storage layer
-executes what L{planAnalysis} returns.
+The differ: fingerprints of a run's behaviour, per actor, compared with the
+package's baseline.  Pure logic: no Twisted, no I/O, no clock.  The storage
+layer executes what L{planAnalysis} returns.
 
 How the storage layer uses it
 =============================
 
-1. B{While batches arrive} (no event cap)::
+1. B{While batches arrive}: C{FingerprintSet(credPaths).add(id, type,
+   payload)} for each event, then upsert C{fps.rows()} into
+   C{run_fingerprints} (C{count} summed, C{first_event_id} MIN, C{cred} and
+   C{raw_ip} OR).  Rows are kept I{per process}: a public row's value is
+   C{"<pid>\\x1f<value>"}; C{_} rows are process and socket facts (exec,
+   fork, exit, parent pids, names carried on sockets, unresolved opens).
+   Batch-independent: merged batch rows equal the rows of the whole run.
 
-       fps = FingerprintSet(credPaths=<the job's cred watched prefixes>)
-       for event_id, type, payload in batch:      # ids as stored
-           fps.add(event_id, type, payload)
-       for row in fps.rows():                     # FingerprintRow
-           upsert into run_fingerprints(run_id, category, value, ...)
+2. B{When the run is terminal}, in one transaction::
 
-   Merge rule for the upsert (the same as L{FingerprintRow.merge}):
-   C{count = count + new.count}, C{first_event_id = min(...)},
-   C{cred = cred OR new.cred}, C{raw_ip = raw_ip OR new.raw_ip}.  Extraction
-   depends on nothing but the events, so one set per batch merged in SQL
-   equals one set over the whole run (tested).  Alternatively keep one set
-   per run in memory and L{FingerprintSet.merge} batches into it.
+       fps  = FingerprintSet.fromTuples(<the run's stored rows>)
+       plan = planAnalysis(fps, baselineKeys, Allowlist(...), runState=...,
+                           eventsDropped=..., hasBaseline=..., context=
+                           RunContext(package, version, manifest scripts),
+                           manifestDeltas=<the release's deltas>)
 
-   Rows whose category starts with C{_} are bookkeeping (run facts, see
-   below).  Store them like the others; never show them as fingerprints.
+   C{baselineKeys} are C{(category, value, actor_class)} of the package's
+   baseline rows of I{other} runs, C{hasBaseline} "another run is baseline
+   or clean" (so re-running the plan is harmless).
 
-2. B{When the run is terminal} (its ScanResult arrived, or a timeout), in
-   one transaction::
+Actors
+======
 
-       fps   = FingerprintSet.fromRows(<the run's stored rows>)
-       allow = Allowlist(<all allowlist rows>, packageName)
-       plan  = planAnalysis(fps, baselineKeys, allow,
-                            runState=..., eventsDropped=...,
-                            hasBaseline=..., rejected=..., promoted=...)
-
-   then: replace the run's deviation rows with C{plan.deviations}; insert
-   C{plan.baseline_add} into the package baseline; set the run's verdict to
-   C{plan.verdict}.
-
-   Idempotency: the plan depends only on its inputs.  For re-running it to
-   be harmless, C{baselineKeys} and C{hasBaseline} must describe the
-   baseline I{without this run's own contribution}: store baseline rows
-   keyed C{(package, category, value, run_id)} (insert-or-ignore), and read
-   C{baselineKeys} as the distinct C{(category, value)} of rows whose
-   C{run_id} is not this run; C{hasBaseline} is "another run of this package
-   has verdict C{baseline} or C{clean}".  Occurrence counts are then
-   C{COUNT(*)} over runs, never a counter bumped per analysis.
+L{fangs.orchestrator.actors} builds the run's process tree from exec, fork,
+exit events and header PPIDs and gives each process an actor: C{npm},
+C{script:<package>@<version>:<phase>} (a lifecycle script and all its
+descendants) or C{other} (unknown lineage included).  L{RunView} rolls the
+per-process rows up into L{Fingerprint}s keyed C{(category, value,
+actor_class)}: "an install script read /root/.npmrc" is not "npm read
+/root/.npmrc".  Exec attempts of a PATH search that failed are dropped
+(L{fangs.orchestrator.actors.pathSearchMisses}).
 
 Categories
 ==========
 
-=======================  ============  =====================================
-category                 event type    value
-=======================  ============  =====================================
-C{net_new_destination}   net_connect   C{ip:port}; IPv6 bracketed
-                                       (C{[2606:4700::1]:443}), compressed,
-                                       IPv4-mapped shown as IPv4
-C{net_new_dns}           dns_query     C{QName} trimmed, lower-case, one
-                                       trailing dot dropped
-C{net_new_https_host}    tls_sni       C{SNI}, same normalisation
-C{proc_new_exec}         exec          C{BinaryPathStr} without NULs and
-                                       surrounding space, then
-                                       L{normalizePath} when it has a C{/}
-C{fs_new_path_read}      file_access   L{normalizePath}(C{PathName}) with no
-                                       write intent
-C{fs_new_path_write}     file_access   ... with write intent:
-                                       C{Flags & (O_WRONLY|O_RDWR|O_CREAT|
-                                       O_TRUNC|O_APPEND)}
-=======================  ============  =====================================
-
-An empty value gives no fingerprint (it still counts for C{reached_network}).
-Malformed payloads (missing keys, wrong types) never raise; the event is
-skipped or its field treated as empty.
-
-Each fingerprint keeps C{count} (contributing events), C{first_event_id}
-(the smallest contributing id: the evidence pointer, order-independent),
-C{cred} (a contributing file event was cred-tagged: C{Header.Tags & 2}, or
-its canonical path lies under one of C{credPaths}, which closes the sensor's
-C{/tmp/../root/.ssh/id_rsa} hole) and C{raw_ip} (true for every connect
-destination: the kernel only ever sees an address).
-
-Run facts (kept as C{_}-rows, see L{RunFacts}):
-
-- C{reached_network}: the run had I{any} net_connect, dns_query or tls_sni
-  event, even to loopback or with an unparseable name.  Deliberately
-  broad: a loopback connect may be a local proxy, and a DNS query alone can
-  exfiltrate.
-- which processes (C{Header.PID}, the tgid) sent a non-empty DNS name or
-  SNI, and which processes connected to each destination.  A destination
-  counts as I{named} when one of the processes that connected to it also
-  named a host somewhere in the run.  This is stricter than "the run also
-  had a DNS name": npm itself resolves the registry in every run, so a
-  run-level test would apply the CDN list to every connect and hide a
-  postinstall's C{curl 1.2.3.4} into CloudFront.
+=========================  ===============  ==================================
+category                   event type       value
+=========================  ===============  ==================================
+C{fs_new_path_read/write}  file_access      normalised path, collapsed: the
+                                            release's version -> C{<VERSION>},
+                                            C{.../node_modules/<pkg>/<dir>/**}
+C{proc_new_exec}           exec             normalised binary (PATH misses
+                                            dropped)
+C{net_new_destination}     net_connect      C{ip:port}
+C{net_new_udp_destination} udp_send         C{ip:port}
+C{net_new_dns}             dns_query        QName
+C{net_new_https_host}      tls_sni          SNI
+C{net_new_http_host}       http_request     C{METHOD host}
+C{net_new_egress}          egress_attempt   C{protocol name-or-ip:port}
+C{canary_exfiltrated}      canary_exfil...  C{bait via channel to dest} (and
+                                            egress attempts with C{Canaries})
+C{proc_io_uring}           io_uring         C{used} / C{refused}
+C{proc_detached}           detached         binary
+(C{run_unresolved_access}) unresolved       not a fingerprint: the run is
+                                            C{incomplete} unless the raw path
+                                            is absolute (then judged as is)
+=========================  ===============  ==================================
 
 Severity
 ========
 
-One scale, L{Severity}: C{low < medium < high < critical}.  The rules are
-the table L{SEVERITY_RULES}: the first row whose category matches, whose
-C{requires} flags are all present and whose C{unless} flags are all absent
-gives severity and reason.  Flags: C{cred}, C{network} (run reached the
-network), C{raw_ip}, C{provider_range} (the IP is in a published CDN range).
-Net effect:
+L{SEVERITY_RULES} is the one table: the first row whose category matches
+(C{*outbound} = any network category), whose C{requires} flags are present
+and whose C{unless} flags are absent gives severity and reason.  Chains
+(C{tree_*} flags) combine facts of one process tree: one install script and
+its descendants, all of npm, or one process of unknown lineage.  A
+credential or canary read plus a new outbound destination in one tree is
+critical; a new exec from a writable directory plus outbound is high; a
+detached process that reaches the network is high.
 
-- cred-tagged file read/write: high; critical if the run reached the network;
-- connect destination: high (a raw IP no allowlist covers), medium when
-  the IP is in a provider range but the connecting process named no host;
-- new DNS name, SNI, exec: medium;
-- other new paths: low.
-
-Allowlists (L{fangs.orchestrator.allowlist}) suppress before severity:
-C{path} entries for file categories (cred-tagged paths only by an exact
-entry), C{exec}, C{sni}, C{dns}, C{cidr} for destinations, and provider
-CIDRs for destinations that are named (see above).  Suppressed fingerprints
-are neither deviations nor added to the baseline.
+A destination inside a provider CIDR (CDN ranges anyone can rent) is hidden
+only when every process's socket to it carried an allowlisted or baselined
+name (TLS SNI, HTTP Host); otherwise it is a deviation, high when the
+process also read a credential.
 
 Verdicts
 ========
 
-See L{verdict}: C{rejected} (operator) > C{incomplete} (failed, timeout,
-not finished, or the sensor dropped events) > C{baseline} (promoted by an
-operator, or the first complete run of a package) > C{clean} (complete, no
-deviations) > C{deviations}.
+C{rejected} > C{incomplete} (failed, timeout, dropped events, unresolved
+accesses) > C{baseline} (promoted, or a first run with nothing that must not
+seed silently, see L{firstRunFinding}) > C{clean} (no finding of C{medium}
+or above; C{low} ones are kept as notes) > C{deviations}.  A first run
+with a credential read by a script, a canary, a raw-IP destination, a new
+exec from a writable directory or anything high is C{deviations}: it seeds
+the baseline only when a person promotes it.
 """
 
 from __future__ import annotations
