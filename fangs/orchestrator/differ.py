@@ -817,6 +817,8 @@ class RunView:
         #: destination -> names any process carried on it.
         self.dest_names: Dict[str, set] = {}
         self.network_pids: set = set()
+        #: Processes that sent a host name (DNS query, SNI, HTTP Host).
+        self.naming_pids: set = set()
         self.unresolved: List[Tuple[int, str, str, int]] = []
 
     @classmethod
@@ -854,6 +856,7 @@ class RunView:
         for value in fps.table(FACT_SOCK):
             pid, dest, name = (value.split(SEP) + ["", "", ""])[:3]
             if pid.lstrip("-").isdigit() and dest and name:
+                view.naming_pids.add(int(pid))
                 view.socket_names.setdefault((int(pid), dest), set()).add(name)
                 view.dest_names.setdefault(dest, set()).add(name)
         for value, record in fps.table(FACT_UNRESOLVED).items():
@@ -881,6 +884,8 @@ class RunView:
                         pid = pidOf[pid_s] = int(pid_s) if pid_s.isdigit() else 0
                 if outbound:
                     networkPids.add(pid)
+                    if category in (NET_DNS, NET_HTTPS_HOST, NET_HTTP):
+                        view.naming_pids.add(pid)
                 shown = collapsed.get(rest)
                 if shown is None:
                     shown = collapsed[rest] = collapseValue(category, rest, version)
@@ -985,12 +990,29 @@ FLAG_TREE_WRITABLE_EXEC = "tree_writable_exec"
 FLAG_TREE_NETWORK = "tree_network"
 FLAG_PROC_CRED = "process_cred"
 FLAG_ACCOUNT_DB = "account_db"
+FLAG_OUTSIDE_WRITE = "outside_write"
+FLAG_NAMING_PROCESS = "naming_process"
 ACCOUNT_DB_FILES = ("/etc/passwd", "/etc/group")
 FLAGS = frozenset((
     FLAG_CRED, FLAG_NETWORK, FLAG_RAW_IP, FLAG_PROVIDER_RANGE, FLAG_SCRIPT, FLAG_NPM, FLAG_NPM_CONFIG,
     FLAG_OWN_PACKAGE, FLAG_WRITABLE_EXEC, FLAG_DETACHED, FLAG_TREE_OUTBOUND, FLAG_TREE_CRED,
-    FLAG_TREE_WRITABLE_EXEC, FLAG_TREE_NETWORK, FLAG_PROC_CRED, FLAG_ACCOUNT_DB,
+    FLAG_TREE_WRITABLE_EXEC, FLAG_TREE_NETWORK, FLAG_PROC_CRED, FLAG_ACCOUNT_DB, FLAG_OUTSIDE_WRITE,
+    FLAG_NAMING_PROCESS,
 ))
+
+#: Where an install script has no business writing: home directories and
+#: system configuration (shell startup files, autostart, cron, profile.d),
+#: outside installed packages and npm's own cache.
+PERSISTENCE_DIRS = PathPrefixes(("/root", "/home", "/etc", "/usr/local/bin", "/usr/bin", "/var/spool/cron"))
+
+
+def _persistencePath(path: str) -> bool:
+    return (
+        PERSISTENCE_DIRS.covers(path)
+        and "/node_modules/" not in path
+        and "/.npm/" not in path
+        and "/.cache/" not in path
+    )
 
 
 @attrs.frozen
@@ -1050,6 +1072,7 @@ SEVERITY_RULES: Tuple[SeverityRule, ...] = (
     _rule(PROC_EXEC,  "writable_exec",            "",             _M, "new executable from a writable directory"),
     _rule(PROC_EXEC,  "",                         "",             _M, "new executable run"),
     _rule(FS_WRITE,   "own_package script",       "",             _L, "build output inside the script's own package directory"),
+    _rule(FS_WRITE,   "outside_write script",     "",             _M, "install script wrote into a home or system directory (persistence?)"),
     _rule(FS_READ,    "",                         "",             _L, "new path read"),
     _rule(FS_WRITE,   "",                         "",             _L, "new path written"),
 )  # fmt: skip
@@ -1076,6 +1099,8 @@ class Deviation:
     reason: str
     actor: str = A.ACTOR_OTHER
     detail: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The rule flags that held (not stored; for L{firstRunFinding}).
+    flags: FrozenSet[str] = attrs.field(default=frozenset(), eq=False)
 
     @property
     def severity_label(self) -> str:
@@ -1161,14 +1186,15 @@ def _httpValues(name: str) -> List[str]:
     return ["%s %s" % (m, name) for m in ("GET", "POST", "PUT", "HEAD", "CONNECT")]
 
 
-def _deviation(f: Fingerprint, severity: Severity, reason: str) -> Deviation:
+def _deviation(f: Fingerprint, severity: Severity, reason: str, flags: AbstractSet[str] = frozenset()) -> Deviation:
     a = f.actor
     detail = a.asDict()
     detail["actors"] = list(f.actors)
     who = a.label
     if a.pid:
         who += " (pid %d%s)" % (a.pid, ": " + " ".join(a.argv)[:160] if a.argv else "")
-    return Deviation(f.category, f.value, severity, f.first_event_id, f.count, "%s; by %s" % (reason, who), a.cls, detail)
+    return Deviation(f.category, f.value, severity, f.first_event_id, f.count, "%s; by %s" % (reason, who), a.cls, detail,
+                     frozenset(flags))
 
 
 def diff(
@@ -1240,12 +1266,16 @@ def diff(
             flags.add(FLAG_WRITABLE_EXEC)
         if f.raw_ip and not (f.category in (NET_DESTINATION, NET_UDP) and view.socketNamed(f.pids, f.value)):
             flags.add(FLAG_RAW_IP)
+            if not f.pids.isdisjoint(view.naming_pids):
+                flags.add(FLAG_NAMING_PROCESS)
         if provider:
             flags.add(FLAG_PROVIDER_RANGE)
         if not f.pids.isdisjoint(credPids):
             flags.add(FLAG_PROC_CRED)
+        if f.category == FS_WRITE and f.actor_class == A.ACTOR_SCRIPT and _persistencePath(f.value):
+            flags.add(FLAG_OUTSIDE_WRITE)
         severity, reason = classify(f.category, flags, provider)
-        out.append(_deviation(f, severity, reason))
+        out.append(_deviation(f, severity, reason, flags))
     out.sort(key=lambda d: (-d.severity, d.category, d.value, d.actor))
     return out
 
@@ -1265,7 +1295,9 @@ def firstRunFinding(d: Deviation) -> bool:
         return True
     if d.category == CANARY:
         return True
-    if d.category in FILE_CATEGORIES and d.actor == A.ACTOR_SCRIPT and "cred" in d.reason:
+    if d.category in FILE_CATEGORIES and d.actor == A.ACTOR_SCRIPT and FLAG_CRED in d.flags:
+        return True
+    if d.category in (NET_DESTINATION, NET_UDP, NET_EGRESS) and FLAG_RAW_IP in d.flags and FLAG_NAMING_PROCESS not in d.flags:
         return True
     if d.category == PROC_EXEC and isWritableExec(d.value):
         return True

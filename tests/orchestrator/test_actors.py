@@ -457,6 +457,15 @@ class FirstRunTests(SynchronousTestCase):
             promoted = self.plan(r, promoted=True)
             self.assertEqual((promoted.verdict, promoted.in_baseline), ("baseline", True), what)
 
+    def test_rawIPIntoACDNIsHeldUnlessTheProcessNamedAHost(self) -> None:
+        # medium (a CloudFront range), but no name anywhere: held
+        plan = self.plan(self.script().connect(201, "54.230.1.1", 443))
+        self.assertEqual(plan.verdict, "deviations")
+        self.assertEqual([(d.value, d.severity) for d in plan.deviations], [("54.230.1.1:443", Severity.MEDIUM)])
+        # the process resolved a name first (its socket named none): seeds
+        r = self.script().add(4, 201, QName="cdn.example", DestIP="127.0.0.11", DestPort=53).connect(201, "54.230.1.1", 443)
+        self.assertEqual(self.plan(r).verdict, "baseline")
+
     def test_namedRegistryConnectionIsNoRawIP(self) -> None:
         r = self.script()
         r.add(4, 100, QName="registry.npmjs.org", DestIP="10.255.255.53", DestPort=53)
@@ -500,3 +509,16 @@ class ManifestDeltaPlanTests(SynchronousTestCase):
         plan = planAnalysis(r.fps(), {(FS_READ, "/etc/a", "other")}, ALLOW, runState="ok", eventsDropped=0,
                             hasBaseline=True, manifestDeltas=low)
         self.assertEqual(plan.verdict, "clean")
+
+
+class PersistenceTests(SynchronousTestCase):
+    def test_scriptWritesIntoHomeOrSystemDirs(self) -> None:
+        r = Run().npm(100).script(200, 100, "pkg", "node evil.js").exec(201, 200, "/usr/bin/node", "node")
+        r.write(201, "/root/.bashrc").write(201, "/etc/profile.d/x.sh").write(201, "/tmp/core-js-banners")
+        r.write(201, "/root/.npm/_cacache/x").write(100, "/root/.bash_history")
+        found = differ.diff(r.fps(), frozenset(), ALLOW, A.RunContext("pkg", "1.0.0"))
+        self.assertEqual(one(found, FS_WRITE, "/root/.bashrc").severity, Severity.MEDIUM)
+        self.assertEqual(one(found, FS_WRITE, "/etc/profile.d/x.sh").severity, Severity.MEDIUM)
+        self.assertEqual(one(found, FS_WRITE, "/tmp/core-js-banners").severity, Severity.LOW)
+        self.assertEqual(one(found, FS_WRITE, "/root/.npm/_cacache/x").severity, Severity.LOW)
+        self.assertEqual(one(found, FS_WRITE, "/root/.bash_history", actor="npm").severity, Severity.LOW)
