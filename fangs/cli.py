@@ -730,8 +730,9 @@ def cmdBaselineShow(c: Context) -> int:
         return EXIT_OK
     table(
         c.out,
-        ["CATEGORY", "VALUE", "RUNS", "EVENTS", "FIRST_RUN", "LAST_RUN"],
-        [(f["category"], trunc(f["value"], 60), f["occurrences"], f["events"], short(f["first_seen_run_id"]), short(f["last_seen_run_id"]))
+        ["CATEGORY", "VALUE", "ACTOR", "RUNS", "EVENTS", "FIRST_RUN", "LAST_RUN"],
+        [(f["category"], trunc(f["value"], 60), f.get("actor") or "-", f["occurrences"], f["events"],
+          short(f["first_seen_run_id"]), short(f["last_seen_run_id"]))
          for f in body["fingerprints"]],
         empty="no baseline yet for %s (the first complete run becomes it)" % (name,),
     )
