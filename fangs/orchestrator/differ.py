@@ -418,13 +418,13 @@ class FingerprintSet:
     L{FingerprintRow.merge} equal the rows of the whole run.
     """
 
-    __slots__ = ("_tables", "_read", "_write", "_cred", "_credProc", "_memo", "_ppid")
+    __slots__ = ("_tables", "_read", "_write", "_cred", "_credProc", "_memo", "_prefixes")
 
     def __init__(self, credPaths: Iterable[str] = DEFAULT_CRED_PATHS) -> None:
         self._tables: Dict[str, Dict[str, _Record]] = {c: {} for c in CATEGORIES + FACT_CATEGORIES}
         self._read = self._tables[FS_READ]
         self._write = self._tables[FS_WRITE]
-        self._ppid = self._tables[FACT_PPID]
+        self._prefixes: Dict[Tuple[int, int], Tuple[str, str]] = {}
         self._memo: Dict[str, Tuple[str, bool]] = {}
         credPaths = tuple(credPaths)
         self._cred = PathPrefixes(credPaths)
@@ -444,30 +444,31 @@ class FingerprintSet:
                 return
             payload = dict(payload)
         header = payload.get("Header")
+        pid = ppid = 0
         if type(header) is dict:  # noqa: E721
             pid = header.get("PID", 0)
             ppid = header.get("PPID", 0)
             if type(pid) is not int:  # noqa: E721
                 pid = 0
-            if type(ppid) is int and ppid > 0 and pid > 0:  # noqa: E721
-                key = "%d%s%d" % (pid, SEP, ppid)
-                record = self._ppid.get(key)
-                if record is None:
-                    self._ppid[key] = [1, event_id, False, False]
-                else:
-                    record[0] += 1
-                    if event_id < record[1]:
-                        record[1] = event_id
+            if type(ppid) is not int:  # noqa: E721
+                ppid = 0
         else:
             header = {}
-            pid = 0
-        prefix = "%d%s" % (pid, SEP)
+        # Public rows are keyed "<pid>:<ppid>\x1f<value>" (the parent in
+        # the header names the process's lineage even when it never exec'd),
+        # bookkeeping rows "<pid>\x1f...".
+        prefixes = self._prefixes.get((pid, ppid))
+        if prefixes is None:
+            bprefix = "%d%s" % (pid, SEP)
+            prefixes = self._prefixes[(pid, ppid)] = (
+                "%d:%d%s" % (pid, ppid, SEP) if ppid > 0 and pid > 0 else bprefix, bprefix)
         try:
-            self._add(event_id, kind, payload, header, pid, prefix)
+            self._add(event_id, kind, payload, header, pid, prefixes[0], prefixes[1])
         except (AttributeError, TypeError, ValueError):
             return
 
-    def _add(self, event_id: int, kind: int, payload: Dict[str, Any], header: Dict[str, Any], pid: int, prefix: str) -> None:
+    def _add(self, event_id: int, kind: int, payload: Dict[str, Any], header: Dict[str, Any], pid: int, prefix: str,
+             bprefix: str) -> None:
         if kind == FILE_ACCESS:
             path = payload.get("PathName")
             if not path or type(path) is not str:  # noqa: E721
@@ -512,8 +513,8 @@ class FingerprintSet:
             # One row per distinct exec of a process (evidence: the first
             # event id), and beside it the earliest time it happened (kept
             # in the row's first_event_id column, merged with MIN too).
-            self._bump(FACT_EXEC, prefix + detail, event_id)
-            self._bump(FACT_EXEC_TS, prefix + detail, record.ts if record.ts > 0 else 0)
+            self._bump(FACT_EXEC, bprefix + detail, event_id)
+            self._bump(FACT_EXEC_TS, bprefix + detail, record.ts if record.ts > 0 else 0)
         elif kind == NET_CONNECT or kind == UDP_SEND:
             self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
             ip = _strField(payload, "DestIP")
@@ -531,14 +532,14 @@ class FingerprintSet:
             if not value:
                 return
             self._bump(NET_DNS if kind == DNS_QUERY else NET_HTTPS_HOST, prefix + value, event_id)
-            self._sock(payload, prefix, value, event_id)
+            self._sock(payload, bprefix, value, event_id)
         elif kind == HTTP_REQUEST:
             self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
             host = normalizeHostName(_strField(payload, "Host"))
             method = _strField(payload, "Method").upper()[:16] or "?"
             if host:
                 self._bump(NET_HTTP, "%s%s %s" % (prefix, method, host), event_id)
-                self._sock(payload, prefix, host.split(":")[0], event_id)
+                self._sock(payload, bprefix, host.split(":")[0], event_id)
         elif kind == EGRESS_ATTEMPT:
             self._bump(FACT_NETWORK, _NETWORK_VALUE, event_id)
             name = normalizeHostName(_strField(payload, "DestName") or _strField(payload, "Host") or _strField(payload, "SNI"))
@@ -579,13 +580,13 @@ class FingerprintSet:
         elif kind == UNRESOLVED:
             raw = _strField(payload, "RawPath")
             reason = _strField(payload, "Reason")
-            self._bump(FACT_UNRESOLVED, "%s%s%s%s" % (prefix, raw, SEP, reason), event_id)
+            self._bump(FACT_UNRESOLVED, "%s%s%s%s" % (bprefix, raw, SEP, reason), event_id)
         elif kind == PROCESS_FORK:
             child = payload.get("ChildPID")
             if type(child) is int and child > 0:  # noqa: E721
-                self._bump(FACT_FORK, "%s%d%s%d" % (prefix, child, SEP, _intField(header.get("TsNs"))), event_id)
+                self._bump(FACT_FORK, "%s%d%s%d" % (bprefix, child, SEP, _intField(header.get("TsNs"))), event_id)
         elif kind == PROCESS_EXIT:
-            self._bump(FACT_EXIT, "%s%d" % (prefix, _intField(header.get("TsNs"))), event_id)
+            self._bump(FACT_EXIT, "%s%d" % (bprefix, _intField(header.get("TsNs"))), event_id)
 
     def _sock(self, payload: Mapping[str, Any], prefix: str, name: str, event_id: int) -> None:
         ip = _strField(payload, "DestIP")
@@ -842,7 +843,7 @@ class RunView:
             if pid.isdigit():
                 tree.addExit(int(pid), int(ts) if ts.lstrip("-").isdigit() else 0)
         for value in fps.table(PROC_DETACHED):
-            pid = value.partition(SEP)[0]
+            pid = value.partition(SEP)[0].partition(":")[0]
             if pid.isdigit():
                 tree.markDetached(int(pid))
         execs: List[Tuple[A.ExecRecord, _Record]] = []
@@ -881,7 +882,7 @@ class RunView:
                 else:
                     pid = pidOf.get(pid_s, -2)
                     if pid == -2:
-                        pid = pidOf[pid_s] = int(pid_s) if pid_s.isdigit() else 0
+                        pid = pidOf[pid_s] = _pidAndParent(pid_s, tree)
                 if outbound:
                     networkPids.add(pid)
                     if category in (NET_DNS, NET_HTTPS_HOST, NET_HTTP):
@@ -902,7 +903,7 @@ class RunView:
         # Legacy exec fingerprints (before actors).
         for value, record in fps.table(PROC_EXEC).items():
             pid_s, sep, rest = value.partition(SEP)
-            perPid[(PROC_EXEC, rest if sep else value, int(pid_s) if sep and pid_s.isdigit() else -1)] = list(record)
+            perPid[(PROC_EXEC, rest if sep else value, _pidAndParent(pid_s, tree) if sep else -1)] = list(record)
         misses = A.pathSearchMisses(e for e, _ in execs)
         shownExec: Dict[str, str] = {}
         for record, stored in execs:
@@ -952,6 +953,20 @@ class RunView:
         for pid in pids:
             names |= self.socket_names.get((pid, destination), set())
         return names
+
+
+def _pidAndParent(text: str, tree: A.ProcessTree) -> int:
+    """
+    C{"<pid>:<ppid>"} or C{"<pid>"} of a stored row: the pid, the parent
+    told to the tree.  0 when unreadable.
+    """
+    pid_s, _, ppid_s = text.partition(":")
+    if not pid_s.isdigit():
+        return 0
+    pid = int(pid_s)
+    if ppid_s.isdigit():
+        tree.addParent(pid, int(ppid_s))
+    return pid
 
 
 def _parseExec(value: str, eventID: int, ts: int) -> Optional[A.ExecRecord]:
