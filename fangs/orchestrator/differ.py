@@ -864,81 +864,65 @@ class RunView:
             pid, raw, reason = (value.split(SEP) + ["", "", ""])[:3]
             view.unresolved.append((int(pid) if pid.isdigit() else 0, raw, reason, record[1]))
 
-        # Per-process rows roll up per actor class: first by (category,
-        # value, pid), then each pid's actors (one, or more after pid reuse).
+        # Per-process rows roll up per actor class.  First pass: rows by the
+        # process they came from (the row keys also name each process's
+        # parent, which completes the tree); second: per actor class.
         version = context.version
-        perPid: Dict[Tuple[str, str, int], List[Any]] = {}
-        pidOf: Dict[str, int] = {}
+        byProcess: Dict[str, List[Tuple[str, str, _Record]]] = {}
         for category in CATEGORIES:
-            if category == PROC_EXEC:
-                continue
-            collapsed: Dict[str, str] = {}
-            outbound = category in OUTBOUND_CATEGORIES
-            networkPids = view.network_pids
             for value, record in fps.table(category).items():
                 pid_s, sep, rest = value.partition(SEP)
                 if not sep:
-                    pid, rest = -1, value  # legacy row (before actors)
-                else:
-                    pid = pidOf.get(pid_s, -2)
-                    if pid == -2:
-                        pid = pidOf[pid_s] = _pidAndParent(pid_s, tree)
-                if outbound:
-                    networkPids.add(pid)
-                    if category in (NET_DNS, NET_HTTPS_HOST, NET_HTTP):
-                        view.naming_pids.add(pid)
-                shown = collapsed.get(rest)
-                if shown is None:
-                    shown = collapsed[rest] = collapseValue(category, rest, version)
-                key = (category, shown, pid)
-                g = perPid.get(key)
-                if g is None:
-                    perPid[key] = [record[0], record[1], record[2], record[3]]
-                else:
-                    g[0] += record[0]
-                    if record[1] < g[1]:
-                        g[1] = record[1]
-                    g[2] = g[2] or record[2]
-                    g[3] = g[3] or record[3]
-        # Legacy exec fingerprints (before actors).
-        for value, record in fps.table(PROC_EXEC).items():
-            pid_s, sep, rest = value.partition(SEP)
-            perPid[(PROC_EXEC, rest if sep else value, _pidAndParent(pid_s, tree) if sep else -1)] = list(record)
+                    pid_s, rest = "", value  # legacy row (before actors): npm
+                rows = byProcess.get(pid_s)
+                if rows is None:
+                    rows = byProcess[pid_s] = []
+                rows.append((category, rest, record))
+        pidOf = {pid_s: (_pidAndParent(pid_s, tree) if pid_s else -1) for pid_s in byProcess}
         misses = A.pathSearchMisses(e for e, _ in execs)
-        shownExec: Dict[str, str] = {}
         for record, stored in execs:
             if (record.pid, record.ts, record.binary) in misses:
                 continue
-            shown = shownExec.get(record.binary)
-            if shown is None:
-                shown = shownExec[record.binary] = normalizeExec(record.binary)
-            key = (PROC_EXEC, shown, record.pid)
-            g = perPid.get(key)
-            if g is None:
-                perPid[key] = [stored[0], stored[1], False, False]
-            else:
-                g[0] += stored[0]
-                g[1] = min(g[1], stored[1])
+            key = "%d" % (record.pid,)
+            pidOf.setdefault(key, record.pid)
+            byProcess.setdefault(key, []).append((PROC_EXEC, record.binary, stored))
 
         actorCache: Dict[int, List[A.Actor]] = {}
         groups: Dict[Tuple[str, str, str], List[Any]] = {}
-        for (category, shown, pid), (count, first, cred, rawIP) in perPid.items():
+        collapsed: Dict[Tuple[str, str], str] = {}
+        for pid_s, rows in byProcess.items():
+            pid = pidOf[pid_s]
             actors = actorCache.get(pid)
             if actors is None:
                 actors = actorCache[pid] = [A.Actor(A.ACTOR_NPM)] if pid < 0 else tree.actorsOf(pid)
-            for actor in actors:
-                key = (category, shown, actor.cls)
-                g = groups.get(key)
-                if g is None:
-                    groups[key] = [count, first, cred, rawIP, actor, [pid]]
-                else:
-                    g[0] += count
-                    if first < g[1]:
-                        g[1] = first
-                        g[4] = actor
-                    g[2] = g[2] or cred
-                    g[3] = g[3] or rawIP
-                    g[5].append(pid)
+            for category, rest, (count, first, cred, rawIP) in rows:
+                ck = (category, rest)
+                shown = collapsed.get(ck)
+                if shown is None:
+                    if category == PROC_EXEC:
+                        shown = normalizeExec(rest)
+                    else:
+                        shown = collapseValue(category, rest, version)
+                    collapsed[ck] = shown
+                if category in OUTBOUND_CATEGORIES:
+                    view.network_pids.add(pid)
+                    if category in (NET_DNS, NET_HTTPS_HOST, NET_HTTP):
+                        view.naming_pids.add(pid)
+                for actor in actors:
+                    key = (category, shown, actor.cls)
+                    g = groups.get(key)
+                    if g is None:
+                        groups[key] = [count, first, cred, rawIP, actor, {pid}]
+                    else:
+                        g[0] += count
+                        if first < g[1]:
+                            g[1] = first
+                            g[4] = actor
+                        if cred:
+                            g[2] = True
+                        if rawIP:
+                            g[3] = True
+                        g[5].add(pid)
         fingerprints = []
         for (c, v, ac), g in groups.items():
             pids = frozenset(g[5])
