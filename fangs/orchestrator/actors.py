@@ -175,6 +175,9 @@ class ProcessTree:
         self._exits: List[Tuple[int, int]] = []  # pid, ts
         self._ppids: Dict[int, Set[int]] = {}
         self._detached: Set[int] = set()
+        #: pid -> the installed package whose files the process opened
+        #: first (a fallback for a script's package when no exec says it).
+        self._hints: Dict[int, str] = {}
         self._built: Optional[Dict[int, List[_Instance]]] = None
 
     # -- feeding ---------------------------------------------------------------
@@ -196,6 +199,15 @@ class ProcessTree:
     def addParent(self, pid: int, ppid: int) -> None:
         if pid > 0 and ppid >= 0 and pid != ppid:
             self._ppids.setdefault(pid, set()).add(ppid)
+            self._built = None
+
+    def hintPackage(self, pid: int, package: str) -> None:
+        """
+        The process opened files of the installed C{package}; used to name
+        a script's package when neither a C{Cwd} nor npm's PATH search does.
+        """
+        if pid > 0 and package and pid not in self._hints:
+            self._hints[pid] = package
             self._built = None
 
     def markDetached(self, pid: int) -> None:
@@ -380,6 +392,17 @@ class ProcessTree:
                 if m:
                     package = m.group(2)
                     break
+        if not package:
+            # The shell, or a process it started, opened a package's files.
+            package = self._hints.get(node.pid, "")
+            if not package:
+                for pid, hinted in sorted(self._hints.items()):
+                    for child in self._built.get(pid, ()) if self._built else ():
+                        if child.parent is not None and child.parent[0] == node.pid or node.pid in child.ppids:
+                            package = hinted
+                            break
+                    if package:
+                        break
         script = shell.argv[2] if len(shell.argv) > 2 else ""
         phase = next((e.lifecycle for e in node.execs if e.lifecycle), "")
         version = ""

@@ -879,6 +879,17 @@ class RunView:
                     rows = byProcess[pid_s] = []
                 rows.append((category, rest, record))
         pidOf = {pid_s: (_pidAndParent(pid_s, tree) if pid_s else -1) for pid_s in byProcess}
+        for pid_s, rows in byProcess.items():
+            # The package whose files a process read first (lowest event
+            # id): a fallback for naming a script's package.
+            best: Optional[Tuple[int, str]] = None
+            for category, rest, record in rows:
+                if category == FS_READ and "/node_modules/" in rest and (best is None or record[1] < best[0]):
+                    package = packageDirOf(rest)[1]
+                    if package and not package.startswith("."):
+                        best = (record[1], package)
+            if best is not None and pidOf[pid_s] > 0:
+                tree.hintPackage(pidOf[pid_s], best[1])
         misses = A.pathSearchMisses(e for e, _ in execs)
         for record, stored in execs:
             if (record.pid, record.ts, record.binary) in misses:

@@ -522,3 +522,17 @@ class PersistenceTests(SynchronousTestCase):
         self.assertEqual(one(found, FS_WRITE, "/tmp/core-js-banners").severity, Severity.LOW)
         self.assertEqual(one(found, FS_WRITE, "/root/.npm/_cacache/x").severity, Severity.LOW)
         self.assertEqual(one(found, FS_WRITE, "/root/.bash_history", actor="npm").severity, Severity.LOW)
+
+
+class PackageHintTests(SynchronousTestCase):
+    def test_packageFromTheFilesTheScriptOpened(self) -> None:
+        """
+        No PATH search and no Cwd (the shell exec'd by absolute path): the
+        script's package is the one whose files its child opened first.
+        """
+        r = Run().npm(100)
+        r.exec(200, 100, "/bin/sh", "sh", "-c", "node setup.js")
+        r.exec(201, 200, "/usr/bin/node", "node", "setup.js")
+        r.read(201, "/tmp/t/node_modules/@scope/thing/setup.js", ppid=200)
+        r.read(201, "/tmp/t/node_modules/other/index.js", ppid=200)
+        self.assertEqual(r.tree().actorOf(201).label, "script:@scope/thing@?:?")
