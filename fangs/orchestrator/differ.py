@@ -1165,6 +1165,14 @@ def _allowed(f: Fingerprint, view: RunView, allow: Allowlist, baselineKeys: Abst
     if c == NET_HTTP:
         host = f.value.partition(" ")[2].split(":")[0]
         return allow.coversName(KIND_SNI, host), ""
+    if c == NET_EGRESS:
+        # "<protocol> <name or ip>[:port]"
+        where = f.value.partition(" ")[2]
+        host, _ = splitDestination(where) if where.count(":") <= 1 or where.startswith("[") else (where, -1)
+        address = parseIP(host)
+        if address is not None:
+            return allow.cidrFor(address) is not None, ""
+        return allow.coversName(KIND_SNI, host) or allow.coversName(KIND_DNS, host), ""
     if c in (NET_DESTINATION, NET_UDP):
         host, _ = splitDestination(f.value)
         address = parseIP(host)

@@ -536,3 +536,16 @@ class PackageHintTests(SynchronousTestCase):
         r.read(201, "/tmp/t/node_modules/@scope/thing/setup.js", ppid=200)
         r.read(201, "/tmp/t/node_modules/other/index.js", ppid=200)
         self.assertEqual(r.tree().actorOf(201).label, "script:@scope/thing@?:?")
+
+
+class EgressAllowlistTests(SynchronousTestCase):
+    def test_allowlistedEgressNamesAndCIDRs(self) -> None:
+        from fangs.orchestrator.allowlist import AllowEntry
+
+        allow = Allowlist([AllowEntry("1", "sni", "registry.npmjs.org"), AllowEntry("2", "cidr", "192.0.2.0/24")])
+        r = Run()
+        r.add(12, 5, Protocol="tls", Action="forwarded", DestName="registry.npmjs.org", DestIP="203.0.113.80", DestPort=443)
+        r.add(12, 5, Protocol="tcp", Action="refused", DestIP="192.0.2.9", DestPort=22)
+        r.add(12, 5, Protocol="tls", Action="sinkholed", DestName="evil.example", DestPort=443)
+        found = [(d.category, d.value) for d in differ.diff(r.fps(), frozenset(), allow)]
+        self.assertEqual(found, [(NET_EGRESS, "tls evil.example:443")])
