@@ -96,7 +96,6 @@ the baseline only when a person promotes it.
 from __future__ import annotations
 
 import enum
-import json
 import re
 from typing import (
     AbstractSet,

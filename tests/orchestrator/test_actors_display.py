@@ -6,7 +6,6 @@ view, the notifier's messages and the dashboard's run page.
 from __future__ import annotations
 
 import io
-import json
 
 from twisted.trial.unittest import SynchronousTestCase
 

@@ -5,13 +5,11 @@ and actor-aware analysis, on SQLite and on PostgreSQL.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from fangs.orchestrator import pgstore
