@@ -1229,7 +1229,9 @@ def diff(
         view = view.view(context)
     new: List[Tuple[Fingerprint, str]] = []
     for f in view.fingerprints:
-        if f.key in baselineKeys:
+        # (category, value) keys without an actor (from before actors)
+        # match every actor.
+        if f.key in baselineKeys or (f.category, f.value) in baselineKeys:
             continue
         allowed, provider = _allowed(f, view, allow, baselineKeys)
         if not allowed:
