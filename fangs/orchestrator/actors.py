@@ -104,6 +104,8 @@ class ExecRecord:
     ancestors: Tuple[Tuple[int, int], ...] = ()
     cwd: str = ""
     lifecycle: str = ""
+    #: Whether the exec failed, when the sensor says (C{Ret}/C{Errno}/C{Failed}).
+    failed: Optional[bool] = None
 
 
 @attrs.frozen
@@ -460,9 +462,17 @@ def execRecord(pid: int, ts: int, eventID: int, payload: Mapping[str, Any]) -> O
             for item in env:
                 if isinstance(item, str) and item.startswith("npm_lifecycle_event="):
                     lifecycle = item.split("=", 1)[1]
+        failed: Optional[bool] = None
+        ret, errno, flag = payload.get("Ret"), payload.get("Errno"), payload.get("Failed")
+        if isinstance(flag, bool):
+            failed = flag
+        elif isinstance(ret, int) and not isinstance(ret, bool):
+            failed = ret < 0
+        elif isinstance(errno, int) and not isinstance(errno, bool):
+            failed = errno != 0
         return ExecRecord(
             pid, ppid, ts, eventID, binary, argv, tuple(ancestors),
-            cwd if isinstance(cwd, str) else "", lifecycle if isinstance(lifecycle, str) else "",
+            cwd if isinstance(cwd, str) else "", lifecycle if isinstance(lifecycle, str) else "", failed,
         )
     except (AttributeError, TypeError):
         return None
@@ -489,5 +499,10 @@ def pathSearchMisses(execs: Iterable[ExecRecord]) -> Set[Tuple[int, int, str]]:
                 and _base(a.binary) == _base(b.binary)
                 and a.binary != b.binary
             ):
-                misses.add((a.pid, a.ts, a.binary))
+                if a.failed is not False:
+                    misses.add((a.pid, a.ts, a.binary))
+                # The sensor says the last attempt failed too: the command
+                # was not found anywhere on PATH.
+                if b.failed is True:
+                    misses.add((b.pid, b.ts, b.binary))
     return misses

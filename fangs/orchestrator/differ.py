@@ -504,9 +504,9 @@ class FingerprintSet:
             record = A.execRecord(pid, _intField(header.get("TsNs")), event_id, payload)
             if record is None or not record.binary:
                 return
-            # pid SEP ts SEP binary FS ppid FS ancestors FS cwd FS lifecycle FS argv...
+            # pid SEP binary FS ppid FS ancestors FS cwd FS lifecycle FS failed FS argv...
             fields = [record.binary, str(record.ppid), ",".join("%d:%d" % a for a in record.ancestors),
-                      record.cwd, record.lifecycle]
+                      record.cwd, record.lifecycle, {None: "", True: "1", False: "0"}[record.failed]]
             fields.extend(record.argv)
             detail = _FS.join(f.replace(_FS, "") for f in fields).replace(SEP, "")
             # One row per distinct exec of a process (evidence: the first
@@ -967,14 +967,15 @@ def _parseExec(value: str, eventID: int, ts: int) -> Optional[A.ExecRecord]:
     try:
         pid_s, detail = value.split(SEP, 1)
         fields = detail.split(_FS)
-        binary, ppid, ancestors, cwd, lifecycle = fields[:5]
+        binary, ppid, ancestors, cwd, lifecycle, failed = fields[:6]
         pairs = []
         for item in ancestors.split(",") if ancestors else ():
             a, _, b = item.partition(":")
             pairs.append((int(a), int(b)))
         return A.ExecRecord(
             pid=int(pid_s), ppid=int(ppid), ts=ts, event_id=eventID, binary=binary,
-            argv=tuple(fields[5:]), ancestors=tuple(pairs), cwd=cwd, lifecycle=lifecycle,
+            argv=tuple(fields[6:]), ancestors=tuple(pairs), cwd=cwd, lifecycle=lifecycle,
+            failed={"1": True, "0": False}.get(failed),
         )
     except (ValueError, TypeError):
         return None

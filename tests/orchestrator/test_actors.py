@@ -549,3 +549,16 @@ class EgressAllowlistTests(SynchronousTestCase):
         r.add(12, 5, Protocol="tls", Action="sinkholed", DestName="evil.example", DestPort=443)
         found = [(d.category, d.value) for d in differ.diff(r.fps(), frozenset(), allow)]
         self.assertEqual(found, [(NET_EGRESS, "tls evil.example:443")])
+
+
+class ExecResultTests(SynchronousTestCase):
+    def test_sensorSaysWhichAttemptsFailed(self) -> None:
+        r = Run()
+        # command not found: every attempt failed, none is a fingerprint
+        r.exec(5, 1, "/usr/local/bin/nope", "nope", Ret=-2).exec(5, 1, "/usr/bin/nope", "nope", Ret=-2)
+        # a failed exec that is no PATH search stays evidence
+        r.exec(6, 1, "/tmp/x", "/tmp/x", Errno=13)
+        # a PATH search whose first attempt worked (the later one is another exec)
+        r.exec(7, 1, "/usr/local/bin/tool", "tool", Failed=False).exec(7, 1, "/usr/bin/tool", "tool", Failed=False)
+        execs = {v for c, v in labels(r.fps()) if c == PROC_EXEC}
+        self.assertEqual(execs, {"/tmp/x", "/usr/local/bin/tool", "/usr/bin/tool"})
