@@ -648,7 +648,7 @@ def waitFor(c: Context, runID: str) -> int:
         state = run["state"] if run else "unknown"
         raise CLIError("run %s has no verdict after %ds (state %s); keep following: fangs run show %s"
                        % (short(runID), c.args.wait_timeout, state, short(runID)))
-    showRun(c, run)
+    showRun(c, run, _steps(c, runID))
     verdict = run["verdict"]
     if verdict in ("baseline", "clean"):
         return EXIT_OK
@@ -791,8 +791,7 @@ def _span(step: Dict[str, Any]) -> str:
         return "-"
 
 
-def showRun(c: Context, run: Dict[str, Any]) -> None:
-    steps = _steps(c, run["run_id"])
+def showRun(c: Context, run: Dict[str, Any], steps: Optional[List[Dict[str, Any]]] = None) -> None:
     if c.args.json:
         c.json(dict(run, steps=steps) if steps is not None else run)
         return
@@ -816,14 +815,37 @@ def showRun(c: Context, run: Dict[str, Any]) -> None:
                 trunc(st["outcome"] + (" — " + st["detail"] if st.get("detail") else ""), 70)) for st in steps])
         c.say("")
     devs = run.get("deviations") or []
+    if run.get("analysis_reason"):
+        c.say("analysis    %s" % (run["analysis_reason"],))
     c.say("deviations  %d%s" % (len(devs), " (max severity %s)" % run["max_severity"] if run.get("max_severity") else ""))
+    deltas = [d for d in devs if d.get("actor") == "registry"]
+    if deltas:
+        c.say("manifest    %d change(s) in the registry's manifest" % (len(deltas),))
     if devs:
         c.say("")
-        table(c.out, ["DEV_ID", "SEVERITY", "CATEGORY", "VALUE"],
-              [(d["id"][:SHORT], d["severity"], d["category"], trunc(d["value"], 60)) for d in devs])
-        if run["verdict"] == "deviations" and not run.get("decision"):
-            c.say("")
-            c.say("review: fangs baseline promote %s   |   fangs run reject %s" % (short(run["run_id"]), short(run["run_id"])))
+        table(c.out, ["DEV_ID", "SEVERITY", "CATEGORY", "VALUE", "ACTOR"],
+              [(d["id"][:SHORT], d["severity"], d["category"], trunc(d["value"], 60), _actorCell(d)) for d in devs])
+    notes = run.get("notes") or []
+    if notes:
+        c.say("")
+        c.say("notes       %d low finding(s) (they do not wait for review)" % (len(notes),))
+        table(c.out, ["SEVERITY", "CATEGORY", "VALUE", "ACTOR"],
+              [(d["severity"], d["category"], trunc(d["value"], 60), _actorCell(d)) for d in notes])
+    if devs and run["verdict"] == "deviations" and not run.get("decision"):
+        c.say("")
+        c.say("review: fangs baseline promote %s   |   fangs run reject %s" % (short(run["run_id"]), short(run["run_id"])))
+
+
+def _actorCell(d: Dict[str, Any]) -> str:
+    """
+    The actor of a deviation: its label, and the pid of the process that
+    defines it (an install script's shell).
+    """
+    detail = d.get("actor_detail") or {}
+    label = d.get("actor") or "-"
+    if detail.get("pid"):
+        label += " pid %s" % (detail["pid"],)
+    return trunc(label, 60)
 
 
 def cmdRunArtifact(c: Context) -> int:
@@ -866,8 +888,9 @@ def cmdRunArtifact(c: Context) -> int:
 
 
 def cmdRunShow(c: Context) -> int:
-    run = c.client.get("/v1/runs/" + c.resolve(c.args.id, "run"))
-    showRun(c, run)
+    runID = c.resolve(c.args.id, "run")
+    run = c.client.get("/v1/runs/" + runID)
+    showRun(c, run, _steps(c, runID))
     if not c.args.json:
         showEgress(c, run["run_id"])
     return EXIT_OK
@@ -993,6 +1016,11 @@ def cmdDeviationShow(c: Context) -> int:
     c.say("value       %s" % (d["value"],))
     c.say("severity    %s" % (d["severity"],))
     c.say("reason      %s" % (d["reason"],))
+    detail = d.get("actor_detail") or {}
+    if d.get("actor"):
+        c.say("actor       %s" % (d["actor"],))
+    if detail.get("pid"):
+        c.say("process     pid %s: %s" % (detail["pid"], " ".join(detail.get("argv") or [])[:200]))
     c.say("detected    %s (seen %d time(s))" % (fmtTime(d["detected_at"]), d["count"]))
     ev = d.get("evidence_event")
     if ev:
@@ -1009,8 +1037,9 @@ def cmdBaselineShow(c: Context) -> int:
         return EXIT_OK
     table(
         c.out,
-        ["CATEGORY", "VALUE", "RUNS", "EVENTS", "FIRST_RUN", "LAST_RUN"],
-        [(f["category"], trunc(f["value"], 60), f["occurrences"], f["events"], short(f["first_seen_run_id"]), short(f["last_seen_run_id"]))
+        ["CATEGORY", "VALUE", "ACTOR", "RUNS", "EVENTS", "FIRST_RUN", "LAST_RUN"],
+        [(f["category"], trunc(f["value"], 60), f.get("actor") or "-", f["occurrences"], f["events"],
+          short(f["first_seen_run_id"]), short(f["last_seen_run_id"]))
          for f in body["fingerprints"]],
         empty="no baseline yet for %s (the first complete run becomes it)" % (name,),
     )

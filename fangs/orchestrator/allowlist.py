@@ -87,6 +87,7 @@ traffic into a CDN from a process that never named a host stays visible.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
@@ -301,6 +302,7 @@ class NameMatcher:
 # Addresses
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def parseIP(text: str) -> Optional[IPAddress]:
     """
     Parse an IP address as the sensor prints it (Go's C{net.IP.String()}),
@@ -443,6 +445,7 @@ PROVIDERS = CIDRSet(
 )
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def providerFor(ip: Union[str, IPAddress, None]) -> Optional[str]:
     """
     The provider whose published range contains C{ip}, or C{None}.

@@ -209,6 +209,10 @@ def deviationJSON(d: S.DeviationRow) -> Dict[str, Any]:
         "evidence_event_id": d.evidence_event_id,
         "count": d.count,
         "detected_at": nsToTimestamp(d.detected_ns),
+        # Who did it: class (npm, script, other; registry for a manifest
+        # delta), label (script:<package>@<version>:<phase>), pid, argv.
+        "actor": (d.actorDetail.get("label") or d.actor) if d.actor else "",
+        "actor_detail": d.actorDetail,
     }
 
 
@@ -781,7 +785,12 @@ class OrchestratorAPI:
         body = runJSON(run)
         body["job"] = json.loads(run.job)
         body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
-        body["deviations"] = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id)]
+        found = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id)]
+        # On a clean run the stored findings are all low: notes, not deviations.
+        body["deviations"] = [] if run.verdict == "clean" else found
+        body["notes"] = found if run.verdict == "clean" else []
+        body["manifest_deltas"] = [d for d in found if d["actor"] == "registry"]
+        body["analysis_reason"] = run.analysis_reason
         body["artifact"] = artifactJSON(await self.core.store.artifactFor(run.id))
         return self._json(request, body)
 

@@ -414,6 +414,16 @@ def plainText(text: Any) -> str:
 _DISCORD_COLOURS = {"critical": 0xE3635D, "high": 0xD3A851, "medium": 0xD3A851, "low": 0x6DA3D8}
 
 
+def _by(d: Mapping[str, Any], code: Callable[[Any], str]) -> str:
+    """
+    " by <actor>" for a deviation that names its actor (an install script,
+    npm, other; "registry" for a manifest delta), in a code span escaped by
+    C{code} (the actor names a package: package-controlled text).
+    """
+    actor = d.get("actor") or ""
+    return " by `%s`" % (code(_cut(actor, 80)),) if actor else ""
+
+
 def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[str, Any]]) -> Tuple[bytes, str]:
     """
     The body and content type of the message about C{run} (a mapping with
@@ -442,6 +452,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
                     "value": plainText(d["value"]),
                     "severity": d["severity"],
                     "reason": plainText(d.get("reason", "")),
+                    "actor": plainText(d.get("actor", "")),
                     "evidence_event_id": d.get("evidence_event_id"),
                 }
                 for d in deviations
@@ -463,6 +474,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
                     "category": d["category"],
                     "value": d["value"],
                     "reason": d.get("reason", ""),
+                    "actor": d.get("actor", ""),
                     "evidence_event_id": d.get("evidence_event_id"),
                     "detected_at": d.get("detected_at"),
                 }
@@ -475,7 +487,8 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
     if template == "slack":
         spkg, sver = slackText(pkg), slackText(ver)
         text = "🚨 FANGS deviation: %s@%s — %s (max: %s)" % (spkg, sver, _finding(n), maxSev)
-        lines = ["• *%s* `%s` — %s" % (d["severity"], slackCode(_cut(d["value"], 80)), d["category"]) for d in shown]
+        lines = ["• *%s* `%s` — %s%s" % (d["severity"], slackCode(_cut(d["value"], 80)), d["category"], _by(d, slackCode))
+                 for d in shown]
         if more:
             lines.append("_… and %d more_" % (more,))
         body = {
@@ -500,7 +513,7 @@ def render(template: str, run: Mapping[str, Any], deviations: Sequence[Mapping[s
         return _json(body), "application/json"
     if template == "discord":
         fields = [
-            {"name": "%s · %s" % (d["severity"], d["category"]), "value": "`%s`" % (discordCode(_cut(d["value"], 100)),), "inline": False}
+            {"name": "%s · %s" % (d["severity"], d["category"]), "value": "`%s`%s" % (discordCode(_cut(d["value"], 100)), _by(d, discordCode)), "inline": False}
             for d in shown
         ]
         if more:

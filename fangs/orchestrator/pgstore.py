@@ -348,6 +348,7 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         )
         """,
     ),
+    (S.ACTORS_MIGRATION, "actors and manifest deltas", S.actorsMigration("TEXT", "")),
 ]
 
 

@@ -25,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 
+from fangs.orchestrator.manifest import manifestOf
 from fangs import npm, wire
 
 log = Logger()
@@ -65,6 +66,8 @@ class Release:
     tarball: str = ""
     published_ns: Optional[int] = None
     dist_tags: Tuple[str, ...] = ()
+    #: L{fangs.orchestrator.manifest.manifestOf} of the version entry.
+    manifest: Dict[str, Any] = attrs.field(factory=dict, eq=False)
 
     def asDict(self) -> Dict[str, Any]:
         return attrs.asdict(self)
@@ -79,6 +82,8 @@ class Packument:
     #: Whether per-version publish times were present (the abbreviated form
     #: may leave them out).
     has_times: bool
+    #: Whether this is the full document (scripts, repository, maintainers).
+    full: bool = False
 
     def release(self, version: str) -> Optional[Release]:
         for r in self.releases:
@@ -146,10 +151,12 @@ def parsePackument(doc: Any, name: str, etag: Optional[str] = None) -> Packument
                 tarball=s("tarball"),
                 published_ns=_timeNs(times.get(version)),
                 dist_tags=tuple(sorted(tagsOf.get(version, ()))),
+                manifest=manifestOf(meta),
             )
         )
     latest = tags.get("latest") if isinstance(tags.get("latest"), str) else None
-    return Packument(name=name, latest=latest, releases=tuple(releases), etag=etag, has_times=bool(times))
+    full = any(r.manifest.get("full") for r in releases)
+    return Packument(name=name, latest=latest, releases=tuple(releases), etag=etag, has_times=bool(times), full=full)
 
 
 _NUM = re.compile(r"^\d+$")

@@ -129,6 +129,8 @@ class RunRow:
     install_finished_ns: Optional[int] = None
     observation_ended_ns: Optional[int] = None
     events_unresolved: int = 0
+    #: Why the differ held a first run or called a run incomplete.
+    analysis_reason: str = ""
 
 
 _RUN_COLUMNS = [f.name for f in attrs.fields(RunRow)]
@@ -220,11 +222,24 @@ class DeviationRow:
     evidence_event_id: int
     count: int
     detected_ns: int
+    #: The actor class (C{npm}, C{script}, C{other}, or C{registry} for a
+    #: manifest delta) and, as JSON, the actor: label, package, version,
+    #: phase, pid, argv.
+    actor: str = ""
+    detail: str = "{}"
+
+    @property
+    def actorDetail(self) -> Dict[str, Any]:
+        try:
+            found = json.loads(self.detail or "{}")
+        except ValueError:
+            return {}
+        return found if isinstance(found, dict) else {}
 
 
 _DEVIATION_SELECT = (
     "SELECT id, run_id, package_name, category, value, severity, severity_rank, reason,"
-    " evidence_event_id, count, detected_ns FROM deviations"
+    " evidence_event_id, count, detected_ns, actor, detail FROM deviations"
 )
 
 
@@ -236,11 +251,33 @@ class DeviationFilter:
     since_ns: Optional[int] = None
 
 
-def deviationID(runID: str, category: str, value: str) -> str:
+def _jsonList(text: Any) -> List[Any]:
+    try:
+        found = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return found if isinstance(found, list) else []
+
+
+def _actorLabel(actor: str, detail: str) -> str:
+    """
+    The actor label of a stored deviation (C{script:pkg@1.0.0:postinstall},
+    C{npm}, C{other}, C{registry}); C{""} for rows from before actors.
+    """
+    try:
+        found = json.loads(detail or "{}")
+    except ValueError:
+        found = {}
+    label = found.get("label") if isinstance(found, dict) else None
+    return label if isinstance(label, str) and label else actor
+
+
+def deviationID(runID: str, category: str, value: str, actor: str = "") -> str:
     """
     Deterministic, so a re-analysis yields the same ids.
     """
-    return hashlib.sha256(("%s|%s|%s" % (runID, category, value)).encode("utf-8")).hexdigest()[:32]
+    key = "%s|%s|%s" % (runID, category, value) + ("|" + actor if actor else "")
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
 def encodeToken(values: Sequence[Any]) -> str:
@@ -288,6 +325,51 @@ def checkIdempotency(stored: str, given: str) -> None:
 
 # ---------------------------------------------------------------------------
 # Schema
+
+#: The differ's migration (baselines keyed by actor class, deviations naming
+#: their actor, release manifests and their deltas).  Existing baseline rows
+#: are kept, run by run (history and promoted decisions stay): each becomes
+#: an C{npm} row, and a C{script} and an C{other} row too unless it is a
+#: credential path (so "an install script read /root/.npmrc" is new even
+#: where the old baseline had npm's own read of it).
+ACTORS_MIGRATION = 9
+
+
+def _credCondition() -> str:
+    parts = []
+    for p in differ.DEFAULT_CRED_PATHS:
+        if p.endswith("/"):
+            parts.append("value LIKE '%s%%'" % (p.replace("'", "''"),))
+        else:
+            parts.append("value = '%s'" % (p.replace("'", "''"),))
+    return "(category IN ('fs_new_path_read', 'fs_new_path_write') AND (%s))" % (" OR ".join(parts),)
+
+
+def actorsMigration(text: str = "TEXT", withoutRowID: str = " WITHOUT ROWID") -> str:
+    cred = _credCondition()
+    return """
+        CREATE TABLE baseline_actors (
+            package_name {T} NOT NULL,
+            category {T} NOT NULL,
+            value {T} NOT NULL,
+            actor {T} NOT NULL,
+            run_id {T} NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            count INTEGER NOT NULL,
+            added_ns BIGINT NOT NULL,
+            PRIMARY KEY (package_name, category, value, actor, run_id)
+        ){W};
+        INSERT INTO baseline_actors SELECT package_name, category, value, 'npm', run_id, count, added_ns FROM baseline;
+        INSERT INTO baseline_actors SELECT package_name, category, value, 'script', run_id, count, added_ns FROM baseline WHERE NOT {C};
+        INSERT INTO baseline_actors SELECT package_name, category, value, 'other', run_id, count, added_ns FROM baseline WHERE NOT {C};
+        DROP TABLE baseline;
+        ALTER TABLE baseline_actors RENAME TO baseline;
+        CREATE INDEX baseline_by_run ON baseline(run_id);
+        ALTER TABLE deviations ADD COLUMN actor {T} NOT NULL DEFAULT '';
+        ALTER TABLE deviations ADD COLUMN detail {T} NOT NULL DEFAULT '{{}}';
+        ALTER TABLE runs ADD COLUMN analysis_reason {T} NOT NULL DEFAULT '';
+        ALTER TABLE releases ADD COLUMN manifest {T} NOT NULL DEFAULT '';
+        ALTER TABLE releases ADD COLUMN deltas {T} NOT NULL DEFAULT '[]'
+    """.format(T=text, W=withoutRowID, C=cred)
 
 MIGRATIONS: List[Tuple[int, str, str]] = [
     (
@@ -558,6 +640,7 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         )
         """,
     ),
+    (ACTORS_MIGRATION, "actors and manifest deltas", actorsMigration()),
 ]
 
 
@@ -1083,21 +1166,18 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
             raise NotFound("run %s not found" % (runID,))
         run = _runRow(row)
         before = (run.verdict, run.deviation_count, run.max_severity)
-        fps = differ.FingerprintSet.fromRows(
-            (
-                differ.FingerprintRow(c, v, n, f, bool(cr), bool(ri))
-                for c, v, n, f, cr, ri in conn.execute(
-                    "SELECT category, value, count, first_event_id, cred, raw_ip FROM run_fingerprints WHERE run_id = ?",
-                    (runID,),
-                )
+        fps = differ.FingerprintSet.fromTuples(
+            conn.execute(
+                "SELECT category, value, count, first_event_id, cred, raw_ip FROM run_fingerprints WHERE run_id = ?",
+                (runID,),
             ),
             credPaths or differ.DEFAULT_CRED_PATHS,
         )
         allow = Allowlist(self._thd_allowEntries(conn), run.package_name)
         baselineKeys = {
-            (c, v)
-            for c, v in conn.execute(
-                "SELECT DISTINCT category, value FROM baseline WHERE package_name = ? AND run_id != ?",
+            (c, v, a)
+            for c, v, a in conn.execute(
+                "SELECT DISTINCT category, value, actor FROM baseline WHERE package_name = ? AND run_id != ?",
                 (run.package_name, runID),
             )
         }
@@ -1108,6 +1188,7 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
             ).fetchone()
             is not None
         )
+        context, deltas = self._thd_runContext(conn, run)
         plan = differ.planAnalysis(
             fps,
             baselineKeys,
@@ -1120,14 +1201,16 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
             hasBaseline=hasBaseline,
             rejected=run.decision == "rejected",
             promoted=run.decision == "promoted",
+            context=context,
+            manifestDeltas=deltas,
         )
         conn.execute("DELETE FROM deviations WHERE run_id = ?", (runID,))
         conn.executemany(
-            "INSERT INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
-            " evidence_event_id, count, detected_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
+            " evidence_event_id, count, detected_ns, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    deviationID(runID, d.category, d.value),
+                    deviationID(runID, d.category, d.value, d.actor),
                     runID,
                     run.package_name,
                     d.category,
@@ -1138,6 +1221,8 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                     d.evidence_event_id,
                     d.count,
                     run.analyzed_ns or nowNs,
+                    d.actor,
+                    json.dumps(dict(d.detail), sort_keys=True),
                 )
                 for d in plan.deviations
             ],
@@ -1145,20 +1230,48 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
         conn.execute("DELETE FROM baseline WHERE run_id = ?", (runID,))
         if run.package_name:
             conn.executemany(
-                "INSERT OR IGNORE INTO baseline (package_name, category, value, run_id, count, added_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(run.package_name, f.category, f.value, runID, f.count, nowNs) for f in plan.baseline_add],
+                "INSERT OR IGNORE INTO baseline (package_name, category, value, actor, run_id, count, added_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run.package_name, f.category, f.value, f.actor_class, runID, f.count, nowNs) for f in plan.baseline_add],
             )
+        conn.execute("UPDATE runs SET analysis_reason = ? WHERE id = ?", (plan.reason, runID))
+        blocking = len(plan.blocking) if plan.verdict != differ.VERDICT_CLEAN else 0
         maxSeverity = plan.max_severity.label if plan.max_severity is not None else None
         conn.execute(
             "UPDATE runs SET verdict = ?, analyzed_ns = COALESCE(analyzed_ns, ?), deviation_count = ?,"
             " max_severity = ?, severity_rank = ? WHERE id = ?",
-            (plan.verdict, nowNs, len(plan.deviations), maxSeverity, int(plan.max_severity or 0), runID),
+            (plan.verdict, nowNs, blocking, maxSeverity, int(plan.max_severity or 0), runID),
         )
-        after = (plan.verdict, len(plan.deviations), maxSeverity)
-        outcome = AnalysisOutcome(runID, run.package_name, plan.verdict, len(plan.deviations), maxSeverity, after != before)
+        after = (plan.verdict, blocking, maxSeverity)
+        outcome = AnalysisOutcome(runID, run.package_name, plan.verdict, blocking, maxSeverity, after != before)
         self._thd_enqueueNotifications(conn, run, outcome, nowNs)  # the outbox row commits with the verdict
         return outcome
+
+    def _thd_runContext(self, conn: Any, run: RunRow) -> Tuple[Any, List[differ.ManifestDelta]]:
+        """
+        The differ's context of a run (package, version, the release's
+        manifest scripts) and the manifest deltas the watcher recorded for
+        the release.
+        """
+        from fangs.orchestrator.actors import RunContext
+
+        scripts: Dict[str, str] = {}
+        deltas: List[differ.ManifestDelta] = []
+        row = conn.execute(
+            "SELECT manifest, deltas FROM releases WHERE package_name = ? AND version = ?",
+            (run.package_name, run.version),
+        ).fetchone()
+        if row is not None:
+            try:
+                manifest = json.loads(row[0]) if row[0] else {}
+                found = manifest.get("scripts") if isinstance(manifest, dict) else None
+                if isinstance(found, dict):
+                    scripts = {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
+                for d in json.loads(row[1] or "[]"):
+                    deltas.append(differ.ManifestDelta(d["category"], d["value"], differ.Severity.parse(d["severity"]), d["reason"]))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warn("release {package}@{version}: unreadable manifest or deltas", package=run.package_name, version=run.version)
+        return RunContext(run.package_name, run.version, scripts), deltas
 
     def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":
         """
@@ -1368,14 +1481,15 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                 {
                     "category": r[0],
                     "value": r[1],
+                    "actor": r[6],
                     "occurrences": r[2],
                     "events": r[3],
                     "first_seen_run_id": r[4],
                     "last_seen_run_id": r[5],
                 }
                 for r in conn.execute(
-                    "SELECT category, value, COUNT(*), SUM(count), MIN(run_id), MAX(run_id) FROM baseline"
-                    " WHERE package_name = ? GROUP BY category, value ORDER BY category, value",
+                    "SELECT category, value, COUNT(*), SUM(count), MIN(run_id), MAX(run_id), actor FROM baseline"
+                    " WHERE package_name = ? GROUP BY category, value, actor ORDER BY category, value, actor",
                     (package,),
                 )
             ]
@@ -1570,9 +1684,10 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                 return []
             conn.executemany(
                 "INSERT INTO releases (package_name, version, integrity, shasum, tarball, published_ns, dist_tags,"
-                " discovered_ns, seeded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags"
-                " WHERE dist_tags != excluded.dist_tags",
+                " discovered_ns, seeded, manifest, deltas) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags,"
+                " manifest = CASE WHEN releases.manifest = '' THEN excluded.manifest ELSE releases.manifest END"
+                " WHERE releases.dist_tags != excluded.dist_tags OR (releases.manifest = '' AND excluded.manifest != '')",
                 [
                     (
                         name,
@@ -1584,6 +1699,8 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                         json.dumps(sorted(r.get("dist_tags") or ())),
                         nowNs,
                         1 if r.get("seeded") else 0,
+                        json.dumps(r.get("manifest") or {}, sort_keys=True) if r.get("manifest") else "",
+                        json.dumps(r.get("deltas") or []),
                     )
                     for r in releases
                 ],
@@ -1685,10 +1802,12 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                     "run_id": r[10],
                     "attempts": r[11],
                     "last_error": r[12],
+                    # What the registry's manifest changed against the previous release.
+                    "deltas": _jsonList(r[13]),
                 }
                 for r in conn.execute(
                     "SELECT version, integrity, shasum, tarball, published_ns, dist_tags, discovered_ns, seeded,"
-                    " queued, queued_ns, run_id, attempts, last_error FROM releases WHERE package_name = ?"
+                    " queued, queued_ns, run_id, attempts, last_error, deltas FROM releases WHERE package_name = ?"
                     " ORDER BY COALESCE(published_ns, discovered_ns) DESC, version DESC LIMIT ?",
                     (name, limit),
                 )
@@ -2030,6 +2149,7 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                 "reason": r[7],
                 "evidence_event_id": r[8],
                 "detected_at": wire.formatTimestamp(wire.timestampFromNs(r[10])),
+                "actor": _actorLabel(r[11], r[12]),
             }
             for r in conn.execute(
                 _DEVIATION_SELECT + " WHERE run_id = ? ORDER BY severity_rank DESC, category, value", (run.id,)

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
 from fangs import npm, wire
+from fangs.orchestrator import manifest
 from fangs.orchestrator.registryclient import (
     NOT_MODIFIED,
     PackageNotFound,
@@ -34,6 +35,27 @@ from fangs.orchestrator.registryclient import (
 )
 
 log = Logger()
+
+
+def _depHasInstallScript(doc: Any, spec: str) -> Optional[bool]:
+    """
+    Whether the version of a dependency that C{spec} most likely installs
+    (that exact version, else the highest version whose text the range
+    names, else C{latest}) has install scripts.
+    """
+    versions = {r.version: r for r in doc.releases}
+    spec = spec.strip()
+    chosen = versions.get(spec.lstrip("=v"))
+    if chosen is None:
+        bare = spec.lstrip("^~>=<v ")
+        candidates = [v for v in versions if v == bare or v.startswith(bare.split(" ")[0])]
+        if candidates:
+            chosen = versions[max(candidates, key=lambda v: releaseOrder({"version": v}))]
+    if chosen is None and doc.latest in versions:
+        chosen = versions[doc.latest]
+    if chosen is None:
+        return None
+    return bool(chosen.manifest.get("has_install_script"))
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_CONCURRENCY = 16
@@ -184,9 +206,10 @@ class Watcher:
         name = p["name"]
         try:
             result = await self.registry.fetch(name, p["etag"] if p["seeded"] else None)
-            if result is not NOT_MODIFIED and not result.has_times:
-                # The abbreviated form has no publish times: fetch the full
-                # document, but only when there is something new to record.
+            if result is not NOT_MODIFIED and not (result.has_times and result.full):
+                # The abbreviated form has no publish times, scripts,
+                # repository or maintainers: fetch the full document, but
+                # only when there is something new to record.
                 known = await self.store.knownVersions(name)
                 if any(r.version not in known for r in result.releases):
                     full = await self.registry.fetch(name, None, full=True)
@@ -211,12 +234,15 @@ class Watcher:
         else:
             stats.fetched += 1
             seeding = not p["seeded"]
+            known = await self.store.knownVersions(name)
+            deltas = await self._deltas(name, result, known, seeding)
             releases = []
             for r in result.releases:
                 row = r.asDict()
                 # Seeding: every version already out counts as seen, except
                 # latest, which is scanned to make the baseline.
                 row["seeded"] = seeding and r.version != result.latest
+                row["deltas"] = deltas.get(r.version, [])
                 releases.append(row)
             if seeding:
                 stats.seeded += 1
@@ -226,6 +252,48 @@ class Watcher:
         if stamped and not error:
             return None
         return (name, error, None)
+
+    async def _deltas(self, name: str, result: Any, known: Dict[str, bool], seeding: bool) -> Dict[str, List[Dict[str, str]]]:
+        """
+        Manifest deltas of each release that will be scanned (new ones, or
+        latest when seeding) against the release before it.  A dependency
+        that is new is looked up on the registry for install scripts of its
+        own; a lookup that fails leaves it "unknown" (medium).
+        """
+        ordered = sorted(result.releases, key=lambda r: releaseOrder({"version": r.version}))
+        out: Dict[str, List[Dict[str, str]]] = {}
+        cache: Dict[str, Any] = {}
+
+        async def lookup(dep: str) -> Any:
+            if dep not in cache:
+                try:
+                    npm.checkPackageName(dep)
+                    cache[dep] = await self.registry.fetch(dep, None)
+                except Exception as e:
+                    log.info("watcher: could not look up dependency {dep}: {error}", dep=dep, error=str(e))
+                    cache[dep] = None
+            return cache[dep]
+
+        for i, r in enumerate(ordered):
+            scanned = r.version not in known and (not seeding or r.version == result.latest)
+            if not scanned or i == 0:
+                continue
+            previous = ordered[i - 1].manifest
+            current = r.manifest
+            newDeps = {
+                dep: spec
+                for key, _ in manifest.DEP_KINDS
+                for dep, spec in (current.get(key) or {}).items()
+                if not any(dep in (previous.get(k) or {}) for k, _ in manifest.DEP_KINDS)
+            }
+            answers: Dict[str, Optional[bool]] = {}
+            for dep, spec in sorted(newDeps.items())[:20]:
+                doc = await lookup(dep)
+                answers[dep] = _depHasInstallScript(doc, spec) if doc is not None else None
+            out[r.version] = manifest.manifestDeltas(previous, current, lambda dep, spec: answers.get(dep))
+            if out[r.version]:
+                log.info("watcher: {name}@{version}: {count} manifest deltas", name=name, version=r.version, count=len(out[r.version]))
+        return out
 
     async def _queue(self, name: str, waiting: List[Dict[str, Any]], stats: CycleStats) -> str:
         """

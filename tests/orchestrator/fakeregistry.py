@@ -18,6 +18,8 @@ from urllib.parse import unquote
 from twisted.web.resource import Resource
 
 ABBREVIATED = b"application/vnd.npm.install-v1+json"
+ABBREVIATED_FIELDS = ("name", "version", "dist", "dependencies", "optionalDependencies", "peerDependencies",
+                      "bin", "hasInstallScript", "deprecated", "engines")
 EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
 
@@ -42,7 +44,13 @@ class FakeRegistry(Resource):
 
     # -- publishing ------------------------------------------------------------
 
-    def publish(self, name: str, version: str, tag: Optional[str] = "latest", at: Optional[float] = None) -> None:
+    def publish(self, name: str, version: str, tag: Optional[str] = "latest", at: Optional[float] = None,
+                meta: Optional[Dict[str, Any]] = None) -> None:
+        """
+        Publish C{name@version}.  C{meta} replaces or adds manifest fields
+        (C{scripts}, C{dependencies}, C{bin}, C{repository}, C{maintainers},
+        C{_npmUser}, ...); by default a release has a postinstall.
+        """
         self._clock = self._clock + 60 if at is None else at
         doc = self.docs.setdefault(
             name, {"_id": name, "name": name, "dist-tags": {}, "versions": {}, "time": {"created": iso(self._clock)}}
@@ -54,12 +62,18 @@ class FakeRegistry(Resource):
             "version": version,
             "description": "fake package " * 20,
             "scripts": {"postinstall": "node x.js"},
+            "maintainers": [{"name": "alice", "email": "alice@example.test"}],
+            "_npmUser": {"name": "alice", "email": "alice@example.test"},
             "dist": {
                 "integrity": "sha512-" + hashlib.sha512(version.encode()).hexdigest()[:86] + "==",
                 "shasum": shasum,
                 "tarball": "https://registry.example/%s/-/%s-%s.tgz" % (name, base, version),
             },
         }
+        doc["versions"][version].update(meta or {})
+        scripts = doc["versions"][version].get("scripts") or {}
+        if any(k in scripts for k in ("preinstall", "install", "postinstall")):
+            doc["versions"][version]["hasInstallScript"] = True
         doc["time"][version] = iso(self._clock)
         doc["time"]["modified"] = iso(self._clock)
         if tag:
@@ -84,8 +98,10 @@ class FakeRegistry(Resource):
                     "name": name,
                     "modified": doc["time"]["modified"],
                     "dist-tags": doc["dist-tags"],
+                    # As the registry's abbreviated form: no scripts,
+                    # repository or maintainers.
                     "versions": {
-                        v: {"name": name, "version": v, "dist": m["dist"]} for v, m in doc["versions"].items()
+                        v: {k: m[k] for k in ABBREVIATED_FIELDS if k in m} for v, m in doc["versions"].items()
                     },
                 }
                 if self.abbreviatedHasTimes:

@@ -64,10 +64,12 @@ class VerdictTests(SynchronousTestCase):
         devs = {(d["category"], d["value"]): d["severity"] for d in run["deviations"]}
         self.assertEqual(devs[("fs_new_path_read", "/root/.ssh/id_rsa")], "critical")
         self.assertEqual(devs[("fs_new_path_read", "/etc/passwd")], "critical")
-        self.assertEqual(devs[("net_new_destination", "1.2.3.4:31337")], "high")
+        # One process tree read credentials and reached out: every new
+        # outbound destination of that tree is critical (a chain).
+        self.assertEqual(devs[("net_new_destination", "1.2.3.4:31337")], "critical")
         self.assertEqual(devs[("proc_new_exec", "/bin/sh")], "medium")
-        self.assertEqual(devs[("net_new_dns", "exfil.fangs-test.invalid")], "medium")
-        self.assertEqual(devs[("net_new_https_host", "c2.fangs-test.invalid")], "medium")
+        self.assertEqual(devs[("net_new_dns", "exfil.fangs-test.invalid")], "critical")
+        self.assertEqual(devs[("net_new_https_host", "c2.fangs-test.invalid")], "critical")
         self.assertEqual(run["max_severity"], "critical")
         self.assertEqual(run["deviations"][0]["severity"], "critical")
 
@@ -75,13 +77,13 @@ class VerdictTests(SynchronousTestCase):
         self.assertEqual([r["run_id"] for r in pending["runs"]], [bad])
 
         code, listed = self.o.call("GET", "/v1/deviations?severity=high&package=left-pad")
-        self.assertEqual({d["severity"] for d in listed["deviations"]}, {"high", "critical"})
-        self.assertEqual(len(listed["deviations"]), 3)
+        self.assertEqual({d["severity"] for d in listed["deviations"]}, {"critical"})
+        self.assertEqual(len(listed["deviations"]), 5)
 
         dev = [d for d in run["deviations"] if d["value"] == "/root/.ssh/id_rsa"][0]
         code, detail = self.o.call("GET", "/v1/deviations/" + dev["id"])
         self.assertEqual(detail["evidence_event"]["payload"]["PathName"], "/root/.ssh/id_rsa")
-        self.assertIn("network", detail["reason"])
+        self.assertIn("outbound", detail["reason"])
 
     def test_incompleteRunsNeverSeedOrClean(self):
         for status, dropped in [("failed", 0), ("timeout", 0), ("ok", 5)]:

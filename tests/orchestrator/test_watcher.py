@@ -23,7 +23,7 @@ from fangs.orchestrator import tap
 from fangs.orchestrator.config import DEFAULT_SANDBOX_IMAGE
 from fangs.orchestrator.watcher import Watcher, idempotencyKey
 from tests.orchestrator.fakeregistry import FakeRegistry
-from tests.orchestrator.helpers import InMemoryOrchestrator
+from tests.orchestrator.helpers import InMemoryOrchestrator, batchLine
 
 REGISTRY = "http://registry.test"
 
@@ -172,13 +172,21 @@ class WatcherTests(SynchronousTestCase):
         self.h.poll()
         self.assertEqual(len([s for s in self.h.fake.statuses() if s == 200]), 4)
 
-    def test_abbreviatedWithTimesIsEnough(self):
+    def test_newReleasesFetchTheFullDocument(self):
+        """
+        Even an abbreviated packument with publish times lacks the scripts,
+        repository and maintainers the manifest deltas compare: a new
+        release costs one full fetch; an unchanged package none.
+        """
         h = Harness(self, FakeRegistry(abbreviatedHasTimes=True))
         h.fake.publish("x", "1.0.0")
         h.watch("x")
         h.poll()
-        self.assertEqual(h.fake.statuses(), [200])
+        self.assertEqual(h.fake.statuses(), [200, 200])
+        self.assertNotIn("install-v1", h.fake.log[-1][2])
         self.assertIsNotNone(h.releases("x")["1.0.0"]["published_at"])
+        h.poll()
+        self.assertEqual(h.fake.statuses(), [200, 200, 304])
 
     def test_queueFailureRetriedNothingLost(self):
         self.h.poll()
@@ -416,3 +424,105 @@ class RealRegistryTests(TestCase):
         self.assertGreater(len(rows), 5)
         with self.assertRaises(rc.PackageNotFound):
             await self.client.fetch("fangs-no-such-package-" + os.urandom(6).hex())
+
+
+class ManifestDeltaTests(SynchronousTestCase):
+    """
+    Manifest deltas from the packument, against the fake registry, through
+    to the deviations of the release's run.
+    """
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.h.fake.publish("axios-like", "1.0.0", meta={"dependencies": {"follow": "^1.0.0"},
+                                                        "repository": {"url": "git+https://example.test/a.git"}})
+        self.h.fake.publish("follow", "1.0.0", meta={"scripts": {}})
+        self.h.fake.publish("crypto-thing", "4.2.1", meta={"scripts": {"postinstall": "node setup.js"}})
+        self.h.fake.publish("plain-dep", "2.0.0", meta={"scripts": {}})
+        self.h.watch("axios-like")
+        self.h.poll()
+
+    def deltas(self, version):
+        return {(d["category"], d["value"]): d["severity"] for d in self.h.releases("axios-like")[version]["deltas"]}
+
+    def test_seedHasNoDeltas(self):
+        self.assertEqual(self.deltas("1.0.0"), {})
+
+    def test_everyKindOfDelta(self):
+        self.h.fake.publish("axios-like", "1.0.1", meta={
+            "scripts": {"postinstall": "node x.js --changed", "preinstall": "node pre.js"},
+            "dependencies": {"follow": "^1.0.0", "crypto-thing": "^4.2.1", "plain-dep": "2.0.0"},
+            "optionalDependencies": {"fsevents-ish": "github:someone/fsevents"},
+            "peerDependencies": {"ghost-dep": "^1.0.0"},
+            "bin": {"axios-like": "cli.js"},
+            "repository": None,
+            "_npmUser": {"name": "mallory"},
+        })
+        self.h.poll()
+        self.assertEqual(self.deltas("1.0.1"), {
+            ("pkg_new_install_script", "preinstall: node pre.js"): "high",
+            ("pkg_changed_install_script", "postinstall: node x.js --changed"): "high",
+            ("pkg_new_dependency", "crypto-thing@^4.2.1 (direct)"): "medium",  # it has a postinstall
+            ("pkg_new_dependency", "plain-dep@2.0.0 (direct)"): "low",
+            ("pkg_new_dependency", "ghost-dep@^1.0.0 (peer)"): "medium",  # not on the registry: unknown
+            ("pkg_git_dependency", "fsevents-ish@github:someone/fsevents (optional)"): "high",
+            ("pkg_changed_bin", "axios-like=cli.js"): "medium",
+            ("pkg_removed_repository", "git+https://example.test/a.git"): "medium",
+            ("pkg_new_maintainer", "mallory"): "medium",
+        })
+
+    def test_deltasAreDeviationsOfTheRun(self):
+        """
+        axios 1.14.1 added plain-crypto-js, whose postinstall was the
+        payload: the run of such a release waits for a person even when its
+        behaviour alone looked like the baseline's.
+        """
+        from tests.orchestrator.helpers import fileEvent
+
+        seed = self.h.releases("axios-like")["1.0.0"]["run_id"]
+        self.h.fake.publish("axios-like", "1.0.1", meta={"dependencies": {"follow": "^1.0.0", "crypto-thing": "^4.2.1"},
+                                                        "repository": {"url": "git+https://example.test/a.git"}})
+        self.h.poll()
+        later = self.h.releases("axios-like")["1.0.1"]["run_id"]
+        self.h.o.register("w")
+        for runID in (seed, later):
+            code, job = self.h.o.poll("w")
+            self.assertEqual(code, 200, job)
+            self.assertEqual(bytes(job["run_id"]).hex(), runID)
+            self.h.o.call("POST", "/v1/runs/%s/events" % (runID,), raw=batchLine(1, [fileEvent("/etc/hostname")]))
+            code, _ = self.h.o.call("POST", "/v1/runs/%s/result" % (runID,), {"status": "ok", "events_emitted": 1})
+            self.assertEqual(code, 200)
+        code, run = self.h.o.call("GET", "/v1/runs/" + seed)
+        self.assertEqual(run["verdict"], "baseline")
+        code, run = self.h.o.call("GET", "/v1/runs/" + later)
+        self.assertEqual(run["verdict"], "deviations", run)
+        [dev] = [d for d in run["deviations"] if d["actor"] == "registry"]
+        self.assertEqual((dev["category"], dev["value"], dev["severity"], dev["actor"]),
+                         ("pkg_new_dependency", "crypto-thing@^4.2.1 (direct)", "medium", "registry"))
+        self.assertEqual(run["manifest_deltas"], [dev])
+
+
+class ManifestUnitTests(SynchronousTestCase):
+    def test_manifestOfOddShapes(self):
+        from fangs.orchestrator import manifest
+
+        for junk in (None, 7, [], {"scripts": "x", "bin": 3, "maintainers": "bob", "dependencies": [1]}):
+            m = manifest.manifestOf(junk)
+            self.assertEqual(manifest.manifestDeltas(m, m), [])
+        m = manifest.manifestOf({"name": "p", "bin": "cli.js", "scripts": {"test": "x", "install": "node-gyp rebuild"}})
+        self.assertEqual((m["bin"], m["scripts"], m["has_install_script"]), ({"p": "cli.js"}, {"install": "node-gyp rebuild"}, True))
+
+    def test_urlSpecs(self):
+        from fangs.orchestrator.manifest import isURLSpec
+
+        for spec in ("git+https://x/y.git", "github:a/b", "a/b", "https://x/y.tgz", "file:../x", "git://x/y"):
+            self.assertTrue(isURLSpec(spec), spec)
+        for spec in ("^1.2.3", "1.x", "latest", "npm:other@1", "*", ">=1 <2"):
+            self.assertFalse(isURLSpec(spec), spec)
+
+    def test_abbreviatedOnlyComparesWhatItHas(self):
+        from fangs.orchestrator import manifest
+
+        before = manifest.manifestOf({"version": "1.0.0", "dist": {}})
+        after = manifest.manifestOf({"version": "1.0.1", "dist": {}, "hasInstallScript": True})
+        self.assertEqual([d["category"] for d in manifest.manifestDeltas(before, after)], ["pkg_new_install_script"])
