@@ -63,7 +63,7 @@ subprocess.run(["/bin/sh", "-c", "cd '%s/secret' && cat id_rsa >/dev/null" % tmp
 # exec
 subprocess.run(["/bin/true", "first-arg", "x" * 300] + ["a%d" % i for i in range(20)], check=True)
 
-# connect: closed TCP ports on v4, v6 and v4-mapped v6; AF_UNIX is not reported.
+# connect: closed TCP ports on v4, v6 and v4-mapped v6; AF_UNIX.
 for fam, addr in ((socket.AF_INET, ("127.0.0.1", closed)), (socket.AF_INET6, ("::1", closed)),
                   (socket.AF_INET6, ("::ffff:127.0.0.1", closed + 1))):
     s = socket.socket(fam, socket.SOCK_STREAM)
@@ -74,7 +74,7 @@ for fam, addr in ((socket.AF_INET, ("127.0.0.1", closed)), (socket.AF_INET6, (":
     s.close()
 u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
-    u.connect("/nonexistent-fangs-socket")
+    u.connect("/nonexistent-fangs-socket")  # AF_UNIX: reported with its path
 except OSError:
     pass
 
@@ -91,7 +91,7 @@ try:
     d6.sendto(q4, ("::1", 53))
 except OSError:
     pass
-d.sendto(q5, ("127.0.0.1", 5353))         # not port 53: not DNS
+d.sendto(q5, ("127.0.0.1", 5353))         # not port 53: still DNS
 
 # TLS ClientHellos to a local listener: hand-built via send(), writev(),
 # sendmsg(), and Python's ssl module (OpenSSL writes with write()).
@@ -252,7 +252,9 @@ class SensorTests(TestCase):
         self.assertIn((10, "::1", port), nets)
         self.assertIn((10, "127.0.0.1", port + 1), nets)
         self.assertIn((2, "127.0.0.1", 53), nets)  # the connected UDP socket
-        self.assertEqual(len([n for n in nets if n[2] == 0]), 0)
+        unix = [p.get("UnixPath") for t, p in events if t == 3 and p["Family"] == 1]
+        self.assertEqual(unix, ["/nonexistent-fangs-socket"])
+        self.assertEqual(len([n for n in nets if n[2] == 0 and n[0] != 1]), 0)
 
         dns = [(p["QName"], p["QType"], p["DestIP"], p["DestPort"]) for t, p in events if t == 4]
         self.assertEqual(
@@ -262,6 +264,7 @@ class SensorTests(TestCase):
                 ("sendmsg.exfil.test", 28, "127.0.0.1", 53),
                 ("connected.exfil.test", 16, "127.0.0.1", 53),
                 ("v6.exfil.test", 1, "::1", 53),
+                ("mdns.exfil.test", 1, "127.0.0.1", 5353),  # DNS on any port
             ],
         )
 
