@@ -203,7 +203,7 @@ struct anc_t {
 struct exec_rec_t {
     struct hdr_t h;
     u8 argc;
-    u8 argv_truncated;  // 1 when argv had more than ARGV_N entries
+    u8 argv_truncated;  // 1: argv had more than ARGV_N entries; 2: some of it was unreadable
     u16 bin_len;
     s32 dfd;            // execveat dirfd, AT_FDCWD for execve
     struct anc_t anc[ANC_N];
@@ -1043,16 +1043,23 @@ static __always_inline int do_exec(int dfd, const char *filename, const char *co
     rec->bin_len = n > 0 ? n - 1 : 0;
 
     u32 argc = 0;
+    u32 unreadable = n <= 0;
 #pragma unroll
     for (int i = 0; i < ARGV_N; i++) {
         const char *arg = 0;
         rec->arg_len[i] = 0;
         if (argc == i) {
-            if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) == 0 && arg) {
+            if (bpf_probe_read_user(&arg, sizeof(arg), &argv[i]) != 0) {
+                unreadable = 1;
+            } else if (arg) {
                 int m = bpf_probe_read_user_str(rec->argv[i], ARG_CAP, arg);
                 if (m > 0) {
                     rec->arg_len[i] = m - 1;
                     argc = i + 1;
+                } else {
+                    // Not faulted in (e.g. a literal of a forked child):
+                    // userspace reads /proc/<pid>/cmdline after the exec.
+                    unreadable = 1;
                 }
             }
         }
@@ -1063,6 +1070,8 @@ static __always_inline int do_exec(int dfd, const char *filename, const char *co
             rec->argv_truncated = 1;
     }
     rec->argc = argc;
+    if (unreadable)
+        rec->argv_truncated |= 2;
 
     u32 pid = rec->h.ppid;
 #pragma unroll

@@ -203,7 +203,8 @@ def decodeRecord(data: bytes) -> Tuple[int, Dict[str, Any]]:
             if not chainEnded:
                 ancestorComms.append(text(cstring(acomm)))
         payload["Argc"] = argc
-        payload["ArgvTruncated"] = argvTruncated
+        payload["ArgvTruncated"] = argvTruncated & 1
+        payload["_unreadable"] = bool(argvTruncated & 2)
         payload["DFD"] = dfd
         payload["BinaryPathStr"] = text(data[EXEC_BIN : EXEC_BIN + min(binLen, 255)])
         payload["ArgvStrs"] = argv

@@ -41,8 +41,16 @@ _DIGITS = re.compile(rb"^[0-9]+$")
 
 class Unresolved(Exception):
     """
-    The path cannot be resolved; C{args[0]} says why.
+    The path cannot be resolved; C{args[0]} says why.  C{harmless}: what
+    is unknown cannot be a watched object (an fd route through an fd the
+    run never got from an open of a watched path, e.g. one runc passed in:
+    every open that can reach a watched object is reported, and its fd
+    learnt).
     """
+
+    def __init__(self, reason: str, harmless: bool = False) -> None:
+        super().__init__(reason)
+        self.harmless = harmless
 
     @property
     def reason(self) -> str:
@@ -374,7 +382,7 @@ class Resolver:
     def _fdTarget(self, pid: int, fd: int) -> bytes:
         target = self.fdOf(pid, fd)
         if target is None:
-            raise Unresolved("fd %d of %d unknown" % (fd, pid))
+            raise Unresolved("fd %d of %d unknown" % (fd, pid), harmless=True)
         return target
 
     def _hostPid(self, run: RunPaths, nspid: int) -> int:

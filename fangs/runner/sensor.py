@@ -209,6 +209,7 @@ class Sensor:
         self._procfs = procfs or ProcFS()
         self._now = monotonicNs
         self._streams: Dict[Tuple[int, int], _Stream] = {}
+        self._pendingExec: Dict[int, Tuple[_Run, Dict[str, Any]]] = {}
         self._sockets: Dict[int, Set[int]] = {}
         self._tlsSeen: Dict[Tuple[int, str], Tuple[int, str]] = {}
         self._consuming = False
@@ -393,6 +394,9 @@ class Sensor:
             run.bait.doRead()
         drops = self.dropsFor(runID)
         self._stopBait(run)
+        for pid, (prun, _payload) in list(self._pendingExec.items()):
+            if prun is run:
+                self._flushExec(run, pid)
         del self._runs[runID]
         del self._slots[run.slot]
         self._forgetPaths(run)
@@ -407,6 +411,7 @@ class Sensor:
             self._finishedUnresolved.popitem(last=False)
         for pid in list(run.seen):
             self._forgetProcess(pid)
+
         log.info(
             "run {run_id} unwatched: {delivered} events, {drops} dropped, {unresolved} unresolved",
             run_id=runID.hex(),
@@ -522,9 +527,9 @@ class Sensor:
         pid = header["PID"]
         if pid not in run.seen:
             run.paths.pids.add(pid)
-            run.seen[pid] = payload["CommStr"]
-            if len(run.seen) > 16384:
+            if len(run.seen) >= 16384:
                 run.seen.popitem(last=False)
+        run.seen[pid] = payload["CommStr"]
         handler = self._handlers.get(rtype)
         if handler is None:
             self._deliver(run, rtype, payload)
@@ -544,9 +549,16 @@ class Sensor:
         out["CommStr"] = payload["CommStr"]
         return out
 
-    def _unresolved(self, run: _Run, payload: Dict[str, Any], raw: bytes, reason: str) -> None:
-        run.unresolved += 1
-        self.stats["unresolved"] += 1
+    def _unresolved(self, run: _Run, payload: Dict[str, Any], raw: bytes, reason: str, harmless: bool = False) -> None:
+        """
+        Report an access that could not be resolved, with the raw string;
+        counted (L{unresolvedFor}) unless it provably is harmless.
+        """
+        if harmless:
+            self.stats["unresolved_harmless"] += 1
+        else:
+            run.unresolved += 1
+            self.stats["unresolved"] += 1
         ev = self._derived(
             payload,
             decode.T_UNRESOLVED,
@@ -555,6 +567,7 @@ class Sensor:
             Reason=reason,
             Flags=payload.get("Flags", 0),
             Ret=payload.get("Ret", 0),
+            Harmless=harmless,
         )
         self._deliver(run, decode.T_UNRESOLVED, ev)
 
@@ -584,7 +597,7 @@ class Sensor:
                 res = self._byFd(pid, ret, raw)
                 if res is None:
                     if ret >= 0:
-                        self._unresolved(run, payload, raw, e.reason)
+                        self._unresolved(run, payload, raw, e.reason, e.harmless)
                     else:
                         self.stats["unresolved_failed"] += 1
                     return
@@ -719,6 +732,7 @@ class Sensor:
 
     def _onExit(self, run: _Run, payload: Dict[str, Any]) -> None:
         pid = payload["Header"]["PID"]
+        self._flushExec(run, pid)
         self._deliver(run, decode.T_EXIT, payload)
         run.paths.pids.discard(pid)
         for ns, host in list(run.paths.nspids.items()):
@@ -770,7 +784,41 @@ class Sensor:
         if target is not None and target != raw:
             payload["RawBinaryPathStr"] = payload["BinaryPathStr"]
             payload["BinaryPathStr"] = decode.text(target)
+        self._flushExec(run, pid)
+        if payload.pop("_unreadable", False):
+            # Strings not faulted in at the call: completed from /proc once
+            # the new image runs (T_EXECDONE), or delivered as they are.
+            self._pendingExec[pid] = (run, payload)
+            return
         self._deliver(run, decode.T_EXEC, payload)
+
+    def _flushExec(self, run: _Run, pid: int, cmdline: Optional[bytes] = None) -> None:
+        pending = self._pendingExec.pop(pid, None)
+        if pending is None:
+            return
+        prun, payload = pending
+        if cmdline:
+            argv = [decode.text(a) for a in cmdline.split(b"\0")[:-1] or cmdline.split(b"\0")]
+            payload["ArgvStrs"] = [a[: decode.ARG_CAP - 1] for a in argv[:16]]
+            payload["Argc"] = len(payload["ArgvStrs"])
+            payload["ArgvTruncated"] = 1 if len(argv) > 16 else 0
+            payload["ArgvFrom"] = "proc"
+        else:
+            payload["ArgvUnreadable"] = True
+        if prun.runID in self._runs:
+            self._deliver(prun, decode.T_EXEC, payload)
+
+    def _onExecDone(self, run: _Run, payload: Dict[str, Any]) -> None:
+        pid = payload["Header"]["PID"]
+        if pid not in self._pendingExec:
+            return
+        cmdline = None
+        try:
+            with open("/proc/%d/cmdline" % (pid,), "rb") as f:
+                cmdline = f.read(65536)
+        except OSError:
+            pass
+        self._flushExec(run, pid, cmdline)
 
     # -- network ---------------------------------------------------------
 
@@ -930,7 +978,7 @@ class Sensor:
         decode.T_FORK: _onFork,
         decode.T_EXIT: _onExit,
         decode.T_EXEC: _onExec,
-        decode.T_EXECDONE: _onBookkeeping,
+        decode.T_EXECDONE: _onExecDone,
         decode.T_NET: _onNet,
         decode.T_DGRAM: _onDatagram,
         decode.T_STREAM: _onStream,
@@ -949,7 +997,7 @@ class Sensor:
         if ev.pid not in run.seen and not self._inCgroup(ev.pid, run.cgroupID):
             self.stats["bait_foreign"] += 1
             return
-        comm = run.seen.get(ev.pid) or self._comm(ev.pid)
+        comm = self._comm(ev.pid) or run.seen.get(ev.pid, "")
         tags = run.matcher.match(ev.path.encode("utf-8", "surrogateescape"))
         header = {
             "TsNs": self._now(),

@@ -463,3 +463,30 @@ class AccountingTests(SynchronousTestCase):
         h.feed(fileRecord(b"/home/node/.npmrc", tags=3, slot=5))
         self.assertEqual(h.events, [])
         self.assertEqual(h.sensor.stats["stray"], 1)
+
+
+class HarmlessTests(SynchronousTestCase):
+    def test_unknownFdRoute(self) -> None:
+        """
+        /proc/self/fd/N of an fd the run never got from a reported open
+        (runc's exec fifo): reported, marked harmless, not counted.
+        """
+        h = Harness(self, WATCH)
+        events = h.feed(f(b"/proc/self/fd/5", resolve=N))
+        self.assertEqual([(t, p["Harmless"]) for t, p in events], [(decode.T_UNRESOLVED, True)])
+        self.assertEqual(h.sensor.unresolvedFor(RUN), 0)
+
+
+class ExecTests(SynchronousTestCase):
+    def test_argvNotFaultedIn(self) -> None:
+        """
+        argv strings the kernel could not read at the call: the event waits
+        for the exec to complete and takes /proc/<pid>/cmdline; with no
+        /proc left it is delivered as it is, flagged.
+        """
+        h = Harness(self, WATCH)
+        exe = header(decode.T_EXEC, slot=SLOT, pid=4242) + struct.pack("<BBHi", 0, 2, 0, -100) + bytes(decode.EXEC_SIZE - 88)
+        self.assertEqual(h.feed(exe), [])
+        events = h.feed(smallRecord(decode.T_EXECDONE, slot=SLOT, pid=4242))
+        self.assertEqual([(t, p.get("ArgvUnreadable")) for t, p in events], [(2, True)])
+        self.assertNotIn("_unreadable", events[0][1])
