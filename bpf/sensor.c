@@ -1345,6 +1345,13 @@ static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void
     u32 n = gather(rec->data, vec, vlen, buf, len);
     if (n == 0)
         return 0;
+    if (type == T_STREAM && st->writes == 1 && n >= 5 && rec->data[0] == 0x16) {
+        // A whole TLS record in the first write (the ClientHello): what
+        // follows is encrypted, nothing more to capture on this connection.
+        u32 rlen = 5 + (((u32)rec->data[3] << 8) | rec->data[4]);
+        if (n >= rlen)
+            st->writes = STREAM_WRITES;
+    }
     fill_hdr(&rec->h, r, cgid, type);
     rec->family = d.family;
     rec->port = d.port;
