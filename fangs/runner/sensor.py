@@ -411,6 +411,7 @@ class Sensor:
             self._finishedUnresolved.popitem(last=False)
         for pid in list(run.seen):
             self._forgetProcess(pid)
+        self._sweepKernelMaps()
 
         log.info(
             "run {run_id} unwatched: {delivered} events, {drops} dropped, {unresolved} unresolved",
@@ -761,6 +762,33 @@ class Sensor:
                     del table[k]
                 except KeyError:
                     pass
+
+    def _sweepKernelMaps(self) -> None:
+        """
+        Drop the kernel's fd and socket entries of processes that are gone
+        (sockets never connected, fds of processes the sensor never heard
+        of): a full map would cost the next runs state, counted as drops.
+        """
+        alive: Dict[int, bool] = {}
+        for name in ("fdtrack", "sockdest"):
+            table = self._tables.get(name)
+            if table is None:
+                continue
+            try:
+                keys = list(table.keys())
+            except Exception:
+                log.failure("listing the kernel's {name} map failed", name=name)
+                continue
+            for k in keys:
+                tgid = k.tgid
+                if tgid not in alive:
+                    alive[tgid] = os.path.exists("/proc/%d" % (tgid,))
+                if not alive[tgid]:
+                    try:
+                        del table[k]
+                    except KeyError:
+                        pass
+            self.stats[name + "_entries"] = len(keys)
 
     def _onExec(self, run: _Run, payload: Dict[str, Any]) -> None:
         header = payload["Header"]

@@ -78,6 +78,9 @@ class FakeTable:
     def __delitem__(self, key: Any) -> None:
         del self.data[self._k(key)]
 
+    def keys(self) -> List[Any]:
+        return []
+
 
 class FakeBPF:
     """
