@@ -991,6 +991,8 @@ class Sensor:
         )
         self._dedupTLS(ev["Header"], ev)
         self._deliver(run, decode.T_TLS, ev)
+        if run.canary and sni:
+            self._canary(run, payload, run.canary.findInName(sni), "tls", sni)
 
     def _onBookkeeping(self, run: _Run, payload: Dict[str, Any]) -> None:
         pass
@@ -1026,6 +1028,7 @@ class Sensor:
             self.stats["bait_foreign"] += 1
             return
         comm = self._comm(ev.pid) or run.seen.get(ev.pid, "")
+        ppid, uid, gid = self._ids(ev.pid)
         tags = run.matcher.match(ev.path.encode("utf-8", "surrogateescape"))
         header = {
             "TsNs": self._now(),
@@ -1033,9 +1036,9 @@ class Sensor:
             "RunID": list(run.runID.raw),
             "PID": ev.pid,
             "TID": ev.pid,
-            "PPID": 0,
-            "UID": 0,
-            "GID": 0,
+            "PPID": ppid,
+            "UID": uid,
+            "GID": gid,
             "Type": decode.T_FILE,
             "Tags": (tags or 0) | decode.TAGS_CRED,
         }
@@ -1053,6 +1056,24 @@ class Sensor:
             "CommStr": comm,
         }
         self._deliver(run, decode.T_FILE, payload)
+
+    def _ids(self, pid: int) -> Tuple[int, int, int]:
+        """
+        C{(ppid, uid, gid)} of a live process, zeros once it is gone.
+        """
+        ppid = uid = gid = 0
+        try:
+            with open("/proc/%d/status" % (pid,), "rb") as f:
+                for line in f:
+                    if line.startswith(b"PPid:"):
+                        ppid = int(line.split()[1])
+                    elif line.startswith(b"Uid:"):
+                        uid = int(line.split()[1])
+                    elif line.startswith(b"Gid:"):
+                        gid = int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return ppid, uid, gid
 
     def _comm(self, pid: int) -> str:
         try:

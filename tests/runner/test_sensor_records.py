@@ -427,6 +427,12 @@ class NetworkTests(SynchronousTestCase):
         events = self.h.feed(dataRecord(decode.T_STREAM, b"\x00\x01 raw " + self.BAIT["npm_token"].encode(), port=7000, fd=6, stype=1, **H))
         self.assertEqual([(t, p.get("Channel")) for t, p in events], [(9, "tcp")])
 
+    def test_sniCanary(self) -> None:
+        name = self.BAIT["npm_token"].encode().hex()[:60] + "." + self.BAIT["npm_token"].encode().hex()[60:] + ".exfil.test"
+        hello = clientHello(name.encode())
+        events = self.h.feed(dataRecord(decode.T_STREAM, hello, port=443, fd=6, stype=1, **H))
+        self.assertEqual([(t, p.get("Channel")) for t, p in events], [(5, None), (9, "tls")])
+
     def test_ioUring(self) -> None:
         events = self.h.feed(smallRecord(decode.T_IOURING, -1, **H))
         self.assertEqual([(t, p["Refused"], p["Errno"]) for t, p in events], [(8, True, 1)])
