@@ -91,7 +91,7 @@ class RouteTests(TestCase):
         rel = "/fangs/" + runID.hex()
         runDir = CGROUP_ROOT + rel
         os.makedirs(runDir)
-        self.addCleanup(self._rmCgroup, runDir)
+        self.addCleanup(lambda: Deferred.fromCoroutine(self._rmCgroup(runDir)))
         events: List[Tuple[int, Dict[str, Any]]] = []
         self.sensor.addRun(runID, os.stat(runDir).st_ino, WATCHED, lambda t, p: events.append((t, p)), canaries=CANARIES)
         args = ["run", "-d", "--cgroup-parent", rel, "--network", "none", "--sysctl", "net.ipv6.conf.lo.disable_ipv6=0",
@@ -103,7 +103,7 @@ class RouteTests(TestCase):
             args += ["-e", e]
         gate = "while [ ! -e /tmp/go ]; do sleep 0.05; done; "
         cid = await deferToThread(_thd_docker, *args, image.FIXTURES_IMAGE, "sh", "-c", gate + script)
-        self.addCleanup(lambda: subprocess.run(["docker", "rm", "-f", cid], capture_output=True))
+        self.addCleanup(deferToThread, subprocess.run, ["docker", "rm", "-f", cid], capture_output=True)
         pid = int(await deferToThread(_thd_docker, "inspect", "-f", "{{.State.Pid}}", cid))
         root = "/proc/%d/root" % (pid,)
         for path, content in BAIT.items():
@@ -119,7 +119,8 @@ class RouteTests(TestCase):
         self.assertEqual(self.sensor.dropsFor(runID), 0)
         return runID, events, logs
 
-    def _rmCgroup(self, path: str) -> None:
+    async def _rmCgroup(self, path: str) -> None:
+        # Runs after the container is removed (cleanups run last first).
         for _ in range(50):
             try:
                 for d in os.listdir(path):
@@ -128,9 +129,7 @@ class RouteTests(TestCase):
                 os.rmdir(path)
                 return
             except OSError:
-                import time
-
-                time.sleep(0.1)
+                await deferLater(reactor, 0.1, lambda: None)
 
     def fileEvents(self, events: List[Tuple[int, Dict[str, Any]]], route: Optional[str] = None) -> List[Dict[str, Any]]:
         return [p for t, p in events if t == 1 and (route is None or p.get("Route") == route)]
@@ -177,7 +176,10 @@ class RouteTests(TestCase):
             for p in reads:
                 self.assertCred(p, path)
         routes = [p for p in self.fileEvents(events) if p["CommStr"] == "routes" and p.get("RawPath")]
-        self.assertEqual(len(routes), 4, [(p["PathName"], p.get("RawPath"), p.get("Route")) for p in routes])
+        self.assertEqual(len(routes), 5, [(p["PathName"], p.get("RawPath"), p.get("Route")) for p in routes])
+        # The path string was not faulted in at the call: read at the exit.
+        self.assertIn("routes: unfaulted read", logs)
+        self.assertCred(self.byRaw(events, "/root/./.npmrc"), npmrc)
         # Nothing the run did went unresolved.
         self.assertEqual(self.sensor.unresolvedFor(runID), 0, [p for t, p in events if t == 11])
         # fanotify saw the bait read by every route, attributed to the run.

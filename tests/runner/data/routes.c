@@ -63,6 +63,22 @@ static void files(const char *home)
     close(e);
     slurp(open(".npmrc", O_RDONLY), "fchdir");
     chdir("/");
+
+    // A path string on a page that is not faulted in when open() is
+    // called: a fresh private file mapping, never touched by this process.
+    char path[512];
+    snprintf(path, sizeof path, "%s/./.npmrc", home);
+    int pf = open("/tmp/routes-path", O_RDWR | O_CREAT | O_TRUNC, 0600);
+    write(pf, path, strlen(path) + 1);
+    fsync(pf);
+    close(pf);
+    posix_fadvise(0, 0, 0, 0);
+    pf = open("/tmp/routes-path", O_RDONLY);
+    const char *mapped = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, pf, 0);
+    close(pf);
+    slurp(open(mapped, O_RDONLY), "unfaulted");
+    munmap((void *)mapped, 4096);
+    unlink("/tmp/routes-path");
 }
 
 static int memfd_exec(char **argv)
