@@ -6,16 +6,28 @@ registered run to that run's sink on the reactor thread.
 Kernel side (see the C file): a run is a cgroup directly below the
 C{<cgroup2>/fangs} parent; every process in that cgroup's subtree is watched.
 Each run owns a slot: its watched prefixes live in a shared LPM trie keyed by
-C{(slot, path)}, and its ring buffer drops are counted per slot.
+C{(slot, path)}, its ring buffer drops are counted per slot, and it may hold
+at most half the ring buffer unconsumed (a flood costs the flooding run).
 
 Userspace side: the ring buffer map's fd is a reactor reader
 (L{fangs.runner.fdreader.ConsumingReader}) that drains records with
-C{ring_buffer_consume()}.  Paths the kernel could not judge (relative, or
-with C{.}, C{..} or C{//} segments) are resolved here against the process's
-working directory, which is followed through chdir/fork/exit records, falling
-back to C{/proc/<pid>/cwd} and C{/proc/<pid>/fd/<dfd>}, then canonicalised
-and matched again against the run's prefixes: every file event is re-matched
-on its canonical path before it is delivered.
+C{ring_buffer_consume()}.
+
+  - Files: opens arrive at syscall exit with the fd returned.  Those the
+    kernel could not judge go through L{fangs.runner.resolver.Resolver}
+    (fd tables, links made by the run and on disk, /proc routes, aliases of
+    hard links and renames) and are matched again on the canonical path;
+    what cannot be resolved is an UNRESOLVED event, counted
+    (L{Sensor.unresolvedFor}).  Bait files are also marked with fanotify
+    (L{Sensor.watchBaitFiles}).
+  - Network: connects (with AF_UNIX paths and TCP Fast Open), datagrams to
+    any address (DNS_QUERY when they parse as one, else UDP_SEND), the first
+    writes of each connection reassembled into a TLS ClientHello (SNI), a
+    plain-HTTP request (HTTP_REQUEST) or DNS over TCP; canaries (the run's
+    bait values, L{fangs.runner.canary.CanaryMatcher}) in any of them are
+    CANARY_EXFILTRATED events.
+  - Processes: EXEC (execveat of an fd or memfd named from the fd table),
+    PROCESS_FORK, PROCESS_EXIT, IO_URING (setup attempts, refused or not).
 """
 
 from __future__ import annotations
@@ -137,6 +149,9 @@ def _thd_compile(sourcePath: str, cflags: List[str], functions: List[str]) -> An
 #: How a file was reached, most telling first (one goes into C{Route}).
 _ROUTE_ORDER = ("hardlink", "rename", "symlink", "proc", "dirfd", "fd", "long")
 _STREAM_CAP = 16384
+#: Links (symlinks, hard links, renames) one run may make before the rest are
+#: reported unresolved instead of followed.
+_MAX_LINKS = 200_000
 _STREAM_WRITES = 8  # sensor.c STREAM_WRITES
 
 
@@ -680,6 +695,9 @@ class Sensor:
         header = payload["Header"]
         pid, tid = header["PID"], header["TID"]
         kind = decode.LINK_KINDS.get(payload["_kind"], "")
+        if len(run.paths.symlinks) + len(run.paths.aliases) >= _MAX_LINKS:
+            self._unresolved(run, payload, payload["_new"], "too many links made by the run (%d)" % (_MAX_LINKS,))
+            return
         if payload["_truncated"]:
             self._unresolved(run, payload, payload["_new"], "%s paths unreadable or too long" % (kind,))
             return
