@@ -1345,11 +1345,13 @@ static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void
     u32 n = gather(rec->data, vec, vlen, buf, len);
     if (n == 0)
         return 0;
-    if (type == T_STREAM && st->writes == 1 && n >= 5 && rec->data[0] == 0x16) {
-        // A whole TLS record in the first write (the ClientHello): what
+    if (type == T_STREAM && st->writes == 1 && n >= 9 && rec->data[0] == 0x16) {
+        // A whole ClientHello in the first write and first TLS record: what
         // follows is encrypted, nothing more to capture on this connection.
-        u32 rlen = 5 + (((u32)rec->data[3] << 8) | rec->data[4]);
-        if (n >= rlen)
+        // (A ClientHello fragmented over records is captured on.)
+        u32 reclen = ((u32)rec->data[3] << 8) | rec->data[4];
+        u32 hslen = 4 + (((u32)rec->data[6] << 16) | ((u32)rec->data[7] << 8) | rec->data[8]);
+        if (hslen <= reclen && n >= 5 + reclen)
             st->writes = STREAM_WRITES;
     }
     fill_hdr(&rec->h, r, cgid, type);

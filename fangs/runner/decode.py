@@ -383,6 +383,27 @@ def isClientHello(data: bytes) -> bool:
     return len(data) >= 6 and data[0] == 0x16 and data[1] == 0x03 and data[5] == 0x01
 
 
+def joinHandshake(data: bytes) -> Tuple[bytes, bool]:
+    """
+    The TLS records at the start of C{data} with the handshake messages of
+    consecutive handshake records joined into one record (a ClientHello
+    fragmented over several records, as DPI evasion does), and whether the
+    first handshake message is complete.
+    """
+    out = bytearray()
+    off = 0
+    while off + 5 <= len(data) and data[off] == 0x16 and data[off + 1] == 0x03:
+        n = int.from_bytes(data[off + 3 : off + 5], "big")
+        out += data[off + 5 : off + 5 + n]
+        off += 5 + n
+        if len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big"):
+            break
+    complete = len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big")
+    if not out:
+        return data, False
+    return data[:3] + min(len(out), 0xFFFF).to_bytes(2, "big") + bytes(out), complete
+
+
 def parseClientHelloSNI(data: bytes) -> str:
     """
     The host_name of the server_name extension in a TLS record holding a

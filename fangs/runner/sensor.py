@@ -169,6 +169,10 @@ class _Stream:
     kind: str = ""
     reported: bool = False
     canaries: Set[str] = attrs.Factory(set)
+    #: plain HTTP: offset of the request being parsed, requests reported, last Host
+    offset: int = 0
+    requests: Set[int] = attrs.Factory(set)
+    host: str = ""
 
 
 @attrs.define
@@ -940,29 +944,16 @@ class Sensor:
         last = st.writes >= _STREAM_WRITES or len(buf) >= _STREAM_CAP
         if st.kind == "tls":
             if not st.reported:
-                need = 5 + int.from_bytes(buf[3:5], "big") if len(buf) >= 5 else _STREAM_CAP
-                if len(buf) >= need or last:
+                # The ClientHello may span several writes and several TLS
+                # records: joined before parsing.
+                hello, complete = decode.joinHandshake(buf)
+                if complete or last:
                     st.reported = True
-                    self._emitTLS(run, payload, buf[:need])
+                    self._emitTLS(run, payload, hello)
             return
         if st.kind == "http":
-            req = decode.parseHTTPRequest(buf)
-            if req is not None and not st.reported and (req[4] >= 0 or last):
-                st.reported = True
-                method, path, host, _headers, _end = req
-                ev = self._derived(
-                    payload,
-                    decode.T_HTTP,
-                    Method=method,
-                    Host=host,
-                    Path=path,
-                    DestIP=st.ip,
-                    DestPort=st.port,
-                    Family=st.family,
-                )
-                self._deliver(run, decode.T_HTTP, ev)
+            host = self._httpRequests(run, payload, st, buf, last)
             if run.canary:
-                host = req[2] if req is not None else ""
                 self._canaryOnce(run, payload, st, run.canary.find(buf), "http", host)
             return
         if st.kind == "dns":
@@ -979,6 +970,44 @@ class Sensor:
             return
         if st.kind == "tcp" and run.canary:
             self._canaryOnce(run, payload, st, run.canary.find(buf), "tcp", "")
+
+    def _httpRequests(self, run: _Run, payload: Dict[str, Any], st: _Stream, buf: bytes, last: bool) -> str:
+        """
+        Report each request of the captured bytes of a plain-HTTP connection
+        once (keep-alive connections carry several); the last Host seen.
+        """
+        host = st.host
+        while True:
+            req = decode.parseHTTPRequest(buf[st.offset :])
+            if req is None:
+                return host
+            method, path, host, headers, end = req
+            st.host = host
+            if end < 0 and not last:
+                return host
+            if st.offset not in st.requests:
+                st.requests.add(st.offset)
+                ev = self._derived(
+                    payload,
+                    decode.T_HTTP,
+                    Method=method,
+                    Host=host,
+                    Path=path,
+                    DestIP=st.ip,
+                    DestPort=st.port,
+                    Family=st.family,
+                )
+                self._deliver(run, decode.T_HTTP, ev)
+            if end < 0:
+                return host
+            try:
+                length = int(headers.get("content-length", "0") or 0)
+            except ValueError:
+                return host
+            nxt = st.offset + end + max(0, length)
+            if nxt >= len(buf) or "chunked" in headers.get("transfer-encoding", ""):
+                return host
+            st.offset = nxt
 
     def _canaryOnce(self, run: _Run, payload: Dict[str, Any], st: _Stream, hits: List[str], channel: str, destName: str) -> None:
         new = [h for h in hits if h not in st.canaries]

@@ -451,6 +451,9 @@ class FloodTests(TestCase):
         bFiles = len([1 for t, _p in runs["b"][3] if t == 1])
         aDrops, bDrops = sensor.dropsFor(runs["a"][0]), sensor.dropsFor(runs["b"][0])
         self.assertEqual((bFiles, bDrops), (2000, 0))
-        self.assertEqual(aFiles + aDrops, 300000)
+        # Every open of A is delivered or counted (drops count lost records
+        # of any kind: the fork and exit records may be among them).
+        self.assertLessEqual(aFiles, 300000)
+        self.assertGreaterEqual(aFiles + aDrops, 300000)
         # The flood did overflow A's share (else this proves nothing).
         self.assertGreater(aDrops, 0, "A lost nothing: %d delivered" % (aFiles,))

@@ -414,6 +414,27 @@ class NetworkTests(SynchronousTestCase):
         canaries = [p for t, p in events if t == 9]
         self.assertEqual([(p["Bait"], p["Channel"], p["DestName"]) for p in canaries], [(["aws_secret_access_key"], "http", "127.0.0.1:8000")])
 
+    def test_clientHelloOverTLSRecords(self) -> None:
+        """
+        A ClientHello fragmented over three TLS records (DPI evasion), in
+        two writes: the SNI is found.
+        """
+        hello = clientHello(b"c2.exfil.test")
+        hs = hello[5:]
+        parts = [hs[:20], hs[20:50], hs[50:]]
+        records = b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p for p in parts)
+        events = self.h.feed(dataRecord(decode.T_STREAM, records[:30], port=443, fd=6, stype=1, **H),
+                             dataRecord(decode.T_STREAM, records[30:], port=443, fd=6, stype=1, **H))
+        self.assertEqual([p["SNI"] for t, p in events if t == 5], ["c2.exfil.test"])
+
+    def test_keepAliveRequests(self) -> None:
+        reqs = (b"GET /geo HTTP/1.1\r\nHost: ipinfo.exfil.test\r\n\r\n"
+                b"POST /up HTTP/1.1\r\nHost: ipinfo.exfil.test\r\nContent-Length: 2\r\n\r\nok"
+                b"GET /stage2 HTTP/1.1\r\nHost: ipinfo.exfil.test\r\n\r\n")
+        events = self.h.feed(dataRecord(decode.T_STREAM, reqs[:70], port=80, fd=6, stype=1, **H),
+                             dataRecord(decode.T_STREAM, reqs[70:], port=80, fd=6, stype=1, **H))
+        self.assertEqual([(p["Method"], p["Path"]) for t, p in events if t == 6], [("GET", "/geo"), ("POST", "/up"), ("GET", "/stage2")])
+
     def test_dnsOverTCP(self) -> None:
         q = dnsQuery(b"tcp.exfil.test", 16)
         msg = len(q).to_bytes(2, "big") + q
