@@ -387,11 +387,18 @@ int main(int argc, char **argv) {
     fprintf(f, "%d\n", getpid());
     fclose(f);
     long n = atol(argv[3]);
-    for (long i = 0; i < n; i++)
+    long pause = argc > 4 ? atol(argv[4]) : 0;
+    for (long i = 0; i < n; i++) {
         close(open(argv[2], O_RDONLY));
+        if (pause)
+            usleep(pause);
+    }
     return 0;
 }
 """
+
+
+FLOOD = 2_000_000
 
 
 class FloodTests(TestCase):
@@ -409,10 +416,12 @@ class FloodTests(TestCase):
 
     async def _flood(self) -> None:
         """
-        Run A opens a watched file 300,000 times as fast as C can, with a
-        small ring buffer (4 MiB) and the reactor busy; run B, at the same
-        time, opens its own file 2,000 times.  A may hold at most half the
-        ring unconsumed: A loses events (counted as A's drops), B loses none.
+        Run A opens a watched file 2,000,000 times as fast as C can, with a
+        small ring buffer (4 MiB) that the reactor cannot keep empty; run B,
+        while A floods, opens its own file 2,000 times, 100 us apart.  A may
+        hold at most half the ring unconsumed: A loses events (counted as
+        A's drops), B loses none.  (Without the per-run share B loses events
+        to A's flood.)
         """
         src = os.path.join(self.tmp, "flood.c")
         exe = os.path.join(self.tmp, "flood")
@@ -436,8 +445,9 @@ class FloodTests(TestCase):
             events: List[Tuple[int, Dict[str, Any]]] = []
             sensor.addRun(runID, os.stat(runDir).st_ino, [WatchedPath(target)], lambda t, p, e=events: e.append((t, p)))
             runs[name] = (runID, leaf, target, events)
-        a = getProcessOutputAndValue(exe, [os.path.join(runs["a"][1], "cgroup.procs"), runs["a"][2], "300000"], reactor=reactor)
-        b = getProcessOutputAndValue(exe, [os.path.join(runs["b"][1], "cgroup.procs"), runs["b"][2], "2000"], reactor=reactor)
+        a = getProcessOutputAndValue(exe, [os.path.join(runs["a"][1], "cgroup.procs"), runs["a"][2], str(FLOOD)], reactor=reactor)
+        await deferLater(reactor, 0.2, lambda: None)
+        b = getProcessOutputAndValue(exe, [os.path.join(runs["b"][1], "cgroup.procs"), runs["b"][2], "2000", "100"], reactor=reactor)
         for d in (a, b):
             _out, err, code = await d
             self.assertEqual(code, 0, err)
@@ -453,7 +463,7 @@ class FloodTests(TestCase):
         self.assertEqual((bFiles, bDrops), (2000, 0))
         # Every open of A is delivered or counted (drops count lost records
         # of any kind: the fork and exit records may be among them).
-        self.assertLessEqual(aFiles, 300000)
-        self.assertGreaterEqual(aFiles + aDrops, 300000)
+        self.assertLessEqual(aFiles, FLOOD)
+        self.assertGreaterEqual(aFiles + aDrops, FLOOD)
         # The flood did overflow A's share (else this proves nothing).
         self.assertGreater(aDrops, 0, "A lost nothing: %d delivered" % (aFiles,))
