@@ -625,10 +625,16 @@ class Sensor:
             if ret >= 0:
                 self._resolver.opened(pid, ret, path, bool(resolve & decode.RESOLVE_DIR))
         tags = run.matcher.match(name)
-        if path != name:
-            other = run.matcher.match(path)
-            if other is not None:
-                tags = (tags or 0) | other
+        candidates = [path]
+        if raw.startswith(b"/") and raw != name:
+            # A prefix may watch a route itself (/proc/1/root/): the typed
+            # path, made canonical without following anything, counts too.
+            candidates.append(decode.canonicalPath(raw))
+        for other in candidates:
+            if other != name:
+                more = run.matcher.match(other)
+                if more is not None:
+                    tags = (tags or 0) | more
         if tags is None:
             return
         header["Tags"] = tags

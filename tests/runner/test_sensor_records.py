@@ -520,3 +520,14 @@ class ExecTests(SynchronousTestCase):
         events = h.feed(smallRecord(decode.T_EXECDONE, slot=SLOT, pid=4242))
         self.assertEqual([(t, p.get("ArgvUnreadable")) for t, p in events], [(2, True)])
         self.assertNotIn("_unreadable", events[0][1])
+
+
+class RouteWatchTests(SynchronousTestCase):
+    def test_watchedRoute(self) -> None:
+        """
+        A prefix that watches a route (/proc/1/root/) matches the typed
+        path; PathName is still the object opened.
+        """
+        h = Harness(self, [WatchedPath("/proc/1/root/", cred_tagged=True)])
+        p = h.files(f(b"/proc/1/root/etc/shadow", resolve=N))
+        self.assertEqual([(x["PathName"], x["RawPath"], x["Header"]["Tags"]) for x in p], [("/etc/shadow", "/proc/1/root/etc/shadow", 3)])
