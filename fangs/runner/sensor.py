@@ -153,6 +153,7 @@ _STREAM_CAP = 16384
 #: reported unresolved instead of followed.
 _MAX_LINKS = 200_000
 _STREAM_WRITES = 8  # sensor.c STREAM_WRITES
+_MAX_STREAMS = 4096
 
 
 @attrs.define
@@ -932,8 +933,18 @@ class Sensor:
         self._sockets.setdefault(pid, set()).add(fd)
         st = self._streams.get(key)
         if st is None or (st.ip, st.port) != (payload["DestIP"], payload["DestPort"]):
+            if len(self._streams) >= _MAX_STREAMS:
+                self._streams.pop(next(iter(self._streams)))
             st = self._streams[key] = _Stream(payload["Family"], payload["DestIP"], payload["DestPort"])
         st.writes += 1
+        try:
+            self._onStreamBytes(run, payload, st)
+        finally:
+            if st.writes >= _STREAM_WRITES or (st.kind == "tls" and st.reported):
+                # The kernel sends no more of this connection.
+                self._streams.pop(key, None)
+
+    def _onStreamBytes(self, run: _Run, payload: Dict[str, Any], st: _Stream) -> None:
         room = _STREAM_CAP - len(st.buf)
         if room > 0:
             st.buf += payload["_data"][:room]
