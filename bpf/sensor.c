@@ -559,7 +559,10 @@ static __always_inline int do_open_exit(long ret)
         }
         tags = v->tags;
     }
-    if (ret >= 0 && (resolve & RESOLVE_DIR))
+    // Userspace learns the fd of every reported open: follow its close and
+    // reuse, so a later dirfd-relative or /proc/self/fd route through it is
+    // attributed to this object, not a stale one.
+    if (ret >= 0)
         track_fd(r, (u32)ret);
     fill_hdr(&rec->h, r, cgid, T_FILE);
     rec->h.tags = tags;
@@ -595,7 +598,7 @@ int tp_exit_creat(struct tracepoint__syscalls__sys_exit_creat *args)
 
 // ---------------------------------------------------------------------------
 // The fd table: close, dup*, fcntl(F_DUPFD*), memfd_create.  Only fds that
-// userspace follows (directories, memfds, sockets) cost a record.
+// userspace follows (those of reported opens, memfds, sockets) cost a record.
 
 int tp_close(struct tracepoint__syscalls__sys_enter_close *args)
 {

@@ -246,9 +246,15 @@ class Resolver:
             c.cwd = self.cwdOf(parent)
             return
         c.cwd = p.cwd
-        # The kernel follows the parent's fds, not the child's copies.
+        # The sensor asks the kernel to follow the child's copies of followed
+        # fds too (L{unfollow} when it cannot).
         c.weak = dict(p.weak)
-        c.weak.update(p.fds)
+        c.fds = dict(p.fds)
+
+    def unfollow(self, pid: int, fd: int) -> None:
+        p = self._procs.get(pid)
+        if p is not None and fd in p.fds:
+            p.weak[fd] = p.fds.pop(fd)
 
     def exited(self, pid: int) -> None:
         self._procs.pop(pid, None)

@@ -606,7 +606,7 @@ class Sensor:
             # Judged in the kernel: absolute, canonical, watched.
             path = name = raw
             if ret >= 0:
-                self._resolver.opened(pid, ret, path, False)
+                self._resolver.opened(pid, ret, path, True)
         else:
             try:
                 if resolve & decode.RESOLVE_UNREADABLE:
@@ -624,7 +624,7 @@ class Sensor:
                     return
             path, name, routes = res.path, res.name, res.routes
             if ret >= 0:
-                self._resolver.opened(pid, ret, path, bool(resolve & decode.RESOLVE_DIR))
+                self._resolver.opened(pid, ret, path, True)
         tags = run.matcher.match(name)
         candidates = [path]
         if raw.startswith(b"/") and raw != name:
@@ -755,6 +755,18 @@ class Sensor:
         pid = payload["Header"]["PID"]
         child = payload["ChildPID"]
         self._resolver.forked(pid, child)
+        # The child's copies of followed fds are followed too (from now on).
+        table = self._tables.get("fdtrack")
+        if table is not None:
+            for fd in self._resolver.followedFds(child):
+                k = table.Key()
+                k.tgid = child
+                k.fd = fd
+                try:
+                    table[k] = table.Leaf(1)
+                except Exception:
+                    self.stats["fdtrack_full"] += 1
+                    self._resolver.unfollow(child, fd)
         run.paths.pids.add(child)
         if child not in run.seen:
             run.seen[child] = payload["CommStr"]

@@ -56,7 +56,7 @@ class FakeTable:
     def Key(self, *args: Any) -> _Bag:
         return _Bag(*args)
 
-    def Leaf(self) -> Any:
+    def Leaf(self, *args: Any) -> Any:
         if self.percpu:
             return [0, 0]
         return _Bag()
@@ -319,6 +319,16 @@ class FileRouteTests(SynchronousTestCase):
         self.assertEqual([(t, p["RawPath"], p["DFD"]) for t, p in events], [(decode.T_UNRESOLVED, "id_rsa", 9)])
         self.assertEqual(self.h.feed(f(b"id_rsa", dfd=9, ret=-9, resolve=N)), [])
         self.assertEqual(self.h.sensor.unresolvedFor(RUN), 1)
+
+    def test_dirfdReusedBeforeTheSensorLooks(self) -> None:
+        """
+        By the time the record is read, fd 3 is closed and reused for
+        another directory (the /proc link says /work): the open that was
+        reported names the directory.
+        """
+        self.h.procfs.links["/proc/10/fd/3"] = b"/work"
+        p = self.one(f(b"/home/node/.ssh", ret=3, resolve=LINKED), f(b"id_rsa", dfd=3, resolve=N))
+        self.assertEqual(p["PathName"], "/home/node/.ssh/id_rsa")
 
     def test_dirfdLiveLink(self) -> None:
         self.h.procfs.links["/proc/10/fd/9"] = b"/home/node/.ssh"
