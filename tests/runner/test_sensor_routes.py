@@ -81,7 +81,8 @@ class RouteTests(TestCase):
         await self.sensor.start()
         self.addCleanup(self.sensor.stop)
 
-    async def install(self, script: str, seccomp: bool = True, env: Sequence[str] = ()) -> Tuple[RunID, List[Tuple[int, Dict[str, Any]]], str]:
+    async def install(self, script: str, seccomp: bool = True, env: Sequence[str] = (), home: str = "/root",
+                      user: str = "0:0", hardened: bool = False) -> Tuple[RunID, List[Tuple[int, Dict[str, Any]]], str]:
         """
         Run C{script} (after the bait is planted and marked) in a container
         of the fixtures image under a fresh run cgroup; the run's events and
@@ -93,10 +94,16 @@ class RouteTests(TestCase):
         os.makedirs(runDir)
         self.addCleanup(lambda: Deferred.fromCoroutine(self._rmCgroup(runDir)))
         events: List[Tuple[int, Dict[str, Any]]] = []
-        self.sensor.addRun(runID, os.stat(runDir).st_ino, WATCHED, lambda t, p: events.append((t, p)), canaries=CANARIES)
+        watched = [WatchedPath(w.prefix.replace("/root", home, 1), cred_tagged=w.cred_tagged) for w in WATCHED]
+        bait = {path.replace("/root", home, 1): content for path, content in BAIT.items()}
+        self.sensor.addRun(runID, os.stat(runDir).st_ino, watched, lambda t, p: events.append((t, p)), canaries=CANARIES)
         args = ["run", "-d", "--cgroup-parent", rel, "--network", "none", "--sysctl", "net.ipv6.conf.lo.disable_ipv6=0",
-                "--user", "0:0", "-e", "HOME=/root",
+                "--user", user, "-e", "HOME=" + home,
                 "-v", self.helper + ":/usr/local/bin/routes:ro"]
+        if hardened:
+            # As the sandbox runs installs: no capabilities, no privilege
+            # gain, /tmp a tmpfs of its own (exec allowed, nosuid, nodev).
+            args += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp:rw,exec,nosuid,nodev"]
         if seccomp:
             args += ["--security-opt", "seccomp=" + self.seccomp]
         for e in env:
@@ -106,11 +113,17 @@ class RouteTests(TestCase):
         self.addCleanup(deferToThread, subprocess.run, ["docker", "rm", "-f", cid], capture_output=True)
         pid = int(await deferToThread(_thd_docker, "inspect", "-f", "{{.State.Pid}}", cid))
         root = "/proc/%d/root" % (pid,)
-        for path, content in BAIT.items():
-            os.makedirs(os.path.dirname(root + path), exist_ok=True)
+        uid, gid = (int(x) for x in user.split(":"))
+        for path, content in bait.items():
+            for d in (os.path.dirname(os.path.dirname(path)), os.path.dirname(path)):
+                if not os.path.isdir(root + d):
+                    os.makedirs(root + d)
+                    os.chown(root + d, uid, gid)
             with open(root + path, "w") as f:
                 f.write(content)
-        self.sensor.watchBaitFiles(runID, pid, sorted(BAIT))
+            os.chown(root + path, uid, gid)
+            os.chmod(root + path, 0o600)
+        self.sensor.watchBaitFiles(runID, pid, sorted(bait))
         open(root + "/tmp/go", "w").close()
         await deferToThread(_thd_docker, "wait", cid)
         logs = await deferToThread(lambda: subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stdout)
@@ -156,6 +169,8 @@ class RouteTests(TestCase):
         self.assertEqual(p["Route"], "symlink")
         self.assertEqual(p["CommStr"], "node")
         self.assertCred(self.byRaw(events, "route-dirlink/id_ed25519"), key)
+        for what in ("symlink", "dirlink", "hardlink", "procroot", "proccwd", "long"):
+            self.assertIn("route-creds: %s read" % (what,), logs)
         p = self.byRaw(events, "/tmp/route-hardlink")
         self.assertCred(p, key)
         self.assertEqual(p["Route"], "hardlink")
@@ -197,6 +212,36 @@ class RouteTests(TestCase):
         uring = [p for t, p in events if t == 8]
         self.assertTrue(uring)
         self.assertTrue(all(p["Refused"] and p["Errno"] == 1 for p in uring))
+
+    def test_fileRoutesHardened(self) -> Deferred:
+        return Deferred.fromCoroutine(self._fileRoutesHardened())
+
+    async def _fileRoutesHardened(self) -> None:
+        """
+        The same routes as the sandbox runs an install: a user other than
+        root (bait in its home), no capabilities, /tmp a tmpfs (the hard
+        link falls back into the home's filesystem).
+        """
+        home = "/home/fangs"
+        runID, events, logs = await self.install(
+            "cd /tmp && mkdir -p t && cd t && npm init -y >/dev/null && %s /fixtures/route-creds.tgz && routes files" % (NPM,),
+            home=home, user="1000:1000", hardened=True)
+        for what in ("symlink", "dirlink", "hardlink", "procroot", "proccwd", "long"):
+            self.assertIn("route-creds: %s read" % (what,), logs)
+        npmrc, key = home + "/.npmrc", home + "/.ssh/id_ed25519"
+        self.assertCred(self.byRaw(events, "/tmp/route-symlink"), npmrc)
+        self.assertCred(self.byRaw(events, "route-dirlink/id_ed25519"), key)
+        p = self.byRaw(events, home + "/.route-hardlink")
+        self.assertCred(p, key)
+        self.assertEqual(p["Route"], "hardlink")
+        self.assertCred(self.byRaw(events, "/proc/self/root" + npmrc), npmrc)
+        self.assertTrue([p for p in self.fileEvents(events, "proc") if p["RawPath"].endswith("/cwd/id_ed25519") and p["PathName"] == key])
+        self.assertTrue([p for p in self.fileEvents(events) if len(p.get("RawPath", "")) > 256 and p["PathName"] == npmrc])
+        self.assertIn("routes: dirfd-reused read", logs)
+        self.assertEqual(len([p for p in self.fileEvents(events) if p["CommStr"] == "routes" and p.get("RawPath")]), 5)
+        self.assertEqual(self.sensor.unresolvedFor(runID), 0, [p for t, p in events if t == 11])
+        self.assertTrue(all(p["Header"]["UID"] == 1000 for p in self.fileEvents(events) if p["CommStr"] == "node"))
+        self.assertEqual({p["PathName"] for p in self.fileEvents(events, "fanotify")}, {npmrc, key})
 
     def test_networkRoutes(self) -> Deferred:
         return Deferred.fromCoroutine(self._networkRoutes())
