@@ -335,7 +335,7 @@ class SensorTests(TestCase):
         sensor.addRun(runID, cgid, [WatchedPath(target)], lambda t, p: events.append((t, p)))
         n = 20000
         await self.runChild(STORM, leaf, target, str(n))
-        for _ in range(50):
+        for _ in range(200):
             if len(self.files(events)) >= n:
                 break
             await deferLater(reactor, 0.1, lambda: None)
