@@ -1070,9 +1070,6 @@ class Sensor:
         if run.canary and sni:
             self._canary(run, payload, run.canary.findInName(sni), "tls", sni)
 
-    def _onBookkeeping(self, run: _Run, payload: Dict[str, Any]) -> None:
-        pass
-
     _handlers: Dict[int, Callable[["Sensor", _Run, Dict[str, Any]], None]] = {
         decode.T_FILE: _onFile,
         decode.T_CHDIR: _onChdir,
