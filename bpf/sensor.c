@@ -265,7 +265,7 @@ BPF_ARRAY(consumed, u64, MAX_SLOTS);
 BPF_PERCPU_ARRAY(scratch, struct scratch_t, 1);
 BPF_TABLE("lru_hash", u32, struct pinfo_t, pidmap, 65536);
 BPF_HASH(sockdest, struct sockkey_t, struct dest_t, 16384);
-BPF_HASH(fdtrack, struct sockkey_t, u8, 16384);
+BPF_HASH(fdtrack, struct sockkey_t, u8, 65536);
 BPF_HASH(pend, u32, struct pend_t, 16384);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
@@ -469,7 +469,7 @@ static __always_inline int needs_resolve(const char *p, u32 len)
     return 0;
 }
 
-static __always_inline int do_open(int dfd, const char *filename, int flags)
+static __always_inline int do_open(int dfd, const char *filename, int flags, const void *how)
 {
     u64 cgid = 0;
     struct run_t *r = lookup_run(&cgid);
@@ -478,6 +478,7 @@ static __always_inline int do_open(int dfd, const char *filename, int flags)
     struct pend_t p = {};
     p.kind = P_OPEN;
     p.p1 = (u64)filename;
+    p.p2 = (u64)how;   // openat2: open_how, read at exit (faulted in by then)
     p.a = dfd;
     p.b = flags;
     stash(r, &p);
@@ -486,25 +487,23 @@ static __always_inline int do_open(int dfd, const char *filename, int flags)
 
 int tp_openat(struct tracepoint__syscalls__sys_enter_openat *args)
 {
-    return do_open((int)args->dfd, (const char *)args->filename, (int)args->flags);
+    return do_open((int)args->dfd, (const char *)args->filename, (int)args->flags, 0);
 }
 
 int tp_openat2(struct tracepoint__syscalls__sys_enter_openat2 *args)
 {
-    u64 flags = 0;
-    bpf_probe_read_user(&flags, sizeof(flags), (void *)args->how);  // open_how.flags
-    return do_open((int)args->dfd, (const char *)args->filename, (int)flags);
+    return do_open((int)args->dfd, (const char *)args->filename, 0, (const void *)args->how);
 }
 
 int tp_open(struct tracepoint__syscalls__sys_enter_open *args)
 {
-    return do_open(AT_FDCWD_, (const char *)args->filename, (int)args->flags);
+    return do_open(AT_FDCWD_, (const char *)args->filename, (int)args->flags, 0);
 }
 
 int tp_creat(struct tracepoint__syscalls__sys_enter_creat *args)
 {
     // creat() == open(O_CREAT|O_WRONLY|O_TRUNC)
-    return do_open(AT_FDCWD_, (const char *)args->pathname, 01 | 0100 | 01000);
+    return do_open(AT_FDCWD_, (const char *)args->pathname, 01 | 0100 | 01000, 0);
 }
 
 static __always_inline int do_open_exit(long ret)
@@ -520,6 +519,11 @@ static __always_inline int do_open_exit(long ret)
     if (!rec)
         return 0;
     u32 slot = r->slot;
+    if (a.p2) {
+        u64 flags = 0;
+        bpf_probe_read_user(&flags, sizeof(flags), (void *)a.p2);  // open_how.flags
+        a.b = (s32)flags;
+    }
     int n = bpf_probe_read_user_str(rec->path, PATH_CAP, (void *)a.p1);
     u32 len = 0;
     u8 resolve = 0;

@@ -191,7 +191,10 @@ class RouteTests(TestCase):
             for p in reads:
                 self.assertCred(p, path)
         routes = [p for p in self.fileEvents(events) if p["CommStr"] == "routes" and p.get("RawPath")]
-        self.assertEqual(len(routes), 5, [(p["PathName"], p.get("RawPath"), p.get("Route")) for p in routes])
+        self.assertEqual(len(routes), 6, [(p["PathName"], p.get("RawPath"), p.get("Route")) for p in routes])
+        p = self.byRaw(events, "./.npmrc")
+        self.assertCred(p, npmrc)
+        self.assertEqual((p["Route"], p["Access"]), ("dirfd", "read"))
         # The path string was not faulted in at the call: read at the exit.
         self.assertIn("routes: unfaulted read", logs)
         self.assertCred(self.byRaw(events, "/root/./.npmrc"), npmrc)
@@ -238,7 +241,7 @@ class RouteTests(TestCase):
         self.assertTrue([p for p in self.fileEvents(events, "proc") if p["RawPath"].endswith("/cwd/id_ed25519") and p["PathName"] == key])
         self.assertTrue([p for p in self.fileEvents(events) if len(p.get("RawPath", "")) > 256 and p["PathName"] == npmrc])
         self.assertIn("routes: dirfd-reused read", logs)
-        self.assertEqual(len([p for p in self.fileEvents(events) if p["CommStr"] == "routes" and p.get("RawPath")]), 5)
+        self.assertEqual(len([p for p in self.fileEvents(events) if p["CommStr"] == "routes" and p.get("RawPath")]), 6)
         self.assertEqual(self.sensor.unresolvedFor(runID), 0, [p for t, p in events if t == 11])
         self.assertTrue(all(p["Header"]["UID"] == 1000 for p in self.fileEvents(events) if p["CommStr"] == "node"))
         self.assertEqual({p["PathName"] for p in self.fileEvents(events, "fanotify")}, {npmrc, key})

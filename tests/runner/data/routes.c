@@ -64,6 +64,12 @@ static void files(const char *home)
     slurp(open(".npmrc", O_RDONLY), "fchdir");
     chdir("/");
 
+    // openat2 relative to a directory fd (open_how read at the exit).
+    struct { unsigned long long flags, mode, resolve; } how = {O_RDONLY, 0, 0};
+    int g = open(home, O_RDONLY | O_DIRECTORY);
+    slurp(syscall(437, g, "./.npmrc", &how, sizeof how), "openat2");
+    close(g);
+
     // A path string on a page that is not faulted in when open() is
     // called: a fresh private file mapping, never touched by this process.
     char path[512];
