@@ -54,6 +54,7 @@
 #define T_DGRAM 109
 #define T_STREAM 110
 #define T_EXECDONE 111
+#define T_UNLINK 112
 
 #define O_DIRECTORY_ 0200000
 #define O_PATH_ 010000000
@@ -78,6 +79,7 @@
 #define P_MEMFD 6
 #define P_CLONE 7
 #define P_FCHDIR 8
+#define P_UNLINK 9
 
 // Link record kinds.
 #define L_SYMLINK 1
@@ -599,6 +601,93 @@ int tp_exit_creat(struct tracepoint__syscalls__sys_exit_creat *args)
 {
     return do_open_exit(args->ret);
 }
+
+// ---------------------------------------------------------------------------
+// unlink, unlinkat, rmdir: removing a watched file is an access to it (a
+// stealer wiping the home, a dropper covering its tracks).
+
+static __always_inline int unlink_enter(int dfd, const char *pathname)
+{
+    u64 cgid = 0;
+    struct run_t *r = lookup_run(&cgid);
+    if (!r)
+        return 0;
+    struct pend_t p = {};
+    p.kind = P_UNLINK;
+    p.p1 = (u64)pathname;
+    p.a = dfd;
+    stash(r, &p);
+    return 0;
+}
+
+int tp_unlink(struct tracepoint__syscalls__sys_enter_unlink *args)
+{
+    return unlink_enter(AT_FDCWD_, (const char *)args->pathname);
+}
+
+int tp_unlinkat(struct tracepoint__syscalls__sys_enter_unlinkat *args)
+{
+    return unlink_enter((int)args->dfd, (const char *)args->pathname);
+}
+
+int tp_rmdir(struct tracepoint__syscalls__sys_enter_rmdir *args)
+{
+    return unlink_enter(AT_FDCWD_, (const char *)args->pathname);
+}
+
+static __always_inline int unlink_exit(long ret)
+{
+    struct pend_t a = {};
+    if (!unstash(P_UNLINK, &a))
+        return 0;
+    if (ret != 0)
+        return 0;
+    u64 cgid = 0;
+    struct run_t *r = lookup_run(&cgid);
+    if (!r)
+        return 0;
+    struct file_rec_t *rec = get_scratch();
+    if (!rec)
+        return 0;
+    int n = bpf_probe_read_user_str(rec->path, PATH_CAP, (void *)a.p1);
+    u32 len = 0;
+    u8 resolve = 0;
+    u8 tags = 0;
+    if (n <= 0) {
+        resolve = RESOLVE_UNREADABLE;
+        rec->path[0] = 0;
+    } else {
+        len = (u32)n - 1;
+        if (len >= PATH_CAP)
+            len = PATH_CAP - 1;
+        if (len + 1 >= LPM_CAP || needs_resolve(rec->path, len))
+            resolve |= RESOLVE_NEEDED;
+    }
+    if (r->linked)
+        resolve |= RESOLVE_LINKED;
+    if (!resolve) {
+        rec->lpm_slot = r->slot;
+        rec->lpm_prefixlen = 32 + (len + 1) * 8;
+        struct lpm_val_t *v = paths.lookup((struct lpm_key_t *)&rec->lpm_prefixlen);
+        if (!v)
+            return 0;
+        tags = v->tags;
+    }
+    fill_hdr(&rec->h, r, cgid, T_UNLINK);
+    rec->h.tags = tags;
+    rec->dfd = a.a;
+    rec->flags = 0;
+    rec->ret = 0;
+    rec->path_len = len;
+    rec->truncated = (n >= PATH_CAP) ? 1 : 0;
+    rec->resolve = resolve;
+    emit(rec, FILE_FIXED + ((len + 1) & 0xfff), r->slot);
+    return 0;
+}
+
+int tp_exit_unlink(struct tracepoint__syscalls__sys_exit_unlink *args) { return unlink_exit(args->ret); }
+int tp_exit_unlinkat(struct tracepoint__syscalls__sys_exit_unlinkat *args) { return unlink_exit(args->ret); }
+int tp_exit_rmdir(struct tracepoint__syscalls__sys_exit_rmdir *args) { return unlink_exit(args->ret); }
 
 // ---------------------------------------------------------------------------
 // The fd table: close, dup*, fcntl(F_DUPFD*), memfd_create.  Only fds that

@@ -37,6 +37,7 @@ T_MEMFD = 108
 T_DGRAM = 109
 T_STREAM = 110
 T_EXECDONE = 111
+T_UNLINK = 112
 
 #: Record types that are events of their own once decoded (others are the
 #: sensor's bookkeeping, or become events only after userspace work).
@@ -161,7 +162,7 @@ def decodeRecord(data: bytes) -> Tuple[int, Dict[str, Any]]:
         "Tags": tags,
     }
     payload: Dict[str, Any] = {"Header": header, "_slot": slot, "_run": runID}
-    if rtype in (T_FILE, T_CHDIR, T_MEMFD):
+    if rtype in (T_FILE, T_CHDIR, T_MEMFD, T_UNLINK):
         if len(data) < FILE_FIXED:
             raise DecodeError("file record of %d bytes" % (len(data),))
         dfd, flags, ret, pathLen, truncated, resolve = _FILE.unpack_from(data, HEADER_SIZE)

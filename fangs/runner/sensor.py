@@ -92,6 +92,12 @@ TRACEPOINTS: List[Tuple[str, str, bool]] = [
     ("syscalls:sys_exit_rename", "tp_exit_rename", False),
     ("syscalls:sys_exit_renameat", "tp_exit_renameat", False),
     ("syscalls:sys_exit_renameat2", "tp_exit_renameat2", True),
+    ("syscalls:sys_enter_unlink", "tp_unlink", False),
+    ("syscalls:sys_enter_unlinkat", "tp_unlinkat", True),
+    ("syscalls:sys_enter_rmdir", "tp_rmdir", False),
+    ("syscalls:sys_exit_unlink", "tp_exit_unlink", False),
+    ("syscalls:sys_exit_unlinkat", "tp_exit_unlinkat", True),
+    ("syscalls:sys_exit_rmdir", "tp_exit_rmdir", False),
     ("syscalls:sys_enter_chdir", "tp_enter_chdir", True),
     ("syscalls:sys_exit_chdir", "tp_exit_chdir", True),
     ("syscalls:sys_enter_fchdir", "tp_enter_fchdir", False),
@@ -652,6 +658,50 @@ class Sensor:
         payload["Access"] = "write" if payload["Flags"] & decode.WRITE_FLAGS else "read"
         self._deliver(run, decode.T_FILE, payload)
 
+    def _onUnlink(self, run: _Run, payload: Dict[str, Any]) -> None:
+        """
+        A watched path removed (unlink, unlinkat, rmdir): a file_access of
+        C{Access: "delete"}.  The name is resolved without following its
+        last component, as the kernel removes the link, not its target (nor
+        the file a hard link made during the run names).
+        """
+        header = payload["Header"]
+        pid, tid = header["PID"], header["TID"]
+        raw = payload.pop("_path")
+        resolve = payload.pop("_resolve")
+        path = raw
+        routes: Tuple[str, ...] = ()
+        if resolve:
+            try:
+                if resolve & decode.RESOLVE_UNREADABLE:
+                    raise Unresolved("path unreadable")
+                res = self._resolver.resolve(run.paths, pid, tid, payload["DFD"], raw, final=False)
+            except Unresolved as e:
+                self._unresolved(run, payload, raw, "unlink: " + e.reason, e.harmless)
+                return
+            # The name removed is where it is: removing a hard link to a
+            # watched file leaves the file.
+            path, routes = res.path, tuple(r for r in res.routes if r not in ("hardlink", "rename"))
+        run.paths.symlinks.pop(path, None)
+        run.paths.aliases.pop(path, None)
+        tags = run.matcher.match(path)
+        if tags is None:
+            return
+        header["Tags"] = tags
+        payload["PathName"] = decode.text(path)
+        if path != raw:
+            payload["RawPath"] = decode.text(raw)
+        route = next((r for r in _ROUTE_ORDER if r in routes), "")
+        if route:
+            payload["Route"] = route
+            payload["Routes"] = list(routes)
+        payload["PathLen"] = len(path)
+        payload["Access"] = "delete"
+        # A removal modifies what is watched: O_WRONLY|O_TRUNC for readers
+        # that judge writes by the open flags.
+        payload["Flags"] = 0o1001
+        self._deliver(run, decode.T_FILE, payload)
+
     def _byFd(self, pid: int, ret: int, raw: bytes) -> Optional[Resolution]:
         """
         The kernel's own answer for an open it completed: the returned fd's
@@ -1072,6 +1122,7 @@ class Sensor:
 
     _handlers: Dict[int, Callable[["Sensor", _Run, Dict[str, Any]], None]] = {
         decode.T_FILE: _onFile,
+        decode.T_UNLINK: _onUnlink,
         decode.T_CHDIR: _onChdir,
         decode.T_FCHDIR: _onFchdir,
         decode.T_CLOSE: _onClose,

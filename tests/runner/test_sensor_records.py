@@ -505,6 +505,24 @@ class AccountingTests(SynchronousTestCase):
         self.assertEqual(h.sensor.stats["stray"], 1)
 
 
+class UnlinkTests(SynchronousTestCase):
+    def test_watchedRemoved(self) -> None:
+        """
+        rm -rf of the home: each watched file removed is a delete access;
+        others are not reported; the link itself is removed, not its target.
+        """
+        h = Harness(self, WATCH)
+        events = h.feed(fileRecord(b"/home/node/.npmrc", rtype=decode.T_UNLINK, ret=0, tags=3, slot=SLOT),
+                        fileRecord(b"/home/node/other", rtype=decode.T_UNLINK, ret=0, resolve=N, slot=SLOT),
+                        linkRecord(decode.L_SYMLINK, b"/home/node/.npmrc", b"/tmp/l", **H),
+                        fileRecord(b"/tmp/l", rtype=decode.T_UNLINK, ret=0, resolve=LINKED, slot=SLOT),
+                        linkRecord(decode.L_HARDLINK, b"/home/node/.ssh/id_rsa", b"/tmp/h", **H),
+                        fileRecord(b"/tmp/h", rtype=decode.T_UNLINK, ret=0, resolve=LINKED, slot=SLOT),
+                        f(b"/tmp/h", resolve=LINKED))
+        self.assertEqual([(p["PathName"], p["Access"], p["Header"]["Tags"]) for t, p in events if t == 1],
+                         [("/home/node/.npmrc", "delete", 3), ("/home/node/.ssh/id_rsa", "hardlink", 3)])
+
+
 class HarmlessTests(SynchronousTestCase):
     def test_unknownFdRoute(self) -> None:
         """

@@ -198,6 +198,10 @@ class RouteTests(TestCase):
         # The path string was not faulted in at the call: read at the exit.
         self.assertIn("routes: unfaulted read", logs)
         self.assertCred(self.byRaw(events, "/root/./.npmrc"), npmrc)
+        # Removing the key is an access to it.
+        self.assertIn("routes: unlink 0", logs)
+        deletes = [p for p in self.fileEvents(events) if p["Access"] == "delete"]
+        self.assertEqual([(p["PathName"], p["CommStr"], p["Header"]["Tags"]) for p in deletes], [(key, "routes", 3)])
         # Nothing the run did went unresolved.
         self.assertEqual(self.sensor.unresolvedFor(runID), 0, [p for t, p in events if t == 11])
         # fanotify saw the bait read by every route, attributed to the run.

