@@ -276,10 +276,12 @@ class ProcRootTests(HostileTestCase):
         self.assertTrue(re.match(r"^([0-9a-f]{64}|error-[A-Z]+)$", shadow), shadow)
         self.assertNotEqual(hostname, socket.gethostname())
         self.assertTrue(re.match(r"^[0-9a-f]{12}$", hostname), hostname)
-        # The attempt is in the evidence, cred-tagged.
-        files = [p for p in byType(events, "file_access") if p["PathName"].startswith("/proc/1/root/etc/")]
-        self.assertEqual({p["PathName"] for p in files}, {"/proc/1/root/etc/shadow", "/proc/1/root/etc/hostname"})
-        shadowReads = [p for p in files if p["PathName"] == "/proc/1/root/etc/shadow"]
+        # The attempt is in the evidence, cred-tagged: the object opened is
+        # the sandbox's own file (PathName), reached through /proc (RawPath).
+        files = [p for p in byType(events, "file_access") if p.get("RawPath", "").startswith("/proc/1/root/etc/")]
+        self.assertEqual({(p["RawPath"], p["PathName"], p["Route"]) for p in files},
+                         {("/proc/1/root/etc/shadow", "/etc/shadow", "proc"), ("/proc/1/root/etc/hostname", "/etc/hostname", "proc")})
+        shadowReads = [p for p in files if p["PathName"] == "/etc/shadow"]
         self.assertTrue(all(p["Header"]["Tags"] & wire.TAG_CRED_ACCESS for p in shadowReads))
         await self.assertTornDown(runID)
         await self.assertRunnerSurvived(s)

@@ -15,17 +15,45 @@ import ipaddress
 import struct
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-# Record types: 1..5 are fangs.wire.EventType; the others stay inside the sensor.
+# Record types: 1..14 are fangs.wire.EventType; the others stay inside the sensor.
 T_FILE = 1
 T_EXEC = 2
 T_NET = 3
 T_DNS = 4
 T_TLS = 5
+T_HTTP = 6
+T_UDP = 7
+T_IOURING = 8
+T_CANARY = 9
+T_UNRESOLVED = 11
+T_FORK = 13
+T_EXIT = 14
 T_CHDIR = 100
-T_FORK = 101
-T_EXIT = 102
 T_FCHDIR = 103
-T_DIRFD = 104
+T_CLOSE = 105
+T_DUP = 106
+T_LINK = 107
+T_MEMFD = 108
+T_DGRAM = 109
+T_STREAM = 110
+T_EXECDONE = 111
+T_UNLINK = 112
+
+#: Record types that are events of their own once decoded (others are the
+#: sensor's bookkeeping, or become events only after userspace work).
+INTERNAL = frozenset({T_CHDIR, T_FCHDIR, T_CLOSE, T_DUP, T_LINK, T_MEMFD, T_EXECDONE})
+
+# File record `resolve` flags (sensor.c RESOLVE_*).
+RESOLVE_NEEDED = 1
+RESOLVE_UNREADABLE = 2
+RESOLVE_LINKED = 4
+RESOLVE_DIR = 8
+
+# Link record kinds.
+L_SYMLINK = 1
+L_HARDLINK = 2
+L_RENAME = 3
+LINK_KINDS = {L_SYMLINK: "symlink", L_HARDLINK: "hardlink", L_RENAME: "rename"}
 
 TAG_INTERESTING = 1
 TAG_CRED_ACCESS = 2
@@ -37,13 +65,18 @@ WRITE_FLAGS = 0o1 | 0o2 | 0o100 | 0o1000 | 0o2000  # O_WRONLY|O_RDWR|O_CREAT|O_T
 
 #: Bytes of path the kernel compares in its LPM trie (sensor.c LPM_CAP).
 LPM_CAP = 248
+PATH_CAP = 4096
+LINK_CAP = 2048
 
 SOURCE_NAMES = {1: "libssl", 2: "node_internal", 3: "tcp_clienthello"}
 
 _HDR = struct.Struct("<QQ16sIIIIII16sBBHI")
 HEADER_SIZE = _HDR.size  # 80
-_FILE = struct.Struct("<iiHBB")  # at 80; path at 100
-FILE_FIXED = 100
+_FILE = struct.Struct("<iiiHBB")  # at 80; lpm key 8 bytes; path at 104
+FILE_FIXED = 104
+_LINK = struct.Struct("<iiiHHBBHI")  # at 80; old at 104, new at 104 + LINK_CAP
+LINK_FIXED = 104
+LINK_SIZE = LINK_FIXED + 2 * LINK_CAP
 _EXEC = struct.Struct("<BBHi")  # at 80
 _ANC = struct.Struct("<II16s")  # 5 of them at 88
 _ARGLEN = struct.Struct("<16H")  # at 208
@@ -51,13 +84,17 @@ EXEC_BIN = 240
 EXEC_ARGV = 496
 ARG_CAP = 128
 EXEC_SIZE = 2544
-_NET = struct.Struct("<HHI16s")  # at 80
-NET_SIZE = 104
+_NET = struct.Struct("<HHI16sBBH108s")  # at 80
+NET_SIZE = 216
 _DATA = struct.Struct("<HHI16sHBBI")  # at 80; data at 112
 DATA_FIXED = 112
-_FORK = struct.Struct("<I")  # at 80
+_SMALL = struct.Struct("<iiii")  # at 80
+SMALL_SIZE = 96
 
-assert HEADER_SIZE == 80 and _DATA.size == 32
+SOCK_STREAM = 1
+SOCK_DGRAM = 2
+
+assert HEADER_SIZE == 80 and _DATA.size == 32 and _NET.size == 136 and _LINK.size == 24
 
 
 class DecodeError(ValueError):
@@ -90,14 +127,24 @@ def formatIP(family: int, addr: bytes) -> str:
     return ""
 
 
+def unixPath(raw: bytes) -> str:
+    """
+    A sockaddr_un's sun_path: a filesystem path, or C{@name} for the
+    abstract namespace.
+    """
+    if raw[:1] == b"\0":
+        return "@" + text(raw[1:].rstrip(b"\0"))
+    return text(cstring(raw))
+
+
 def decodeRecord(data: bytes) -> Tuple[int, Dict[str, Any]]:
     """
     Turn one ring buffer record into C{(type, payload)}.
 
-    File records carry C{_path} (raw bytes), C{_resolve} (the kernel could not
-    match the path itself) and every record carries C{_slot}; internal types
-    (chdir, fork, exit) carry what the sensor needs to follow working
-    directories.  Raises L{DecodeError} for short or unknown records.
+    Every record carries C{_slot} and C{_run}.  File-like records carry
+    C{_path} (raw bytes) and C{_resolve} (L{RESOLVE_NEEDED} etc.); link
+    records C{_old}/C{_new}; data records C{_data}; small records their
+    numbers.  Raises L{DecodeError} for short or unknown records.
     """
     if len(data) < HEADER_SIZE:
         raise DecodeError("record of %d bytes is shorter than the header" % (len(data),))
@@ -115,17 +162,28 @@ def decodeRecord(data: bytes) -> Tuple[int, Dict[str, Any]]:
         "Tags": tags,
     }
     payload: Dict[str, Any] = {"Header": header, "_slot": slot, "_run": runID}
-    if rtype == T_FILE or rtype == T_CHDIR or rtype == T_DIRFD:
+    if rtype in (T_FILE, T_CHDIR, T_MEMFD, T_UNLINK):
         if len(data) < FILE_FIXED:
             raise DecodeError("file record of %d bytes" % (len(data),))
-        dfd, flags, pathLen, truncated, resolve = _FILE.unpack_from(data, HEADER_SIZE)
+        dfd, flags, ret, pathLen, truncated, resolve = _FILE.unpack_from(data, HEADER_SIZE)
         path = data[FILE_FIXED : FILE_FIXED + pathLen]
         payload["DFD"] = dfd
         payload["Flags"] = flags
+        payload["Ret"] = ret
         payload["PathLen"] = pathLen
         payload["Truncated"] = truncated
         payload["_path"] = path
-        payload["_resolve"] = bool(resolve)
+        payload["_resolve"] = resolve
+    elif rtype == T_LINK:
+        if len(data) < LINK_SIZE:
+            raise DecodeError("link record of %d bytes" % (len(data),))
+        olddfd, newdfd, ret, oldLen, newLen, kind, truncated, _pad, _pad2 = _LINK.unpack_from(data, HEADER_SIZE)
+        payload["_kind"] = kind
+        payload["_olddfd"] = olddfd
+        payload["_newdfd"] = newdfd
+        payload["_old"] = data[LINK_FIXED : LINK_FIXED + min(oldLen, LINK_CAP - 1)]
+        payload["_new"] = data[LINK_FIXED + LINK_CAP : LINK_FIXED + LINK_CAP + min(newLen, LINK_CAP - 1)]
+        payload["_truncated"] = bool(truncated)
     elif rtype == T_EXEC:
         if len(data) < EXEC_SIZE:
             raise DecodeError("exec record of %d bytes" % (len(data),))
@@ -146,66 +204,138 @@ def decodeRecord(data: bytes) -> Tuple[int, Dict[str, Any]]:
             if not chainEnded:
                 ancestorComms.append(text(cstring(acomm)))
         payload["Argc"] = argc
-        payload["ArgvTruncated"] = argvTruncated
+        payload["ArgvTruncated"] = argvTruncated & 1
+        payload["_unreadable"] = bool(argvTruncated & 2)
         payload["DFD"] = dfd
         payload["BinaryPathStr"] = text(data[EXEC_BIN : EXEC_BIN + min(binLen, 255)])
         payload["ArgvStrs"] = argv
         payload["Ancestors"] = ancestors
         payload["AncestorComms"] = ancestorComms
+        payload["_bin"] = data[EXEC_BIN : EXEC_BIN + min(binLen, 255)]
     elif rtype == T_NET:
         if len(data) < NET_SIZE:
             raise DecodeError("net record of %d bytes" % (len(data),))
-        family, port, fd, addr = _NET.unpack_from(data, HEADER_SIZE)
+        family, port, fd, addr, fastopen, stype, pathLen, path = _NET.unpack_from(data, HEADER_SIZE)
         payload["Family"] = family
         payload["Source"] = 1
         payload["DestPort"] = port
         payload["Sockfd"] = fd
         payload["DestIP"] = formatIP(family, addr)
-    elif rtype == T_DNS or rtype == T_TLS:
+        if fastopen:
+            payload["FastOpen"] = True
+        if stype:
+            payload["SockType"] = {SOCK_STREAM: "stream", SOCK_DGRAM: "dgram"}.get(stype, str(stype))
+        if family == 1:
+            payload["UnixPath"] = unixPath(path[: min(pathLen, 108)])
+    elif rtype in (T_DGRAM, T_STREAM):
         if len(data) < DATA_FIXED:
             raise DecodeError("data record of %d bytes" % (len(data),))
-        family, port, fd, addr, dataLen, source, _syscall, totalLen = _DATA.unpack_from(data, HEADER_SIZE)
-        body = data[DATA_FIXED : DATA_FIXED + dataLen]
-        if rtype == T_DNS:
-            payload["Family"] = family
-            payload["DestPort"] = port
-            payload["QueryLen"] = len(body)
-            try:
-                qname, qtype = parseDNSQuestion(body)
-                payload["ParseErr"] = None
-            except ValueError:
-                qname, qtype = "", 0
-                payload["ParseErr"] = {}
-            payload["QName"] = qname
-            payload["QType"] = qtype
-            payload["DestIP"] = formatIP(family, addr)
+        family, port, fd, addr, dataLen, stype, syscall, totalLen = _DATA.unpack_from(data, HEADER_SIZE)
+        payload["Family"] = family
+        payload["DestPort"] = port
+        payload["DestIP"] = formatIP(family, addr)
+        payload["_fd"] = fd
+        payload["_stype"] = stype
+        payload["_syscall"] = syscall
+        payload["_total"] = totalLen
+        payload["_data"] = data[DATA_FIXED : DATA_FIXED + dataLen]
+    elif rtype in (T_FORK, T_EXIT, T_CLOSE, T_DUP, T_FCHDIR, T_IOURING, T_EXECDONE):
+        if len(data) < SMALL_SIZE:
+            raise DecodeError("record of type %d with %d bytes" % (rtype, len(data)))
+        a, b, c, _d = _SMALL.unpack_from(data, HEADER_SIZE)
+        if rtype == T_FORK:
+            payload["ChildPID"] = a
+        elif rtype == T_EXIT:
+            payload["ExitCode"] = a if b else None
+        elif rtype == T_IOURING:
+            payload["Refused"] = a < 0
+            payload["Errno"] = -a if a < 0 else 0
+            payload["Ret"] = a
         else:
-            payload["Source"] = source
-            payload["SourceName"] = SOURCE_NAMES.get(source, "unknown")
-            try:
-                sni = parseClientHelloSNI(body)
-                payload["ParseErr"] = None
-            except ValueError:
-                sni = ""
-                payload["ParseErr"] = {}
-            payload["SniLen"] = len(sni.encode("utf-8"))
-            payload["RawPayloadLen"] = len(body)
-            payload["SNI"] = sni
-            payload["DuplicateOf"] = ""
-            if family in (2, 10):
-                payload["Family"] = family
-                payload["DestPort"] = port
-                payload["DestIP"] = formatIP(family, addr)
-    elif rtype == T_FORK:
-        if len(data) < HEADER_SIZE + 4:
-            raise DecodeError("fork record of %d bytes" % (len(data),))
-        (payload["_child"],) = _FORK.unpack_from(data, HEADER_SIZE)
-    elif rtype in (T_EXIT, T_FCHDIR):
-        pass
+            payload["_a"] = a
+            payload["_b"] = b
+            payload["_c"] = c
     else:
         raise DecodeError("unknown record type %d" % (rtype,))
     payload["CommStr"] = text(cstring(comm))
     return rtype, payload
+
+
+def dnsPayload(header: Dict[str, Any], family: int, port: int, ip: str, msg: bytes, transport: str) -> Optional[Dict[str, Any]]:
+    """
+    A DNS_QUERY payload when C{msg} parses as a DNS query, else C{None}.
+    """
+    try:
+        qname, qtype = parseDNSQuestion(msg)
+    except ValueError:
+        return None
+    if len(msg) >= 3 and msg[2] & 0x80:
+        return None  # a response, not a query
+    return {
+        "Header": dict(header, Type=T_DNS),
+        "Family": family,
+        "DestPort": port,
+        "QueryLen": len(msg),
+        "ParseErr": None,
+        "QName": qname,
+        "QType": qtype,
+        "DestIP": ip,
+        "Transport": transport,
+    }
+
+
+def tcpDNSMessage(stream: bytes) -> Optional[bytes]:
+    """
+    The first DNS message of a DNS-over-TCP stream (2-byte length prefix),
+    when the stream holds all of it and it parses as a query.
+    """
+    if len(stream) < 14:
+        return None
+    n = int.from_bytes(stream[:2], "big")
+    if n < 12 or len(stream) < 2 + n:
+        return None
+    msg = stream[2 : 2 + n]
+    try:
+        parseDNSQuestion(msg)
+    except ValueError:
+        return None
+    return msg
+
+
+HTTP_METHODS = (b"GET", b"POST", b"PUT", b"PATCH", b"DELETE", b"HEAD", b"OPTIONS", b"CONNECT", b"TRACE")
+
+
+def looksLikeHTTP(data: bytes) -> bool:
+    sp = data.find(b" ", 0, 9)
+    return sp > 0 and data[:sp] in HTTP_METHODS
+
+
+def parseHTTPRequest(data: bytes) -> Optional[Tuple[str, str, str, Dict[str, str], int]]:
+    """
+    C{(method, path, host, headers, header_end)} of a plain-HTTP request at
+    the start of C{data}, once its request line is complete; C{header_end}
+    is the offset of the body (or -1 while the headers are incomplete).
+    """
+    if not looksLikeHTTP(data):
+        return None
+    eol = data.find(b"\r\n")
+    if eol < 0:
+        eol = data.find(b"\n")
+        if eol < 0:
+            return None
+    parts = data[:eol].split(b" ")
+    if len(parts) < 3 or not parts[-1].startswith(b"HTTP/"):
+        return None
+    method, path = text(parts[0]), text(b" ".join(parts[1:-1]))
+    end = data.find(b"\r\n\r\n")
+    headerEnd = end + 4 if end >= 0 else -1
+    headers: Dict[str, str] = {}
+    for line in data[eol:end if end >= 0 else len(data)].split(b"\n"):
+        line = line.strip(b"\r")
+        if b":" in line:
+            k, v = line.split(b":", 1)
+            headers[text(k.strip()).lower()] = text(v.strip())
+    return method, path, headers.get("host", ""), headers, headerEnd
 
 
 # ---------------------------------------------------------------------------
@@ -252,6 +382,27 @@ def parseDNSQuestion(msg: bytes) -> Tuple[str, int]:
 
 def isClientHello(data: bytes) -> bool:
     return len(data) >= 6 and data[0] == 0x16 and data[1] == 0x03 and data[5] == 0x01
+
+
+def joinHandshake(data: bytes) -> Tuple[bytes, bool]:
+    """
+    The TLS records at the start of C{data} with the handshake messages of
+    consecutive handshake records joined into one record (a ClientHello
+    fragmented over several records, as DPI evasion does), and whether the
+    first handshake message is complete.
+    """
+    out = bytearray()
+    off = 0
+    while off + 5 <= len(data) and data[off] == 0x16 and data[off + 1] == 0x03:
+        n = int.from_bytes(data[off + 3 : off + 5], "big")
+        out += data[off + 5 : off + 5 + n]
+        off += 5 + n
+        if len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big"):
+            break
+    complete = len(out) >= 4 and len(out) >= 4 + int.from_bytes(out[1:4], "big")
+    if not out:
+        return data, False
+    return data[:3] + min(len(out), 0xFFFF).to_bytes(2, "big") + bytes(out), complete
 
 
 def parseClientHelloSNI(data: bytes) -> str:

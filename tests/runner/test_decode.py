@@ -202,19 +202,20 @@ class MatcherTests(SynchronousTestCase):
         self.assertEqual({len(k) for k in entries}, {decode.LPM_CAP})
 
 
-def header(rtype: int, tags: int = 0, slot: int = 7) -> bytes:
+def header(rtype: int, tags: int = 0, slot: int = 7, pid: int = 10, tid: int = 0, run: bytes = bytes(range(16)),
+           cgid: int = 456, comm: bytes = b"cat") -> bytes:
     return struct.pack(
         "<QQ16sIIIIII16sBBHI",
         123,
-        456,
-        bytes(range(16)),
-        10,
-        11,
+        cgid,
+        run,
+        pid,
+        tid or pid + 1 if pid == 10 else tid or pid,
         9,
         1000,
         1001,
         slot,
-        b"cat".ljust(16, b"\0"),
+        comm.ljust(16, b"\0"),
         rtype,
         tags,
         0,
@@ -222,9 +223,36 @@ def header(rtype: int, tags: int = 0, slot: int = 7) -> bytes:
     )
 
 
+def fileRecord(path: bytes, rtype: int = decode.T_FILE, dfd: int = -100, flags: int = 0, ret: int = 3,
+               resolve: int = 0, tags: int = 0, truncated: int = 0, **hdr: int) -> bytes:
+    return (header(rtype, tags, **hdr) + struct.pack("<iiiHBB", dfd, flags, ret, len(path), truncated, resolve)
+            + bytes(8) + path + b"\0")
+
+
+def linkRecord(kind: int, old: bytes, new: bytes, olddfd: int = -100, newdfd: int = -100, **hdr: int) -> bytes:
+    return (header(decode.T_LINK, **hdr) + struct.pack("<iiiHHBBHI", olddfd, newdfd, 0, len(old), len(new), kind, 0, 0, 0)
+            + old.ljust(decode.LINK_CAP, b"\0") + new.ljust(decode.LINK_CAP, b"\0"))
+
+
+def smallRecord(rtype: int, a: int = 0, b: int = 0, c: int = 0, **hdr: int) -> bytes:
+    return header(rtype, **hdr) + struct.pack("<iiii", a, b, c, 0)
+
+
+def netRecord(family: int, port: int, addr: bytes, fd: int = 5, fastopen: int = 0, stype: int = 1,
+              path: bytes = b"", **hdr: int) -> bytes:
+    return header(decode.T_NET, **hdr) + struct.pack("<HHI16sBBH108s", family, port, fd, addr.ljust(16, b"\0"),
+                                                      fastopen, stype, 108 if family == 1 else 0, path)
+
+
+def dataRecord(rtype: int, data: bytes, family: int = 2, port: int = 53, addr: bytes = bytes([127, 0, 0, 1]),
+               fd: int = 5, stype: int = 2, **hdr: int) -> bytes:
+    return header(rtype, **hdr) + struct.pack("<HHI16sHBBI", family, port, fd, addr.ljust(16, b"\0"), len(data),
+                                               stype, 3, len(data)) + data
+
+
 class RecordTests(SynchronousTestCase):
     def test_header(self) -> None:
-        rec = header(decode.T_FILE, 3) + struct.pack("<iiHBB", -100, 0o101, 11, 0, 0) + bytes(8) + b"/etc/passwd\0"
+        rec = fileRecord(b"/etc/passwd", tags=3, flags=0o101)
         rtype, payload = decode.decodeRecord(rec)
         self.assertEqual(rtype, 1)
         self.assertEqual(
@@ -245,31 +273,76 @@ class RecordTests(SynchronousTestCase):
         self.assertEqual(payload["CommStr"], "cat")
         self.assertEqual(payload["_path"], b"/etc/passwd")
         self.assertEqual(payload["DFD"], -100)
+        self.assertEqual(payload["Ret"], 3)
         self.assertEqual(payload["_slot"], 7)
+
+    def test_longPath(self) -> None:
+        path = b"/" + b"d/" * 1500 + b"f"
+        _t, payload = decode.decodeRecord(fileRecord(path, resolve=decode.RESOLVE_NEEDED))
+        self.assertEqual(payload["_path"], path)
+        self.assertEqual(payload["_resolve"], decode.RESOLVE_NEEDED)
+
+    def test_link(self) -> None:
+        _t, payload = decode.decodeRecord(linkRecord(decode.L_SYMLINK, b"/home/n/.npmrc", b"x", newdfd=4))
+        self.assertEqual((payload["_kind"], payload["_old"], payload["_new"], payload["_newdfd"]), (1, b"/home/n/.npmrc", b"x", 4))
+        self.assertFalse(payload["_truncated"])
+
+    def test_small(self) -> None:
+        self.assertEqual(decode.decodeRecord(smallRecord(decode.T_FORK, 77))[1]["ChildPID"], 77)
+        self.assertEqual(decode.decodeRecord(smallRecord(decode.T_EXIT, 3, 1))[1]["ExitCode"], 3)
+        self.assertIsNone(decode.decodeRecord(smallRecord(decode.T_EXIT, 0, 0))[1]["ExitCode"])
+        io = decode.decodeRecord(smallRecord(decode.T_IOURING, -1))[1]
+        self.assertEqual((io["Refused"], io["Errno"]), (True, 1))
 
     def test_net(self) -> None:
         addr = bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 1])
-        rec = header(decode.T_NET) + struct.pack("<HHI16s", 10, 443, 5, addr)
-        _t, payload = decode.decodeRecord(rec)
+        _t, payload = decode.decodeRecord(netRecord(10, 443, addr))
         self.assertEqual((payload["Family"], payload["DestPort"], payload["DestIP"]), (10, 443, "10.0.0.1"))
-        rec = header(decode.T_NET) + struct.pack("<HHI16s", 10, 80, 5, bytes(15) + b"\x01")
-        self.assertEqual(decode.decodeRecord(rec)[1]["DestIP"], "::1")
-        rec = header(decode.T_NET) + struct.pack("<HHI16s", 2, 80, 5, bytes([127, 0, 0, 1]) + bytes(12))
-        self.assertEqual(decode.decodeRecord(rec)[1]["DestIP"], "127.0.0.1")
+        self.assertEqual(decode.decodeRecord(netRecord(10, 80, bytes(15) + b"\x01"))[1]["DestIP"], "::1")
+        p = decode.decodeRecord(netRecord(2, 80, bytes([127, 0, 0, 1]), fastopen=1))[1]
+        self.assertEqual((p["DestIP"], p["FastOpen"], p["SockType"]), ("127.0.0.1", True, "stream"))
 
-    def test_dns(self) -> None:
+    def test_unix(self) -> None:
+        p = decode.decodeRecord(netRecord(1, 0, b"", path=b"/var/run/docker.sock"))[1]
+        self.assertEqual(p["UnixPath"], "/var/run/docker.sock")
+        p = decode.decodeRecord(netRecord(1, 0, b"", path=b"\0abstract"))[1]
+        self.assertEqual(p["UnixPath"], "@abstract")
+
+    def test_data(self) -> None:
         q = dnsQuery(b"exfil.test", 28)
-        rec = header(decode.T_DNS) + struct.pack("<HHI16sHBBI", 2, 53, 3, bytes([127, 0, 0, 1]) + bytes(12), len(q), 3, 3, len(q)) + q
-        _t, payload = decode.decodeRecord(rec)
-        self.assertEqual((payload["QName"], payload["QType"], payload["QueryLen"], payload["ParseErr"]), ("exfil.test", 28, len(q), None))
-
-    def test_tls(self) -> None:
-        h = clientHello(b"c2.example")
-        rec = header(decode.T_TLS) + struct.pack("<HHI16sHBBI", 0, 0, 3, bytes(16), len(h), 3, 1, len(h)) + h
-        _t, payload = decode.decodeRecord(rec)
-        self.assertEqual((payload["SNI"], payload["SniLen"], payload["Source"], payload["SourceName"]), ("c2.example", 10, 3, "tcp_clienthello"))
+        _t, payload = decode.decodeRecord(dataRecord(decode.T_DGRAM, q, port=5353))
+        self.assertEqual((payload["_data"], payload["DestPort"], payload["DestIP"]), (q, 5353, "127.0.0.1"))
 
     def test_short(self) -> None:
         self.assertRaises(decode.DecodeError, decode.decodeRecord, b"\0" * 50)
         self.assertRaises(decode.DecodeError, decode.decodeRecord, header(decode.T_NET))
+        self.assertRaises(decode.DecodeError, decode.decodeRecord, header(decode.T_LINK))
         self.assertRaises(decode.DecodeError, decode.decodeRecord, header(77))
+
+
+class PayloadTests(SynchronousTestCase):
+    def test_dnsAnyPort(self) -> None:
+        p = decode.dnsPayload({"Type": 109}, 2, 9999, "127.0.0.1", dnsQuery(b"a.exfil.test", 16), "udp")
+        self.assertEqual((p["QName"], p["QType"], p["DestPort"], p["Transport"], p["Header"]["Type"]), ("a.exfil.test", 16, 9999, "udp", 4))
+
+    def test_notDNS(self) -> None:
+        self.assertIsNone(decode.dnsPayload({}, 2, 53, "127.0.0.1", b"hello world, not dns", "udp"))
+        response = bytearray(dnsQuery(b"a.b"))
+        response[2] |= 0x80
+        self.assertIsNone(decode.dnsPayload({}, 2, 53, "127.0.0.1", bytes(response), "udp"))
+
+    def test_tcpDNS(self) -> None:
+        q = dnsQuery(b"tcp.exfil.test")
+        stream = len(q).to_bytes(2, "big") + q
+        self.assertEqual(decode.tcpDNSMessage(stream), q)
+        self.assertIsNone(decode.tcpDNSMessage(stream[:10]))
+        self.assertIsNone(decode.tcpDNSMessage(stream[:-2]))
+        self.assertIsNone(decode.tcpDNSMessage(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+
+    def test_http(self) -> None:
+        req = b"POST /collect?a=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 4\r\n\r\nbody"
+        method, path, host, headers, end = decode.parseHTTPRequest(req)
+        self.assertEqual((method, path, host, headers["content-length"], req[end:]), ("POST", "/collect?a=1", "127.0.0.1:8080", "4", b"body"))
+        self.assertEqual(decode.parseHTTPRequest(req[:30])[4], -1)
+        self.assertIsNone(decode.parseHTTPRequest(b"\x16\x03\x01 hello"))
+        self.assertIsNone(decode.parseHTTPRequest(b"GETX / HTTP/1.1\r\n"))
