@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import attrs
 import orjson
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -411,6 +412,23 @@ class Orchestrator:
         if record is None:
             return True  # unknown now: take the number as it came
         return PER_RUN_DROPS in (record.registration.capabilities or ())
+
+    def artifactChecked(self, link: Any) -> None:
+        """
+        A run's tarball was checked.  A mismatch found after the run already
+        has its verdict judges the run again (the mismatch is a finding of
+        the run); before that, the run's own analysis includes it.
+        """
+        if link.status != "integrity_mismatch":
+            return
+
+        async def rejudge() -> None:
+            run = await self.store.getRun(link.run_id)
+            if run is not None and run.verdict is not None:
+                self.analyzer.runFinished(link.run_id)
+
+        Deferred.fromCoroutine(rejudge()).addErrback(
+            lambda f: log.failure("re-judging run {run_id} after its integrity check failed", f, run_id=link.run_id))
 
     async def cancel(self, runID: str) -> S.RunRow:
         try:

@@ -1271,6 +1271,14 @@ class SQLiteStore(streamdb.SQLiteStreamStorage, artifactdb.SQLiteArtifactStorage
                     deltas.append(differ.ManifestDelta(d["category"], d["value"], differ.Severity.parse(d["severity"]), d["reason"]))
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warn("release {package}@{version}: unreadable manifest or deltas", package=run.package_name, version=run.version)
+        # The tarball the registry serves does not match the integrity it
+        # publishes: what was installed is not what the registry vouches for.
+        mismatch = conn.execute(
+            "SELECT tarball_url, detail FROM run_artifacts WHERE run_id = ? AND status = 'integrity_mismatch'", (run.id,)
+        ).fetchone()
+        if mismatch is not None:
+            deltas.append(differ.ManifestDelta("pkg_integrity_mismatch", mismatch[0], differ.Severity.CRITICAL,
+                                               "the tarball does not match the registry's integrity: " + mismatch[1]))
         return RunContext(run.package_name, run.version, scripts), deltas
 
     def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":

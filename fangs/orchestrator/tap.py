@@ -466,6 +466,7 @@ def _addArtifacts(parent: service.MultiService, reactor: Any, core: Any, options
 
     registry, http, pool = _registryClient(reactor, options, 4)
     core.artifacts = ArtifactFetcher(reactor, registry, http, core.store)
+    core.artifacts.listeners.append(core.artifactChecked)
     _ArtifactService(core.artifacts, pool).setServiceParent(parent)
 
 

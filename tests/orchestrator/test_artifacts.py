@@ -205,6 +205,18 @@ class ArtifactEndToEndTests(TestCase):
 
         tampered = await self.scan("1.3.1")
         self.assertEqual(tampered["artifact"]["status"], "integrity_mismatch")
+        # The mismatch is a critical finding of the run, whichever finished
+        # first: the check or the run's own analysis.
+        from tests.procs import sleep
+
+        for _ in range(100):
+            code, judged = await self.call("GET", "/v1/runs/" + tampered["run_id"])
+            found = [d for d in judged["deviations"] if d["category"] == "pkg_integrity_mismatch"]
+            if found:
+                break
+            await sleep(0.1)
+        self.assertEqual([d["severity"] for d in found], ["critical"], judged)
+        self.assertEqual(judged["verdict"], "deviations")
 
         # fangs run artifact writes the file, checked against its hash.
         out = os.path.abspath(self.mktemp())
