@@ -178,12 +178,15 @@ class RunStream:
         self._lastUpdate: Dict[str, float] = {}
         self._pending: Deque[Any] = collections.deque()
         self._appending = False
+        self._stopped = False
         self._keepalive = LoopingCall(self._keepaliveAll)
         self._keepalive.clock = clock
         self._keepaliveSeconds = keepalive
 
     async def start(self) -> None:
         _, self._head = await self.store.streamBounds()
+        if self._stopped:
+            return  # stopped while the store answered (a quick shutdown)
         listeners = getattr(self.store, "streamListeners", None)
         if listeners is not None:
             listeners.append(self.poke)
@@ -191,6 +194,7 @@ class RunStream:
             lambda f: log.failure("stream keepalive stopped", f))
 
     def stop(self) -> None:
+        self._stopped = True
         if self._keepalive.running:
             self._keepalive.stop()
         for sub in list(self.subscribers):

@@ -207,6 +207,21 @@ class HubTests(SynchronousTestCase):
         self.successResultOf(second)
         self.assertEqual(c.types(), ["stream.open", "run.queued", "run.started"])
 
+    def test_stoppedBeforeStarted(self) -> None:
+        """
+        A hub stopped while its start still waits for the store starts no
+        timer.
+        """
+        held = Deferred()
+        self.store.streamBounds = lambda: held
+        clock = Clock()
+        hub = RunStream(clock, self.store)
+        started = Deferred.fromCoroutine(hub.start())
+        hub.stop()
+        held.callback((None, 0))
+        self.successResultOf(started)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
     def test_manySubscribersBounded(self) -> None:
         clients = [self.subscribe()[0] for _ in range(1000)]
         self.publish("run.completed")

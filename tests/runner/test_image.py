@@ -91,6 +91,14 @@ class RealImageTests(SynchronousTestCase):
         out = subprocess.run(["docker", "run", "--rm", "--network", "none", image.FIXTURES_IMAGE, "ls", "/fixtures"],
                              capture_output=True, text=True, timeout=60)
         listed = set(out.stdout.split())
-        for name in sorted(p.name for p in image.FIXTURES_DIR.iterdir() if p.is_dir()):
-            self.assertIn(name, listed)
-            self.assertIn(name + ".tgz", listed)
+        import json
+        import re
+
+        for d in sorted(p for p in image.FIXTURES_DIR.iterdir() if p.is_dir()):
+            self.assertIn(d.name, listed)
+            # npm names the tarball after the package; a plain release
+            # version is dropped from the name, a pre-release's is kept.
+            manifest = json.loads((d / "package.json").read_text())
+            version = manifest["version"]
+            tarball = manifest["name"] + ("" if re.fullmatch(r"[0-9][0-9.]*", version) else "-" + version) + ".tgz"
+            self.assertIn(tarball, listed)
