@@ -126,7 +126,9 @@ class RouteTests(TestCase):
         self.sensor.watchBaitFiles(runID, pid, sorted(bait))
         open(root + "/tmp/go", "w").close()
         await deferToThread(_thd_docker, "wait", cid)
-        logs = await deferToThread(lambda: subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stdout)
+        # Both streams: a route that fails says why on stderr.
+        logs = await deferToThread(lambda: subprocess.run(["docker", "logs", cid], stdout=subprocess.PIPE,
+                                                          stderr=subprocess.STDOUT, text=True).stdout)
         await deferLater(reactor, 0.3, lambda: None)
         self.sensor.removeRun(runID)
         self.assertEqual(self.sensor.dropsFor(runID), 0)
