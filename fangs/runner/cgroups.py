@@ -115,6 +115,23 @@ class CgroupManager:
                 found.append(candidate)
         return found
 
+    def ownedPath(self, path: str) -> str | None:
+        """
+        The directory of C{path} (C{/fangs/<name>...} relative to the v2
+        root, or an absolute path under it) when it lies inside this
+        runner's own C{<root>/<parent>} tree once links and C{..} are
+        resolved; None for anything else (another service's cgroup, the
+        root, a link out of the tree).
+        """
+        if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+            return None
+        absolute = path if path.startswith(self.root.rstrip("/") + "/") else self.root.rstrip("/") + path
+        top = os.path.realpath(os.path.join(self.root, self.parent))
+        real = os.path.realpath(absolute)
+        if not real.startswith(top + "/"):
+            return None
+        return real
+
     def available(self) -> bool:
         """
         Whether C{root} is a cgroup v2 mount (it has C{cgroup.controllers}).

@@ -770,8 +770,13 @@ class RunnerService(Service):
         job = run.job
         if not job.cgroup_path:
             return "failed", "sensor_only job without cgroup_path"
+        # Whatever the orchestrator let through: this runner watches only
+        # cgroups of its own /fangs/ tree, never another service's.
+        path = self._cgroups.ownedPath(job.cgroup_path)
+        if path is None:
+            return "failed", "cgroup_path %s is not under this runner's own /fangs/ cgroup tree" % (job.cgroup_path[:200],)
         try:
-            cgroupID = self._cgroupInode(job.cgroup_path)
+            cgroupID = self._cgroupInode(path)
         except OSError as e:
             return "failed", "resolve cgroup id: %s" % (_describe(e),)
         try:

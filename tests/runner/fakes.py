@@ -125,6 +125,14 @@ class FakeCgroups:
         self.createError: Optional[Exception] = None
         self._next = 1000
 
+    def ownedPath(self, path: str) -> Optional[str]:
+        # The real rule on a tree rooted at /sys/fs/cgroup/unified with no links.
+        import posixpath
+
+        absolute = path if path.startswith("/sys/fs/cgroup/unified/") else "/sys/fs/cgroup/unified" + path
+        real = posixpath.normpath(absolute)
+        return real if real.startswith("/sys/fs/cgroup/unified/fangs/") else None
+
     def create(self, runHex: str) -> FakeRunCgroup:
         if self.createError is not None:
             raise self.createError

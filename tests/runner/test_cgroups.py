@@ -111,3 +111,17 @@ class RealHierarchyTests(SynchronousTestCase):
         self.assertIsNotNone(findCgroup2Mount())
         self.assertIsNotNone(cgroupOfPid(os.getpid()))
         self.assertIsNone(cgroupOfPid(0))
+
+
+class OwnedPathTests(SynchronousTestCase):
+    def test_ownTreeOnly(self) -> None:
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(root, "fangs", "run1"))
+        os.makedirs(os.path.join(root, "system.slice"))
+        os.symlink(os.path.join(root, "system.slice"), os.path.join(root, "fangs", "escape"))
+        m = CgroupManager(root=os.path.abspath(root), v1Root=None)
+        top = os.path.realpath(os.path.join(root, "fangs"))
+        self.assertEqual(m.ownedPath("/fangs/run1"), os.path.join(top, "run1"))
+        self.assertEqual(m.ownedPath(os.path.abspath(root) + "/fangs/run1"), os.path.join(top, "run1"))
+        for bad in ("/fangs/../system.slice", "/fangs/escape", "/fangs", "/", "fangs/run1", "/system.slice"):
+            self.assertIsNone(m.ownedPath(bad), bad)

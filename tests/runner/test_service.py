@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+import attrs
+
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -34,7 +36,7 @@ def makeJob(n: int, duration: float = 60, grace: float = 2, sandbox: bool = True
         kind="sandbox_scan" if sandbox else "sensor_only",
         package_name="left-pad",
         version="1.0.%d" % (n,),
-        cgroup_path="" if sandbox else "/sys/fs/cgroup/unified/some/where",
+        cgroup_path="" if sandbox else "/sys/fs/cgroup/unified/fangs/some-where",
         watched_paths=[WatchedPath("/etc/"), WatchedPath("/etc/shadow", cred_tagged=True)],
         duration=int(duration * SECOND),
         sandbox=SandboxSpec(image="fangs-sandbox/node:20", command=["npm", "install"],
@@ -561,6 +563,20 @@ class JobTests(ServiceTestsMixin, SynchronousTestCase):
         self.assertEqual((result.status, result.events_emitted), ("ok", 1))
         self.assertEqual(self.cgroups.created, [])
         self.assertEqual(self.sandbox.handles, {})
+
+    def test_sensorOnlyOutsideOwnTreeRefused(self) -> None:
+        """
+        A sensor_only job may watch only a cgroup of the runner's own
+        /fangs/ tree, whatever the orchestrator let through.
+        """
+        self.start()
+        for n, path in enumerate(["/sys/fs/cgroup/unified/system.slice/sshd.service", "/fangs/../system.slice",
+                                  "/", "relative/fangs/x"], 1):
+            self.startJob(attrs.evolve(makeJob(n, duration=20, sandbox=False), cgroup_path=path))
+            result = self.result(n)
+            self.assertEqual(result.status, "failed")
+            self.assertIn("not under this runner's own /fangs/ cgroup tree", result.reason)
+        self.assertNotIn("addRun", [entry[0] for entry in self.sensor.log])
 
 
 class ConcurrentJobTests(ServiceTestsMixin, SynchronousTestCase):
