@@ -73,6 +73,9 @@ class RouteTests(TestCase):
             "gcc", ["-static", "-O1", "-o", self.helper, os.path.join(HERE, "data", "routes.c")], env=dict(os.environ), reactor=reactor)
         if code != 0:
             prereq.missing("static build of the test helper failed: " + err.decode(errors="replace")[-500:])
+        # Whatever umask this process runs under (the orchestrator's service
+        # sets 077): the sandbox user must be able to run it.
+        os.chmod(self.helper, 0o755)
         self.seccomp = os.path.join(self.tmp, "seccomp.json")
         with open(self.seccomp, "w") as f:
             json.dump(SECCOMP, f)
