@@ -38,7 +38,9 @@ test: setup
 unit: venv
 	$(TRIAL) -j2 tests
 
-demo: setup
+demo:
+	FANGS_SETUP_FOR=demo bash scripts/setup-system.sh
+	$(MAKE) venv image
 	bash scripts/demo.sh
 
 bench: setup
