@@ -892,7 +892,10 @@ class Sensor:
             target = self._resolver.fdOf(pid, dfd)
             payload["ExecFD"] = dfd
             if target is None:
-                self._unresolved(run, payload, raw, "executed fd %d unknown" % (dfd,))
+                # An fd opened before the sensor saw the process (runc's
+                # cloned binary, say): what the kernel executed is
+                # /proc/<pid>/exe once the new image runs (T_EXECDONE).
+                payload["_fdUnknown"] = dfd
         elif dfd != decode.AT_FDCWD or raw.startswith((b"/proc/", b"/dev/fd/")) or (raw and not raw.startswith(b"/")):
             try:
                 target = self._resolver.resolve(run.paths, pid, tid, dfd, raw).name
@@ -907,37 +910,58 @@ class Sensor:
         if payload.pop("_unreadable", False):
             # Strings not faulted in at the call: completed from /proc once
             # the new image runs (T_EXECDONE), or delivered as they are.
+            payload["_argvPending"] = True
+        if "_argvPending" in payload or "_fdUnknown" in payload:
             self._pendingExec[pid] = (run, payload)
             return
         self._deliver(run, decode.T_EXEC, payload)
 
-    def _flushExec(self, run: _Run, pid: int, cmdline: Optional[bytes] = None) -> None:
+    def _flushExec(self, run: _Run, pid: int, cmdline: Optional[bytes] = None, exe: Optional[bytes] = None) -> None:
+        """
+        Deliver the exec record waiting for the new image of C{pid}: its
+        argv from C{cmdline} and, for an exec of an fd the sensor never saw
+        opened, what was executed from C{exe} (C{/proc/<pid>/exe}); without
+        them, as it is (an unknown fd is then counted as unresolved).
+        """
         pending = self._pendingExec.pop(pid, None)
         if pending is None:
             return
         prun, payload = pending
-        if cmdline:
-            argv = [decode.text(a) for a in cmdline.split(b"\0")[:-1] or cmdline.split(b"\0")]
-            payload["ArgvStrs"] = [a[: decode.ARG_CAP - 1] for a in argv[:16]]
-            payload["Argc"] = len(payload["ArgvStrs"])
-            payload["ArgvTruncated"] = 1 if len(argv) > 16 else 0
-            payload["ArgvFrom"] = "proc"
-        else:
-            payload["ArgvUnreadable"] = True
+        if payload.pop("_argvPending", False):
+            if cmdline:
+                argv = [decode.text(a) for a in cmdline.split(b"\0")[:-1] or cmdline.split(b"\0")]
+                payload["ArgvStrs"] = [a[: decode.ARG_CAP - 1] for a in argv[:16]]
+                payload["Argc"] = len(payload["ArgvStrs"])
+                payload["ArgvTruncated"] = 1 if len(argv) > 16 else 0
+                payload["ArgvFrom"] = "proc"
+            else:
+                payload["ArgvUnreadable"] = True
+        fd = payload.pop("_fdUnknown", None)
+        if fd is not None:
+            if exe:
+                payload["RawBinaryPathStr"] = payload.get("BinaryPathStr", "")
+                payload["BinaryPathStr"] = decode.text(exe)
+                payload["BinaryFrom"] = "proc"
+            elif prun.runID in self._runs:
+                self._unresolved(prun, payload, payload.get("_bin", b""), "executed fd %d unknown" % (fd,))
         if prun.runID in self._runs:
             self._deliver(prun, decode.T_EXEC, payload)
 
     def _onExecDone(self, run: _Run, payload: Dict[str, Any]) -> None:
         pid = payload["Header"]["PID"]
-        if pid not in self._pendingExec:
+        pending = self._pendingExec.get(pid)
+        if pending is None:
             return
-        cmdline = None
-        try:
-            with open("/proc/%d/cmdline" % (pid,), "rb") as f:
-                cmdline = f.read(65536)
-        except OSError:
-            pass
-        self._flushExec(run, pid, cmdline)
+        cmdline = exe = None
+        if "_argvPending" in pending[1]:
+            try:
+                with open("/proc/%d/cmdline" % (pid,), "rb") as f:
+                    cmdline = f.read(65536)
+            except OSError:
+                pass
+        if "_fdUnknown" in pending[1]:
+            exe = self._procfs.readlink("/proc/%d/exe" % (pid,))
+        self._flushExec(run, pid, cmdline, exe)
 
     # -- network ---------------------------------------------------------
 

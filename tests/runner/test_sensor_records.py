@@ -376,6 +376,25 @@ class FileRouteTests(SynchronousTestCase):
         execs = [p for t, p in events if t == decode.T_EXEC]
         self.assertEqual((execs[0]["BinaryPathStr"], execs[0]["ExecFD"]), ("memfd:stage2", 4))
 
+    def test_execveatOfAnFdNeverSeenOpened(self) -> None:
+        """
+        An exec of an fd opened before the sensor saw the process (runc
+        runs its cloned binary that way) is what /proc/<pid>/exe shows once
+        the new image runs; only with nothing there is it unresolved.
+        """
+        exe = header(decode.T_EXEC, slot=SLOT) + struct.pack("<BBHi", 1, 0, 0, 6) + bytes(decode.EXEC_SIZE - 88)
+        self.assertEqual(self.h.feed(exe), [])
+        self.h.procfs.links["/proc/10/exe"] = b"/memfd:runc_cloned:/proc/self/exe (deleted)"
+        events = self.h.feed(smallRecord(decode.T_EXECDONE, **H))
+        self.assertEqual([(t, p["BinaryPathStr"], p["ExecFD"]) for t, p in events],
+                         [(decode.T_EXEC, "/memfd:runc_cloned:/proc/self/exe (deleted)", 6)])
+        self.assertNotIn("_fdUnknown", events[0][1])
+        del self.h.procfs.links["/proc/10/exe"]
+        self.assertEqual(self.h.feed(exe), [])
+        events = self.h.feed(smallRecord(decode.T_EXECDONE, **H))
+        self.assertEqual(sorted(t for t, _ in events), [decode.T_EXEC, decode.T_UNRESOLVED])
+        self.assertEqual([p["Reason"] for t, p in events if t == decode.T_UNRESOLVED], ["executed fd 6 unknown"])
+
     def test_forkAndExit(self) -> None:
         events = self.h.feed(smallRecord(decode.T_FORK, 31, **H), smallRecord(decode.T_EXIT, 2, 1, **H))
         self.assertEqual([(t, p.get("ChildPID"), p.get("ExitCode")) for t, p in events],
