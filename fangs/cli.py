@@ -742,6 +742,8 @@ def cmdRunWatch(c: Context) -> int:
                 seen += 1
                 if c.args.count and seen >= c.args.count:
                     break
+            if c.args.until_final and kind in FINAL_LINES:
+                break
     except KeyboardInterrupt:
         pass
     except APIError as e:
@@ -1292,6 +1294,8 @@ def buildParser() -> argparse.ArgumentParser:
     sp.add_argument("--run", help="only this run (id or unique prefix)")
     sp.add_argument("--since", help="first send every line after this cursor (from an earlier --json line)")
     sp.add_argument("--count", type=int, default=0, help="stop after this many run lines")
+    sp.add_argument("--until-final", action="store_true",
+                    help="stop at the first run.completed, run.failed or run.cancelled line")
     sp = cmd(g, "events", cmdRunEvents, "a run's events (NDJSON with --json)")
     sp.add_argument("id", help="run id or unique prefix")
     sp.add_argument("--type", choices=sorted(wire.EVENT_TYPE_IDS))

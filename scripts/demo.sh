@@ -157,7 +157,7 @@ print(json.load(urllib.request.urlopen(req, timeout=30))["run_id"])
 EOF
 )"
 echo "run $RUN_ID queued; following it on the run stream:"
-$FANGS run watch --run "$RUN_ID" --since 0 --state run.completed --count 1
+$FANGS run watch --run "$RUN_ID" --since 0 --until-final
 $FANGS run show "${RUN_ID:0:12}"
 
 say "fangs pending"

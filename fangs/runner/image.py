@@ -265,8 +265,10 @@ def buildFixturesImage(tag: str = FIXTURES_IMAGE, base: str = SANDBOX_IMAGE, fix
         env = dict(os.environ, DOCKER_BUILDKIT="0")
         _run(["docker", "build", "--pull=false", "--network", "none", "-q", "-t", tag, tmp],
              "docker build " + tag, env=env)
-        # The image this tag named before is now dangling: drop it.
-        if previous.returncode == 0 and previous.stdout.strip():
+        # The image this tag named before is now dangling: drop it (unless
+        # the build, all from cache, gave the very same image back).
+        now = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", tag], capture_output=True, text=True)
+        if previous.returncode == 0 and previous.stdout.strip() and previous.stdout.strip() != now.stdout.strip():
             subprocess.run(["docker", "image", "rm", previous.stdout.strip()], capture_output=True)
 
 
