@@ -32,7 +32,7 @@ from fangs.runner.service import RunnerService
 from fangs.runner.streamer import EventStreamer
 from fangs.wire import SECOND, EventType, Job, RunID, SandboxSpec
 from tests import prereq
-from tests.runner.test_sandbox import waitInstall
+from tests.runner.test_sandbox import ImmediatePool, waitInstall
 from tests.runner.fakes import FakeCgroups, FakeClient, FakeSandbox, FakeSensor, runID
 
 
@@ -99,18 +99,6 @@ class RuleTests(SynchronousTestCase):
 class FakeReactor(Clock):
     def callFromThread(self, f, *args, **kw):
         f(*args, **kw)
-
-
-class ImmediatePool:
-    def callInThreadWithCallback(self, onResult, f, *args, **kw):
-        try:
-            result = f(*args, **kw)
-        except BaseException:
-            from twisted.python.failure import Failure
-
-            onResult(False, Failure())
-        else:
-            onResult(True, result)
 
 
 class FakeDockerAPI:
