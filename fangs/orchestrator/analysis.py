@@ -36,10 +36,6 @@ class RunAnalyzer:
         self._store = store
         self.metrics = metrics
         self.listeners: List[Callable[[AnalysisOutcome], Any]] = []
-        self.durations: List[float] = []
-
-    def batchStored(self, runID: str, rows: Any, firstEventID: Optional[int]) -> None:
-        pass  # fingerprints are extracted by the store inside the batch's transaction
 
     def runFinished(self, runID: str) -> None:
         d = Deferred.fromCoroutine(self.analyze(runID))
@@ -55,9 +51,8 @@ class RunAnalyzer:
             outcome = await self._store.analyzeRun(runID, now, credPathsOf(run))
         else:
             outcome = await self._store.decide(runID, decision, actor, now, credPathsOf(run))
-        self.durations.append(self._clock.seconds() - started)
         if self.metrics is not None:
-            self.metrics.analysed(outcome, decision, self.durations[-1])
+            self.metrics.analysed(outcome, decision, self._clock.seconds() - started)
         log.info(
             "run {run_id} ({package}) verdict {verdict}: {deviations} deviations, max severity {severity}",
             run_id=runID,
