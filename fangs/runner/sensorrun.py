@@ -86,7 +86,8 @@ class RecordHandlers:
     def _unresolved(self, run: WatchedRun, payload: Dict[str, Any], raw: bytes, reason: str, harmless: bool = False) -> None:
         """
         Report an access that could not be resolved, with the raw string;
-        counted (L{fangs.runner.sensor.Sensor.unresolvedFor}) unless it provably is harmless.
+        counted (L{fangs.runner.sensor.Sensor.unresolvedFor}) unless it
+        provably is harmless.
         """
         if harmless:
             self.stats["unresolved_harmless"] += 1
