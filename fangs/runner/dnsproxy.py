@@ -23,6 +23,10 @@ KIB = 1024
 
 
 class DNSProtocol(DatagramProtocol):
+    """
+    DNS over UDP: each datagram answered (or not) by the gateway.
+    """
+
     def __init__(self, gateway: RunGateway) -> None:
         self.gw = gateway
 
@@ -38,6 +42,10 @@ class DNSProtocol(DatagramProtocol):
 
 
 class DNSTCP(Protocol):
+    """
+    DNS over TCP: length-prefixed messages, bounded in size and time.
+    """
+
     def __init__(self, gateway: RunGateway) -> None:
         self.gw = gateway
         self.buf = b""

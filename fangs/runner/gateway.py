@@ -283,18 +283,17 @@ class RunGateway:
         Listen on the gateway address (ports chosen by the kernel; see
         C{tcpPort}, C{dnsUDPPort}, C{dnsTCPPort}, C{udpPort}).
         """
-        tcp = self.reactor.listenTCP(0, _PerRunFactory(Connection, self), interface=self.address, backlog=128)
-        self._ports.append(tcp)
-        self.tcpPort = tcp.getHost().port
-        udp = self.reactor.listenUDP(0, DNSProtocol(self), interface=self.address)
-        self._ports.append(udp)
-        self.dnsUDPPort = udp.getHost().port
-        dnsTCP = self.reactor.listenTCP(0, _PerRunFactory(DNSTCP, self), interface=self.address, backlog=32)
-        self._ports.append(dnsTCP)
-        self.dnsTCPPort = dnsTCP.getHost().port
-        sink = self.reactor.listenUDP(0, UDPSink(self), interface=self.address)
-        self._ports.append(sink)
-        self.udpPort = sink.getHost().port
+        listenTCP, listenUDP = self.reactor.listenTCP, self.reactor.listenUDP
+        self.tcpPort = self._listen(listenTCP(0, _PerRunFactory(Connection, self), interface=self.address,
+                                              backlog=128))
+        self.dnsUDPPort = self._listen(listenUDP(0, DNSProtocol(self), interface=self.address))
+        self.dnsTCPPort = self._listen(listenTCP(0, _PerRunFactory(DNSTCP, self), interface=self.address,
+                                                 backlog=32))
+        self.udpPort = self._listen(listenUDP(0, UDPSink(self), interface=self.address))
+
+    def _listen(self, port: Any) -> int:
+        self._ports.append(port)
+        return port.getHost().port
 
     async def close(self) -> GatewayStats:
         """

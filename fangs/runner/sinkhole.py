@@ -48,6 +48,11 @@ _PEEK, _FORWARD, _SINK_HTTP, _SINK_RAW, _DONE = range(5)
 
 
 class Connection(Protocol):
+    """
+    One TCP connection from the sandbox: peeked at, then forwarded or
+    sinkholed (see the module docstring), recorded once.
+    """
+
     def __init__(self, gateway: RunGateway) -> None:
         self.gw = gateway
         self.state = _PEEK
@@ -369,6 +374,10 @@ class Connection(Protocol):
 
 
 class UDPSink(DatagramProtocol):
+    """
+    Every datagram that is not DNS: recorded with where it was going.
+    """
+
     def __init__(self, gateway: RunGateway) -> None:
         self.gw = gateway
 
