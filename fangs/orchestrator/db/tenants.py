@@ -183,3 +183,37 @@ SQLITE_SCHEMA = _RUN_TENANTS.format(T="TEXT", W=" WITHOUT ROWID") + """
         CREATE INDEX outbox_due ON outbox(next_attempt_ns) WHERE state = 'pending';
         CREATE INDEX deliveries_by_notifier ON deliveries(tenant, notifier_name, at_ns)
 """
+
+# PostgreSQL changes keys in place (the constraint names are PostgreSQL's
+# defaults; baseline's is its table's name before the actors migration
+# renamed it).
+POSTGRES_SCHEMA = _RUN_TENANTS.format(T="TEXT", W="") + """
+        ALTER TABLE baseline ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE baseline DROP CONSTRAINT IF EXISTS baseline_actors_pkey;
+        ALTER TABLE baseline DROP CONSTRAINT IF EXISTS baseline_pkey;
+        ALTER TABLE baseline ADD PRIMARY KEY (tenant, package_name, category, value, actor, run_id);
+        ALTER TABLE packages ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE releases ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE releases DROP CONSTRAINT IF EXISTS releases_package_name_fkey;
+        ALTER TABLE releases DROP CONSTRAINT IF EXISTS releases_pkey;
+        ALTER TABLE packages DROP CONSTRAINT IF EXISTS packages_pkey;
+        ALTER TABLE packages ADD PRIMARY KEY (tenant, name);
+        ALTER TABLE releases ADD PRIMARY KEY (tenant, package_name, version);
+        ALTER TABLE releases ADD FOREIGN KEY (tenant, package_name) REFERENCES packages(tenant, name) ON DELETE CASCADE;
+        DROP INDEX IF EXISTS releases_waiting;
+        CREATE INDEX releases_waiting ON releases(tenant, package_name) WHERE queued = 0 AND seeded = 0;
+        CREATE INDEX releases_by_release ON releases(package_name, version);
+        ALTER TABLE allowlist ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        UPDATE allowlist SET tenant = '*' WHERE source <> 'operator';
+        ALTER TABLE allowlist DROP CONSTRAINT IF EXISTS allowlist_scope_package_name_kind_value_key;
+        ALTER TABLE allowlist ADD UNIQUE (tenant, scope, package_name, kind, value);
+        ALTER TABLE notifiers ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE notifiers DROP CONSTRAINT IF EXISTS notifiers_pkey;
+        ALTER TABLE notifiers ADD PRIMARY KEY (tenant, name);
+        ALTER TABLE outbox ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE outbox DROP CONSTRAINT IF EXISTS outbox_run_id_notifier_name_key;
+        ALTER TABLE outbox ADD UNIQUE (run_id, tenant, notifier_name);
+        ALTER TABLE deliveries ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        DROP INDEX IF EXISTS deliveries_by_notifier;
+        CREATE INDEX deliveries_by_notifier ON deliveries(tenant, notifier_name, at_ns)
+"""
