@@ -635,10 +635,11 @@ class OrchestratorAPI:
         clock = self.core.clock
         started = clock.seconds()
         try:
+            depth = await self.core.store.queueDepth()
             byTenant = await self.core.store.queueDepthByTenant()
             if caller.selected is not None:
                 byTenant = {caller.selected: byTenant.get(caller.selected, 0)}
-            depth = sum(byTenant.values())
+                depth = byTenant[caller.selected]
             db = {"backend": getattr(self.core.store, "backend", "?"), "ok": True,
                   "latency_ms": round((clock.seconds() - started) * 1000, 1)}
         except Exception as e:
@@ -958,6 +959,8 @@ class OrchestratorAPI:
             raise BadRequest(str(e)) from None
         if request.method == b"DELETE":
             if baseline:
+                if await self.core.store.getPackage(name, tenant=caller.tenant) is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
+                    raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
                 raise BadRequest("a baseline is changed by promoting or rejecting runs, not deleted")
             await self.core.removePackage(name, actorOf(request), caller.tenant)
             return self._json(request, {"name": name, "removed": True})
@@ -1090,8 +1093,6 @@ class OrchestratorAPI:
         recorded, newest first, with whether and as which run each was
         queued.
         """
-        if request.method != b"GET":
-            raise BadRequest("releases are recorded by the watcher; only GET is allowed")
         try:
             npm.checkPackageName(name)
         except ValueError as e:
@@ -1099,6 +1100,8 @@ class OrchestratorAPI:
         status = await self.core.store.watchStatus(name, tenant=caller.tenant)
         if status is None:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        if request.method != b"GET":
+            raise BadRequest("releases are recorded by the watcher; only GET is allowed")
         raw = queryArg(request, "limit") or "50"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
@@ -1251,6 +1254,8 @@ class OrchestratorAPI:
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
         rows = await self.core.store.deliveries(checkName(name), int(raw), tenant=caller.tenant)  # history outlives its notifier
+        if not rows:
+            await self._requireNotifier(name, caller.tenant)  # neither history nor notifier: no such name for this tenant
         for r in rows:
             for key in ("at_ns", "next_attempt_ns"):
                 r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
