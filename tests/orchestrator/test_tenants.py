@@ -624,3 +624,114 @@ class SingleTenantTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(o.store.runTenants(runID)), ["default"])
         code, run = o.call("GET", "/v1/runs/" + runID, headers={"X-Fangs-Tenant": ["team-a"]})
         self.assertEqual(code, 404)  # the local all-tenant caller selected another tenant
+
+
+# ---------------------------------------------------------------------------
+# Operator certificates name their tenant
+
+
+class CertificateTenantTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        from fangs import pki
+
+        self.pki = pki
+        self.ca, self.caKey = pki.makeCA()
+
+    def identity(self, scopes: Any = ("read",), tenant: str = "", **kw: Any) -> Any:
+        from fangs.tls import identityOf
+
+        cert, _ = self.pki.issue(self.ca, self.caKey, "carol", "operator", scopes=scopes, tenant=tenant)
+        return identityOf(cert, **kw)
+
+    def principal(self, identity: Any) -> Any:
+        from fangs.orchestrator.auth import Principal, certificateTenant
+
+        return certificateTenant(identity)
+
+    def test_sanURI(self) -> None:
+        """
+        C{urn:fangs:tenant:<name>} in the certificate's SAN names its tenant.
+        """
+        identity = self.identity(("read", "write"), tenant=A_TENANT)
+        self.assertEqual((identity.kind, identity.tenant), ("operator", A_TENANT))
+        self.assertEqual(self.principal(identity), A_TENANT)
+        self.assertEqual(self.principal(self.identity(("admin",), tenant="*")), "*")
+        self.assertEqual(self.principal(self.identity(("admin",), tenant=B_TENANT)), B_TENANT)
+
+    def test_withoutTenant(self) -> None:
+        """
+        A certificate naming no tenant: an admin one is every tenant's (the
+        install's admin before tenants), any other is the default tenant's.
+        """
+        self.assertEqual(self.principal(self.identity(("read", "write"))), "default")
+        self.assertEqual(self.principal(self.identity(("admin",))), "*")
+
+    def test_configMappingWins(self) -> None:
+        identity = self.identity(("read",), tenant=A_TENANT, operatorTenants={"carol": B_TENANT})
+        self.assertEqual(identity.tenant, B_TENANT)
+        identity = self.identity(("read",), operatorTenants={"dave": B_TENANT})
+        self.assertEqual(identity.tenant, "")
+
+    def test_badTenantNamesNoIdentity(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from fangs.tls import identityOf
+
+        cert, key = self.pki.issue(self.ca, self.caKey, "carol", "operator", scopes=("read",))
+        for uris in (["fangs://operator/carol?scopes=read", "urn:fangs:tenant:Not_Valid"],
+                     ["fangs://operator/carol?scopes=read", "urn:fangs:tenant:team-a", "urn:fangs:tenant:team-b"],
+                     ["fangs://operator/carol?scopes=read&tenant=BAD"]):
+            builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(self.ca.subject)
+                       .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                       .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+                       .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]), critical=False)
+                       .add_extension(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value, critical=False))
+            self.assertIsNone(identityOf(builder.sign(self.caKey, hashes.SHA256())), uris)
+        self.assertRaises(self.pki.PKIError, self.pki.issue, self.ca, self.caKey, "carol", "operator", scopes=("read",),
+                          tenant="Bad Tenant")
+
+    def test_queryTenant(self) -> None:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from fangs.tls import identityOf
+
+        cert, key = self.pki.issue(self.ca, self.caKey, "carol", "operator", scopes=("read",))
+        builder = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(self.ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+                   .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+                       "fangs://operator/carol?scopes=read,write&tenant=team-a")]), critical=False)
+                   .add_extension(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value, critical=False))
+        self.assertEqual(identityOf(builder.sign(self.caKey, hashes.SHA256())).tenant, A_TENANT)
+
+    def test_configParsed(self) -> None:
+        from fangs.orchestrator.config import ConfigError, loadConfig
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("operator_tenants:\n  carol: team-a\n  root: '*'\n")
+        self.assertEqual(dict(loadConfig(path).operatorTenants), {"carol": A_TENANT, "root": "*"})
+        with open(path, "w") as f:
+            f.write("operator_tenants:\n  carol: Not A Tenant\n")
+        self.assertRaises(ConfigError, loadConfig, path)
+
+    def test_certificatePrincipalActsOnItsTenant(self) -> None:
+        """
+        Through the API: an operator certificate of team-b does not see
+        team-a's run, and may not select team-a.
+        """
+        from fangs.tls import Identity
+
+        t = Tenants(self)
+        runID = t.scan("a", A_PACKAGE, "1.0.0", BENIGN)
+        identity = Identity("operator", "carol", "CN=carol", ("orchestrator:read",), B_TENANT)
+        o = t.o
+        o.api = OrchestratorAPI(o.core, Authenticator("mtls", o.store, peerIdentity=lambda request: identity, clock=o.clock))
+        o.treq = StubTreq(o.api.resource())
+        code, _ = o.call("GET", "/v1/runs/" + runID)
+        self.assertEqual(code, 404)
+        code, body = o.call("GET", "/v1/runs", headers={"X-Fangs-Tenant": [A_TENANT]})
+        self.assertEqual((code, body["error"]["code"]), (403, "tenant_forbidden"))
+        identity = Identity("operator", "carol", "CN=carol", ("orchestrator:read",), A_TENANT)
+        code, run = o.call("GET", "/v1/runs/" + runID)
+        self.assertEqual((code, run["tenant"]), (200, A_TENANT))
