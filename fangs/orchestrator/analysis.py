@@ -37,7 +37,6 @@ class RunAnalyzer:
         self._store = store
         self.metrics = metrics
         self.listeners: List[Callable[[AnalysisOutcome], Any]] = []
-        self.durations: List[float] = []
 
     def batchStored(self, runID: str, rows: Any, firstEventID: Optional[int]) -> None:
         pass  # fingerprints are extracted by the store inside the batch's transaction
@@ -66,10 +65,10 @@ class RunAnalyzer:
             outcomes = [await self._store.analyzeRun(runID, now, credPathsOf(run), tenant=tenant)]
         else:
             outcomes = [await self._store.decide(runID, decision, actor, now, credPathsOf(run), tenant=tenant or DEFAULT_TENANT)]
-        self.durations.append(self._clock.seconds() - started)
+        elapsed = self._clock.seconds() - started
         for outcome in outcomes:
             if self.metrics is not None:
-                self.metrics.analysed(outcome, decision, self.durations[-1])
+                self.metrics.analysed(outcome, decision, elapsed)
             log.info(
                 "run {run_id} ({package}) verdict {verdict} for tenant {tenant}: {deviations} deviations, max severity {severity}",
                 run_id=runID,

@@ -34,7 +34,7 @@ import attrs
 from twisted.logger import Logger
 
 from fangs.errors import BadRequest, Forbidden, NotFoundError, Unauthorized
-from fangs.tenants import ALL_TENANTS, DEFAULT_TENANT, TENANT_HEADER, TenantError, checkTenant, selectTenant
+from fangs.tenants import ALL_TENANTS, DEFAULT_TENANT, TENANT_HEADER, TenantError, selectTenant
 from fangs.tls import Identity, peerIdentity
 
 log = Logger()

@@ -644,7 +644,7 @@ class CertificateTenantTests(SynchronousTestCase):
         return identityOf(cert, **kw)
 
     def principal(self, identity: Any) -> Any:
-        from fangs.orchestrator.auth import Principal, certificateTenant
+        from fangs.orchestrator.auth import certificateTenant
 
         return certificateTenant(identity)
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from fangs.orchestrator.db.model import _RUN_SELECT, _TENANT_RUN_SELECT, _runRow, StoredEvent, Page, encodeToken, decodeToken
+from fangs.orchestrator.db.model import _TENANT_RUN_SELECT, _runRow, StoredEvent, Page, encodeToken, decodeToken
 
 
 #: The runs one tenant sees (the first parameter), with its verdicts.
