@@ -735,3 +735,58 @@ class CertificateTenantTests(SynchronousTestCase):
         identity = Identity("operator", "carol", "CN=carol", ("orchestrator:read",), A_TENANT)
         code, run = o.call("GET", "/v1/runs/" + runID)
         self.assertEqual((code, run["tenant"]), (200, A_TENANT))
+
+
+class SharedWatchTests(SynchronousTestCase):
+    def test_watcherScansOnceForTwoTenants(self) -> None:
+        """
+        The real watcher: default and team-a watch one package; each new
+        release is one run, linked to both tenants, each with its own
+        releases' watch state.
+        """
+        from fangs.orchestrator import store as S
+        from fangs.orchestrator.watcher import Watcher
+        from tests.orchestrator.test_watcher import Harness
+
+        h = Harness(self)
+        o = h.o
+        for v in ("1.0.0", "2.0.0"):
+            h.fake.publish("left-pad", v)
+        h.watch("left-pad")
+        code, _ = o.call("POST", "/v1/packages", {"name": "left-pad"}, headers={"X-Fangs-Tenant": [A_TENANT]})
+        self.assertEqual(code, 201)
+
+        async def submit(request: Any, key: str, tenant: str = "default") -> str:
+            return (await o.core.submitScan(request, key, requireTarget=False, tenant=tenant))[0]
+
+        watcher = Watcher(o.clock, o.store, h.client, submit)
+
+        def poll() -> Any:
+            d = Deferred.fromCoroutine(watcher.pollOnce())
+            for _ in range(600):
+                h.stub.flush()
+                if d.called:
+                    break
+                o.clock.advance(0.1)
+            return self.successResultOf(d)
+
+        def runs() -> List[Any]:
+            return self.successResultOf(o.store.listRuns(S.RunFilter(), 100, None)).items
+
+        stats = poll()
+        self.assertEqual((stats.packages, stats.queued, stats.errors), (2, 2, 0))
+        [run] = runs()
+        self.assertEqual(run.version, "2.0.0")
+        self.assertEqual(self.successResultOf(o.store.runTenants(run.id)), ["default", A_TENANT])
+        for tenant in ("default", A_TENANT):
+            rel = {r["version"]: r for r in self.successResultOf(o.store.listReleases("left-pad", 10, tenant=tenant))}
+            self.assertEqual(rel["2.0.0"]["run_id"], run.id)
+        h.fake.publish("left-pad", "2.1.0")
+        poll()
+        self.assertEqual(sorted(r.version for r in runs()), ["2.0.0", "2.1.0"])
+        new = [r for r in runs() if r.version == "2.1.0"][0]
+        self.assertEqual(sorted(self.successResultOf(o.store.runTenants(new.id))), ["default", A_TENANT])
+        # Tenant team-a's view of its runs holds both, as does default's.
+        for tenant in ("default", A_TENANT):
+            mine = self.successResultOf(o.store.listRuns(S.RunFilter(tenant=tenant), 100, None)).items
+            self.assertEqual(sorted(r.version for r in mine), ["2.0.0", "2.1.0"])
