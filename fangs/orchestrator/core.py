@@ -184,8 +184,14 @@ class Orchestrator:
             _checkRunnerID(target)
             if not await self.registry.exists(target):
                 raise NotFoundError("target_runner %r not registered" % (target,), code="unknown_runner")
+        callerRunID = not req.job.run_id.is_zero()
         job = self._withDefaults(req.job)
         package = job.package_name or (job.sandbox.image if job.sandbox else "")
+        if idempotencyKey is None and not callerRunID and job.kind == "sandbox_scan" and job.package_name and job.version:
+            shared = await self._sameScan(job, target, tenant)
+            if shared is not None:
+                await self._linked(shared, tenant)
+                return shared, False
         run = S.NewRun(
             id=job.run_id.hex(),
             package_name=package,
@@ -222,6 +228,23 @@ class Orchestrator:
         else:
             await self._linked(runID, tenant)
         return runID, created
+
+    async def _sameScan(self, job: wire.Job, target: Optional[str], tenant: str) -> Optional[str]:
+        """
+        Another tenant's run that is exactly the scan C{job} asks for (the
+        same release, sandbox, duration, watched paths and target), queued,
+        running or finished well: one install serves every tenant.
+        """
+        wanted = _scanShape(orjson.loads(wire.dumps(job)), target)
+        for runID, jobJSON in await self.store.sharedScanCandidates(job.package_name, job.version, job.kind, tenant):
+            try:
+                other = orjson.loads(jobJSON)
+            except orjson.JSONDecodeError:
+                continue
+            run = await self.store.getRun(runID)
+            if run is not None and _scanShape(other, run.target_runner) == wanted:
+                return runID
+        return None
 
     async def _linked(self, runID: str, tenant: str) -> None:
         """
@@ -573,6 +596,15 @@ class Orchestrator:
                 self.analyzer.runFinished(runID)
         except Exception:
             log.failure("housekeeping sweep failed")
+
+
+def _scanShape(job: Dict[str, Any], target: Optional[str]) -> Any:
+    """
+    What makes two scans the same scan: the job without its run id and
+    dispatch time, and the runner it is for.
+    """
+    shape = {k: v for k, v in job.items() if k not in ("run_id", "dispatched_at")}
+    return orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), target or None
 
 
 def _checkRunnerID(runnerID: str) -> None:

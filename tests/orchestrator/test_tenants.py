@@ -790,3 +790,22 @@ class SharedWatchTests(SynchronousTestCase):
         for tenant in ("default", A_TENANT):
             mine = self.successResultOf(o.store.listRuns(S.RunFilter(tenant=tenant), 100, None)).items
             self.assertEqual(sorted(r.version for r in mine), ["2.0.0", "2.1.0"])
+
+    def test_apiScansOfOneReleaseShared(self) -> None:
+        """
+        Scans submitted through the API without an idempotency key: another
+        tenant's identical scan is linked, not queued again; a different
+        scan, or the same tenant asking again, is a new run.
+        """
+        t = Tenants(self)
+        runA = t.scan("a", "shared-pkg", "3.0.0", BENIGN, key=None)
+        self.assertEqual(t.scan("b", "shared-pkg", "3.0.0", BENIGN, key=None), runA)
+        self.assertEqual(self.successResultOf(t.o.store.runTenants(runA)), [A_TENANT, B_TENANT])
+        self.assertNotEqual(t.scan("a", "shared-pkg", "3.0.0", BENIGN, key=None), runA)  # a tenant's re-scan
+        body = {"Job": {"kind": "sandbox_scan", "package_name": "shared-pkg", "version": "3.0.0", "duration": 5_000_000_000,
+                        "sandbox": {"image": "fangs-sandbox/node:20"}}}
+        code, reply = t.call("all", "POST", "/v1/scans", body, tenant="team-c")
+        self.assertEqual(code, 202, reply)
+        self.assertNotIn(reply["run_id"], (runA,))  # another job: another scan
+        _, queue = t.call("all", "GET", "/v1/admin/health")
+        self.assertEqual(queue["queue"]["by_tenant"], {A_TENANT: 2, B_TENANT: 1, "team-c": 1})

@@ -134,6 +134,9 @@ class TenantStoreContract:
         await st.confirmDispatch(shared, T0 + 10, T0 + 100 * SEC)
         await st.ingestBatch(shared, 1, rows(shared, 1, newEvents), T0 + 11, T0 + 100 * SEC)
         await st.recordResult(shared, "ok", "", len(newEvents), 0, SEC, T0 + 12)
+        self.assertEqual([c[0] for c in await st.sharedScanCandidates(PKG, "1.0.2", "sandbox_scan", "team-c")], [shared])
+        self.assertEqual(await st.sharedScanCandidates(PKG, "1.0.2", "sandbox_scan", "team-b"), [])  # linked already
+        self.assertEqual(await st.sharedScanCandidates(PKG, "1.0.3", "sandbox_scan", "team-c"), [])
         outcomes = await st.analyzeRunTenants(shared, T0 + 13)
         self.assertEqual([(o.tenant, o.verdict) for o in outcomes], [("team-a", "deviations"), ("team-b", "baseline")])
         self.assertEqual((await st.getRun(shared)).verdict, "deviations")  # the owner's, unscoped

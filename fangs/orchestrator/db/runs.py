@@ -144,6 +144,27 @@ class RunsComponent:
             is not None
         )
 
+    def sharedScanCandidates(self, package: str, version: str, kind: str, tenant: str) -> "Deferred[List[Tuple[str, str]]]":
+        """
+        C{(run_id, job)} of the runs of C{package@version} another tenant
+        queued that are queued, running or finished well and not linked to
+        C{tenant} yet, newest first: a scan C{tenant} asks for may be one of
+        them (the caller compares the jobs).
+        """
+        return self._call(
+            lambda conn: [
+                (r[0], r[1])
+                for r in conn.execute(
+                    "SELECT id, job FROM runs WHERE package_name = ? AND version = ? AND kind = ? AND tenant != ?"
+                    " AND state NOT IN ('failed', 'cancelled') AND cancel_requested = 0"
+                    " AND (result_status IS NULL OR result_status = 'ok')"
+                    " AND NOT EXISTS (SELECT 1 FROM run_tenants rt WHERE rt.run_id = runs.id AND rt.tenant = ?)"
+                    " ORDER BY created_ns DESC LIMIT 20",
+                    (package, version, kind, tenant, tenant),
+                )
+            ]
+        )
+
     def queueDepthByTenant(self) -> "Deferred[Dict[str, int]]":
         """
         Jobs waiting for a runner, by tenant (a shared one counts for each).
