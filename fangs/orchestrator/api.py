@@ -530,6 +530,15 @@ class OrchestratorAPI:
     def resource(self) -> Any:
         return self.core.metrics.instrument(_UTF8URLs(self.app.resource(), self), self.app.url_map)  # counts requests by route
 
+    async def _visibleRuns(self, caller: Caller, runIDs: Any) -> List[str]:
+        """
+        The runs of C{runIDs} C{caller} may know of: all for an all-tenant
+        view, else its tenant's (a runner's other runs are other tenants').
+        """
+        if caller.selected is None:
+            return list(runIDs)
+        return [r for r in runIDs if await self.core.store.getRun(r, tenant=caller.selected) is not None]
+
     @staticmethod
     def _depthFor(caller: Caller, byTenant: Dict[str, int]) -> int:
         return sum(byTenant.values()) if caller.selected is None else byTenant.get(caller.selected, 0)
@@ -678,7 +687,7 @@ class OrchestratorAPI:
                         "kernel_version": r.registration.kernel_version,
                         "capabilities": r.registration.capabilities,
                         "status": r.status or "idle",
-                        "active_run_ids": r.active_run_ids,
+                        "active_run_ids": await self._visibleRuns(caller, r.active_run_ids),
                         "events_queued": r.events_queued,
                         "registered_at": nsToTimestamp(int(r.registered_at * 1e9)),
                         "last_seen_at": nsToTimestamp(int(r.last_seen * 1e9)),
@@ -1023,6 +1032,23 @@ class OrchestratorAPI:
         if not await self.core.store.revokeToken(tokenID, actorOf(request), self.core.nowNs(), tenant=caller.selected):
             raise NotFoundError("token %s not found or already revoked" % (tokenID,))
         return self._json(request, {"id": tokenID, "revoked": True})
+
+    @authorizedRoute(app, "/v1/audit", operator(SCOPE_ADMIN), methods=["GET"])
+    async def audit(self, request: IRequest, caller: Caller) -> bytes:
+        """
+        The tenant's audit trail, newest first: C{target=} (such as
+        C{run:<id>}, C{package:<name>}, C{token:<id>}) for one object's.
+        """
+        raw = queryArg(request, "limit") or "100"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        target = queryArg(request, "target")
+        if target is not None and not 1 <= len(target) <= 300:
+            raise BadRequest("target must be 1-300 characters")
+        rows = await self.core.store.auditLog(caller.tenant, int(raw), target)
+        for r in rows:
+            r["at"] = nsToTimestamp(r.pop("at_ns"))
+        return self._json(request, {"tenant": caller.tenant, "entries": rows})
 
     @authorizedRoute(app, "/v1/allow", operator(SCOPE_READ), methods=["GET"])
     async def listAllow(self, request: IRequest, caller: Caller) -> bytes:

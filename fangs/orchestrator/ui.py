@@ -414,13 +414,15 @@ class DashboardUI:
         summary = await self.store.dashboardSummary(now - 24 * 3600 * NANO, tenant=tenant)
         recent = await self.store.listRuns(S.RunFilter(tenant=tenant), 10, None)
         runners = []
+        active = {a for r in self.core.registry.all() for a in r.active_run_ids}
+        visible = {a for a in active if await self.store.getRun(a, tenant=tenant) is not None}
         for r in self.core.registry.all():
             age = now / NANO - r.last_seen
             runners.append(
                 {
                     "id": r.runner_id,
                     "status": "stale" if age > STALE_AFTER_S else (r.status or "idle"),
-                    "active": list(r.active_run_ids),
+                    "active": [a for a in r.active_run_ids if a in visible],
                     "last_seen_ns": int(r.last_seen * NANO),
                     "kernel": r.registration.kernel_version,
                     "hostname": r.registration.hostname,

@@ -234,6 +234,7 @@ ROUTES: Dict[str, Any] = {
     "/v1/tokens/<tokenID>": "ids",
     "/v1/admin/tokens": "list",
     "/v1/admin/tokens/<tokenID>": "ids",
+    "/v1/audit": "list",
     "/v1/allow": "list",
     "/v1/allow/<entryID>": "ids",
     "/v1/notifiers": "list",
@@ -383,6 +384,36 @@ class IsolationTests(SynchronousTestCase):
         self.assertEqual(reply["packages"], [])
         code, body = self.t.call("all", "GET", "/v1/runs", tenant="Not A Tenant")
         self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+
+    def test_auditPerTenant(self) -> None:
+        code, a = self.t.call("a", "GET", "/v1/audit")
+        self.assertEqual(code, 200, a)
+        actions = {(e["action"], e["target"]) for e in a["entries"]}
+        self.assertIn(("package.add", "package:" + A_PACKAGE), actions)
+        self.assertIn(("allow.add", "allow:" + self.a.allow), actions)
+        self.assertIn(("notifier.add", "notifier:" + A_NOTIFIER), actions)
+        self.assertIn(("token.create", "token:" + self.a.token), actions)
+        code, one = self.t.call("a", "GET", "/v1/audit?target=package:" + A_PACKAGE)
+        self.assertEqual([e["action"] for e in one["entries"]], ["package.add"])
+        code, b = self.t.call("b", "GET", "/v1/audit")
+        self.assertEqual({e["target"] for e in b["entries"]}, {"package:shared-pkg", "token:" + self.t.tokens["b"]["id"]})
+        code, b = self.t.call("b", "GET", "/v1/audit?target=package:" + A_PACKAGE)
+        self.assertEqual(b["entries"], [])
+
+    def test_runnersShowOnlyOwnActiveRuns(self) -> None:
+        t = self.t
+        runID = t.scan("a", A_PACKAGE, "9.0.0", BENIGN)
+        code, _ = t.call("worker-1", "POST", "/v1/runners/register", {"runner_id": "worker-1", "proto_version": 1})
+        code, _ = t.call("worker-1", "POST", "/v1/runners/worker-1/heartbeat", {"active_run_ids": [runID]})
+        self.assertEqual(code, 200)
+        _, a = t.call("a", "GET", "/v1/runners")
+        _, b = t.call("b", "GET", "/v1/runners")
+        _, admin = t.call("all", "GET", "/v1/runners")
+        self.assertEqual(a["runners"][0]["active_run_ids"], [runID])
+        self.assertEqual(b["runners"][0]["active_run_ids"], [])
+        self.assertEqual(admin["runners"][0]["active_run_ids"], [runID])
+        code, page = t.rawCall("b", "GET", "/ui/")
+        self.assertNotIn(runID.encode(), page)
 
     def test_tenantHeaderOwnTenant(self) -> None:
         code, run = self.t.call("a", "GET", "/v1/runs/" + self.a.run, tenant=A_TENANT)

@@ -153,6 +153,10 @@ class TenantStoreContract:
         self.assertIsNone((await st.getRun(shared, tenant="team-a")).decision)
         self.assertEqual([a["actor"] for a in await st.auditFor("run:" + shared, tenant="team-b")], ["bob"])
         self.assertEqual(await st.auditFor("run:" + shared, tenant="team-a"), [])
+        self.assertEqual([(a["action"], a["target"]) for a in await st.auditLog("team-b", 10)],
+                         [("reject", "run:" + shared), ("package.add", "package:" + PKG)])
+        self.assertEqual(len(await st.auditLog("team-b", 1)), 1)
+        self.assertEqual(await st.auditLog("team-a", 10, "run:" + shared), [])
 
         # Artifacts: visible to a tenant with a run that references it.
         await st.putArtifact("ab" * 64, b"x", T0)

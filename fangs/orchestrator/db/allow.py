@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
@@ -123,6 +123,21 @@ class AllowComponent:
             for entryID in plan.delete:
                 conn.execute("DELETE FROM allowlist WHERE id = ?", (entryID,))
             return plan
+
+    def auditLog(self, tenant: str, limit: int = 100, target: Optional[str] = None) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        C{tenant}'s audit trail (of C{target} only, when given), newest first.
+        """
+        where, args = ("tenant = ?", [tenant]) if target is None else ("tenant = ? AND target = ?", [tenant, target])
+        return self._call(
+            lambda conn: [
+                {"at_ns": r[0], "actor": r[1], "action": r[2], "target": r[3], "detail": json.loads(r[4] or "{}")}
+                for r in conn.execute(
+                    "SELECT at_ns, actor, action, target, detail FROM audit WHERE " + where + " ORDER BY id DESC LIMIT ?",
+                    args + [limit],
+                )
+            ]
+        )
 
     def auditFor(self, target: str, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         """
