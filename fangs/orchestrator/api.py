@@ -186,6 +186,8 @@ def runJSON(run: S.RunRow) -> Dict[str, Any]:
         "install_finished_at": nsToTimestamp(run.install_finished_ns),
         "observation_ended_at": nsToTimestamp(run.observation_ended_ns),
         "events_unresolved": run.events_unresolved,
+        # Whose view this is: the verdict, decision and counts are that tenant's.
+        "tenant": run.tenant,
     }
 
 
@@ -854,7 +856,6 @@ class OrchestratorAPI:
         body["notes"] = found if run.verdict == "clean" else []
         body["manifest_deltas"] = [d for d in found if d["actor"] == "registry"]
         body["analysis_reason"] = run.analysis_reason
-        body["tenant"] = caller.tenant
         body["artifact"] = artifactJSON(await self.core.store.artifactFor(run.id))
         return self._json(request, body)
 
