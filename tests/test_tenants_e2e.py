@@ -97,3 +97,80 @@ async def _blocking(req):
             return r.read()
 
     return await deferToThreadPool(reactor, reactor.getThreadPool(), get)
+
+
+class CertificateTenantsTests(TestCase):
+    """
+    Mutual TLS on a real listening orchestrator: operator certificates from
+    C{fangs pki} name their tenant in a SAN URI.
+    """
+
+    timeout = 60
+
+    def test_certificatesActOnTheirTenants(self):
+        return Deferred.fromCoroutine(self._certs())
+
+    async def _certs(self):
+        from twisted.internet import reactor as r
+        from twisted.web.client import HTTPConnectionPool
+
+        from fangs.orchestrator import tap
+        from fangs.runner.client import makeHTTPClient
+        from tests.procs import freePort
+        from tests.test_tls import Certs
+
+        certs = Certs(self.mktemp())
+        certs.client("alice-a", "operator", scopes=("read", "write"), tenant="team-a")
+        certs.client("bob-b", "operator", scopes=("read", "write"), tenant="team-b")
+        certs.client("root", "operator", scopes=("admin",))
+        port = freePort()
+        options = tap.Options()
+        options.parseOptions(["--addr", "127.0.0.1:%d" % (port,), "--db", self.mktemp() + ".db", "--poll-wait", "2",
+                              "--tls-cert", certs.path("server.pem"), "--tls-key", certs.path("server-key.pem"),
+                              "--tls-client-ca", certs.path("ca.pem"), "--tls-crl", certs.path("crl.pem")])
+        svc = tap.makeService(options)
+        svc.privilegedStartService()
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        url = "https://127.0.0.1:%d" % (port,)
+
+        def client(name):
+            pool = HTTPConnectionPool(r, persistent=False)
+            self.addCleanup(pool.closeCachedConnections)
+            return makeHTTPClient(r, certs.read("ca.pem"), certs.read(name + ".pem"), certs.read(name + "-key.pem"), pool=pool)
+
+        async def call(name, method, path, body=None, tenant=None):
+            headers = {}
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                headers["Content-Type"] = ["application/json"]
+            if tenant:
+                headers["X-Fangs-Tenant"] = [tenant]
+            resp = await client(name).request(method, url + path, data=data, headers=headers)
+            content = await resp.content()
+            return resp.code, json.loads(content) if content[:1] == b"{" else content
+
+        for _ in range(50):
+            try:
+                code, _ = await call("alice-a", "GET", "/v1/health")
+                break
+            except Exception:
+                await sleep(0.1)
+        body = {"Job": {"kind": "sandbox_scan", "package_name": "left-pad", "version": "1.3.0",
+                        "sandbox": {"image": "fangs-sandbox/node:20"}}}
+        code, queued = await call("alice-a", "POST", "/v1/scans", body)
+        self.assertEqual(code, 202, queued)
+        runID = queued["run_id"]
+        code, run = await call("alice-a", "GET", "/v1/runs/" + runID)
+        self.assertEqual((code, run["tenant"]), (200, "team-a"))
+        code, err = await call("bob-b", "GET", "/v1/runs/" + runID)
+        self.assertEqual((code, err["error"]["code"]), (404, "unknown_run"))
+        code, err = await call("bob-b", "GET", "/v1/runs", tenant="team-a")
+        self.assertEqual((code, err["error"]["code"]), (403, "tenant_forbidden"))
+        code, _ = await call("root", "GET", "/v1/runs/" + runID)
+        self.assertEqual(code, 404)  # the all-tenant admin acts on default...
+        code, run = await call("root", "GET", "/v1/runs/" + runID, tenant="team-a")
+        self.assertEqual((code, run["run_id"]), (200, runID))  # ...or on the tenant it selects
+        code, health = await call("root", "GET", "/v1/admin/health")
+        self.assertEqual(health["queue"]["by_tenant"], {"team-a": 1})
