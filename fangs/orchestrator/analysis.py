@@ -38,9 +38,6 @@ class RunAnalyzer:
         self.metrics = metrics
         self.listeners: List[Callable[[AnalysisOutcome], Any]] = []
 
-    def batchStored(self, runID: str, rows: Any, firstEventID: Optional[int]) -> None:
-        pass  # fingerprints are extracted by the store inside the batch's transaction
-
     def runFinished(self, runID: str) -> None:
         d = Deferred.fromCoroutine(self.analyze(runID))
         d.addErrback(lambda f: log.failure("analysis of run {run_id} failed", f, run_id=runID))

@@ -54,9 +54,6 @@ class Analyzer:
     it.  The default does nothing.
     """
 
-    def batchStored(self, runID: str, rows: List[S.EventRow], firstEventID: Optional[int]) -> None:
-        pass
-
     def runFinished(self, runID: str) -> None:
         pass
 
@@ -361,7 +358,6 @@ class Orchestrator:
                 self.metrics.eventsPersisted.inc(outcome.events)
                 persisted += outcome.events
                 if outcome.inserted:
-                    self.analyzer.batchStored(runID, rows, None)
                     if self.runEvents is not None:
                         # The stream keeps at most a few of these a second.
                         self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
