@@ -666,7 +666,9 @@ class OrchestratorAPI:
             "queue": {"depth": depth, "by_tenant": byTenant},
             "runners": {"registered": len(runners), "busy": sum(1 for r in runners if r.active_run_ids or r.active_run_id)},
             "long_polls_waiting": self.core.dispatcher.waiterCount(),
-            "stream_subscribers": len(self.stream.subscribers) if self.stream is not None else 0,
+            # A tenant's view counts its own tenant's subscribers only.
+            "stream_subscribers": (0 if self.stream is None else len(self.stream.subscribers) if caller.selected is None
+                                   else sum(1 for sub in self.stream.subscribers if sub.filter.tenant == caller.selected)),
         }
         return self._json(request, body, 200 if db["ok"] else 503)
 

@@ -639,6 +639,12 @@ class MetricsAndHealthTests(SynchronousTestCase):
         self.assertEqual(selected["queue"], {"depth": 1, "by_tenant": {A_TENANT: 1}})
         _, runners = t.call("a", "GET", "/v1/runners")
         self.assertEqual(runners["queue_depth"], 1)
+        got: List[bytes] = []
+        self.successResultOf(Deferred.fromCoroutine(t.stream.subscribe(got.append, lambda: None, StreamFilter(tenant=B_TENANT))))
+        _, a = t.call("a", "GET", "/v1/admin/health")
+        _, b = t.call("b", "GET", "/v1/admin/health")
+        _, admin = t.call("all", "GET", "/v1/admin/health")
+        self.assertEqual((a["stream_subscribers"], b["stream_subscribers"], admin["stream_subscribers"]), (0, 1, 1))
 
 
 class SingleTenantTests(SynchronousTestCase):
