@@ -45,7 +45,7 @@ demo:
 
 bench: setup
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib >= 3.7'
-	$(PY) -m fangs.bench
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf _trial_temp build

@@ -24,7 +24,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from fangs.bench import freePort
+from tests.procs import freePort
 from fangs.runner.sensor import Sensor
 from fangs.wire import RunID, WatchedPath
 from tests import prereq

@@ -5,7 +5,7 @@ the first page of events) served by a real C{twistd fangs-orchestrator}, next
 to C{GET /v1/runs/<id>} (the JSON of the same run: counts per type and
 deviations) measured in the same run.  Target: < 300 ms.
 
-    python -m fangs.orchestrator.bench_ui [--events N] [--repeat N]
+    python -m benchmarks.ui [--events N] [--repeat N]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def fill(base: str, events: int, post: Callable[..., Any], realisticEvent: Calla
 
 
 def run(report: Callable[[str, str, str, str, str], None], events: int = 100_000, repeat: int = 15) -> float:
-    from fangs import bench as B
+    from benchmarks import common as B
 
     orch = B.Orchestrator(["--watch-interval", "0", "--auth", "none"])
     try:

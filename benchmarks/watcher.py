@@ -3,8 +3,8 @@ Watcher benchmark: one poll cycle over 1,000 watched packages against the fake
 registry on loopback (served by a child process), into a real SQLite store
 and the real orchestrator core.
 
-    python -m fangs.orchestrator.bench_watcher          # prints the rows
-    main(report) from fangs.bench
+    python -m benchmarks.watcher          # prints the rows
+    main(report) from benchmarks.__main__
 
 Figures: the seeding cycle (every package answers 200 and gets its latest
 version queued), a cycle where every package answers 304, and a cycle where
@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = 1000
 VERSIONS = 5
 
@@ -84,7 +84,7 @@ def measure(n: int = PACKAGES) -> Dict[str, float]:
 
     env = dict(os.environ, PYTHONPATH=REPO)
     server = subprocess.Popen(
-        [sys.executable, "-m", "fangs.orchestrator.bench_watcher", "serve", "0", str(n)],
+        [sys.executable, "-m", "benchmarks.watcher", "serve", "0", str(n)],
         stdout=subprocess.PIPE, env=env, cwd=REPO,
     )
     assert server.stdout is not None
@@ -144,7 +144,7 @@ def measure(n: int = PACKAGES) -> Dict[str, float]:
 def main(report: Callable[[str, str, str, str, str], None]) -> None:
     env = dict(os.environ, PYTHONPATH=REPO)
     out = subprocess.run(
-        [sys.executable, "-m", "fangs.orchestrator.bench_watcher", "measure", str(PACKAGES)],
+        [sys.executable, "-m", "benchmarks.watcher", "measure", str(PACKAGES)],
         stdout=subprocess.PIPE, env=env, cwd=REPO, check=True,
     ).stdout
     r = json.loads(out.decode().strip().splitlines()[-1])

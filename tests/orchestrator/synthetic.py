@@ -1,26 +1,12 @@
 """
-Benchmark of the differ's pure logic: extraction of 100,000 realistic
-synthetic events and the diff against a baseline, on one core.
-
-    python -m fangs.orchestrator.bench_differ [--events N] [--batch N]
-
-Prints each phase and the total next to the target (< 2 s) as a ratio.
-Deterministic (fixed seed); event construction is not timed.
+Synthetic runs shaped like an npm install, for the differ's tests and its
+benchmark (C{benchmarks/differ.py}): deterministic for a seed.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
-import sys
-import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
-
-from fangs.orchestrator.allowlist import Allowlist, configEntries
-from fangs.orchestrator.differ import FingerprintSet, diff, extract, planAnalysis
-
-TARGET_SECONDS = 2.0
+from typing import Any, Dict, List, Tuple
 
 Event = Tuple[int, int, Dict[str, Any]]
 
@@ -155,101 +141,3 @@ def syntheticEvents(count: int, seed: int = 1) -> List[Event]:
         events[-1] = (count, 3, {"Header": _header(rng, 3, 104), "Family": 2, "Source": 1,
                                  "DestPort": 4444, "Sockfd": 3, "DestIP": "203.0.113.7", "CommStr": "curl"})
     return events
-
-
-def _pinToOneCore() -> Optional[int]:
-    try:
-        cpu = min(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cpu})
-        return cpu
-    except (AttributeError, OSError):
-        return None
-
-
-def _best(repeat: int, fn: Any) -> Tuple[float, float, Any]:
-    """
-    Best wall-clock and best CPU time of C{repeat} calls, and the result.
-    """
-    walls, cpus = [], []
-    result = None
-    for _ in range(repeat):
-        wall, cpu = time.perf_counter(), time.process_time()
-        result = fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append(time.process_time() - cpu)
-    return min(walls), min(cpus), result
-
-
-def run(
-    count: int, batch: int, repeat: int = 3, out: Any = sys.stdout, cpu: Optional[int] = None
-) -> Dict[str, float]:
-    """
-    Build the events, time the phases, write the report to C{out}.  C{cpu}
-    is only reported (L{main} does the pinning).
-    """
-    events = syntheticEvents(count)
-    baselineRun = extract(syntheticEvents(min(count, 20000), seed=2))
-    baselineKeys = baselineRun.keys()
-    allow = Allowlist(
-        configEntries({"paths": ["/usr/lib/", "/usr/lib64/", "/usr/share/zoneinfo/",
-                                 "/usr/share/locale/", "/usr/local/lib/"]}),
-        "bench",
-    )
-
-    # 1. one-shot extraction
-    oneShot, oneShotCPU, whole = _best(repeat, lambda: extract(events))
-
-    # 2. incremental: one set per batch, rows merged as the store would
-    def incrementally() -> Dict[Tuple[str, str], Any]:
-        table: Dict[Tuple[str, str], Any] = {}
-        for i in range(0, len(events), batch):
-            for row in extract(events[i : i + batch]).rows():
-                old = table.get(row.key)
-                table[row.key] = row if old is None else old.merge(row)
-        return table
-
-    incremental, incrementalCPU, table = _best(repeat, incrementally)
-    restored = FingerprintSet.fromRows(table.values())
-    assert restored == whole, "incremental extraction differs from one-shot"
-
-    # 3. diff + plan against the baseline
-    def diffing() -> Any:
-        deviations = diff(whole, baselineKeys, allow)
-        plan = planAnalysis(whole, baselineKeys, allow, runState="ok", eventsDropped=0, hasBaseline=True)
-        return deviations, plan
-
-    diffWall, diffCPU, (deviations, plan) = _best(repeat, diffing)
-
-    total = oneShot + diffWall
-    totalCPU = oneShotCPU + diffCPU
-    w = out.write
-    w("differ benchmark: %d events, best of %d (%s)\n"
-      % (count, repeat, "pinned to cpu %d" % cpu if cpu is not None else "unpinned"))
-    w("  fingerprints: %d (+%d bookkeeping rows); baseline keys: %d\n"
-      % (len(whole), len(whole.rows()) - len(whole), len(baselineKeys)))
-    w("  deviations: %d, verdict %s: %s\n"
-      % (len(deviations), plan.verdict, ", ".join("%s %s" % (d.severity.label, d.value) for d in deviations)))
-    w("                                     wall      cpu\n")
-    w("  extraction, one shot           : %7.3f s %7.3f s  (%.2f us/event)\n"
-      % (oneShot, oneShotCPU, oneShot / count * 1e6))
-    w("  extraction, batches of %-5d    : %7.3f s %7.3f s  (incl. row merge)\n"
-      % (batch, incremental, incrementalCPU))
-    w("  diff + plan                    : %7.3f s %7.3f s\n" % (diffWall, diffCPU))
-    w("  total (one-shot + diff)        : %7.3f s %7.3f s  target < %.1f s  ratio %.2f (%.1fx headroom)\n"
-      % (total, totalCPU, TARGET_SECONDS, total / TARGET_SECONDS, TARGET_SECONDS / total))
-    return {"extract": oneShot, "incremental": incremental, "diff": diffing, "total": total}
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--repeat", type=int, default=3)
-    options = parser.parse_args(argv)
-    cpu = _pinToOneCore()
-    result = run(options.events, options.batch, options.repeat, cpu=cpu)
-    return 0 if result["total"] < TARGET_SECONDS else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

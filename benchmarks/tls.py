@@ -72,7 +72,7 @@ def _rate(connect: Callable[[], Any], keepAlive: bool) -> float:
 
 
 def main(report: Callable[..., None]) -> None:
-    from fangs.bench import Orchestrator
+    from benchmarks.common import Orchestrator
 
     directory = tempfile.mkdtemp(prefix="fangs-bench-tls-")
     c = _certs(directory)

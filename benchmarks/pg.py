@@ -19,7 +19,7 @@ import time
 import urllib.request
 from typing import Any, Callable, List
 
-from fangs.bench import Orchestrator, post, realisticEvent
+from benchmarks.common import Orchestrator, post, realisticEvent
 
 
 def _databases() -> Callable[[], str]:

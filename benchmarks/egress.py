@@ -6,10 +6,10 @@ the run's egress gateway (the contained time includes making and removing
 the run's network, rules and gateway).  Rounds alternate the two so the
 registry's and the machine's drift hit both alike; medians are compared.
 
-    python -m fangs.runner.bench_egress [--rounds 5] [--package is-number@7.0.0]
+    python -m benchmarks.egress [--rounds 5] [--package is-number@7.0.0]
 
 Prints the figures as measured and one C{BENCH-JSON} line; C{make bench}
-(L{fangs.bench}) runs it as the C{egress} benchmark.
+(L{benchmarks.__main__}) runs it as the C{egress} benchmark.
 """
 
 from __future__ import annotations
@@ -81,11 +81,11 @@ def run(argv: Optional[List[str]] = None) -> None:
 
 def main(report: Callable[..., None]) -> None:
     """
-    The C{egress} benchmark of L{fangs.bench}: runs this module in its own
+    The C{egress} benchmark of C{make bench}: runs this module in its own
     process (its own reactor) and reports the ratio.
     """
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-m", "fangs.runner.bench_egress"], capture_output=True, text=True,
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-m", "benchmarks.egress"], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=repo), timeout=1800)
     lines = out.stdout.splitlines()
     print("\n".join(line for line in lines if not line.startswith("BENCH-JSON")))

@@ -9,7 +9,7 @@ two plots drawn with matplotlib from the same run:
 - C{sensor.png}: sensor capacity, events captured against events generated
   for a few storm sizes, next to an opensnoop-style perf-buffer baseline.
 
-    python -m fangs.bench_report sensor-points OUT.json [N ...]
+    python -m benchmarks.report sensor-points OUT.json [N ...]
 
 measures the sensor points in a process of its own (it runs a reactor and
 needs root, BCC and gcc).
@@ -121,7 +121,7 @@ def plotSensor(points: Dict[str, Any], path: str) -> None:
 
 
 async def _sensorPoints(reactor: Any, sizes: Sequence[int]) -> Dict[str, Any]:
-    from fangs.runner import bench_sensor
+    from benchmarks import sensor as bench_sensor
 
     tmp = tempfile.mkdtemp(prefix="fangs-bench-plot-")
     try:
@@ -151,7 +151,7 @@ def measureSensor(sizes: Sequence[int] = SENSOR_SIZES, timeout: float = 900) -> 
 
     out = tempfile.mktemp(prefix="fangs-sensor-points-", suffix=".json")
     proc = subprocess.run(
-        [sys.executable, "-m", "fangs.bench_report", "sensor-points", out] + [str(n) for n in sizes],
+        [sys.executable, "-m", "benchmarks.report", "sensor-points", out] + [str(n) for n in sizes],
         capture_output=True, text=True, timeout=timeout,
     )
     if proc.returncode != 0 or not os.path.exists(out):
@@ -166,7 +166,7 @@ def measureSensor(sizes: Sequence[int] = SENSOR_SIZES, timeout: float = 900) -> 
 def main(argv: Optional[List[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "sensor-points":
-        print("usage: python -m fangs.bench_report sensor-points OUT.json [N ...]", file=sys.stderr)
+        print("usage: python -m benchmarks.report sensor-points OUT.json [N ...]", file=sys.stderr)
         return 2
     sizes = [int(a) for a in args[2:]] or list(SENSOR_SIZES)
     from twisted.internet.defer import Deferred

@@ -8,7 +8,10 @@ Sensor benchmark (root, BCC, gcc):
 3. Host overhead: a host process (not watched) opening a file 1,000,000 times
    with the sensor unloaded and loaded; ratio of the loop times.
 
-    python -m fangs.runner.bench_sensor [--opens 200000] [--host-opens 1000000]
+    python -m benchmarks.sensor [--opens 200000] [--host-opens 1000000]
+
+L{benchSensor} (C{make bench}) runs it in a process of its own and reports
+the figures.
 
 Prints figures as measured; nothing is adjusted.
 """
@@ -30,6 +33,8 @@ from twisted.internet import protocol
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater, react
 from twisted.internet.utils import getProcessOutputAndValue
+
+from benchmarks.common import REPO, report
 
 STORM_C = r"""
 #include <fcntl.h>
@@ -377,6 +382,36 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--install-rounds", type=int, default=5)
     args = parser.parse_args(argv)
     react(lambda reactor: Deferred.fromCoroutine(_main(reactor, args)))
+
+
+def benchSensor() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sensor"], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=REPO), timeout=1200,
+    )
+    lines = out.stdout.splitlines()
+    print("\n".join(l for l in lines if not l.startswith("BENCH-JSON")))
+    data = [json.loads(l[len("BENCH-JSON "):]) for l in lines if l.startswith("BENCH-JSON ")]
+    if out.returncode != 0 or not data:
+        raise RuntimeError("sensor benchmark failed: %s" % (out.stderr[-2000:],))
+    r = data[0]
+    storm, base = r["storm"], r["perf_baseline"]
+    report("sensor", "watched-file open storm captured, N = %d, in a run's cgroup" % (storm["n"],),
+           "%d/%d, %d drops" % (storm["captured"], storm["n"], storm["drops"]),
+           "perf-buffer tracepoint tool %d/%d" % (base["captured"], base["n"]),
+           "%.3f of N (target 1.000, 0 drops)" % (storm["captured"] / storm["n"]))
+    o = r.get("opensnoop")
+    if o and "error" not in o:
+        report("sensor", "the same storm seen by opensnoop-bpfcc", "%d/%d" % (o["captured"], o["n"]), "fangs %d/%d" % (storm["captured"], storm["n"]), "fangs/opensnoop %.3f" % (storm["captured"] / max(1, o["captured"])))
+    else:
+        report("sensor", "opensnoop-bpfcc on this kernel", "cannot run", (o or {}).get("error", "not installed")[:40], "compared with the perf-buffer tool instead")
+    h = r["host"]
+    report("sensor", "host process, 1M opens, sensor loaded / not loaded", "%.0f ns/open" % h["loaded_ns_per_open"],
+           "unloaded %.0f ns/open" % h["unloaded_ns_per_open"], "ratio %.3f (target <= 1.10)" % h["ratio"])
+    i = r.get("install")
+    if i:
+        report("sensor", "fixture npm install wall time, sensor attached / not", "%.2f s" % i["watched_s"],
+               "unwatched %.2f s" % i["unwatched_s"], "ratio %.3f (target <= 1.05)" % i["ratio"])
 
 
 if __name__ == "__main__":

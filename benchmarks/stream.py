@@ -1,8 +1,8 @@
 """
 Run stream benchmark: 1,000 subscribers on one orchestrator.
 
-    python -m fangs.orchestrator.bench_stream            # prints the rows
-    main(report) from fangs.bench
+    python -m benchmarks.stream            # prints the rows
+    main(report) from benchmarks.__main__
 
 A child process holds the clients (one reactor, 1,000 connections) and
 records when each learns that a run completed; this process queues runs,
@@ -126,13 +126,13 @@ def _percentile(values: List[float], p: float) -> float:
 
 def _measure(mode: str, report: Callable[..., None]) -> Dict[str, float]:
     from fangs import wire
-    from fangs.bench import Orchestrator, post
+    from benchmarks.common import REPO, Orchestrator, post
     from fangs.orchestrator.watcher import scanRequest
 
     orch = Orchestrator(["--watch-interval", "0"])
     out = os.path.join(orch.dir, "seen-%s.json" % (mode,))
-    child = subprocess.Popen([sys.executable, "-m", "fangs.orchestrator.bench_stream", "clients", orch.url,
-                              str(CLIENTS), mode, out], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-m", "benchmarks.stream", "clients", orch.url,
+                              str(CLIENTS), mode, out], env=dict(os.environ, PYTHONPATH=REPO), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout is not None and child.stdin is not None
         if child.stdout.readline().strip() != "ready":
