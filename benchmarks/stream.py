@@ -127,7 +127,7 @@ def _percentile(values: List[float], p: float) -> float:
 def _measure(mode: str, report: Callable[..., None]) -> Dict[str, float]:
     from fangs import wire
     from benchmarks.common import REPO, Orchestrator, post
-    from fangs.orchestrator.watcher import scanRequest
+    from fangs.scanrequest import scanRequest
 
     orch = Orchestrator(["--watch-interval", "0"])
     out = os.path.join(orch.dir, "seen-%s.json" % (mode,))

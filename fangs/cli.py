@@ -197,7 +197,7 @@ def registryResolve(base: str, name: str, version: str, context: Optional[ssl.SS
 
     @return: C{(version, release)}.
     """
-    from fangs.orchestrator.registryclient import ACCEPT_ABBREVIATED, packumentURL, parsePackument, RegistryError
+    from fangs.npmregistry import ACCEPT_ABBREVIATED, RegistryError, packumentURL, parsePackument
 
     url = packumentURL(base, name)
     req = urllib.request.Request(url, headers={"Accept": ACCEPT_ABBREVIATED, "User-Agent": "fangs-cli"})
@@ -236,7 +236,7 @@ def registryResolve(base: str, name: str, version: str, context: Optional[ssl.SS
 
 
 def _versionKey(v: str) -> Any:
-    from fangs.orchestrator.registryclient import versionKey
+    from fangs.npmregistry import versionKey
 
     return versionKey(v)
 
@@ -370,7 +370,7 @@ def _checkVersion(version: str) -> str:
 
 
 def _submit(c: Context, package: str, version: str, key: Optional[str] = None) -> str:
-    from fangs.orchestrator.watcher import scanRequest
+    from fangs.scanrequest import scanRequest
 
     request = scanRequest(package, version, int(c.args.duration * wire.SECOND), c.args.runner or "")
     headers = {"Idempotency-Key": key} if key else None
@@ -383,7 +383,7 @@ def _registry(c: Context) -> str:
 
 
 def cmdPackageAdd(c: Context) -> int:
-    from fangs.orchestrator.watcher import idempotencyKey
+    from fangs.scanrequest import idempotencyKey
 
     name = _checkName(c.args.name)
     version = _checkVersion(c.args.version) if c.args.version else ""

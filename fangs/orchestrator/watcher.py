@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from fangs import npm, wire
 from fangs.orchestrator import manifest
+from fangs.scanrequest import DEFAULT_SCAN_DURATION_NS, idempotencyKey, scanRequest  # noqa: F401 (also imported from here)
 from fangs.orchestrator.registryclient import (
     NOT_MODIFIED,
     PackageNotFound,
@@ -59,41 +60,9 @@ def _depHasInstallScript(doc: Any, spec: str) -> Optional[bool]:
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_CONCURRENCY = 16
-DEFAULT_SCAN_DURATION_NS = 120 * wire.SECOND
 
 #: C{submit(request, idempotencyKey)} -> run id; raises when not queued.
 Submit = Callable[[wire.ScanRequest, str], Awaitable[str]]
-
-
-def idempotencyKey(package: str, version: str) -> str:
-    return "watch:%s@%s" % (package, version)
-
-
-def scanRequest(
-    package: str, version: str, durationNs: int = DEFAULT_SCAN_DURATION_NS, targetRunner: str = ""
-) -> wire.ScanRequest:
-    """
-    The scan of C{package@version} in the sandbox: the seed's install
-    command, quoted, with install scripts forced on; image C{""} lets the
-    orchestrator stamp its configured sandbox image.
-    """
-    return wire.ScanRequest(
-        target_runner=targetRunner,
-        job=wire.Job(
-            kind="sandbox_scan",
-            package_name=package,
-            version=version,
-            duration=durationNs,
-            sandbox=wire.SandboxSpec(
-                image="",
-                command=npm.installCommand(package, version),
-                user="0:0",
-                network_mode="bridge",
-                pull_policy="never",
-                grace_period=2 * wire.SECOND,
-            ),
-        ),
-    )
 
 
 @attrs.define
