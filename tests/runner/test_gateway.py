@@ -1,7 +1,7 @@
 """
 Tests for L{fangs.runner.gateway}: the parsers, and one run's gateway driven
 through in-memory transports and a L{Clock} (the real sockets, DNAT and
-Docker are in L{tests.runner.test_egress}).
+Docker are in L{tests.integration.runner.test_egress}).
 """
 
 from __future__ import annotations

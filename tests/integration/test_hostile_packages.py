@@ -40,10 +40,10 @@ from fangs.orchestrator.config import DEFAULT_WATCHED_PATHS
 from fangs.runner.image import FIXTURES_IMAGE
 from fangs.runner.sandbox import LABEL_RUN, npmInstallCommand
 from tests.procs import sleep
-from tests.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
+from tests.integration.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
 
 #: The fixtures image these tests build and use: the one of
-#: L{tests.test_e2e_scan} under a tag of its own, so a checkout with other
+#: L{tests.integration.test_e2e_scan} under a tag of its own, so a checkout with other
 #: fixtures rebuilding C{fangs-sandbox/fixtures:test} at the same time on the
 #: same machine cannot take these packages away in the middle of a test.
 HOSTILE_IMAGE = FIXTURES_IMAGE + "-hostile"

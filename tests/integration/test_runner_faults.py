@@ -36,8 +36,8 @@ from twisted.trial.unittest import TestCase
 from fangs.orchestrator.store import ACTIVE_STATES
 from fangs.runner.sandbox import LABEL_RUN
 from tests.procs import Daemon, sleep
-from tests.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
-from tests.test_hostile_packages import HOSTILE_IMAGE, ensureHostileFixtures, hostileJob
+from tests.integration.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
+from tests.integration.test_hostile_packages import HOSTILE_IMAGE, ensureHostileFixtures, hostileJob
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 

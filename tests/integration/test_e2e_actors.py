@@ -23,7 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from fangs import npm, wire
-from tests.test_e2e_scan import Scanner, ensureFixtures, fixtureJob, requireAll
+from tests.integration.test_e2e_scan import Scanner, ensureFixtures, fixtureJob, requireAll
 
 #: (package, earlier release, later release): real packages with install
 #: scripts that run node only and download nothing beyond the registry.

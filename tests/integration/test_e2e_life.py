@@ -35,7 +35,7 @@ from fangs import npm, wire
 from fangs.orchestrator import watcher
 from fangs.runner.image import FIXTURES_IMAGE
 from fangs.runner.sandbox import npmInstallCommand
-from tests.test_e2e_scan import Scanner, byType, ensureFixtures, requireAll
+from tests.integration.test_e2e_scan import Scanner, byType, ensureFixtures, requireAll
 
 
 def when(text: str) -> float:

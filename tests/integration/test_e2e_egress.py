@@ -28,8 +28,8 @@ from twisted.trial.unittest import TestCase
 
 from fangs import npm, wire
 from tests.procs import REPO
-from tests.runner.test_egress import requireEgress
-from tests.test_e2e_scan import Scanner, byType, ensureFixtures, fixtureJob, requireAll
+from tests.integration.runner.test_egress import requireEgress
+from tests.integration.test_e2e_scan import Scanner, byType, ensureFixtures, fixtureJob, requireAll
 
 BIN = os.path.join(os.path.dirname(sys.executable), "fangs")
 
