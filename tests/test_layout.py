@@ -98,6 +98,38 @@ class CLIImportTests(SynchronousTestCase):
             self.assertEqual(bad, [], os.path.relpath(path, REPO))
 
 
+#: Calls that need a real part (L{tests.prereq}, L{tests.pg}): only tests
+#: under tests/integration/ may make them.
+REAL_PARTS = {("prereq", "requireRoot"), ("prereq", "requireBPF"), ("prereq", "requireDocker"),
+              ("prereq", "requireSandboxImage"), ("prereq", "missing"), ("pg", "freshDatabase"), ("pg", "cluster")}
+
+
+class TestLayoutTests(SynchronousTestCase):
+    def test_unitModulesNeedNoRealPart(self) -> None:
+        """
+        No test module outside C{tests/integration/} asks for root, the
+        kernel's eBPF, Docker, the sandbox image or PostgreSQL, so
+        C{make unit} needs none of them.
+        """
+        tests = os.path.join(REPO, "tests")
+        found = []
+        for dirpath, dirs, files in os.walk(tests):
+            if os.path.relpath(dirpath, tests).split(os.sep)[0] == "integration":
+                continue
+            for name in files:
+                if not (name.startswith("test_") and name.endswith(".py")):
+                    continue
+                path = os.path.join(dirpath, name)
+                with open(path) as f:
+                    tree = ast.parse(f.read(), path)
+                for node in ast.walk(tree):
+                    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                            and (node.value.id, node.attr) in REAL_PARTS):
+                        found.append("%s:%d %s.%s" % (os.path.relpath(path, REPO), node.lineno, node.value.id, node.attr))
+        self.assertEqual(found, [])
+        self.assertTrue(os.path.exists(os.path.join(tests, "integration", "test_e2e_scan.py")))
+
+
 class PackagingTests(SynchronousTestCase):
     def test_noBenchmarkInTheProduct(self) -> None:
         """
