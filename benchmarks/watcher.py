@@ -74,10 +74,8 @@ def measure(n: int = PACKAGES) -> Dict[str, float]:
     from twisted.internet.defer import Deferred
     from twisted.web.client import Agent, HTTPConnectionPool
 
+    from fangs.orchestrator.compose import composeOrchestrator, watcherSubmit
     from fangs.orchestrator.config import OrchestratorConfig
-    from fangs.orchestrator.core import Orchestrator
-    from fangs.orchestrator.dispatcher import Dispatcher
-    from fangs.orchestrator.registry import RunnerRegistry
     from fangs.orchestrator.registryclient import RegistryClient
     from fangs.orchestrator.store import SQLiteStore
     from fangs.orchestrator.watcher import DEFAULT_CONCURRENCY, Watcher
@@ -97,7 +95,7 @@ def measure(n: int = PACKAGES) -> Dict[str, float]:
         tmp = tempfile.mkdtemp(prefix="fangs-bench-watch-")
         store = SQLiteStore(os.path.join(tmp, "fangs.db"), reactor)
         await store.start()
-        core = Orchestrator(reactor, store, RunnerRegistry(reactor), Dispatcher(reactor, store), OrchestratorConfig())
+        core = composeOrchestrator(reactor, store, OrchestratorConfig()).core
         for i in range(n):
             name = "pkg-%04d" % i if i % 10 else "@scope%d/pkg-%04d" % (i % 7, i)
             await store.addPackage(name, "bench", 1)
@@ -105,10 +103,7 @@ def measure(n: int = PACKAGES) -> Dict[str, float]:
         pool.maxPersistentPerHost = DEFAULT_CONCURRENCY
         client = RegistryClient(HTTPClient(Agent(reactor, pool=pool)), reactor, url)
 
-        async def submit(request: Any, key: str) -> str:
-            return (await core.submitScan(request, key, requireTarget=False))[0]
-
-        watcher = Watcher(reactor, store, client, submit)
+        watcher = Watcher(reactor, store, client, watcherSubmit(core))
         for label in ("seed", "304", "new"):
             if label == "new":
                 server.send_signal(signal.SIGUSR1)

@@ -20,6 +20,7 @@ from fangs import npm, wire
 from fangs.orchestrator import registryclient as rc
 from fangs.orchestrator import tap
 from fangs.orchestrator.config import DEFAULT_SANDBOX_IMAGE
+from fangs.orchestrator.compose import watcherSubmit
 from fangs.orchestrator.watcher import Watcher, idempotencyKey
 from tests.orchestrator.fakeregistry import FakeRegistry
 from tests.orchestrator.helpers import InMemoryOrchestrator, batchLine
@@ -360,10 +361,7 @@ class LoopbackTests(TestCase):
         for n in ("@acme/widget", "plain"):
             await o.store.addPackage(n, "test", 1)
 
-        async def submit(request, key):
-            return (await o.core.submitScan(request, key, requireTarget=False))[0]
-
-        w = Watcher(reactor, o.store, self.client, submit)
+        w = Watcher(reactor, o.store, self.client, watcherSubmit(o.core))
         stats = await w.pollOnce()
         self.assertEqual((stats.fetched, stats.queued, stats.errors), (2, 2, 0))
         self.fake.publish("plain", "1.1.0")
