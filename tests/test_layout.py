@@ -144,6 +144,30 @@ class PackagingTests(SynchronousTestCase):
         self.assertEqual(found, [])
         self.assertTrue(os.path.exists(os.path.join(REPO, "benchmarks", "__main__.py")))
 
+    def test_benchmarksListAndResolve(self) -> None:
+        """
+        C{python -m benchmarks --list} (what C{make bench} runs, without
+        running anything) names every benchmark, and each one's module and
+        function import.
+        """
+        env = dict(os.environ, PYTHONPATH=REPO)
+        listed = subprocess.run([sys.executable, "-m", "benchmarks", "--list"], capture_output=True, text=True,
+                                cwd=REPO, env=env, timeout=60)
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        names = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+        self.assertIn("ingest", names)
+        self.assertIn("postgres", names)
+        script = (
+            "import importlib, benchmarks.__main__ as M\n"
+            "for name, module, function, _, _ in M._TABLE:\n"
+            "    assert callable(getattr(importlib.import_module(module), function)), name\n"
+            "print(' '.join(name for name, *_ in M._TABLE))\n"
+        )
+        resolved = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, env=env,
+                                  timeout=60)
+        self.assertEqual(resolved.returncode, 0, resolved.stderr)
+        self.assertEqual(resolved.stdout.split(), names)
+
     def test_wheelShipsEveryProductPackageAndNoBenchmarks(self) -> None:
         """
         C{setup.cfg} lists every package under C{fangs/} (a package left out
