@@ -5,8 +5,8 @@ On a real loopback socket (the twistd plugin's service in this process, its
 SQLite database on disk): the database locked by another process while
 events arrive (a 503 in the envelope, nothing half-written, a resend stores
 each batch once, and the runner's streamer delivers every event exactly
-once), and the database's disk full (a 507, earlier batches intact, health
-answered, ingest working again once space is freed).
+once).  The database's disk full (root: a tmpfs) is in
+L{tests.integration.test_orchestrator_faults}.
 
 With a L{Clock}: jumps forward (runners pruned and re-registering, lost runs
 failed, long polls ending) and state from the future (timestamps ahead of
@@ -16,16 +16,13 @@ the clock) handled without a crash.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from typing import Any, List, Tuple
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from fangs import wire
 from fangs.orchestrator import tap
@@ -33,6 +30,7 @@ from fangs.runner.client import OrchestratorClient
 from fangs.runner.streamer import EventStreamer
 from tests.orchestrator.helpers import InMemoryOrchestrator, batchLine, fileEvent
 from tests.procs import freePort, httpClient, sleep
+
 
 # Holds an exclusive lock on a SQLite database until its stdin closes.
 LOCKER = r"""
@@ -225,57 +223,6 @@ class DatabaseLockedTests(TestCase):
         events, distinct, batches = o.stored(runID)
         self.assertEqual((events, distinct), (emitted, emitted))
         self.assertEqual(batches, stats.batchesSent)
-
-
-class DiskFullTests(TestCase):
-    timeout = 60
-
-    def setUp(self) -> None:
-        if os.geteuid() != 0:
-            raise SkipTest("mounting a tmpfs needs root")
-        self.dir = tempfile.mkdtemp(prefix="fangs-full-")
-        self.addCleanup(shutil.rmtree, self.dir, True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", self.dir], capture_output=True)
-        if mounted.returncode != 0:
-            raise SkipTest("cannot mount a tmpfs: %s" % (mounted.stderr.decode(errors="replace"),))
-        self.addCleanup(subprocess.run, ["umount", "-l", self.dir], capture_output=True)
-
-    def test_diskFull(self) -> Deferred:
-        return Deferred.fromCoroutine(self._full())
-
-    async def _full(self) -> None:
-        """
-        Ingest until the database's disk is full: a 507 C{insufficient_storage}
-        in the envelope, every acknowledged batch intact and nothing of the
-        failed one, health answered; once space is freed (a ballast file
-        removed) ingest works again and resends store once.
-        """
-        ballast = os.path.join(self.dir, "ballast")
-        with open(ballast, "wb") as f:
-            f.write(b"\0" * (1024 * 1024))
-        o = LiveOrchestrator(self, os.path.join(self.dir, "fangs.db"))
-        await o.start()
-        runID = await o.dispatchedRun()
-        acked, seq, code, body = 0, 0, 200, None
-        while code == 200 and seq < 2000:
-            seq += 1
-            events = [fileEvent("/usr/lib/%d/%d/%s" % (seq, i, "p" * 200)) for i in range(20)]
-            code, body = await o.post(runID, batchLine(seq, events))
-            if code == 200:
-                acked += body["persisted"]
-        self.assertEqual(code, 507, body)
-        assertEnvelope(self, body, "insufficient_storage")
-        self.assertIn("disk is full", body["error"]["message"])
-        self.assertEqual(await o.health(), 200)
-        self.assertEqual(o.stored(runID), (acked, acked, seq - 1))
-        code, run = await call(o.client, "GET", o.url + "/v1/runs/" + runID)
-        self.assertEqual((code, run["events_received"]), (200, acked))
-
-        os.remove(ballast)
-        events = [fileEvent("/usr/lib/%d/%d/%s" % (seq, i, "p" * 200)) for i in range(20)]
-        code, body = await o.post(runID, batchLine(seq - 1, events) + batchLine(seq, events))
-        self.assertEqual((code, body["persisted"]), (200, 20), body)  # seq - 1 was stored already
-        self.assertEqual(o.stored(runID), (acked + 20, acked + 20, seq))
 
 
 class ClockJumpTests(SynchronousTestCase):

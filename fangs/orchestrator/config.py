@@ -234,7 +234,7 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
     hosts = egress.get("allowed_hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
         raise ConfigError("config %s: egress.allowed_hosts must be a list of host names" % (path,))
-    from fangs.runner.gateway import PolicyError, parseAllowedHosts
+    from fangs.egresspolicy import PolicyError, parseAllowedHosts
 
     try:
         parseAllowedHosts(hosts)

@@ -307,7 +307,7 @@ class Orchestrator:
         Stamp the egress policy and allowed hosts (the scan's own, else the
         configuration's) on a sandbox spec; see docs/egress.md.
         """
-        from fangs.runner.gateway import POLICIES, PolicyError, parseAllowedHosts
+        from fangs.egresspolicy import POLICIES, PolicyError, parseAllowedHosts
 
         policy = (sandbox.egress_policy or self.config.egressPolicy).strip().lower()
         if policy not in POLICIES:

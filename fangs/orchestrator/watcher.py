@@ -16,15 +16,15 @@ package's baseline).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
-from fangs import npm, wire
+from fangs import npm
 from fangs.orchestrator import manifest
+from fangs.scanrequest import DEFAULT_SCAN_DURATION_NS, idempotencyKey, scanRequest  # noqa: F401 (also imported from here)
 from fangs.tenants import DEFAULT_TENANT
 from fangs.orchestrator.registryclient import (
     NOT_MODIFIED,
@@ -60,44 +60,12 @@ def _depHasInstallScript(doc: Any, spec: str) -> Optional[bool]:
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_CONCURRENCY = 16
-DEFAULT_SCAN_DURATION_NS = 120 * wire.SECOND
 
 #: C{submit(request, idempotencyKey)} -> run id; raises when not queued.  For
 #: a package another tenant than C{default} watches it is called with
 #: C{tenant=<name>} too: the release's scan is the same run for every tenant
 #: (the key names the release), linked to each tenant that watches it.
 Submit = Callable[..., Awaitable[str]]
-
-
-def idempotencyKey(package: str, version: str) -> str:
-    return "watch:%s@%s" % (package, version)
-
-
-def scanRequest(
-    package: str, version: str, durationNs: int = DEFAULT_SCAN_DURATION_NS, targetRunner: str = ""
-) -> wire.ScanRequest:
-    """
-    The scan of C{package@version} in the sandbox: the seed's install
-    command, quoted, with install scripts forced on; image C{""} lets the
-    orchestrator stamp its configured sandbox image.
-    """
-    return wire.ScanRequest(
-        target_runner=targetRunner,
-        job=wire.Job(
-            kind="sandbox_scan",
-            package_name=package,
-            version=version,
-            duration=durationNs,
-            sandbox=wire.SandboxSpec(
-                image="",
-                command=npm.installCommand(package, version),
-                user="0:0",
-                network_mode="bridge",
-                pull_policy="never",
-                grace_period=2 * wire.SECOND,
-            ),
-        ),
-    )
 
 
 @attrs.define

@@ -14,13 +14,11 @@ from typing import Dict, Tuple
 
 import attrs
 
+from fangs.egresspolicy import normaliseName  # noqa: F401 (names are compared normalised)
+
 KIB = 1024
 
 _METHOD = re.compile(rb"^[A-Z]{3,12} ")
-
-
-def normaliseName(name: str) -> str:
-    return name.strip().rstrip(".").lower()
 
 
 @attrs.frozen

@@ -2,7 +2,7 @@
 Tests for L{fangs.runner.gateway} and its parts (L{fangs.runner.sniff},
 L{fangs.runner.sinkhole}, L{fangs.runner.dnsproxy}, L{fangs.runner.conntrack}):
 the parsers, and one run's gateway driven through in-memory transports and a
-L{Clock} (the real sockets, DNAT and Docker are in L{tests.runner.test_egress}).
+L{Clock} (the real sockets, DNAT and Docker are in L{tests.integration.runner.test_egress}).
 """
 
 from __future__ import annotations
