@@ -27,7 +27,7 @@ import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -40,6 +40,10 @@ RUN_EVENT_TYPES = ("run.queued", "run.started", "run.updated", "run.completed", 
 #: At most this many C{run.updated} lines per run per second.
 UPDATES_PER_SECOND = 2
 MAX_BUFFERED = 1000
+#: A line the database refuses is tried again this many times, waiting
+#: 0.1 s more each time (at most APPEND_RETRY_CAP), before it is logged lost.
+APPEND_ATTEMPTS = 40
+APPEND_RETRY_CAP = 2.0
 KEEPALIVE_SECONDS = 15.0
 _READ_LIMIT = 1000
 
@@ -242,16 +246,31 @@ class RunStream:
             while self._pending:
                 nowNs, tenant, runID, type, line, done = self._pending.popleft()
                 try:
-                    tenants = [tenant] if tenant is not None else await self._tenantsOf(runID)
+                    tenants = [tenant] if tenant is not None else await self._retrying(self._tenantsOf, runID)
                     for name in tenants:
                         line["tenant"] = name
-                        await self.store.appendStream(nowNs, name, runID, type, orjson.dumps(line).decode("utf-8"))
+                        await self._retrying(self.store.appendStream, nowNs, name, runID, type,
+                                             orjson.dumps(line).decode("utf-8"))
                 except Exception:
                     log.failure("run stream line {type} for {run_id} not stored", type=type, run_id=runID)
                 done.callback(None)
                 self.poke()
         finally:
             self._appending = False
+
+    async def _retrying(self, f: Callable[..., Any], *args: Any) -> Any:
+        """
+        C{await f(*args)}, again after a short wait while it fails: a busy
+        database passes, and the line (with every line after it, so order
+        is kept) waits rather than being lost.
+        """
+        for attempt in range(APPEND_ATTEMPTS - 1):
+            try:
+                return await f(*args)
+            except Exception as e:
+                log.warn("run stream waits for the database ({error})", error=e)
+                await deferLater(self.clock, min(APPEND_RETRY_CAP, 0.1 * (attempt + 1)), lambda: None)
+        return await f(*args)
 
     async def _tenantsOf(self, runID: str) -> List[str]:
         find = getattr(self.store, "runTenants", None)

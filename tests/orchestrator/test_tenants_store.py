@@ -15,7 +15,6 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from fangs.orchestrator import pgstore
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import makeEntry
 from fangs.orchestrator.db.artifacts import RunArtifact
@@ -197,30 +196,6 @@ class SQLiteTenantStoreTests(TenantStoreContract, TestCase):
         if migrations is not None:
             st.migrations = migrations
         await st.start()
-        self.addCleanup(st.stop)
-        return st
-
-    async def close(self, st: Any) -> None:
-        st.stop()
-
-
-class PostgresTenantStoreTests(TenantStoreContract, TestCase):
-    module = pgstore
-
-    def setUp(self) -> None:
-        from tests import pg
-
-        self.dsn = pg.freshDatabase(self)
-
-    async def open(self, migrations: Any = None) -> Any:
-        saved = pgstore.MIGRATIONS
-        if migrations is not None:
-            pgstore.MIGRATIONS = migrations
-        try:
-            st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
-            await st.start()
-        finally:
-            pgstore.MIGRATIONS = saved
         self.addCleanup(st.stop)
         return st
 
