@@ -449,19 +449,22 @@ class OrchestratorAPI:
         #: The L{fangs.orchestrator.stream.RunStream} of C{/v1/runs/stream}, or None.
         self.stream = stream
 
-    async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> None:
+    async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> Optional[S.RunRow]:
         """
         Events and results of a run come only from the runner it was
         dispatched to.  Who is asking is settled before the run is looked
         up, so an unauthenticated caller cannot probe run ids.
+
+        @return: the run it read (None when nothing is checked).
         """
         if self.auth.mode == "none":
-            return
+            return None
         await self.auth.requireKind(request, "runner")
         run = await self.core.store.getRun(runID)
         if run is None:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
         await self.auth.requireRunner(request, run.runner_id)
+        return run
 
     async def gate(self, request: IRequest) -> None:
         """
@@ -706,10 +709,10 @@ class OrchestratorAPI:
     @app.route("/v1/runs/<runID>/events", methods=["POST"])
     async def postEvents(self, request: IRequest, runID: str) -> bytes:
         runID = runIDFromPath(runID)
-        await self._requireRunnerOfRun(request, runID)
+        run = await self._requireRunnerOfRun(request, runID)
         if getattr(request, "bodyTooLarge", False):
             raise PayloadTooLarge("event stream too large")
-        progress = await self.core.ingestLines(runID, ndjsonLines(request))
+        progress = await self.core.ingestLines(runID, ndjsonLines(request), run=run)
         return self._json(
             request,
             wire.IngestAck(

@@ -24,9 +24,9 @@ from fangs import npm, wire
 from fangs.errors import BadRequest, ConflictError, NotFoundError
 from fangs.orchestrator import allowlist, auth
 from fangs.orchestrator import store as S
-from fangs.orchestrator.analysis import credPathsOf
 from fangs.orchestrator.config import OrchestratorConfig
 from fangs.orchestrator.dispatcher import Dispatcher
+from fangs.orchestrator.ingest import BatchWrite, GroupCommitter
 from fangs.orchestrator.metrics import Metrics
 from fangs.orchestrator.registry import RunnerRegistry
 
@@ -44,7 +44,7 @@ JOB_KINDS = ("sensor_only", "sandbox_scan")
 #: Runner capability: results carry each run's own events_dropped (else the
 #: runner's cumulative counter, whose increase is counted).
 PER_RUN_DROPS = "events_dropped.per_run"
-INGEST_PIPELINE = 8
+INGEST_PIPELINE = 32
 
 
 class Analyzer:
@@ -95,6 +95,9 @@ class Orchestrator:
         self.runEvents = runEvents
         #: A L{fangs.orchestrator.artifacts.ArtifactFetcher}, or None (no tarballs kept).
         self.artifacts: Any = None
+        #: Batches handed in while a group is written go together in the next one.
+        self.ingest = GroupCommitter(lambda writes: self.store.ingestBatches(writes),
+                                     concurrency=getattr(store, "ingestConcurrency", 1))
 
     def nowNs(self) -> int:
         return int(self.clock.seconds() * 1_000_000_000)
@@ -277,20 +280,24 @@ class Orchestrator:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
         return run
 
-    async def ingestLines(self, runID: str, lines: Iterable[bytes]) -> IngestProgress:
+    async def ingestLines(self, runID: str, lines: Iterable[bytes], run: Optional[S.RunRow] = None) -> IngestProgress:
         """
-        Store each NDJSON line (one L{wire.EventBatch}) in its own
-        transaction, in order.  A malformed line stops the stream with
-        L{BadRequest}; every batch before it stays stored.
+        Store each NDJSON line (one L{wire.EventBatch}), in order.  Batches
+        go through the group committer: each is acknowledged only once the
+        transaction holding it committed.  A malformed line stops the stream
+        with L{BadRequest}; every batch before it stays stored.
+
+        @param run: the run as the caller read it already (the HTTP layer
+            does, to check who sends), so it is not read again.
         """
-        run = await self.requireRun(runID)
+        if run is None or run.id != runID:
+            run = await self.requireRun(runID)
         finished = run.result_status is not None
-        span = self._deadlineSpan(run)
-        credPaths = credPathsOf(run)
+        span, credPaths = _ingestTerms(run)
         batches = events = persisted = 0
-        # Up to INGEST_PIPELINE batches wait for the store's thread while the
-        # next lines are parsed here: the store applies them in order, each
-        # in its own transaction.
+        # Up to INGEST_PIPELINE batches wait for the store while the next
+        # lines are parsed here; the committer writes those that wait
+        # together, each acknowledged after its transaction committed.
         inflight: List[Any] = []
 
         async def settle(limit: int) -> None:
@@ -301,12 +308,10 @@ class Orchestrator:
                 self.metrics.ingestLatency.observe(self.clock.seconds() - started)
                 self.metrics.eventsPersisted.inc(outcome.events)
                 persisted += outcome.events
-                if outcome.inserted:
-                    self.analyzer.batchStored(runID, rows, None)
-                    if self.runEvents is not None:
-                        # The stream keeps at most a few of these a second.
-                        self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
-                                                events_received=run.events_received + persisted)
+                if outcome.inserted and self.runEvents is not None:
+                    # The stream keeps at most a few of these a second.
+                    self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
+                                            events_received=run.events_received + persisted)
 
         try:
             for lineno, line in enumerate(lines, 1):
@@ -332,7 +337,8 @@ class Orchestrator:
                             code="run_finished",
                         )
                 now = self.nowNs()
-                inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows, self.clock.seconds()))
+                inflight.append((self.ingest.submit(BatchWrite(runID, seq, rows, now, now + span, credPaths)), rows,
+                                 self.clock.seconds()))
                 batches += 1
                 events += len(rows)
                 await settle(INGEST_PIPELINE)
@@ -345,10 +351,6 @@ class Orchestrator:
             raise
         return IngestProgress(batches, events, persisted)
 
-    def _deadlineSpan(self, run: S.RunRow) -> int:
-        job = json.loads(run.job)
-        grace = (job.get("sandbox") or {}).get("grace_period") or 0
-        return (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
 
     # -- results ------------------------------------------------------------
 
@@ -527,6 +529,24 @@ class Orchestrator:
                 self.analyzer.runFinished(runID)
         except Exception:
             log.failure("housekeeping sweep failed")
+
+
+def _ingestTerms(run: S.RunRow) -> Tuple[int, Tuple[str, ...]]:
+    """
+    From the run's job, parsed once: how far each stored batch pushes the
+    run's deadline, and the cred-tagged watched prefixes (the fingerprints'
+    cred paths).
+    """
+    try:
+        job = orjson.loads(run.job)
+    except orjson.JSONDecodeError:
+        job = {}
+    if not isinstance(job, dict):
+        job = {}
+    grace = (job.get("sandbox") or {}).get("grace_period") or 0
+    span = (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
+    credPaths = tuple(w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged"))
+    return span, credPaths
 
 
 def _checkRunnerID(runnerID: str) -> None:
