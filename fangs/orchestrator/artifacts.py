@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 
-from fangs.orchestrator.artifactdb import RunArtifact
+from fangs.orchestrator.db.artifacts import RunArtifact
 
 log = Logger()
 

@@ -54,7 +54,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator import artifactdb, differ, streamdb
+from fangs.orchestrator import differ
+from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import AllowEntry, ConfigSync, planConfigSync
 

@@ -4,7 +4,7 @@ C{run.completed}, C{run.failed}, C{run.cancelled}, one JSON object a line,
 to every subscriber whose filter matches (C{GET /v1/runs/stream}, as NDJSON
 over a long-lived response or over a WebSocket).
 
-Every line is first appended to the store (L{fangs.orchestrator.streamdb})
+Every line is first appended to the store (L{fangs.orchestrator.db.stream})
 and gets a cursor there; the hub then reads what is new, in cursor order,
 and fans it out.  So every orchestrator on one PostgreSQL database sends the
 same lines in the same order (a NOTIFY tells the others to read), and a

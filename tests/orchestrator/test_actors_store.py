@@ -120,14 +120,10 @@ class SQLiteMigrationTests(MigrationContract, TestCase):
         self.path = os.path.join(tempfile.mkdtemp(prefix="fangs-actors-"), "fangs.db")
 
     async def open(self, migrations: Any = None) -> Any:
-        saved = S.MIGRATIONS
+        st = S.SQLiteStore(self.path, reactor)
         if migrations is not None:
-            S.MIGRATIONS = migrations
-        try:
-            st = S.SQLiteStore(self.path, reactor)
-            await st.start()
-        finally:
-            S.MIGRATIONS = saved
+            st.migrations = migrations
+        await st.start()
         self.addCleanup(st.stop)
         return st
 

@@ -10,10 +10,10 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fangs.orchestrator import streamdb
+from fangs.orchestrator.db import stream as streamdb
 from fangs.orchestrator.store import SQLiteStore
 from fangs.orchestrator.stream import RunStream, StreamError, StreamFilter, parseCursor
-from fangs.orchestrator.streamdb import StreamRow
+from fangs.orchestrator.db.stream import StreamRow
 
 
 class MemoryStreamStore:

@@ -5,7 +5,7 @@ to the tarball it scanned with the outcome of the integrity check.
 
 Tarballs live in the database, so every orchestrator on one PostgreSQL
 database can serve them.  Composed into the SQLite and PostgreSQL stores like
-L{fangs.orchestrator.streamdb}.
+L{fangs.orchestrator.db.stream}.
 """
 
 from __future__ import annotations

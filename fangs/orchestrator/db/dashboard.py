@@ -1,0 +1,176 @@
+"""
+Read-side queries of the dashboard: summary, run and package tables,
+the database browser.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, Dict, List, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+
+from fangs.orchestrator.db.model import _RUN_SELECT, _runRow, StoredEvent, Page, encodeToken, decodeToken
+
+
+class DashboardComponent:
+    """
+    Read-side queries of the dashboard: summary, run and package tables,
+    the database browser.
+    """
+
+    # -- dashboard queries --
+    # Read-only queries of the web dashboard (fangs.orchestrator.ui).
+
+    def dashboardSummary(self, sinceNs: int) -> "Deferred[Dict[str, Any]]":
+        """
+        Overview figures: runs by verdict since C{sinceNs}, open reviews by
+        severity, events dropped (since and ever), runs and packages.
+        """
+        return self._call(self._thd_dashboardSummary, sinceNs)
+
+    def _thd_dashboardSummary(self, conn: sqlite3.Connection, sinceNs: int) -> Dict[str, Any]:
+        byVerdict = {
+            (v or "in progress"): n
+            for v, n in conn.execute(
+                "SELECT verdict, COUNT(*) FROM runs WHERE created_ns >= ? GROUP BY verdict", (sinceNs,)
+            )
+        }
+        pending = {
+            (s or "none"): n
+            for s, n in conn.execute(
+                "SELECT max_severity, COUNT(*) FROM runs WHERE verdict = 'deviations' AND decision IS NULL"
+                " GROUP BY max_severity"
+            )
+        }
+        dropped, droppedRecent, total = conn.execute(
+            "SELECT COALESCE(SUM(events_dropped), 0),"
+            " COALESCE(SUM(CASE WHEN created_ns >= ? THEN events_dropped ELSE 0 END), 0), COUNT(*) FROM runs",
+            (sinceNs,),
+        ).fetchone()
+        return {
+            "runs_by_verdict": byVerdict,
+            "pending_by_severity": pending,
+            "events_dropped": dropped,
+            "events_dropped_recent": droppedRecent,
+            "runs_total": total,
+            "watched": conn.execute("SELECT COUNT(*) FROM packages").fetchone()[0],
+            "scanned_packages": conn.execute("SELECT COUNT(DISTINCT package_name) FROM runs").fetchone()[0],
+        }
+
+    def dashboardRuns(
+        self, package: Optional[str], verdict: Optional[str], state: Optional[str], pageSize: int, pageToken: Optional[str]
+    ) -> "Deferred[Page]":
+        """
+        Runs newest first, filtered by package, verdict (C{"none"} for runs
+        not analysed yet) and state.
+
+        @raise BadPageToken: C{pageToken} was not issued by this server.
+        """
+        after = decodeToken(pageToken, (int, str)) if pageToken else None
+        return self._call(self._thd_dashboardRuns, package, verdict, state, pageSize, after)
+
+    def _thd_dashboardRuns(
+        self,
+        conn: sqlite3.Connection,
+        package: Optional[str],
+        verdict: Optional[str],
+        state: Optional[str],
+        pageSize: int,
+        after: Optional[List[Any]],
+    ) -> Page:
+        where: List[str] = []
+        args: List[Any] = []
+        if package:
+            where.append("package_name = ?")
+            args.append(package)
+        if verdict == "none":
+            where.append("verdict IS NULL")
+        elif verdict:
+            where.append("verdict = ?")
+            args.append(verdict)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        if after is not None:
+            where.append("(created_ns < ? OR (created_ns = ? AND id < ?))")
+            args.extend([after[0], after[0], after[1]])
+        sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_ns DESC, id DESC LIMIT ?"
+        args.append(pageSize + 1)
+        rows = [_runRow(r) for r in conn.execute(sql, args)]
+        token = None
+        if len(rows) > pageSize:
+            rows = rows[:pageSize]
+            token = encodeToken([rows[-1].created_ns, rows[-1].id])
+        return Page(rows, token)
+
+    def dashboardPackages(self) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        Every package that is watched or was scanned, with its run counts
+        and its latest run.
+        """
+
+        def thd(conn: sqlite3.Connection) -> List[Dict[str, Any]]:
+            watched = {r[0]: r[1] for r in conn.execute("SELECT name, added_ns FROM packages")}
+            out: Dict[str, Dict[str, Any]] = {}
+            for name, runs, pending, latest in conn.execute(
+                "SELECT package_name, COUNT(*),"
+                " SUM(CASE WHEN verdict = 'deviations' AND decision IS NULL THEN 1 ELSE 0 END), MAX(created_ns)"
+                " FROM runs WHERE package_name != '' GROUP BY package_name"
+            ):
+                last = conn.execute(
+                    "SELECT id, version, verdict FROM runs WHERE package_name = ? AND created_ns = ? LIMIT 1",
+                    (name, latest),
+                ).fetchone()
+                out[name] = {"name": name, "runs": runs, "pending": pending, "latest_ns": latest,
+                             "latest_run_id": last[0], "latest_version": last[1], "latest_verdict": last[2]}
+            for name in watched:
+                out.setdefault(name, {"name": name, "runs": 0, "pending": 0, "latest_ns": None,
+                                      "latest_run_id": None, "latest_version": "", "latest_verdict": None})
+            for name, p in out.items():
+                p["watched"] = name in watched
+            return [out[k] for k in sorted(out)]
+
+        return self._call(thd)
+
+    def eventsByID(self, ids: Sequence[int]) -> "Deferred[List[StoredEvent]]":
+        ids = list(ids)[:500]
+
+        def thd(conn: sqlite3.Connection) -> List[StoredEvent]:
+            if not ids:
+                return []
+            return [
+                StoredEvent(*r)
+                for r in conn.execute(
+                    "SELECT id, run_id, seq, idx, type, ts_ns, received_ns, pid, data FROM events WHERE id IN (%s)"
+                    % (",".join("?" * len(ids)),),
+                    ids,
+                )
+            ]
+
+        return self._call(thd)
+
+    def tableRows(self, table: str, limit: int = 100) -> "Deferred[Optional[List[Dict[str, Any]]]]":
+        """
+        Up to C{limit} rows of C{table}, newest (highest rowid) first, as
+        dicts; C{None} when there is no such table (yet).
+        """
+
+        def thd(conn: sqlite3.Connection) -> Optional[List[Dict[str, Any]]]:
+            known = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+            if known is None:
+                return None
+            try:
+                cur = conn.execute('SELECT * FROM "%s" ORDER BY rowid DESC LIMIT ?' % (known[0],), (limit,))
+            except sqlite3.OperationalError:  # a WITHOUT ROWID table
+                cur = conn.execute('SELECT * FROM "%s" LIMIT ?' % (known[0],), (limit,))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, r)) for r in cur]
+
+        return self._call(thd)
+
+    def tableNames(self) -> "Deferred[List[str]]":
+        return self._call(
+            lambda conn: [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+        )

@@ -1,0 +1,305 @@
+"""
+Notifiers, the notification outbox and delivery history, metric counts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Dict, List, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+
+from fangs.orchestrator.db.model import RunRow, AnalysisOutcome, _DEVIATION_SELECT, _actorLabel
+from fangs.orchestrator.db.connector import _transaction
+
+
+class OutboxComponent:
+    """
+    Notifiers, the notification outbox and delivery history, metric counts.
+    """
+
+    # -- notifier outbox --
+    #
+    # Targets live in C{notifiers} (secrets are named by environment
+    # variable, never stored).  An analysis whose verdict changed writes one
+    # C{outbox} row per matching target in its own transaction
+    # (L{_thd_enqueueNotifications}); UNIQUE(run_id, notifier_name) keeps a
+    # re-analysis from sending twice.  Each attempt adds one C{deliveries}
+    # row.  Removing a target keeps its history: its rows stay (pending ones
+    # become C{dead}), and they still count against a re-created target of
+    # the same name, so old runs are not announced again.
+
+    def _thd_enqueueNotifications(self, conn: sqlite3.Connection, run: RunRow, outcome: "AnalysisOutcome", nowNs: int) -> int:
+        from fangs import wire
+        from fangs.orchestrator import notifier as N
+
+        if not outcome.changed or not outcome.deviations or outcome.verdict not in N.NOTIFY_VERDICTS:
+            return 0
+        targets = [
+            {"name": r[0], "template": r[1], "min_severity": r[2], "packages": json.loads(r[3] or "[]")}
+            for r in conn.execute("SELECT name, template, min_severity, packages FROM notifiers WHERE enabled = 1")
+        ]
+        targets = [t for t in targets if N.wants(t, outcome.package_name, outcome.max_severity)]
+        if not targets:
+            return 0
+        deviations = [
+            {
+                "id": r[0],
+                "category": r[3],
+                "value": r[4],
+                "severity": r[5],
+                "reason": r[7],
+                "evidence_event_id": r[8],
+                "detected_at": wire.formatTimestamp(wire.timestampFromNs(r[10])),
+                "actor": _actorLabel(r[11], r[12]),
+            }
+            for r in conn.execute(
+                _DEVIATION_SELECT + " WHERE run_id = ? ORDER BY severity_rank DESC, category, value", (run.id,)
+            )
+        ]
+        info = {
+            "run_id": run.id,
+            "package_name": run.package_name,
+            "version": run.version,
+            "state": run.state,
+            "verdict": outcome.verdict,
+            "max_severity": outcome.max_severity,
+        }
+        added = 0
+        for t in targets:
+            body, ctype = N.render(t["template"], info, deviations)
+            added += conn.execute(
+                "INSERT OR IGNORE INTO outbox (run_id, notifier_name, template, state, attempts, next_attempt_ns,"
+                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
+                (run.id, t["name"], t["template"], nowNs, nowNs, nowNs, body, ctype),
+            ).rowcount
+        return added
+
+    @staticmethod
+    def _notifierDict(r: Sequence[Any]) -> Dict[str, Any]:
+        return {
+            "name": r[0],
+            "url": r[1],
+            "template": r[2],
+            "secret_env": r[3],
+            "headers": json.loads(r[4] or "{}"),
+            "min_severity": r[5],
+            "packages": json.loads(r[6] or "[]"),
+            "enabled": bool(r[7]),
+            "created_ns": r[8],
+            "updated_ns": r[9],
+        }
+
+    _NOTIFIER_SELECT = (
+        "SELECT name, url, template, secret_env, headers, min_severity, packages, enabled, created_ns, updated_ns"
+        " FROM notifiers"
+    )
+
+    def upsertNotifier(self, target: Dict[str, Any], actor: str, nowNs: int) -> "Deferred[bool]":
+        """
+        Create or replace a target (validated by
+        L{fangs.orchestrator.notifier.parseNotifier}).  Returns True when
+        it was created.
+        """
+
+        def thd(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                created = conn.execute("SELECT 1 FROM notifiers WHERE name = ?", (target["name"],)).fetchone() is None
+                conn.execute(
+                    "INSERT INTO notifiers (name, url, template, secret_env, headers, min_severity, packages, enabled,"
+                    " created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET url = excluded.url, template = excluded.template,"
+                    " secret_env = excluded.secret_env, headers = excluded.headers, min_severity = excluded.min_severity,"
+                    " packages = excluded.packages, enabled = excluded.enabled, updated_ns = excluded.updated_ns",
+                    (
+                        target["name"],
+                        target["url"],
+                        target["template"],
+                        target["secret_env"],
+                        json.dumps(target["headers"], sort_keys=True),
+                        target["min_severity"],
+                        json.dumps(target["packages"]),
+                        int(target["enabled"]),
+                        nowNs,
+                        nowNs,
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    (
+                        nowNs,
+                        actor,
+                        "notifier.add" if created else "notifier.update",
+                        "notifier:" + target["name"],
+                        json.dumps({k: target[k] for k in ("url", "template", "min_severity", "enabled")}),
+                    ),
+                )
+                return created
+
+        return self._call(thd)
+
+    def listNotifiers(self) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(
+            lambda conn: [self._notifierDict(r) for r in conn.execute(self._NOTIFIER_SELECT + " ORDER BY name")]
+        )
+
+    def getNotifier(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+            r = conn.execute(self._NOTIFIER_SELECT + " WHERE name = ?", (name,)).fetchone()
+            return None if r is None else self._notifierDict(r)
+
+        return self._call(thd)
+
+    def deleteNotifier(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        """
+        Remove a target; its pending messages become C{dead}, its history
+        stays.
+        """
+
+        def thd(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                if not conn.execute("DELETE FROM notifiers WHERE name = ?", (name,)).rowcount:
+                    return False
+                conn.execute(
+                    "UPDATE outbox SET state = 'dead', last_error = 'notifier removed', updated_ns = ?"
+                    " WHERE notifier_name = ? AND state = 'pending'",
+                    (nowNs, name),
+                )
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'notifier.remove', ?)",
+                    (nowNs, actor, "notifier:" + name),
+                )
+                return True
+
+        return self._call(thd)
+
+    def dueNotifications(self, nowNs: int, limit: int) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        Pending messages due by C{nowNs} of enabled targets, oldest due
+        first, each with its target's current settings.
+        """
+        return self._call(
+            lambda conn: [
+                {
+                    "id": r[0],
+                    "run_id": r[1],
+                    "notifier_name": r[2],
+                    "name": r[2],
+                    "template": r[3],
+                    "attempts": r[4],
+                    "body": bytes(r[5]),
+                    "content_type": r[6],
+                    "url": r[7],
+                    "secret_env": r[8],
+                    "headers": json.loads(r[9] or "{}"),
+                }
+                for r in conn.execute(
+                    "SELECT o.id, o.run_id, o.notifier_name, o.template, o.attempts, o.body, o.content_type,"
+                    " n.url, n.secret_env, n.headers FROM outbox o JOIN notifiers n ON n.name = o.notifier_name"
+                    " WHERE o.state = 'pending' AND o.next_attempt_ns <= ? AND n.enabled = 1"
+                    " ORDER BY o.next_attempt_ns, o.id LIMIT ?",
+                    (nowNs, limit),
+                )
+            ]
+        )
+
+    def nextNotificationDue(self) -> "Deferred[Optional[int]]":
+        return self._call(
+            lambda conn: conn.execute(
+                "SELECT MIN(o.next_attempt_ns) FROM outbox o JOIN notifiers n ON n.name = o.notifier_name"
+                " WHERE o.state = 'pending' AND n.enabled = 1"
+            ).fetchone()[0]
+        )
+
+    def recordDelivery(
+        self,
+        outboxID: int,
+        attempt: int,
+        nowNs: int,
+        status: str,
+        httpStatus: Optional[int],
+        error: str,
+        excerpt: str,
+        state: str,
+        nextAttemptNs: Optional[int],
+    ) -> "Deferred[bool]":
+        """
+        One attempt's row and the message's new state, in one transaction.
+        False (nothing written) when the message is no longer pending at
+        C{attempt - 1} attempts.
+        """
+
+        def thd(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "UPDATE outbox SET state = ?, attempts = ?, next_attempt_ns = COALESCE(?, next_attempt_ns),"
+                    " last_error = ?, updated_ns = ? WHERE id = ? AND state = 'pending' AND attempts = ?",
+                    (state, attempt, nextAttemptNs, error[:500], nowNs, outboxID, attempt - 1),
+                )
+                if not cur.rowcount:
+                    return False
+                conn.execute(
+                    "INSERT INTO deliveries (outbox_id, notifier_name, attempt, at_ns, status, http_status, error,"
+                    " response_excerpt) SELECT id, notifier_name, ?, ?, ?, ?, ?, ? FROM outbox WHERE id = ?",
+                    (attempt, nowNs, status, httpStatus, error[:500], excerpt[:2048], outboxID),
+                )
+                return True
+
+        return self._call(thd)
+
+    def deliveries(self, name: str, limit: int = 100) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        A target's attempts, newest first (also after it was removed).
+        """
+        return self._call(
+            lambda conn: [
+                {
+                    "outbox_id": r[0],
+                    "run_id": r[1],
+                    "attempt": r[2],
+                    "at_ns": r[3],
+                    "status": r[4],
+                    "http_status": r[5],
+                    "error": r[6],
+                    "response_excerpt": r[7],
+                    "message_state": r[8],
+                    "next_attempt_ns": r[9] if r[8] == "pending" else None,
+                }
+                for r in conn.execute(
+                    "SELECT d.outbox_id, o.run_id, d.attempt, d.at_ns, d.status, d.http_status, d.error,"
+                    " d.response_excerpt, o.state, o.next_attempt_ns FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
+                    " WHERE d.notifier_name = ? ORDER BY d.at_ns DESC, d.id DESC LIMIT ?",
+                    (name, limit),
+                )
+            ]
+        )
+
+    def outboxFor(self, runID: str) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(
+            lambda conn: [
+                {"id": r[0], "notifier_name": r[1], "template": r[2], "state": r[3], "attempts": r[4], "last_error": r[5],
+                 "created_ns": r[6], "updated_ns": r[7]}
+                for r in conn.execute(
+                    "SELECT id, notifier_name, template, state, attempts, last_error, created_ns, updated_ns"
+                    " FROM outbox WHERE run_id = ?"
+                    " ORDER BY notifier_name",
+                    (runID,),
+                )
+            ]
+        )
+
+    def metricCounts(self) -> "Deferred[Dict[str, Dict[str, int]]]":
+        """
+        For a metrics scrape: runs by state, stored deviations by severity,
+        outbox messages by state.
+        """
+
+        def thd(conn: sqlite3.Connection) -> Dict[str, Dict[str, int]]:
+            return {
+                "runs": dict(conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()),
+                "deviations": dict(conn.execute("SELECT severity, COUNT(*) FROM deviations GROUP BY severity").fetchall()),
+                "outbox": dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()),
+            }
+
+        return self._call(thd)

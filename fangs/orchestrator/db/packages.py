@@ -1,0 +1,318 @@
+"""
+Watched packages, their baselines, and releases seen by the watcher.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from twisted.internet.defer import Deferred
+
+from fangs.orchestrator.db.model import _jsonList
+from fangs.orchestrator.db.connector import _transaction
+
+
+class PackagesComponent:
+    """
+    Watched packages, their baselines, and releases seen by the watcher.
+    """
+
+    # -- packages and baselines -------------------------------------------------
+
+    def addPackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_addPackage, name, actor, nowNs)
+
+    def _thd_addPackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO packages (name, added_ns, added_by) VALUES (?, ?, ?)", (name, nowNs, actor)
+            )
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'package.add', ?)",
+                    (nowNs, actor, "package:" + name),
+                )
+            return cur.rowcount == 1
+
+    def removePackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_removePackage, name, actor, nowNs)
+
+    def _thd_removePackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int) -> bool:
+        with _transaction(conn):
+            cur = conn.execute("DELETE FROM packages WHERE name = ?", (name,))
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'package.remove', ?)",
+                    (nowNs, actor, "package:" + name),
+                )
+            return cur.rowcount == 1
+
+    def listPackages(self) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(self._thd_listPackages)
+
+    def _thd_listPackages(self, conn: sqlite3.Connection, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        sql = (
+            "SELECT p.name, p.added_ns, p.last_checked_ns, p.last_seen_version,"
+            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name),"
+            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict IN ('baseline', 'clean')),"
+            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict = 'deviations' AND r.decision IS NULL),"
+            " (SELECT COUNT(DISTINCT category || char(0) || value) FROM baseline b WHERE b.package_name = p.name)"
+            " FROM packages p"
+        )
+        args: Tuple[Any, ...] = ()
+        if name is not None:
+            sql += " WHERE p.name = ?"
+            args = (name,)
+        sql += " ORDER BY p.name"
+        return [
+            {
+                "name": r[0],
+                "added_ns": r[1],
+                "last_checked_ns": r[2],
+                "last_seen_version": r[3],
+                "runs": r[4],
+                "baseline_runs": r[5],
+                "pending_runs": r[6],
+                "baseline_fingerprints": r[7],
+            }
+            for r in conn.execute(sql, args)
+        ]
+
+    def getPackage(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        return self._call(lambda conn: (self._thd_listPackages(conn, name) or [None])[0])
+
+    def baselineFor(self, package: str) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        The package's baseline: each fingerprint with the number of runs that
+        showed it and the first and last of them.
+        """
+        return self._call(
+            lambda conn: [
+                {
+                    "category": r[0],
+                    "value": r[1],
+                    "actor": r[6],
+                    "occurrences": r[2],
+                    "events": r[3],
+                    "first_seen_run_id": r[4],
+                    "last_seen_run_id": r[5],
+                }
+                for r in conn.execute(
+                    "SELECT category, value, COUNT(*), SUM(count), MIN(run_id), MAX(run_id), actor FROM baseline"
+                    " WHERE package_name = ? GROUP BY category, value, actor ORDER BY category, value, actor",
+                    (package,),
+                )
+            ]
+        )
+
+    def packageHasRuns(self, package: str) -> "Deferred[bool]":
+        return self._call(
+            lambda conn: conn.execute("SELECT 1 FROM runs WHERE package_name = ? LIMIT 1", (package,)).fetchone()
+            is not None
+        )
+
+    # -- releases (watcher) --
+
+    def watchList(self, nowNs: int) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        The watched packages due for a check (not held back by a registry
+        C{Retry-After}), by name, each with its ETag, whether it has been
+        seeded, and how many recorded releases still wait to be queued.
+        """
+        return self._call(self._thd_watchList, nowNs)
+
+    def _thd_watchList(self, conn: sqlite3.Connection, nowNs: int) -> List[Dict[str, Any]]:
+        return [
+            {"name": r[0], "etag": r[1], "last_seen_version": r[2], "seeded": bool(r[3]), "waiting": r[4]}
+            for r in conn.execute(
+                "SELECT p.name, p.etag, p.last_seen_version,"
+                " EXISTS (SELECT 1 FROM releases r WHERE r.package_name = p.name),"
+                " (SELECT COUNT(*) FROM releases r WHERE r.package_name = p.name AND r.queued = 0 AND r.seeded = 0)"
+                " FROM packages p WHERE p.next_check_ns IS NULL OR p.next_check_ns <= ? ORDER BY p.name",
+                (nowNs,),
+            )
+        ]
+
+    def knownVersions(self, name: str) -> "Deferred[Dict[str, bool]]":
+        """
+        Every recorded version of C{name} and whether it is settled (queued
+        for a scan, or seen at seeding time).
+        """
+        return self._call(
+            lambda conn: {
+                r[0]: bool(r[1])
+                for r in conn.execute(
+                    "SELECT version, queued OR seeded FROM releases WHERE package_name = ?", (name,)
+                )
+            }
+        )
+
+    def recordPackument(
+        self,
+        name: str,
+        releases: Sequence[Dict[str, Any]],
+        latest: Optional[str],
+        etag: Optional[str],
+        nowNs: int,
+    ) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        In one transaction: insert the releases not recorded yet (each a dict
+        with version, integrity, shasum, tarball, published_ns, dist_tags and
+        seeded), refresh every recorded release's dist-tags, and stamp the
+        package's check time, latest version and ETag.  A package that was
+        removed meanwhile records nothing.
+
+        @return: the releases still waiting to be queued (unsorted).
+        """
+        return self._call(self._thd_recordPackument, name, releases, latest, etag, nowNs)
+
+    def _thd_recordPackument(
+        self,
+        conn: sqlite3.Connection,
+        name: str,
+        releases: Sequence[Dict[str, Any]],
+        latest: Optional[str],
+        etag: Optional[str],
+        nowNs: int,
+    ) -> List[Dict[str, Any]]:
+        with _transaction(conn):
+            cur = conn.execute(
+                "UPDATE packages SET last_checked_ns = ?, last_seen_version = COALESCE(?, last_seen_version),"
+                " etag = ?, last_error = '', next_check_ns = NULL WHERE name = ?",
+                (nowNs, latest, etag, name),
+            )
+            if not cur.rowcount:
+                return []
+            conn.executemany(
+                "INSERT INTO releases (package_name, version, integrity, shasum, tarball, published_ns, dist_tags,"
+                " discovered_ns, seeded, manifest, deltas) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags,"
+                " manifest = CASE WHEN releases.manifest = '' THEN excluded.manifest ELSE releases.manifest END"
+                " WHERE releases.dist_tags != excluded.dist_tags OR (releases.manifest = '' AND excluded.manifest != '')",
+                [
+                    (
+                        name,
+                        r["version"],
+                        r.get("integrity") or "",
+                        r.get("shasum") or "",
+                        r.get("tarball") or "",
+                        r.get("published_ns"),
+                        json.dumps(sorted(r.get("dist_tags") or ())),
+                        nowNs,
+                        1 if r.get("seeded") else 0,
+                        json.dumps(r.get("manifest") or {}, sort_keys=True) if r.get("manifest") else "",
+                        json.dumps(r.get("deltas") or []),
+                    )
+                    for r in releases
+                ],
+            )
+            return self._thd_waitingReleases(conn, name)
+
+    def waitingReleases(self, name: str) -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(self._thd_waitingReleases, name)
+
+    def _thd_waitingReleases(self, conn: sqlite3.Connection, name: str) -> List[Dict[str, Any]]:
+        return [
+            {"version": r[0], "published_ns": r[1], "attempts": r[2]}
+            for r in conn.execute(
+                "SELECT version, published_ns, attempts FROM releases"
+                " WHERE package_name = ? AND queued = 0 AND seeded = 0",
+                (name,),
+            )
+        ]
+
+    def markReleaseQueued(self, name: str, version: str, runID: str, nowNs: int) -> "Deferred[bool]":
+        def thd(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                return bool(
+                    conn.execute(
+                        "UPDATE releases SET queued = 1, queued_ns = ?, run_id = ?, last_error = ''"
+                        " WHERE package_name = ? AND version = ?",
+                        (nowNs, runID, name, version),
+                    ).rowcount
+                )
+
+        return self._call(thd)
+
+    def markReleaseFailed(self, name: str, version: str, error: str) -> "Deferred[None]":
+        def thd(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "UPDATE releases SET attempts = attempts + 1, last_error = ? WHERE package_name = ? AND version = ?",
+                    (error[:500], name, version),
+                )
+
+        return self._call(thd)
+
+    def finishChecks(self, outcomes: Sequence[Tuple[str, str, Optional[int]]], nowNs: int) -> "Deferred[None]":
+        """
+        Stamp many packages checked in one transaction: each outcome is
+        C{(name, error, next_check_ns)} (error C{""} when all went well).
+        """
+
+        def thd(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "UPDATE packages SET last_checked_ns = ?, last_error = ?, next_check_ns = ? WHERE name = ?",
+                    [(nowNs, error[:500], nextNs, name) for name, error, nextNs in outcomes],
+                )
+
+        return self._call(thd)
+
+    def watchStatus(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+        """
+        The watcher's view of one package: last check, error, hold-off.
+        """
+
+        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+            r = conn.execute(
+                "SELECT last_checked_ns, last_seen_version, etag, last_error, next_check_ns FROM packages WHERE name = ?",
+                (name,),
+            ).fetchone()
+            if r is None:
+                return None
+            return {
+                "last_checked_ns": r[0],
+                "last_seen_version": r[1],
+                "etag": r[2],
+                "last_error": r[3],
+                "next_check_ns": r[4],
+            }
+
+        return self._call(thd)
+
+    def listReleases(self, name: str, limit: int = 50) -> "Deferred[List[Dict[str, Any]]]":
+        """
+        The package's recorded releases, newest discovered (then published)
+        first.
+        """
+        return self._call(
+            lambda conn: [
+                {
+                    "package_name": name,
+                    "version": r[0],
+                    "integrity": r[1],
+                    "shasum": r[2],
+                    "tarball": r[3],
+                    "published_ns": r[4],
+                    "dist_tags": json.loads(r[5] or "[]"),
+                    "discovered_ns": r[6],
+                    "seeded": bool(r[7]),
+                    "queued": bool(r[8]),
+                    "queued_ns": r[9],
+                    "run_id": r[10],
+                    "attempts": r[11],
+                    "last_error": r[12],
+                    # What the registry's manifest changed against the previous release.
+                    "deltas": _jsonList(r[13]),
+                }
+                for r in conn.execute(
+                    "SELECT version, integrity, shasum, tarball, published_ns, dist_tags, discovered_ns, seeded,"
+                    " queued, queued_ns, run_id, attempts, last_error, deltas FROM releases WHERE package_name = ?"
+                    " ORDER BY COALESCE(published_ns, discovered_ns) DESC, version DESC LIMIT ?",
+                    (name, limit),
+                )
+            ]
+        )

@@ -1,0 +1,367 @@
+"""
+Runs, which are also the job queue: create, claim and lease, dispatch,
+cancel, results, listing and the sweeps that fail lost runs.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any, List, Optional, Sequence, Tuple
+
+from twisted.internet.defer import Deferred
+
+from fangs.orchestrator.db.model import (
+    PENDING,
+    CANCELLED,
+    ACTIVE_STATES,
+    RESULT_STATES,
+    NotFound,
+    Conflict,
+    NewRun,
+    ResultLifecycle,
+    RunRow,
+    _RUN_SELECT,
+    _runRow,
+    RunFilter,
+    Page,
+    encodeToken,
+    decodeToken,
+    checkIdempotency,
+)
+from fangs.orchestrator.db.connector import _transaction
+
+
+class RunsComponent:
+    """
+    Runs, which are also the job queue: create, claim and lease, dispatch,
+    cancel, results, listing and the sweeps that fail lost runs.
+    """
+
+    # -- runs and the queue -------------------------------------------------
+
+    def createRun(self, run: NewRun) -> "Deferred[Tuple[str, bool]]":
+        """
+        Insert a C{pending} run at the tail of the queue.
+
+        @return: C{(run_id, created)}; with an idempotency key seen before, the
+            earlier run's id and C{False}.
+        @raise Conflict: the run id exists already.
+        """
+        return self._call(self._thd_createRun, run)
+
+    def _thd_createRun(self, conn: sqlite3.Connection, run: NewRun) -> Tuple[str, bool]:
+        with _transaction(conn):
+            if run.idempotency_key is not None:
+                row = conn.execute(
+                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
+                ).fetchone()
+                if row is not None:
+                    checkIdempotency(row[1], run.idempotency_digest)
+                    return row[0], False
+            try:
+                conn.execute(
+                    "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job,"
+                    " queue_seq, idempotency_key, idempotency_digest, created_ns)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?,"
+                    " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs), ?, ?, ?)",
+                    (
+                        run.id,
+                        run.package_name,
+                        run.version,
+                        run.kind,
+                        run.target_runner,
+                        run.job,
+                        run.idempotency_key,
+                        run.idempotency_digest,
+                        run.created_ns,
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict("run %s exists already" % (run.id,)) from None
+            return run.id, True
+
+    def getRun(self, runID: str) -> "Deferred[Optional[RunRow]]":
+        return self._call(self._thd_getRun, runID)
+
+    def _thd_getRun(self, conn: sqlite3.Connection, runID: str) -> Optional[RunRow]:
+        row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+        return None if row is None else _runRow(row)
+
+    def claimJob(self, runnerID: str) -> "Deferred[Optional[Tuple[str, str]]]":
+        """
+        Lease the oldest pending job this runner may take (its own or one from
+        the shared queue).  The lease becomes a dispatch with L{confirmDispatch}
+        once the job reached the runner, or goes back with L{releaseLease}.
+
+        @return: C{(run_id, job_json)} or None.
+        """
+        return self._call(self._thd_claimJob, runnerID)
+
+    def _thd_claimJob(self, conn: sqlite3.Connection, runnerID: str) -> Optional[Tuple[str, str]]:
+        with _transaction(conn):
+            row = conn.execute(
+                "SELECT id, job FROM runs WHERE state = 'pending'"
+                " AND (target_runner = ? OR target_runner IS NULL)"
+                " ORDER BY queue_seq LIMIT 1",
+                (runnerID,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE runs SET state = 'leased', runner_id = ? WHERE id = ?", (runnerID, row[0]))
+            return row[0], row[1]
+
+    def confirmDispatch(self, runID: str, nowNs: int, deadlineNs: int) -> "Deferred[bool]":
+        return self._call(self._thd_confirmDispatch, runID, nowNs, deadlineNs)
+
+    def _thd_confirmDispatch(self, conn: sqlite3.Connection, runID: str, nowNs: int, deadlineNs: int) -> bool:
+        with _transaction(conn):
+            cur = conn.execute(
+                "UPDATE runs SET state = 'dispatched', dispatched_ns = ?, last_activity_ns = ?,"
+                " deadline_ns = ? WHERE id = ? AND state = 'leased'",
+                (nowNs, nowNs, deadlineNs, runID),
+            )
+            return cur.rowcount == 1
+
+    def releaseLease(self, runID: str) -> "Deferred[bool]":
+        """
+        Put a leased job back where it was in the queue (its position is kept,
+        so it is at the head again).
+        """
+        return self._call(self._thd_releaseLease, runID)
+
+    def _thd_releaseLease(self, conn: sqlite3.Connection, runID: str) -> bool:
+        with _transaction(conn):
+            cur = conn.execute(
+                "UPDATE runs SET state = 'pending', runner_id = NULL WHERE id = ? AND state = 'leased'",
+                (runID,),
+            )
+            return cur.rowcount == 1
+
+    def requeueLeased(self) -> "Deferred[int]":
+        """
+        At start-up: leases of a previous process were never confirmed, so
+        their jobs go back to the queue.
+        """
+        return self._call(self._thd_requeueLeased)
+
+    def _thd_requeueLeased(self, conn: sqlite3.Connection) -> int:
+        with _transaction(conn):
+            return conn.execute(
+                "UPDATE runs SET state = 'pending', runner_id = NULL WHERE state = 'leased'"
+            ).rowcount
+
+    def queueDepth(self) -> "Deferred[int]":
+        return self._call(
+            lambda conn: conn.execute("SELECT COUNT(*) FROM runs WHERE state = 'pending'").fetchone()[0]
+        )
+
+    def pendingTargets(self) -> "Deferred[List[Optional[str]]]":
+        """
+        The distinct targets of pending jobs (None for the shared queue).
+        """
+        return self._call(
+            lambda conn: [
+                r[0] for r in conn.execute("SELECT DISTINCT target_runner FROM runs WHERE state = 'pending'")
+            ]
+        )
+
+    def cancelRun(self, runID: str, nowNs: int) -> "Deferred[RunRow]":
+        """
+        Withdraw a queued run, or ask the runner of an active one to stop.
+        Idempotent: a terminal run is returned unchanged.
+
+        @raise NotFound: no such run.
+        """
+        return self._call(self._thd_cancelRun, runID, nowNs)
+
+    def _thd_cancelRun(self, conn: sqlite3.Connection, runID: str, nowNs: int) -> RunRow:
+        with _transaction(conn):
+            row = conn.execute("SELECT state FROM runs WHERE id = ?", (runID,)).fetchone()
+            if row is None:
+                raise NotFound("run %s not found" % (runID,))
+            if row[0] == PENDING:
+                conn.execute(
+                    "UPDATE runs SET state = 'cancelled', finished_ns = ?, cancel_requested = 1,"
+                    " failure_reason = 'cancelled by operator before dispatch' WHERE id = ?",
+                    (nowNs, runID),
+                )
+            elif row[0] in ACTIVE_STATES:
+                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (runID,))
+            return _runRow(conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone())
+
+    def runsToCancel(self, runnerID: str) -> "Deferred[List[str]]":
+        return self._call(
+            lambda conn: [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE runner_id = ? AND cancel_requested = 1"
+                    " AND state IN ('leased', 'dispatched', 'running') ORDER BY id",
+                    (runnerID,),
+                )
+            ]
+        )
+
+    def sweepLost(self, nowNs: int) -> "Deferred[List[str]]":
+        """
+        Fail every dispatched run whose runner went quiet past its deadline.
+        """
+        return self._call(self._thd_sweepLost, nowNs)
+
+    def _thd_sweepLost(self, conn: sqlite3.Connection, nowNs: int) -> List[str]:
+        with _transaction(conn):
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE state IN ('dispatched', 'running') AND deadline_ns < ?",
+                    (nowNs,),
+                )
+            ]
+            for runID in ids:
+                conn.execute(
+                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost',"
+                    " finished_ns = ? WHERE id = ?",
+                    (nowNs, runID),
+                )
+            return ids
+
+    # -- results ---------------------------------------------------------------
+
+    def recordResult(
+        self,
+        runID: str,
+        status: str,
+        reason: str,
+        eventsEmitted: int,
+        eventsDropped: int,
+        durationNs: int,
+        nowNs: int,
+        lifecycle: Optional["ResultLifecycle"] = None,
+    ) -> "Deferred[Tuple[RunRow, bool]]":
+        """
+        Record the runner's final result.  The first result wins; a repeated
+        one changes nothing.  A real result replaces the sweeper's guess
+        (C{runner lost}).
+
+        @return: C{(run, changed)}.
+        @raise NotFound: no such run.
+        """
+        return self._call(
+            self._thd_recordResult, runID, status, reason, eventsEmitted, eventsDropped, durationNs, nowNs,
+            lifecycle or ResultLifecycle(),
+        )
+
+    def _thd_recordResult(
+        self,
+        conn: sqlite3.Connection,
+        runID: str,
+        status: str,
+        reason: str,
+        eventsEmitted: int,
+        eventsDropped: int,
+        durationNs: int,
+        nowNs: int,
+        lifecycle: Optional["ResultLifecycle"] = None,
+    ) -> Tuple[RunRow, bool]:
+        life = lifecycle or ResultLifecycle()
+        with _transaction(conn):
+            row = conn.execute(
+                "SELECT result_status, cancel_requested, state FROM runs WHERE id = ?", (runID,)
+            ).fetchone()
+            if row is None:
+                raise NotFound("run %s not found" % (runID,))
+            changed = row[0] is None and row[2] != CANCELLED
+            if changed:
+                state = CANCELLED if row[1] else RESULT_STATES[status]
+                conn.execute(
+                    "UPDATE runs SET state = ?, result_status = ?, failure_reason = ?,"
+                    " events_emitted = ?, events_dropped = ?, duration_ns = ?, finished_ns = ?"
+                    " WHERE id = ?",
+                    (state, status, reason, eventsEmitted, eventsDropped, durationNs, nowNs, runID),
+                )
+                conn.execute(
+                    "UPDATE runs SET install_exit_code = ?, install_finished_ns = ?, observation_ended_ns = ?,"
+                    " events_unresolved = ? WHERE id = ?",
+                    (life.install_exit_code, life.install_finished_ns, life.observation_ended_ns,
+                     life.events_unresolved, runID),
+                )
+            return _runRow(conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()), changed
+
+    # -- listing ---------------------------------------------------------------
+
+    def listRuns(self, filter: RunFilter, pageSize: int, pageToken: Optional[str]) -> "Deferred[Page]":
+        """
+        Runs newest first (creation time, then id, both descending).
+
+        @raise BadPageToken: C{pageToken} was not issued by this server.
+        """
+        after = decodeToken(pageToken, (int, str)) if pageToken else None
+        return self._call(self._thd_listRuns, filter, pageSize, after)
+
+    def _thd_listRuns(
+        self, conn: sqlite3.Connection, filter: RunFilter, pageSize: int, after: Optional[List[Any]]
+    ) -> Page:
+        where: List[str] = []
+        args: List[Any] = []
+        if filter.package is not None:
+            where.append("package_name = ?")
+            args.append(filter.package)
+        if filter.state is not None:
+            where.append("state = ?")
+            args.append(filter.state)
+        if filter.since_ns is not None:
+            where.append("created_ns >= ?")
+            args.append(filter.since_ns)
+        if filter.until_ns is not None:
+            where.append("created_ns < ?")
+            args.append(filter.until_ns)
+        if after is not None:
+            where.append("(created_ns < ? OR (created_ns = ? AND id < ?))")
+            args.extend([after[0], after[0], after[1]])
+        sql = _RUN_SELECT
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_ns DESC, id DESC LIMIT ?"
+        args.append(pageSize + 1)
+        rows = [_runRow(r) for r in conn.execute(sql, args)]
+        token = None
+        if len(rows) > pageSize:
+            rows = rows[:pageSize]
+            token = encodeToken([rows[-1].created_ns, rows[-1].id])
+        return Page(rows, token)
+
+    # -- runner lost via heartbeat --
+    # A runner's heartbeat lists the runs it has; a run dispatched to it a
+    # while ago and missing from the list was lost (the runner restarted),
+    # so it fails now instead of at its deadline.
+
+    def failRunsMissingFromHeartbeat(
+        self, runnerID: str, activeRunIDs: Sequence[str], dispatchedBeforeNs: int, nowNs: int
+    ) -> "Deferred[List[str]]":
+        """
+        Fail (C{runner lost}) every run in C{dispatched} or C{running} state on
+        C{runnerID}, dispatched before C{dispatchedBeforeNs}, whose id is not
+        in C{activeRunIDs}; returns their ids.
+        """
+        return self._call(self._thd_failRunsMissingFromHeartbeat, runnerID, list(activeRunIDs), dispatchedBeforeNs, nowNs)
+
+    def _thd_failRunsMissingFromHeartbeat(
+        self, conn: sqlite3.Connection, runnerID: str, activeRunIDs: List[str], dispatchedBeforeNs: int, nowNs: int
+    ) -> List[str]:
+        active = set(activeRunIDs)
+        with _transaction(conn):
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE runner_id = ? AND state IN ('dispatched', 'running')"
+                    " AND dispatched_ns < ? ORDER BY id",
+                    (runnerID, dispatchedBeforeNs),
+                )
+                if r[0] not in active
+            ]
+            for runID in ids:
+                conn.execute(
+                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost', finished_ns = ?"
+                    " WHERE id = ? AND state IN ('dispatched', 'running')",
+                    (nowNs, runID),
+                )
+            return ids
