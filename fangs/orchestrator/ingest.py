@@ -24,29 +24,16 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Sequence, Tuple
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from fangs.orchestrator.db.model import BatchWrite
 
 log = Logger()
 
 #: A group holds at most this many events (and always at least one batch).
 MAX_GROUP_EVENTS = 8192
-
-
-@attrs.frozen
-class BatchWrite:
-    """
-    One batch to store: the arguments of the store's C{ingestBatch}.
-    """
-
-    run_id: str
-    seq: int
-    rows: Sequence[Any]
-    now_ns: int
-    deadline_ns: int
-    cred_paths: Tuple[str, ...] = ()
 
 
 class GroupCommitter:

@@ -56,6 +56,7 @@ from twisted.python.threadpool import ThreadPool
 
 from fangs.orchestrator import differ
 from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb
+from fangs.orchestrator.db.events import _perRun
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import AllowEntry, ConfigSync, planConfigSync
 
@@ -528,7 +529,7 @@ class _begin:
 CHECKED = frozenset(
     """
     start stop createRun getRun claimJob confirmDispatch releaseLease requeueLeased queueDepth
-    pendingTargets cancelRun runsToCancel sweepLost ingestBatch eventPage eventCounts recordResult
+    pendingTargets cancelRun runsToCancel sweepLost ingestBatch ingestBatches eventPage eventCounts recordResult
     listRuns analyzeRun decide deviationsForRun getDeviation listDeviations pendingRuns addPackage
     removePackage listPackages getPackage baselineFor packageHasRuns listAllow addAllow removeAllow
     syncConfigAllow auditFor watchList knownVersions recordPackument waitingReleases
@@ -821,38 +822,53 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
 
     # -- events ---------------------------------------------------------------------
 
-    def _thd_ingestBatch(
-        self,
-        conn: _Conn,
-        runID: str,
-        seq: int,
-        rows: Sequence[S.EventRow],
-        nowNs: int,
-        deadlineNs: int,
-        credPaths: Sequence[str] = (),
-    ) -> S.IngestOutcome:
+    #: Groups of batches the group committer may have in flight at once.
+    ingestConcurrency = 2
+
+    def _thd_ingestBatches(self, conn: _Conn, writes: Sequence[S.BatchWrite]) -> List[S.IngestOutcome]:
         import psycopg
 
         try:
             with _begin(conn) as raw:
-                if raw.execute(
-                    "INSERT INTO batches (run_id, seq, events, received_ns) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT DO NOTHING RETURNING 1",
-                    (runID, seq, len(rows), nowNs),
-                ).fetchone() is None:
-                    return S.IngestOutcome(False, 0)
-                if rows:
-                    ids = [r[0] for r in raw.execute("SELECT nextval('events_id_seq') FROM generate_series(1, %s)", (len(rows),))]
+                outcomes = []
+                fresh = []
+                for w in writes:
+                    if raw.execute(
+                        "INSERT INTO batches (run_id, seq, events, received_ns) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING RETURNING 1",
+                        (w.run_id, w.seq, len(w.rows), w.now_ns),
+                    ).fetchone() is None:
+                        outcomes.append(S.IngestOutcome(False, 0))
+                        continue
+                    outcomes.append(S.IngestOutcome(True, len(w.rows)))
+                    fresh.append(w)
+                total = sum(len(w.rows) for w in fresh)
+                if total:
+                    ids = [r[0] for r in raw.execute("SELECT nextval('events_id_seq') FROM generate_series(1, %s)", (total,))]
                     with raw.cursor().copy(
                         "COPY events (id, run_id, seq, idx, type, ts_ns, received_ns, pid, data) FROM STDIN"
                     ) as copy:
-                        for eid, r in zip(ids, rows):
-                            copy.write_row((eid, runID, r.seq, r.idx, r.type, r.ts_ns, nowNs, r.pid, r.data))
-                    fps = differ.FingerprintSet(credPaths or differ.DEFAULT_CRED_PATHS)
-                    for eid, r in zip(ids, rows):
-                        if r.payload is not None:
-                            fps.add(eid, r.type, r.payload)
-                    found = sorted(fps.rows(), key=lambda f: (f.category, f.value))  # one lock order
+                        at = 0
+                        for w in fresh:
+                            for r in w.rows:
+                                copy.write_row((ids[at], w.run_id, r.seq, r.idx, r.type, r.ts_ns, w.now_ns, r.pid, r.data))
+                                at += 1
+                    sets: Dict[Tuple[str, Tuple[str, ...]], differ.FingerprintSet] = {}
+                    at = 0
+                    for w in fresh:
+                        key = (w.run_id, tuple(w.cred_paths))
+                        fps = sets.get(key)
+                        if fps is None:
+                            fps = sets[key] = differ.FingerprintSet(w.cred_paths or differ.DEFAULT_CRED_PATHS)
+                        for r in w.rows:
+                            if r.payload is not None:
+                                fps.add(ids[at], r.type, r.payload)
+                            at += 1
+                    found = sorted(  # one lock order
+                        (runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip))
+                        for (runID, _), fps in sets.items()
+                        for f in fps.rows()
+                    )
                     if found:
                         raw.cursor().executemany(
                             "INSERT INTO run_fingerprints AS f (run_id, category, value, count, first_event_id, cred, raw_ip)"
@@ -861,17 +877,18 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                             " count = f.count + excluded.count,"
                             " first_event_id = LEAST(f.first_event_id, excluded.first_event_id),"
                             " cred = GREATEST(f.cred, excluded.cred), raw_ip = GREATEST(f.raw_ip, excluded.raw_ip)",
-                            [(runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip)) for f in found],
+                            found,
                         )
-                raw.execute(
-                    "UPDATE runs SET events_received = events_received + %s,"
-                    " batches_received = batches_received + 1, last_activity_ns = %s,"
-                    " deadline_ns = GREATEST(COALESCE(deadline_ns, 0), %s),"
-                    " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
-                    " WHERE id = %s",
-                    (len(rows), nowNs, deadlineNs, runID),
-                )
-                return S.IngestOutcome(True, len(rows))
+                for runID, (events, batches, nowNs, deadlineNs) in sorted(_perRun(fresh).items()):
+                    raw.execute(
+                        "UPDATE runs SET events_received = events_received + %s,"
+                        " batches_received = batches_received + %s, last_activity_ns = %s,"
+                        " deadline_ns = GREATEST(COALESCE(deadline_ns, 0), %s),"
+                        " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
+                        " WHERE id = %s",
+                        (events, batches, nowNs, deadlineNs, runID),
+                    )
+                return outcomes
         except psycopg.errors.IntegrityError as e:
             raise sqlite3.IntegrityError(str(e)) from e
 

@@ -164,6 +164,22 @@ class IngestOutcome:
 
 
 @attrs.frozen
+class BatchWrite:
+    """
+    One batch to store (L{fangs.orchestrator.db.events.EventsComponent.ingestBatches}):
+    its events, when it arrived, how far it pushes the run's deadline, and
+    the cred paths its fingerprints are extracted with.
+    """
+
+    run_id: str
+    seq: int
+    rows: Sequence["EventRow"]
+    now_ns: int
+    deadline_ns: int
+    cred_paths: Sequence[str] = ()
+
+
+@attrs.frozen
 class RunFilter:
     package: Optional[str] = None
     state: Optional[str] = None
