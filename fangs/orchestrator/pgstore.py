@@ -48,7 +48,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -506,6 +506,39 @@ def _numericAsNumber(conn: Any) -> None:
     conn.adapters.register_loader("numeric", Loader)
 
 
+#: The first key of the advisory locks serialising analyses of a package.
+ANALYSIS_LOCK_CLASS = 424202
+
+
+class _packageLock:
+    """
+    A session advisory lock on the run's package, held around (never inside)
+    the analysis transaction: taken before C{BEGIN}, so the transaction's
+    snapshot already sees the previous analysis of the package committed.
+    """
+
+    def __init__(self, conn: _Conn, runID: str) -> None:
+        self._raw = conn.raw
+        self._runID = runID
+        self._package: Optional[str] = None
+
+    def __enter__(self) -> None:
+        row = self._raw.execute("SELECT package_name FROM runs WHERE id = %s", (self._runID,)).fetchone()
+        if row is not None:
+            self._package = row[0] or ""
+            self._raw.execute("SELECT pg_advisory_lock(%s::int, hashtext(%s))", (ANALYSIS_LOCK_CLASS, self._package))
+
+    def __exit__(self, excType: Any, exc: Any, tb: Any) -> None:
+        if self._package is None or self._raw.closed:
+            return  # a closed connection released its locks
+        try:
+            self._raw.execute("SELECT pg_advisory_unlock(%s::int, hashtext(%s))", (ANALYSIS_LOCK_CLASS, self._package))
+        except Exception:
+            if excType is None:
+                raise
+            log.failure("releasing the analysis lock of package {package} failed", package=self._package)
+
+
 class _begin:
     """
     C{BEGIN} (READ COMMITTED) ... C{COMMIT}, rolled back on any exception:
@@ -538,7 +571,7 @@ CHECKED = frozenset(
     listTokens revokeToken hasAdminToken upsertNotifier listNotifiers getNotifier deleteNotifier
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
-    appendStream streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
+    appendStream appendStreamLines streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
     createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored
     """.split()
 )
@@ -570,6 +603,7 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
         self.runnerListeners: List[Callable[[str], Any]] = []
         #: Called on the reactor thread when any orchestrator appended a run stream line.
         self.streamListeners: List[Callable[[], Any]] = []
+        self._analysisLocks: Dict[str, DeferredLock] = {}
         #: Calls made before the migrations are done wait here.
         self._gate: Optional[List[Tuple[Deferred, Callable[..., Any], Tuple[Any, ...]]]] = []
 
@@ -891,6 +925,48 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 return outcomes
         except psycopg.errors.IntegrityError as e:
             raise sqlite3.IntegrityError(str(e)) from e
+
+    # -- analysis --------------------------------------------------------------------
+    # Analyses of one package read each other's rows (its baseline, whether
+    # it has a clean run) and each writes its own: under SERIALIZABLE two at
+    # once conflict and one is thrown away and retried, so with many runs
+    # finishing together most attempts were wasted, and a second
+    # orchestrator only added conflicts.  They queue instead: one per
+    # package at a time in this process (a DeferredLock, so no pool thread
+    # waits for it), and across orchestrators a session advisory lock held
+    # around the transaction.
+
+    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> Deferred:
+        return self._oneAnalysisPerPackage(runID, lambda: S.SQLiteStore.analyzeRun(self, runID, nowNs, credPaths))
+
+    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> Deferred:
+        return self._oneAnalysisPerPackage(
+            runID, lambda: S.SQLiteStore.decide(self, runID, decision, actor, nowNs, credPaths))
+
+    def _oneAnalysisPerPackage(self, runID: str, work: Callable[[], Deferred]) -> Deferred:
+        async def serialised() -> Any:
+            run = await self.getRun(runID)
+            key = run.package_name if run is not None else ""
+            lock = self._analysisLocks.get(key)
+            if lock is None:
+                lock = self._analysisLocks[key] = DeferredLock()
+            await lock.acquire()
+            try:
+                return await work()
+            finally:
+                lock.release()
+                if not lock.locked and not lock.waiting:
+                    self._analysisLocks.pop(key, None)
+
+        return Deferred.fromCoroutine(serialised())
+
+    def _thd_analyzeRun(self, conn: _Conn, runID: str, nowNs: int, credPaths: Sequence[str]) -> Any:
+        with _packageLock(conn, runID):
+            return super()._thd_analyzeRun(conn, runID, nowNs, credPaths)
+
+    def _thd_decide(self, conn: _Conn, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str]) -> Any:
+        with _packageLock(conn, runID):
+            return super()._thd_decide(conn, runID, decision, actor, nowNs, credPaths)
 
     # -- allowlist, releases ------------------------------------------------------------
 

@@ -322,6 +322,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     # Everything the orchestrator creates (database, WAL, key files, logs,
     # which twistd opens after this) is private to its user.
     os.umask(0o077)
+    import gc; gc.set_threshold(*[int(x) for x in os.environ.get("FANGS_GC", "700,10,10").split(",")])
+    import sys as _s; _s.setswitchinterval(float(os.environ.get("FANGS_SWITCH", "0.005")))
     dbPath = options["db"]
     if dbPath.startswith(("postgresql://", "postgres://")):
         from fangs.orchestrator.pgstore import PostgresStore
