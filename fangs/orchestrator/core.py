@@ -591,26 +591,37 @@ def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
     if not isinstance(items, list):
         raise BadRequest("events must be an array")
     rows = []
+    append = rows.append
+    row = S.EventRow
+    dumps = orjson.dumps
     for idx, ev in enumerate(items):
-        if not isinstance(ev, dict):
+        # type(x) is int: neither a bool nor an int subclass.
+        if type(ev) is not dict:  # noqa: E721
             raise BadRequest("events[%d] must be an object" % (idx,))
         etype = ev.get("type")
-        if isinstance(etype, bool) or not isinstance(etype, int) or not 0 < etype < 256:
+        if type(etype) is not int or not 0 < etype < 256:  # noqa: E721
             raise BadRequest("events[%d].type must be an integer from 1 to 255" % (idx,))
         payload = ev.get("payload")
-        if not isinstance(payload, dict):
+        if type(payload) is not dict:  # noqa: E721
             raise BadRequest("events[%d].payload must be an object" % (idx,))
         header = payload.get("Header")
         ts = pid = 0
-        if isinstance(header, dict):
+        if type(header) is dict:  # noqa: E721
             ts = header.get("TsNs")
             pid = header.get("PID")
-            if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**63:
+            if type(ts) is not int or not 0 <= ts < _INT63:  # noqa: E721
                 ts = 0
-            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < 2**63:
+            if type(pid) is not int or not 0 <= pid < _INT63:  # noqa: E721
                 pid = 0
-        rows.append(S.EventRow(seq, idx, etype, ts, pid, _encodePayload(payload), payload))
+        try:
+            data = dumps(payload).decode("utf-8")
+        except TypeError:
+            data = _encodePayload(payload)
+        append(row(seq, idx, etype, ts, pid, data, payload))
     return seq, rows
+
+
+_INT63 = 2**63
 
 
 def _encodePayload(payload: Dict[str, Any]) -> str:
