@@ -604,6 +604,8 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
         #: Called on the reactor thread when any orchestrator appended a run stream line.
         self.streamListeners: List[Callable[[], Any]] = []
         self._analysisLocks: Dict[str, DeferredLock] = {}
+        #: Transactions thrown away and run again (serialization failures, deadlocks).
+        self.serializationRetries = 0
         #: Calls made before the migrations are done wait here.
         self._gate: Optional[List[Tuple[Deferred, Callable[..., Any], Tuple[Any, ...]]]] = []
 
@@ -653,6 +655,7 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 try:
                     return f(conn, *args)
                 except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                    self.serializationRetries += 1
                     self._rollback(conn)
                     time.sleep(0.001 * (attempt + 1))
                 except psycopg.OperationalError:
