@@ -692,6 +692,20 @@ class FingerprintSet:
                 out.append(FingerprintRow(category, value, count, first, bool(cred), bool(rawIP)))
         return out
 
+    def tuples(self) -> List[Tuple[str, str, int, int, int, int]]:
+        """
+        L{rows} as plain C{(category, value, count, first_event_id, cred,
+        raw_ip)} tuples with 0/1 flags, what the store writes (no row
+        object per fingerprint on the ingest path).
+        """
+        out = []
+        for category in sorted(self._tables):
+            table = self._tables[category]
+            for value in sorted(table):
+                count, first, cred, rawIP = table[value]
+                out.append((category, value, count, first, 1 if cred else 0, 1 if rawIP else 0))
+        return out
+
     def table(self, category: str) -> Dict[str, _Record]:
         return self._tables.get(category, {})
 

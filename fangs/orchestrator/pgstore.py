@@ -861,6 +861,8 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
 
     #: Groups of batches the group committer may have in flight at once.
     ingestConcurrency = 2
+    #: Ids come from a sequence in concurrent transactions: count whole runs.
+    _incrementalCounts = False
 
     def _thd_ingestBatches(self, conn: _Conn, writes: Sequence[S.BatchWrite]) -> List[S.IngestOutcome]:
         import psycopg
@@ -902,10 +904,7 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                                 fps.add(ids[at], r.type, r.payload)
                             at += 1
                     found = sorted(  # one lock order
-                        (runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip))
-                        for (runID, _), fps in sets.items()
-                        for f in fps.rows()
-                    )
+                        (runID,) + f for (runID, _), fps in sets.items() for f in fps.tuples())
                     if found:
                         raw.cursor().executemany(
                             "INSERT INTO run_fingerprints AS f (run_id, category, value, count, first_event_id, cred, raw_ip)"

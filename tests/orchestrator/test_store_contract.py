@@ -236,6 +236,29 @@ class StoreContract:
                          [S.IngestOutcome(True, 1)])
 
     @coro
+    async def test_eventCountsFollowIngestAndPruning(self) -> None:
+        """
+        Counts by type asked while events arrive (SQLite counts only what
+        arrived since the last answer) match a full count after more
+        batches, of this run and of another, and after pruning.
+        """
+        st = await self.fresh()
+        for runID in ("k1", "k2"):
+            await st.createRun(newRun(runID))
+        self.assertEqual(await st.eventCounts("k1"), {})
+        await st.ingestBatch("k1", 1, rows("k1", 1, [fileEvent("/a"), execEvent("/bin/x")]), T0, T0)
+        self.assertEqual(await st.eventCounts("k1"), {1: 1, 2: 1})
+        await st.ingestBatch("k2", 1, rows("k2", 1, [fileEvent("/a")] * 3), T0, T0)
+        await st.ingestBatch("k1", 2, rows("k1", 2, [fileEvent("/b")] * 2), T0 + 10 * SEC, T0)
+        self.assertEqual(await st.eventCounts("k1"), {1: 3, 2: 1})
+        self.assertEqual(await st.eventCounts("k2"), {1: 3})
+        self.assertEqual(await st.pruneEvents(T0 + 1), 5)
+        self.assertEqual(await st.eventCounts("k1"), {1: 2})
+        self.assertEqual(await st.eventCounts("k2"), {})
+        await st.ingestBatch("k2", 2, rows("k2", 2, [execEvent("/bin/y")]), T0 + 20 * SEC, T0)
+        self.assertEqual(await st.eventCounts("k2"), {2: 1})
+
+    @coro
     async def test_exportByteForByte(self) -> None:
         st = await self.fresh()
         await st.createRun(newRun("x1"))

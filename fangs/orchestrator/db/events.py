@@ -14,6 +14,10 @@ from fangs.orchestrator.db.model import BatchWrite, EventRow, IngestOutcome, Sto
 from fangs.orchestrator.db.connector import _transaction
 
 
+#: Runs whose event counts L{EventsComponent.eventCounts} keeps.
+_COUNTS_KEPT = 256
+
+
 class EventsComponent:
     """
     Event batches and events: ingest, pages for export, counts, retention.
@@ -93,11 +97,7 @@ class EventsComponent:
                     " count = count + excluded.count,"
                     " first_event_id = MIN(first_event_id, excluded.first_event_id),"
                     " cred = MAX(cred, excluded.cred), raw_ip = MAX(raw_ip, excluded.raw_ip)",
-                    [
-                        (runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip))
-                        for (runID, _), fps in sets.items()
-                        for f in fps.rows()
-                    ],
+                    [(runID,) + f for (runID, _), fps in sets.items() for f in fps.tuples()],
                 )
             for runID, (events_, batches, nowNs, deadlineNs) in _perRun(fresh).items():
                 conn.execute(
@@ -139,15 +139,41 @@ class EventsComponent:
         args.append(limit)
         return [StoredEvent(*r) for r in conn.execute(sql, args)]
 
+    #: Whether L{eventCounts} may count only the events stored since its
+    #: last answer: event ids grow in commit order (one writer), and only
+    #: this store deletes events.  Not so where several writers share the
+    #: database (PostgreSQL).
+    _incrementalCounts = True
+
     def eventCounts(self, runID: str) -> "Deferred[Dict[int, int]]":
-        return self._call(
-            lambda conn: {
-                t: n
-                for t, n in conn.execute(
-                    "SELECT type, COUNT(*) FROM events WHERE run_id = ? GROUP BY type", (runID,)
-                )
-            }
-        )
+        """
+        The run's events by type.  A run page polled while its events
+        arrive (the dashboard, C{fangs run watch}) counts only the events
+        stored since the last poll, not the whole run again.
+        """
+        return self._call(self._thd_eventCounts, runID)
+
+    def _thd_eventCounts(self, conn: sqlite3.Connection, runID: str) -> Dict[int, int]:
+        if not self._incrementalCounts:
+            return {t: n for t, n in conn.execute(
+                "SELECT type, COUNT(*) FROM events WHERE run_id = ? GROUP BY type", (runID,))}
+        cache: Dict[str, Tuple[int, Dict[int, int]]] = self.__dict__.setdefault("_typeCounts", {})
+        known = cache.pop(runID, None)
+        if known is None:
+            last, counts = 0, {}
+            rows = conn.execute("SELECT type, COUNT(*), MAX(id) FROM events WHERE run_id = ? GROUP BY type", (runID,))
+        else:
+            last, counts = known[0], dict(known[1])
+            # "+run_id": walk the ids after the last answer, not the run's index.
+            rows = conn.execute(
+                "SELECT type, COUNT(*), MAX(id) FROM events WHERE id > ? AND +run_id = ? GROUP BY type", (last, runID))
+        for t, n, highest in rows:
+            counts[t] = counts.get(t, 0) + n
+            last = max(last, highest)
+        if len(cache) >= _COUNTS_KEPT:
+            del cache[next(iter(cache))]
+        cache[runID] = (last, counts)
+        return dict(counts)
 
     # -- retention --
     # Raw events older than the retention period go, in small batches (one
@@ -162,6 +188,7 @@ class EventsComponent:
         return self._call(self._thd_pruneEvents, cutoffNs, batch)
 
     def _thd_pruneEvents(self, conn: sqlite3.Connection, cutoffNs: int, batch: int) -> int:
+        self.__dict__.pop("_typeCounts", None)  # counts of pruned runs go down
         with _transaction(conn):
             return conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_ns < ?"
