@@ -8,11 +8,12 @@ method here and renders the answer.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attrs
 import orjson
@@ -44,7 +45,11 @@ JOB_KINDS = ("sensor_only", "sandbox_scan")
 #: Runner capability: results carry each run's own events_dropped (else the
 #: runner's cumulative counter, whose increase is counted).
 PER_RUN_DROPS = "events_dropped.per_run"
-INGEST_PIPELINE = 32
+#: Parsed batches of one POST waiting for the store: at most this many
+#: events and this many bytes of their lines (the group committer writes
+#: the waiting ones together, so a deeper pipeline makes bigger groups).
+INGEST_PIPELINE_EVENTS = 8192
+INGEST_PIPELINE_BYTES = 16 * 1024 * 1024
 
 
 class Analyzer:
@@ -295,15 +300,19 @@ class Orchestrator:
         finished = run.result_status is not None
         span, credPaths = _ingestTerms(run)
         batches = events = persisted = 0
-        # Up to INGEST_PIPELINE batches wait for the store while the next
-        # lines are parsed here; the committer writes those that wait
+        # Batches (up to INGEST_PIPELINE_*) wait for the store while the
+        # next lines are parsed here; the committer writes those that wait
         # together, each acknowledged after its transaction committed.
-        inflight: List[Any] = []
+        inflight: Deque[Any] = collections.deque()
 
-        async def settle(limit: int) -> None:
+        waiting = [0, 0]  # events, bytes in flight
+
+        async def settle(everything: bool = True) -> None:
             nonlocal persisted
-            while len(inflight) > limit:
-                d, rows, started = inflight.pop(0)
+            while inflight and (everything or waiting[0] > INGEST_PIPELINE_EVENTS or waiting[1] > INGEST_PIPELINE_BYTES):
+                d, rows, started, size = inflight.popleft()
+                waiting[0] -= len(rows)
+                waiting[1] -= size
                 outcome = await d
                 self.metrics.ingestLatency.observe(self.clock.seconds() - started)
                 self.metrics.eventsPersisted.inc(outcome.events)
@@ -320,7 +329,7 @@ class Orchestrator:
                 try:
                     seq, rows = parseBatchLine(line, runID)
                 except BadRequest as e:
-                    await settle(0)
+                    await settle()
                     raise BadRequest(
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
@@ -328,7 +337,7 @@ class Orchestrator:
                 if finished:
                     # After the result only a resend of stored batches is
                     # accepted (a runner retrying a stream it had sent).
-                    await settle(0)
+                    await settle()
                     if not await self.store.batchStored(runID, seq):
                         raise ConflictError(
                             "run %s has its result already; events after it are refused"
@@ -338,15 +347,17 @@ class Orchestrator:
                         )
                 now = self.nowNs()
                 inflight.append((self.ingest.submit(BatchWrite(runID, seq, rows, now, now + span, credPaths)), rows,
-                                 self.clock.seconds()))
+                                 self.clock.seconds(), len(line)))
+                waiting[0] += len(rows)
+                waiting[1] += len(line)
                 batches += 1
                 events += len(rows)
-                await settle(INGEST_PIPELINE)
-            await settle(0)
+                await settle(everything=False)
+            await settle()
         except BaseException:
             # Let every batch already handed to the store finish (they are
             # stored), and never leave a Deferred's failure unhandled.
-            for d, _, _ in inflight:
+            for d, *_ in inflight:
                 d.addErrback(lambda f: None)
             raise
         return IngestProgress(batches, events, persisted)
