@@ -19,22 +19,10 @@ import time
 import urllib.request
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from fangs.bench import Orchestrator, post, realisticEvent
+from fangs.bench import Orchestrator, cpuSeconds, post, realisticEvent
 
 
 _CLUSTER: List[Any] = []  # the throwaway cluster, when this benchmark started one
-
-
-def _cpuSeconds(pid: int) -> float:
-    """
-    User + system CPU seconds of one process (and its reaped children).
-    """
-    try:
-        with open("/proc/%d/stat" % (pid,)) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _serverCPU() -> Optional[float]:
@@ -51,7 +39,7 @@ def _serverCPU() -> Optional[float]:
             children = [int(p) for p in f.read().split()]
     except OSError:
         children = []
-    return _cpuSeconds(postmaster) + sum(_cpuSeconds(p) for p in children)
+    return cpuSeconds(postmaster) + sum(cpuSeconds(p) for p in children)
 
 
 def _databases() -> Callable[[], str]:
@@ -136,14 +124,14 @@ def _dispatch(dsn: str, orchestrators: int, runners: int, scans: int) -> Tuple[f
                     done[0] += 1
 
         threads = [threading.Thread(target=runner, args=(n,), daemon=True) for n in range(runners)]
-        before = (sum(_cpuSeconds(o.proc.pid) for o in orchs), _serverCPU(), time.process_time())
+        before = (sum(cpuSeconds(o.proc.pid) for o in orchs), _serverCPU(), time.process_time())
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
         seconds = time.perf_counter() - start
-        after = (sum(_cpuSeconds(o.proc.pid) for o in orchs), _serverCPU(), time.process_time())
+        after = (sum(cpuSeconds(o.proc.pid) for o in orchs), _serverCPU(), time.process_time())
         assert done[0] >= scans, done[0]
     finally:
         for o in orchs:
