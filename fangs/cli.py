@@ -125,7 +125,8 @@ class Client:
     The orchestrator's API, blocking.
     """
 
-    def __init__(self, base: str, context: Optional[ssl.SSLContext], token: Optional[str], timeout: float = 30.0) -> None:
+    def __init__(self, base: str, context: Optional[ssl.SSLContext], token: Optional[str], timeout: float = 30.0,
+                 tenant: Optional[str] = None) -> None:
         parsed = urllib.parse.urlparse(base)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise CLIError("--orchestrator must be an http:// or https:// URL (got %r)" % (base,), EXIT_USAGE)
@@ -133,6 +134,9 @@ class Client:
         self.context = context
         self.token = token
         self.timeout = timeout
+        #: Sent as X-Fangs-Tenant (--tenant, FANGS_TENANT): the tenant an
+        #: admin of several acts on.
+        self.tenant = tenant
 
     def _open(self, method: str, path: str, body: Any = None, headers: Optional[Dict[str, str]] = None) -> Any:
         data = None if body is None else wire.dumps(body)
@@ -142,6 +146,8 @@ class Client:
             req.add_header("Content-Type", "application/json")
         if self.token:
             req.add_header("Authorization", "Bearer " + self.token)
+        if self.tenant:
+            req.add_header("X-Fangs-Tenant", self.tenant)
         for k, v in (headers or {}).items():
             req.add_header(k, v)
         try:
@@ -1169,11 +1175,15 @@ def cmdNotifierTest(c: Context) -> int:
 
 
 def cmdTokenCreate(c: Context) -> int:
-    reply = c.client.call("POST", "/v1/tokens", {"name": c.args.name, "scopes": c.args.scope})
+    body = {"name": c.args.name, "scopes": c.args.scope}
+    if getattr(c.args, "token_tenant", None):
+        body["tenant"] = c.args.token_tenant
+    reply = c.client.call("POST", "/v1/tokens", body)
     if c.args.json:
         c.json(reply)
     else:
-        c.say("token %s (%s, scopes %s) created; it is shown once:" % (reply["id"], reply["name"], " ".join(reply["scopes"])))
+        c.say("token %s (%s, scopes %s, tenant %s) created; it is shown once:"
+              % (reply["id"], reply["name"], " ".join(reply["scopes"]), reply.get("tenant", "default")))
         c.say(reply["token"])
     return EXIT_OK
 
@@ -1183,8 +1193,9 @@ def cmdTokenList(c: Context) -> int:
     if c.args.json:
         c.json(tokens)
         return EXIT_OK
-    table(c.out, ["ID", "NAME", "SCOPES", "CREATED", "BY", "REVOKED"],
-          [(t["id"], t["name"], " ".join(t["scopes"]), t["created_at"], t["created_by"], t["revoked_at"] or "-") for t in tokens],
+    table(c.out, ["ID", "NAME", "TENANT", "SCOPES", "CREATED", "BY", "REVOKED"],
+          [(t["id"], t["name"], t.get("tenant", "default"), " ".join(t["scopes"]), t["created_at"], t["created_by"],
+            t["revoked_at"] or "-") for t in tokens],
           empty="no tokens (create one: fangs token create --name N --scope orchestrator:read)")
     return EXIT_OK
 
@@ -1219,6 +1230,8 @@ def buildParser() -> argparse.ArgumentParser:
     common.add_argument("--tls-cert", default=argparse.SUPPRESS, metavar="FILE", help="client certificate (mTLS)")
     common.add_argument("--tls-key", default=argparse.SUPPRESS, metavar="FILE", help="client certificate's key (mTLS)")
     common.add_argument("--token", default=argparse.SUPPRESS, help="bearer token (env FANGS_TOKEN)")
+    common.add_argument("--tenant", default=argparse.SUPPRESS, metavar="TENANT",
+                        help="the tenant to act on, for a credential of several tenants (env FANGS_TENANT; sent as X-Fangs-Tenant)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output for scripts")
 
     p = _Parser(prog="fangs", description="Operate a FANGS orchestrator: watched packages, scans, runs, review.",
@@ -1346,6 +1359,9 @@ def buildParser() -> argparse.ArgumentParser:
     sp.add_argument("--name", required=True, help="who or what uses it (for a runner token: the runner id)")
     sp.add_argument("--scope", action="append", required=True,
                     choices=["orchestrator:read", "orchestrator:write", "orchestrator:admin", "runner"])
+    sp.add_argument("--token-tenant", "--for-tenant", dest="token_tenant", metavar="TENANT",
+                    help="the new token's tenant (* for all tenants); default: the tenant this command acts on"
+                         " (`fangs --tenant T token create` makes a token of T)")
     cmd(g, "list", cmdTokenList, "tokens (never their secrets)", aliases=["ls"])
     cmd(g, "revoke", cmdTokenRevoke, "revoke a token").add_argument("id", help="token id or unique prefix")
 
@@ -1373,9 +1389,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.tls_cert = getattr(args, "tls_cert", None) or env("FANGS_TLS_CERT")
     args.tls_key = getattr(args, "tls_key", None) or env("FANGS_TLS_KEY")
     args.token = getattr(args, "token", None) or env("FANGS_TOKEN")
+    args.tenant = getattr(args, "tenant", None) or env("FANGS_TENANT") or None
     args.json = getattr(args, "json", False)
     try:
-        client = Client(args.orchestrator, _sslContext(args), args.token)
+        client = Client(args.orchestrator, _sslContext(args), args.token, tenant=args.tenant)
         code = args.fn(Context(args, client))
         sys.stdout.flush()
         return code

@@ -37,8 +37,9 @@ from twisted.trial.unittest import TestCase
 
 from fangs import wire
 from fangs.orchestrator.config import DEFAULT_WATCHED_PATHS
+from fangs.runner.containerspec import LABEL_RUN
 from fangs.runner.image import FIXTURES_IMAGE
-from fangs.runner.sandbox import LABEL_RUN, npmInstallCommand
+from fangs.runner.sandbox import npmInstallCommand
 from tests.procs import sleep
 from tests.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
 

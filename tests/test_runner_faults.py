@@ -34,7 +34,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from fangs.orchestrator.store import ACTIVE_STATES
-from fangs.runner.sandbox import LABEL_RUN
+from fangs.runner.containerspec import LABEL_RUN
 from tests.procs import Daemon, sleep
 from tests.test_e2e_scan import Scanner, byType, call, fixtureJob, requireAll
 from tests.test_hostile_packages import HOSTILE_IMAGE, ensureHostileFixtures, hostileJob

@@ -55,7 +55,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from fangs.orchestrator import differ
-from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb
+from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb, tenants as tenantdb
 from fangs.orchestrator.db.events import _perRun
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import AllowEntry, ConfigSync, planConfigSync
@@ -351,6 +351,7 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         """,
     ),
     (S.ACTORS_MIGRATION, "actors and manifest deltas", S.actorsMigration("TEXT", "")),
+    (tenantdb.TENANTS_MIGRATION, "tenants", tenantdb.POSTGRES_SCHEMA),
 ]
 
 
@@ -573,6 +574,7 @@ CHECKED = frozenset(
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
     appendStream appendStreamLines streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
     createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored
+    analyzeRunTenants artifactVisible linkRunTenant queueDepthByTenant runTenants sharedScanCandidates auditLog
     """.split()
 )
 
@@ -790,11 +792,11 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
             try:
                 row = raw.execute(
                     "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job, idempotency_key,"
-                    " idempotency_digest, created_ns)"
-                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s)"
+                    " idempotency_digest, created_ns, tenant)"
+                    " VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
                     (run.id, run.package_name, run.version, run.kind, run.target_runner, run.job, run.idempotency_key,
-                     run.idempotency_digest, run.created_ns),
+                     run.idempotency_digest, run.created_ns, run.tenant),
                 ).fetchone()
             except psycopg.errors.UniqueViolation:
                 raise S.Conflict("run %s exists already" % (run.id,)) from None
@@ -804,6 +806,8 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 ).fetchone()
                 S.checkIdempotency(found[1], run.idempotency_digest)
                 return found[0], False
+            raw.execute("INSERT INTO run_tenants (run_id, tenant, linked_ns) VALUES (%s, %s, %s)",
+                        (run.id, run.tenant, run.created_ns))
             raw.execute("SELECT pg_notify(%s, %s)", (JOBS_CHANNEL, run.target_runner or SHARED_QUEUE))
             return run.id, True
 
@@ -938,12 +942,18 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
     # waits for it), and across orchestrators a session advisory lock held
     # around the transaction.
 
-    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> Deferred:
-        return self._oneAnalysisPerPackage(runID, lambda: S.SQLiteStore.analyzeRun(self, runID, nowNs, credPaths))
-
-    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> Deferred:
+    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = (), tenant: Optional[str] = None) -> Deferred:
         return self._oneAnalysisPerPackage(
-            runID, lambda: S.SQLiteStore.decide(self, runID, decision, actor, nowNs, credPaths))
+            runID, lambda: S.SQLiteStore.analyzeRun(self, runID, nowNs, credPaths, tenant=tenant))
+
+    def analyzeRunTenants(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> Deferred:
+        return self._oneAnalysisPerPackage(
+            runID, lambda: S.SQLiteStore.analyzeRunTenants(self, runID, nowNs, credPaths))
+
+    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = (),
+               tenant: str = "default") -> Deferred:
+        return self._oneAnalysisPerPackage(
+            runID, lambda: S.SQLiteStore.decide(self, runID, decision, actor, nowNs, credPaths, tenant=tenant))
 
     def _oneAnalysisPerPackage(self, runID: str, work: Callable[[], Deferred]) -> Deferred:
         async def serialised() -> Any:
@@ -962,13 +972,19 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
 
         return Deferred.fromCoroutine(serialised())
 
-    def _thd_analyzeRun(self, conn: _Conn, runID: str, nowNs: int, credPaths: Sequence[str]) -> Any:
+    def _thd_analyzeRun(self, conn: _Conn, runID: str, nowNs: int, credPaths: Sequence[str],
+                        tenant: Optional[str] = None) -> Any:
         with _packageLock(conn, runID):
-            return super()._thd_analyzeRun(conn, runID, nowNs, credPaths)
+            return super()._thd_analyzeRun(conn, runID, nowNs, credPaths, tenant)
 
-    def _thd_decide(self, conn: _Conn, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str]) -> Any:
+    def _thd_analyzeRunTenants(self, conn: _Conn, runID: str, nowNs: int, credPaths: Sequence[str]) -> Any:
         with _packageLock(conn, runID):
-            return super()._thd_decide(conn, runID, decision, actor, nowNs, credPaths)
+            return super()._thd_analyzeRunTenants(conn, runID, nowNs, credPaths)
+
+    def _thd_decide(self, conn: _Conn, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str],
+                    tenant: str = "default") -> Any:
+        with _packageLock(conn, runID):
+            return super()._thd_decide(conn, runID, decision, actor, nowNs, credPaths, tenant)
 
     # -- allowlist, releases ------------------------------------------------------------
 
@@ -983,12 +999,13 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 # SQLite's INSERT OR REPLACE: the new line replaces any row
                 # with its id or its (scope, package, kind, value).
                 conn.execute(
-                    "DELETE FROM allowlist WHERE id = ? OR (scope = 'global' AND package_name = '' AND kind = ? AND value = ?)",
+                    "DELETE FROM allowlist WHERE id = ? OR (tenant = '*' AND scope = 'global' AND package_name = ''"
+                    " AND kind = ? AND value = ?)",
                     (e.id, e.kind, e.value),
                 )
                 conn.execute(
-                    "INSERT INTO allowlist (id, scope, package_name, kind, value, note, source, created_ns, created_by)"
-                    " VALUES (?, 'global', '', ?, ?, ?, 'config', ?, 'config')",
+                    "INSERT INTO allowlist (id, tenant, scope, package_name, kind, value, note, source, created_ns, created_by)"
+                    " VALUES (?, '*', 'global', '', ?, ?, ?, 'config', ?, 'config')",
                     (e.id, e.kind, e.value, e.note, nowNs),
                 )
             for e in plan.update:
@@ -997,20 +1014,23 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 conn.execute("DELETE FROM allowlist WHERE id = ?", (entryID,))
             return plan
 
-    def knownVersions(self, name: str) -> "Deferred[Dict[str, bool]]":
+    def knownVersions(self, name: str, tenant: str = "default") -> "Deferred[Dict[str, bool]]":
         return self._call(
             lambda conn: {
                 r[0]: bool(r[1])
-                for r in conn.execute("SELECT version, queued <> 0 OR seeded <> 0 FROM releases WHERE package_name = ?", (name,))
+                for r in conn.execute("SELECT version, queued <> 0 OR seeded <> 0 FROM releases WHERE tenant = ? AND package_name = ?",
+                                      (tenant, name))
             }
         )
 
     # -- dashboard introspection --------------------------------------------------------
 
-    def tableRows(self, table: str, limit: int = 100) -> "Deferred[Optional[List[Dict[str, Any]]]]":
+    def tableRows(self, table: str, limit: int = 100, tenant: Optional[str] = None) -> "Deferred[Optional[List[Dict[str, Any]]]]":
         """
         Up to C{limit} rows of C{table}, newest first where the table has an
         C{id} column (SQLite's rowid order), as dicts; None for no such table.
+        With C{tenant}, only that tenant's rows of a table with a C{tenant}
+        column.
         """
 
         def thd(conn: _Conn) -> Optional[List[Dict[str, Any]]]:
@@ -1027,7 +1047,15 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 (table,),
             ).fetchone()
             order = " ORDER BY id DESC" if hasID else ""
-            cur = raw.execute('SELECT * FROM "%s"%s LIMIT %%s' % (known[0], order), (limit,))
+            hasTenant = raw.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                " AND table_name = %s AND column_name = 'tenant'",
+                (table,),
+            ).fetchone()
+            if tenant is not None and hasTenant:
+                cur = raw.execute('SELECT * FROM "%s" WHERE tenant = %%s%s LIMIT %%s' % (known[0], order), (tenant, limit))
+            else:
+                cur = raw.execute('SELECT * FROM "%s"%s LIMIT %%s' % (known[0], order), (limit,))
             names = [d.name for d in cur.description]
             return [dict(zip(names, r)) for r in cur]
 

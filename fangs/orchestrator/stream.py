@@ -21,7 +21,7 @@ so proxies and clients can tell a quiet stream from a dead one.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 import attrs
 import orjson
@@ -32,6 +32,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from fangs import wire
+from fangs.tenants import DEFAULT_TENANT
 
 log = Logger()
 
@@ -203,10 +204,12 @@ class RunStream:
     # -- publishing -----------------------------------------------------------
 
     def publish(self, type: str, runID: str, package: str = "", version: str = "", status: str = "",
-                traceID: str = "", tenant: str = "default", **fields: Any) -> Deferred:
+                traceID: str = "", tenant: Optional[str] = None, **fields: Any) -> Deferred:
         """
         Append a line and fan it out.  Never fails (a failure is logged):
-        the run's own state is already stored.
+        the run's own state is already stored.  A line is one tenant's:
+        C{tenant=None} appends one line for each tenant the run is linked
+        to (a shared scan is news for every tenant that watches it).
         """
         now = self.clock.seconds()
         if type == "run.updated":
@@ -242,9 +245,19 @@ class RunStream:
                 group = list(self._pending)
                 self._pending.clear()
                 try:
-                    await self.store.appendStreamLines(
-                        [(nowNs, tenant, runID, type, orjson.dumps(line).decode("utf-8"))
-                         for nowNs, tenant, runID, type, line, _ in group])
+                    lines = []
+                    tenantsOf: Dict[str, List[str]] = {}
+                    for nowNs, tenant, runID, type, line, _ in group:
+                        if tenant is not None:
+                            tenants = [tenant]
+                        else:
+                            if runID not in tenantsOf:
+                                tenantsOf[runID] = await self._tenantsOf(runID)
+                            tenants = tenantsOf[runID]
+                        for name in tenants:
+                            line["tenant"] = name
+                            lines.append((nowNs, name, runID, type, orjson.dumps(line).decode("utf-8")))
+                    await self.store.appendStreamLines(lines)
                 except Exception:
                     log.failure("{n} run stream lines not stored", n=len(group))
                 for *_, done in group:
@@ -252,6 +265,11 @@ class RunStream:
                 self.poke()
         finally:
             self._appending = False
+
+    async def _tenantsOf(self, runID: str) -> List[str]:
+        find = getattr(self.store, "runTenants", None)
+        tenants = list(await find(runID)) if find is not None else []
+        return tenants or [DEFAULT_TENANT]
 
     def poke(self) -> None:
         """
@@ -366,12 +384,16 @@ class RunStreamPublisher:
     def run(self, type: str, run: Any, **fields: Any) -> None:
         self.announce(type, run.id, run.package_name, run.version, run.state, **fields)
 
+    # A verdict is one tenant's (each tenant judges a shared run against its
+    # own baseline): its line goes to that tenant's stream only.
+
     def verdict(self, outcome: Any) -> None:
         d = Deferred.fromCoroutine(self._verdict(outcome))
         d.addErrback(lambda f: log.failure("run stream verdict line for {run_id} failed", f, run_id=outcome.run_id))
 
     async def _verdict(self, outcome: Any) -> None:
-        run = await self.store.getRun(outcome.run_id)
+        tenant = getattr(outcome, "tenant", DEFAULT_TENANT)
+        run = await self.store.getRun(outcome.run_id, tenant=tenant)
         if run is None:
             return
         if run.decision:
@@ -384,4 +406,4 @@ class RunStreamPublisher:
             type = "run.failed"
         self.run(type, run, verdict=outcome.verdict, deviations=outcome.deviations,
                  max_severity=outcome.max_severity, events_received=run.events_received,
-                 reason=run.failure_reason, decision=run.decision)
+                 reason=run.failure_reason, decision=run.decision, tenant=tenant)

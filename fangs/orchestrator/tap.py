@@ -390,6 +390,7 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         peerIdentity,
         acceptCN=bool(options["accept-cn-identity"]),
         operatorScopes=dict(options["loaded-config"].operatorScopes) or None,
+        operatorTenants=dict(options["loaded-config"].operatorTenants) or None,
     )
     api = OrchestratorAPI(
         core,
@@ -489,8 +490,8 @@ def _addWatcher(parent: service.MultiService, reactor: Any, core: Any, options: 
 
     registry, _, _ = _registryClient(reactor, options, DEFAULT_CONCURRENCY)
 
-    async def submit(request: Any, key: str) -> str:
-        runID, _ = await core.submitScan(request, key, requireTarget=False)
+    async def submit(request: Any, key: str, tenant: str = "default") -> str:
+        runID, _ = await core.submitScan(request, key, requireTarget=False, tenant=tenant)
         return runID
 
     watcher = Watcher(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fangs.orchestrator import differ
+from fangs.orchestrator import differ, fingerprints
 from fangs.orchestrator.allowlist import AllowEntry, Allowlist, canonicalPath
 from fangs.orchestrator.differ import (
     FLAGS,
@@ -711,7 +711,7 @@ class HotPathTests(SynchronousTestCase):
         """
         events = numbered(_sampleRun() * 3 + [fileEvent("/tmp/../root/.ssh/id_rsa")])
         expected = extract(events).rows()
-        self.patch(differ, "_MEMO_LIMIT", 2)
+        self.patch(fingerprints, "_MEMO_LIMIT", 2)
         self.assertEqual(extract(events).rows(), expected)
 
     def test_eventTypeEnumAccepted(self) -> None:

@@ -1,5 +1,6 @@
 """
-Tests for L{fangs.runner.sandbox}.
+Tests for L{fangs.runner.sandbox} and its parts (L{fangs.runner.containerspec},
+L{fangs.runner.dockerops}, L{fangs.runner.sandboxprocs}).
 
 The unit tests inject a hand-written fake of the docker SDK's low-level API
 and a thread pool that runs calls at once, so they are synchronous.  The
@@ -24,25 +25,20 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from fangs.runner import bait as baitmod
 from fangs.runner import image as imagemod
 from fangs.runner.cgroups import CgroupManager, cgroupOfPid
-from fangs.runner.sandbox import (
+from fangs.runner.containerspec import (
     INIT_NAME,
     INIT_SCRIPT,
     INSTALL_STATUS,
-    DockerSandbox,
-    ExitInfo,
     SandboxError,
     SandboxUser,
-    _thd_snapshot,
     baitTar,
-    cgroupProcs,
     loadSeccompProfile,
-    npmInstallCommand,
     planLaunch,
-    readInstallStatus,
-    readProcess,
     resolveUser,
     seccompProfilePath,
 )
+from fangs.runner.sandbox import DockerSandbox, ExitInfo, npmInstallCommand
+from fangs.runner.sandboxprocs import _thd_snapshot, cgroupProcs, readInstallStatus, readProcess
 from fangs.wire import RunID, SandboxSpec, WatchedPath
 from tests import prereq
 
@@ -435,7 +431,7 @@ class LifeSnapshotTests(SynchronousTestCase):
         v2, v1 = os.path.join(base, "v2"), os.path.join(base, "v1")
         os.makedirs(v2)
         os.makedirs(v1)
-        from fangs.runner.sandbox import oomKills
+        from fangs.runner.sandboxprocs import oomKills
 
         self.assertEqual(oomKills(v2, v1), 0)
         with open(os.path.join(v1, "memory.oom_control"), "w") as f:

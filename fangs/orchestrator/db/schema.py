@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import List, Tuple
 
 from fangs.orchestrator import differ
-from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb
+from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb, tenants as tenantdb
 
 
 # ---------------------------------------------------------------------------
@@ -328,4 +328,5 @@ MIGRATIONS: List[Tuple[int, str, str]] = [
         """,
     ),
     (ACTORS_MIGRATION, "actors and manifest deltas", actorsMigration()),
+    (tenantdb.TENANTS_MIGRATION, "tenants", tenantdb.SQLITE_SCHEMA),
 ]
