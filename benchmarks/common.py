@@ -35,6 +35,20 @@ def raiseFileLimit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def cpuSeconds(pid: int, tid: Optional[int] = None) -> float:
+    """
+    User + system CPU seconds of a process (of one of its threads with
+    C{tid}; the main thread's is the process id).
+    """
+    path = "/proc/%d/stat" % (pid,) if tid is None else "/proc/%d/task/%d/stat" % (pid, tid)
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def freePort() -> int:
     import socket
 

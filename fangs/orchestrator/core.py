@@ -8,11 +8,12 @@ method here and renders the answer.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import json
 import os
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
 import attrs
 import orjson
@@ -24,9 +25,9 @@ from fangs import npm, wire
 from fangs.errors import BadRequest, ConflictError, NotFoundError
 from fangs.orchestrator import allowlist, auth
 from fangs.orchestrator import store as S
-from fangs.orchestrator.analysis import credPathsOf
 from fangs.orchestrator.config import OrchestratorConfig
 from fangs.orchestrator.dispatcher import Dispatcher
+from fangs.orchestrator.ingest import BatchWrite, GroupCommitter
 from fangs.orchestrator.metrics import Metrics
 from fangs.orchestrator.registry import RunnerRegistry
 from fangs.tenants import ALL_TENANTS, DEFAULT_TENANT
@@ -45,7 +46,11 @@ JOB_KINDS = ("sensor_only", "sandbox_scan")
 #: Runner capability: results carry each run's own events_dropped (else the
 #: runner's cumulative counter, whose increase is counted).
 PER_RUN_DROPS = "events_dropped.per_run"
-INGEST_PIPELINE = 8
+#: Parsed batches of one POST waiting for the store: at most this many
+#: events and this many bytes of their lines (the group committer writes
+#: the waiting ones together, so a deeper pipeline makes bigger groups).
+INGEST_PIPELINE_EVENTS = 8192
+INGEST_PIPELINE_BYTES = 16 * 1024 * 1024
 
 
 class Analyzer:
@@ -93,6 +98,9 @@ class Orchestrator:
         self.runEvents = runEvents
         #: A L{fangs.orchestrator.artifacts.ArtifactFetcher}, or None (no tarballs kept).
         self.artifacts: Any = None
+        #: Batches handed in while a group is written go together in the next one.
+        self.ingest = GroupCommitter(lambda writes: self.store.ingestBatches(writes),
+                                     concurrency=getattr(store, "ingestConcurrency", 1))
 
     def nowNs(self) -> int:
         return int(self.clock.seconds() * 1_000_000_000)
@@ -333,35 +341,42 @@ class Orchestrator:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
         return run
 
-    async def ingestLines(self, runID: str, lines: Iterable[bytes]) -> IngestProgress:
+    async def ingestLines(self, runID: str, lines: Iterable[bytes], run: Optional[S.RunRow] = None) -> IngestProgress:
         """
-        Store each NDJSON line (one L{wire.EventBatch}) in its own
-        transaction, in order.  A malformed line stops the stream with
-        L{BadRequest}; every batch before it stays stored.
-        """
-        run = await self.requireRun(runID)
-        finished = run.result_status is not None
-        span = self._deadlineSpan(run)
-        credPaths = credPathsOf(run)
-        batches = events = persisted = 0
-        # Up to INGEST_PIPELINE batches wait for the store's thread while the
-        # next lines are parsed here: the store applies them in order, each
-        # in its own transaction.
-        inflight: List[Any] = []
+        Store each NDJSON line (one L{wire.EventBatch}), in order.  Batches
+        go through the group committer: each is acknowledged only once the
+        transaction holding it committed.  A malformed line stops the stream
+        with L{BadRequest}; every batch before it stays stored.
 
-        async def settle(limit: int) -> None:
+        @param run: the run as the caller read it already (the HTTP layer
+            does, to check who sends), so it is not read again.
+        """
+        if run is None or run.id != runID:
+            run = await self.requireRun(runID)
+        finished = run.result_status is not None
+        span, credPaths = _ingestTerms(run)
+        batches = events = persisted = 0
+        # Batches (up to INGEST_PIPELINE_*) wait for the store while the
+        # next lines are parsed here; the committer writes those that wait
+        # together, each acknowledged after its transaction committed.
+        inflight: Deque[Any] = collections.deque()
+
+        waiting = [0, 0]  # events, bytes in flight
+
+        async def settle(everything: bool = True) -> None:
             nonlocal persisted
-            while len(inflight) > limit:
-                d, rows, started = inflight.pop(0)
+            while inflight and (everything or waiting[0] > INGEST_PIPELINE_EVENTS or waiting[1] > INGEST_PIPELINE_BYTES):
+                d, rows, started, size = inflight.popleft()
+                waiting[0] -= len(rows)
+                waiting[1] -= size
                 outcome = await d
                 self.metrics.ingestLatency.observe(self.clock.seconds() - started)
                 self.metrics.eventsPersisted.inc(outcome.events)
                 persisted += outcome.events
-                if outcome.inserted:
-                    if self.runEvents is not None:
-                        # The stream keeps at most a few of these a second.
-                        self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
-                                                events_received=run.events_received + persisted)
+                if outcome.inserted and self.runEvents is not None:
+                    # The stream keeps at most a few of these a second.
+                    self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
+                                            events_received=run.events_received + persisted)
 
         try:
             for lineno, line in enumerate(lines, 1):
@@ -370,7 +385,7 @@ class Orchestrator:
                 try:
                     seq, rows = parseBatchLine(line, runID)
                 except BadRequest as e:
-                    await settle(0)
+                    await settle()
                     raise BadRequest(
                         "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
                     ) from None
@@ -378,7 +393,7 @@ class Orchestrator:
                 if finished:
                     # After the result only a resend of stored batches is
                     # accepted (a runner retrying a stream it had sent).
-                    await settle(0)
+                    await settle()
                     if not await self.store.batchStored(runID, seq):
                         raise ConflictError(
                             "run %s has its result already; events after it are refused"
@@ -387,23 +402,22 @@ class Orchestrator:
                             code="run_finished",
                         )
                 now = self.nowNs()
-                inflight.append((self.store.ingestBatch(runID, seq, rows, now, now + span, credPaths), rows, self.clock.seconds()))
+                inflight.append((self.ingest.submit(BatchWrite(runID, seq, rows, now, now + span, credPaths)), rows,
+                                 self.clock.seconds(), len(line)))
+                waiting[0] += len(rows)
+                waiting[1] += len(line)
                 batches += 1
                 events += len(rows)
-                await settle(INGEST_PIPELINE)
-            await settle(0)
+                await settle(everything=False)
+            await settle()
         except BaseException:
             # Let every batch already handed to the store finish (they are
             # stored), and never leave a Deferred's failure unhandled.
-            for d, _, _ in inflight:
+            for d, *_ in inflight:
                 d.addErrback(lambda f: None)
             raise
         return IngestProgress(batches, events, persisted)
 
-    def _deadlineSpan(self, run: S.RunRow) -> int:
-        job = json.loads(run.job)
-        grace = (job.get("sandbox") or {}).get("grace_period") or 0
-        return (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
 
     # -- results ------------------------------------------------------------
 
@@ -594,6 +608,24 @@ class Orchestrator:
             log.failure("housekeeping sweep failed")
 
 
+def _ingestTerms(run: S.RunRow) -> Tuple[int, Tuple[str, ...]]:
+    """
+    From the run's job, parsed once: how far each stored batch pushes the
+    run's deadline, and the cred-tagged watched prefixes (the fingerprints'
+    cred paths).
+    """
+    try:
+        job = orjson.loads(run.job)
+    except orjson.JSONDecodeError:
+        job = {}
+    if not isinstance(job, dict):
+        job = {}
+    grace = (job.get("sandbox") or {}).get("grace_period") or 0
+    span = (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
+    credPaths = tuple(w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged"))
+    return span, credPaths
+
+
 def _scanShape(job: Dict[str, Any], target: Optional[str]) -> Any:
     """
     What makes two scans the same scan: the job without its run id and
@@ -645,26 +677,37 @@ def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
     if not isinstance(items, list):
         raise BadRequest("events must be an array")
     rows = []
+    append = rows.append
+    row = S.EventRow
+    dumps = orjson.dumps
     for idx, ev in enumerate(items):
-        if not isinstance(ev, dict):
+        # type(x) is int: neither a bool nor an int subclass.
+        if type(ev) is not dict:  # noqa: E721
             raise BadRequest("events[%d] must be an object" % (idx,))
         etype = ev.get("type")
-        if isinstance(etype, bool) or not isinstance(etype, int) or not 0 < etype < 256:
+        if type(etype) is not int or not 0 < etype < 256:  # noqa: E721
             raise BadRequest("events[%d].type must be an integer from 1 to 255" % (idx,))
         payload = ev.get("payload")
-        if not isinstance(payload, dict):
+        if type(payload) is not dict:  # noqa: E721
             raise BadRequest("events[%d].payload must be an object" % (idx,))
         header = payload.get("Header")
         ts = pid = 0
-        if isinstance(header, dict):
+        if type(header) is dict:  # noqa: E721
             ts = header.get("TsNs")
             pid = header.get("PID")
-            if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**63:
+            if type(ts) is not int or not 0 <= ts < _INT63:  # noqa: E721
                 ts = 0
-            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < 2**63:
+            if type(pid) is not int or not 0 <= pid < _INT63:  # noqa: E721
                 pid = 0
-        rows.append(S.EventRow(seq, idx, etype, ts, pid, _encodePayload(payload), payload))
+        try:
+            data = dumps(payload).decode("utf-8")
+        except TypeError:
+            data = _encodePayload(payload)
+        append(row(seq, idx, etype, ts, pid, data, payload))
     return seq, rows
+
+
+_INT63 = 2**63
 
 
 def _encodePayload(payload: Dict[str, Any]) -> str:

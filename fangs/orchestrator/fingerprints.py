@@ -102,6 +102,27 @@ class FingerprintRow:
 
 _Record = List[Any]
 _MEMO_LIMIT = 1 << 16
+_NORMALISERS: Dict[Tuple[str, ...], Tuple[PathPrefixes, PathPrefixes, Dict[str, Tuple[str, bool]]]] = {}
+_NORMALISERS_LIMIT = 64
+
+
+def _normaliser(credPaths: Tuple[str, ...]) -> Tuple[PathPrefixes, PathPrefixes, Dict[str, Tuple[str, bool]]]:
+    """
+    The cred-path matchers and the path memo (path -> (normalised value,
+    cred)) for C{credPaths}.  The memo caches a pure function of the path
+    and C{credPaths}, so sharing it between sets (and threads: single dict
+    operations) changes no fingerprint.
+    """
+    found = _NORMALISERS.get(credPaths)
+    if found is None:
+        if len(_NORMALISERS) >= _NORMALISERS_LIMIT:
+            _NORMALISERS.clear()
+        found = _NORMALISERS[credPaths] = (
+            PathPrefixes(credPaths),
+            PathPrefixes(p[len("/proc/self") :] for p in credPaths if p.startswith("/proc/self/")),
+            {},
+        )
+    return found
 
 
 def _intField(value: Any) -> int:
@@ -131,12 +152,10 @@ class FingerprintSet:
         self._read = self._tables[FS_READ]
         self._write = self._tables[FS_WRITE]
         self._prefixes: Dict[Tuple[int, int], Tuple[str, str]] = {}
-        self._memo: Dict[str, Tuple[str, bool]] = {}
-        credPaths = tuple(credPaths)
-        self._cred = PathPrefixes(credPaths)
-        self._credProc = PathPrefixes(
-            p[len("/proc/self") :] for p in credPaths if p.startswith("/proc/self/")
-        )
+        # The path normalisation of these cred paths, shared by every set
+        # built for them (one per stored group of batches): a path seen in
+        # an earlier batch is not normalised again.
+        self._cred, self._credProc, self._memo = _normaliser(tuple(credPaths))
 
     def _bump(self, category: str, value: str, event_id: int) -> _Record:
         return _bump(self._tables[category], value, event_id)
@@ -378,6 +397,20 @@ class FingerprintSet:
             for value in sorted(table):
                 count, first, cred, rawIP = table[value]
                 out.append(FingerprintRow(category, value, count, first, bool(cred), bool(rawIP)))
+        return out
+
+    def tuples(self) -> List[Tuple[str, str, int, int, int, int]]:
+        """
+        L{rows} as plain C{(category, value, count, first_event_id, cred,
+        raw_ip)} tuples with 0/1 flags, what the store writes (no row
+        object per fingerprint on the ingest path).
+        """
+        out = []
+        for category in sorted(self._tables):
+            table = self._tables[category]
+            for value in sorted(table):
+                count, first, cred, rawIP = table[value]
+                out.append((category, value, count, first, 1 if cred else 0, 1 if rawIP else 0))
         return out
 
     def table(self, category: str) -> Dict[str, _Record]:

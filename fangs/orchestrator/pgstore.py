@@ -48,7 +48,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -56,6 +56,7 @@ from twisted.python.threadpool import ThreadPool
 
 from fangs.orchestrator import differ
 from fangs.orchestrator.db import artifacts as artifactdb, stream as streamdb, tenants as tenantdb
+from fangs.orchestrator.db.events import _perRun
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import AllowEntry, ConfigSync, planConfigSync
 
@@ -506,6 +507,39 @@ def _numericAsNumber(conn: Any) -> None:
     conn.adapters.register_loader("numeric", Loader)
 
 
+#: The first key of the advisory locks serialising analyses of a package.
+ANALYSIS_LOCK_CLASS = 424202
+
+
+class _packageLock:
+    """
+    A session advisory lock on the run's package, held around (never inside)
+    the analysis transaction: taken before C{BEGIN}, so the transaction's
+    snapshot already sees the previous analysis of the package committed.
+    """
+
+    def __init__(self, conn: _Conn, runID: str) -> None:
+        self._raw = conn.raw
+        self._runID = runID
+        self._package: Optional[str] = None
+
+    def __enter__(self) -> None:
+        row = self._raw.execute("SELECT package_name FROM runs WHERE id = %s", (self._runID,)).fetchone()
+        if row is not None:
+            self._package = row[0] or ""
+            self._raw.execute("SELECT pg_advisory_lock(%s::int, hashtext(%s))", (ANALYSIS_LOCK_CLASS, self._package))
+
+    def __exit__(self, excType: Any, exc: Any, tb: Any) -> None:
+        if self._package is None or self._raw.closed:
+            return  # a closed connection released its locks
+        try:
+            self._raw.execute("SELECT pg_advisory_unlock(%s::int, hashtext(%s))", (ANALYSIS_LOCK_CLASS, self._package))
+        except Exception:
+            if excType is None:
+                raise
+            log.failure("releasing the analysis lock of package {package} failed", package=self._package)
+
+
 class _begin:
     """
     C{BEGIN} (READ COMMITTED) ... C{COMMIT}, rolled back on any exception:
@@ -529,7 +563,7 @@ class _begin:
 CHECKED = frozenset(
     """
     start stop createRun getRun claimJob confirmDispatch releaseLease requeueLeased queueDepth
-    pendingTargets cancelRun runsToCancel sweepLost ingestBatch eventPage eventCounts recordResult
+    pendingTargets cancelRun runsToCancel sweepLost ingestBatch ingestBatches eventPage eventCounts recordResult
     listRuns analyzeRun decide deviationsForRun getDeviation listDeviations pendingRuns addPackage
     removePackage listPackages getPackage baselineFor packageHasRuns listAllow addAllow removeAllow
     syncConfigAllow auditFor watchList knownVersions recordPackument waitingReleases
@@ -538,7 +572,7 @@ CHECKED = frozenset(
     listTokens revokeToken hasAdminToken upsertNotifier listNotifiers getNotifier deleteNotifier
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
-    appendStream streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
+    appendStream appendStreamLines streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
     createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored
     analyzeRunTenants artifactVisible linkRunTenant queueDepthByTenant runTenants sharedScanCandidates auditLog
     """.split()
@@ -571,6 +605,9 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
         self.runnerListeners: List[Callable[[str], Any]] = []
         #: Called on the reactor thread when any orchestrator appended a run stream line.
         self.streamListeners: List[Callable[[], Any]] = []
+        self._analysisLocks: Dict[str, DeferredLock] = {}
+        #: Transactions thrown away and run again (serialization failures, deadlocks).
+        self.serializationRetries = 0
         #: Calls made before the migrations are done wait here.
         self._gate: Optional[List[Tuple[Deferred, Callable[..., Any], Tuple[Any, ...]]]] = []
 
@@ -620,6 +657,7 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                 try:
                     return f(conn, *args)
                 except (psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected):
+                    self.serializationRetries += 1
                     self._rollback(conn)
                     time.sleep(0.001 * (attempt + 1))
                 except psycopg.OperationalError:
@@ -825,38 +863,52 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
 
     # -- events ---------------------------------------------------------------------
 
-    def _thd_ingestBatch(
-        self,
-        conn: _Conn,
-        runID: str,
-        seq: int,
-        rows: Sequence[S.EventRow],
-        nowNs: int,
-        deadlineNs: int,
-        credPaths: Sequence[str] = (),
-    ) -> S.IngestOutcome:
+    #: Groups of batches the group committer may have in flight at once.
+    ingestConcurrency = 2
+    #: Ids come from a sequence in concurrent transactions: count whole runs.
+    _incrementalCounts = False
+
+    def _thd_ingestBatches(self, conn: _Conn, writes: Sequence[S.BatchWrite]) -> List[S.IngestOutcome]:
         import psycopg
 
         try:
             with _begin(conn) as raw:
-                if raw.execute(
-                    "INSERT INTO batches (run_id, seq, events, received_ns) VALUES (%s, %s, %s, %s)"
-                    " ON CONFLICT DO NOTHING RETURNING 1",
-                    (runID, seq, len(rows), nowNs),
-                ).fetchone() is None:
-                    return S.IngestOutcome(False, 0)
-                if rows:
-                    ids = [r[0] for r in raw.execute("SELECT nextval('events_id_seq') FROM generate_series(1, %s)", (len(rows),))]
+                outcomes = []
+                fresh = []
+                for w in writes:
+                    if raw.execute(
+                        "INSERT INTO batches (run_id, seq, events, received_ns) VALUES (%s, %s, %s, %s)"
+                        " ON CONFLICT DO NOTHING RETURNING 1",
+                        (w.run_id, w.seq, len(w.rows), w.now_ns),
+                    ).fetchone() is None:
+                        outcomes.append(S.IngestOutcome(False, 0))
+                        continue
+                    outcomes.append(S.IngestOutcome(True, len(w.rows)))
+                    fresh.append(w)
+                total = sum(len(w.rows) for w in fresh)
+                if total:
+                    ids = [r[0] for r in raw.execute("SELECT nextval('events_id_seq') FROM generate_series(1, %s)", (total,))]
                     with raw.cursor().copy(
                         "COPY events (id, run_id, seq, idx, type, ts_ns, received_ns, pid, data) FROM STDIN"
                     ) as copy:
-                        for eid, r in zip(ids, rows):
-                            copy.write_row((eid, runID, r.seq, r.idx, r.type, r.ts_ns, nowNs, r.pid, r.data))
-                    fps = differ.FingerprintSet(credPaths or differ.DEFAULT_CRED_PATHS)
-                    for eid, r in zip(ids, rows):
-                        if r.payload is not None:
-                            fps.add(eid, r.type, r.payload)
-                    found = sorted(fps.rows(), key=lambda f: (f.category, f.value))  # one lock order
+                        at = 0
+                        for w in fresh:
+                            for r in w.rows:
+                                copy.write_row((ids[at], w.run_id, r.seq, r.idx, r.type, r.ts_ns, w.now_ns, r.pid, r.data))
+                                at += 1
+                    sets: Dict[Tuple[str, Tuple[str, ...]], differ.FingerprintSet] = {}
+                    at = 0
+                    for w in fresh:
+                        key = (w.run_id, tuple(w.cred_paths))
+                        fps = sets.get(key)
+                        if fps is None:
+                            fps = sets[key] = differ.FingerprintSet(w.cred_paths or differ.DEFAULT_CRED_PATHS)
+                        for r in w.rows:
+                            if r.payload is not None:
+                                fps.add(ids[at], r.type, r.payload)
+                            at += 1
+                    found = sorted(  # one lock order
+                        (runID,) + f for (runID, _), fps in sets.items() for f in fps.tuples())
                     if found:
                         raw.cursor().executemany(
                             "INSERT INTO run_fingerprints AS f (run_id, category, value, count, first_event_id, cred, raw_ip)"
@@ -865,19 +917,74 @@ class PostgresStore(streamdb.PostgresStreamStorage, artifactdb.PostgresArtifactS
                             " count = f.count + excluded.count,"
                             " first_event_id = LEAST(f.first_event_id, excluded.first_event_id),"
                             " cred = GREATEST(f.cred, excluded.cred), raw_ip = GREATEST(f.raw_ip, excluded.raw_ip)",
-                            [(runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip)) for f in found],
+                            found,
                         )
-                raw.execute(
-                    "UPDATE runs SET events_received = events_received + %s,"
-                    " batches_received = batches_received + 1, last_activity_ns = %s,"
-                    " deadline_ns = GREATEST(COALESCE(deadline_ns, 0), %s),"
-                    " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
-                    " WHERE id = %s",
-                    (len(rows), nowNs, deadlineNs, runID),
-                )
-                return S.IngestOutcome(True, len(rows))
+                for runID, (events, batches, nowNs, deadlineNs) in sorted(_perRun(fresh).items()):
+                    raw.execute(
+                        "UPDATE runs SET events_received = events_received + %s,"
+                        " batches_received = batches_received + %s, last_activity_ns = %s,"
+                        " deadline_ns = GREATEST(COALESCE(deadline_ns, 0), %s),"
+                        " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
+                        " WHERE id = %s",
+                        (events, batches, nowNs, deadlineNs, runID),
+                    )
+                return outcomes
         except psycopg.errors.IntegrityError as e:
             raise sqlite3.IntegrityError(str(e)) from e
+
+    # -- analysis --------------------------------------------------------------------
+    # Analyses of one package read each other's rows (its baseline, whether
+    # it has a clean run) and each writes its own: under SERIALIZABLE two at
+    # once conflict and one is thrown away and retried, so with many runs
+    # finishing together most attempts were wasted, and a second
+    # orchestrator only added conflicts.  They queue instead: one per
+    # package at a time in this process (a DeferredLock, so no pool thread
+    # waits for it), and across orchestrators a session advisory lock held
+    # around the transaction.
+
+    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = (), tenant: Optional[str] = None) -> Deferred:
+        return self._oneAnalysisPerPackage(
+            runID, lambda: S.SQLiteStore.analyzeRun(self, runID, nowNs, credPaths, tenant=tenant))
+
+    def analyzeRunTenants(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> Deferred:
+        return self._oneAnalysisPerPackage(
+            runID, lambda: S.SQLiteStore.analyzeRunTenants(self, runID, nowNs, credPaths))
+
+    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = (),
+               tenant: str = "default") -> Deferred:
+        return self._oneAnalysisPerPackage(
+            runID, lambda: S.SQLiteStore.decide(self, runID, decision, actor, nowNs, credPaths, tenant=tenant))
+
+    def _oneAnalysisPerPackage(self, runID: str, work: Callable[[], Deferred]) -> Deferred:
+        async def serialised() -> Any:
+            run = await self.getRun(runID)
+            key = run.package_name if run is not None else ""
+            lock = self._analysisLocks.get(key)
+            if lock is None:
+                lock = self._analysisLocks[key] = DeferredLock()
+            await lock.acquire()
+            try:
+                return await work()
+            finally:
+                lock.release()
+                if not lock.locked and not lock.waiting:
+                    self._analysisLocks.pop(key, None)
+
+        return Deferred.fromCoroutine(serialised())
+
+    def _thd_analyzeRun(self, conn: _Conn, runID: str, nowNs: int, credPaths: Sequence[str],
+                        tenant: Optional[str] = None) -> Any:
+        with _packageLock(conn, runID):
+            return super()._thd_analyzeRun(conn, runID, nowNs, credPaths, tenant)
+
+    def _thd_analyzeRunTenants(self, conn: _Conn, runID: str, nowNs: int, credPaths: Sequence[str]) -> Any:
+        with _packageLock(conn, runID):
+            return super()._thd_analyzeRunTenants(conn, runID, nowNs, credPaths)
+
+    def _thd_decide(self, conn: _Conn, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str],
+                    tenant: str = "default") -> Any:
+        with _packageLock(conn, runID):
+            return super()._thd_decide(conn, runID, decision, actor, nowNs, credPaths, tenant)
 
     # -- allowlist, releases ------------------------------------------------------------
 

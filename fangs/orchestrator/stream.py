@@ -237,23 +237,35 @@ class RunStream:
 
     async def _appendAll(self) -> None:
         """
-        Append the waiting lines one at a time, in the order they were
-        published (the store's pool would otherwise let a later line take
-        an earlier cursor).
+        Append the waiting lines, in the order they were published (the
+        store's pool would otherwise let a later line take an earlier
+        cursor): every line published while one append was on its way goes
+        in the next, as one transaction (on PostgreSQL the stream's cursor
+        counter is one row every orchestrator locks, once per append).
         """
         self._appending = True
         try:
             while self._pending:
-                nowNs, tenant, runID, type, line, done = self._pending.popleft()
+                group = list(self._pending)
+                self._pending.clear()
                 try:
-                    tenants = [tenant] if tenant is not None else await self._retrying(self._tenantsOf, runID)
-                    for name in tenants:
-                        line["tenant"] = name
-                        await self._retrying(self.store.appendStream, nowNs, name, runID, type,
-                                             orjson.dumps(line).decode("utf-8"))
+                    lines = []
+                    tenantsOf: Dict[str, List[str]] = {}
+                    for nowNs, tenant, runID, type, line, _ in group:
+                        if tenant is not None:
+                            tenants = [tenant]
+                        else:
+                            if runID not in tenantsOf:
+                                tenantsOf[runID] = await self._retrying(self._tenantsOf, runID)
+                            tenants = tenantsOf[runID]
+                        for name in tenants:
+                            line["tenant"] = name
+                            lines.append((nowNs, name, runID, type, orjson.dumps(line).decode("utf-8")))
+                    await self._retrying(self.store.appendStreamLines, lines)
                 except Exception:
-                    log.failure("run stream line {type} for {run_id} not stored", type=type, run_id=runID)
-                done.callback(None)
+                    log.failure("{n} run stream lines not stored", n=len(group))
+                for *_, done in group:
+                    done.callback(None)
                 self.poke()
         finally:
             self._appending = False
@@ -279,8 +291,11 @@ class RunStream:
 
     def poke(self) -> None:
         """
-        Something was appended (here or by another orchestrator): read it.
+        Something was appended (here or by another orchestrator): read it,
+        if anybody listens (a subscriber starts from the store's head).
         """
+        if not self.subscribers:
+            return
         if self._reading:
             self._again = True
             return
@@ -315,6 +330,9 @@ class RunStream:
         @raise StreamError: C{since} is ahead of the stream.
         """
         oldest, head = await self.checkSince(since)
+        if not self.subscribers and not self._reading:
+            # Nobody listened, so lines up to the head were not read here.
+            self._head = max(self._head, head)
         sub = Subscriber(self, sink, close, filter, self.maxBuffered)
         self.subscribers.add(sub)
         start = head if since is None else since
@@ -334,6 +352,7 @@ class RunStream:
                 cursor = rows[-1].cursor
         finally:
             sub.replaying = False
+        self.poke()  # lines appended while this subscriber was being added
         return sub
 
     async def checkSince(self, since: Optional[int]) -> Tuple[Optional[int], int]:

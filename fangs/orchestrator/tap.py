@@ -7,6 +7,7 @@ C{twistd fangs-orchestrator}: options and service composition.
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, List, Optional
 
@@ -307,6 +308,10 @@ def _privateFile(path: str) -> None:
             pass
 
 
+#: The cyclic garbage collector's thresholds in the orchestrator process.
+GC_THRESHOLDS = (20_000, 50, 100)
+
+
 def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: only here, never at import time
@@ -319,6 +324,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     # Everything the orchestrator creates (database, WAL, key files, logs,
     # which twistd opens after this) is private to its user.
     os.umask(0o077)
+    # Ingest builds a few container objects per event and keeps thousands
+    # alive while their batches wait for the store: at the default
+    # threshold (700) the cyclic collector ran every few events and walked
+    # them all each time, and their survival pushed full collections.
+    gc.set_threshold(*GC_THRESHOLDS)
     dbPath = options["db"]
     if dbPath.startswith(("postgresql://", "postgres://")):
         from fangs.orchestrator.pgstore import PostgresStore

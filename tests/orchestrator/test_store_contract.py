@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fangs.orchestrator import store as S
+from fangs.orchestrator import differ, store as S
 from fangs.orchestrator.allowlist import configEntries, makeEntry
 from fangs.orchestrator.core import parseBatchLine
 from fangs.orchestrator.pgstore import PostgresStore
@@ -151,6 +151,113 @@ class StoreContract:
         self.assertEqual([e.id for e in await st.eventsByID([page[1].id, page[0].id])].__len__(), 2)
         with self.assertRaises(Exception):
             await st.ingestBatch("no-such-run", 1, first, T0, T0)
+
+    @coro
+    async def test_ingestBatchesIsEachBatchInOneTransaction(self) -> None:
+        """
+        L{ingestBatches} (group commit) stores batches of several runs in
+        one transaction with what storing each alone would leave: the same
+        events, counters, deadline and exactly the same fingerprints; a
+        duplicate in the group (or of a stored batch) is a duplicate.
+        """
+        st = await self.fresh()
+        batches = {
+            1: [fileEvent("/a"), execEvent("/bin/x"), fileEvent("/etc/passwd"), dnsEvent("evil.example")],
+            2: [fileEvent("/a"), connectEvent("10.0.0.1", 443), fileEvent("/b")],
+            3: [fileEvent("/a"), sniEvent("registry.npmjs.org")],
+        }
+        for runID in ("g1", "g2", "s1"):
+            await st.createRun(newRun(runID))
+            await st.claimJob("w")
+            await st.confirmDispatch(runID, T0, T0 + SEC)
+        # s1: one batch per transaction, the reference.
+        for seq, evs in batches.items():
+            await st.ingestBatch("s1", seq, rows("s1", seq, evs), T0 + seq, T0 + (50 - seq) * SEC)
+        # g1 and g2: everything in one group, g2 interleaved, a duplicate inside.
+        writes = []
+        for seq, evs in batches.items():
+            writes.append(S.BatchWrite("g1", seq, rows("g1", seq, evs), T0 + seq, T0 + (50 - seq) * SEC))
+            writes.append(S.BatchWrite("g2", seq, rows("g2", seq, evs), T0 + seq, T0 + (50 - seq) * SEC))
+        writes.append(S.BatchWrite("g1", 2, rows("g1", 2, batches[2]), T0 + 9, T0 + 99 * SEC))
+        outcomes = await st.ingestBatches(writes)
+        self.assertEqual(outcomes, [S.IngestOutcome(True, len(batches[seq])) for seq in batches for _ in (1, 2)]
+                         + [S.IngestOutcome(False, 0)])
+        self.assertEqual(await st.ingestBatches([S.BatchWrite("g2", 1, rows("g2", 1, batches[1]), T0, T0)]),
+                         [S.IngestOutcome(False, 0)])
+
+        async def state(runID: str) -> Any:
+            run = await st.getRun(runID)
+            events = await st.eventPage(runID, (0, -1), 100)
+            return (run.state, run.events_received, run.batches_received, run.deadline_ns, run.last_activity_ns,
+                    [(e.seq, e.idx, e.type, e.data) for e in events])
+
+        ref = await state("s1")
+        for runID in ("g1", "g2"):
+            got = await state(runID)
+            self.assertEqual(got, ref)
+        # Fingerprints: the same rows, with first_event_id pointing at the
+        # same event (by position) in each run (the exec-time rows keep a
+        # timestamp there).
+        outcomes = {runID: await st.analyzeRun(runID, T0 + 100) for runID in ("s1", "g1", "g2")}
+        self.assertEqual({o.verdict for o in outcomes.values()}, {outcomes["s1"].verdict})
+
+        def fingerprints(runID: str) -> Any:
+            return self.store._call(lambda conn: [
+                tuple(r) for r in conn.execute(
+                    "SELECT f.category, f.value, f.count, f.cred, f.raw_ip, e.seq, e.idx,"
+                    " CASE WHEN f.category = ? THEN f.first_event_id END FROM run_fingerprints f"
+                    " LEFT JOIN events e ON e.id = f.first_event_id AND e.run_id = f.run_id AND f.category != ?"
+                    " WHERE f.run_id = ? ORDER BY f.category, f.value",
+                    (differ.FACT_EXEC_TS, differ.FACT_EXEC_TS, runID)).fetchall()])
+
+        reference = await fingerprints("s1")
+        self.assertTrue(reference)
+        self.assertEqual(await fingerprints("g1"), reference)
+        self.assertEqual(await fingerprints("g2"), reference)
+
+    @coro
+    async def test_ingestBatchesFailureStoresNothing(self) -> None:
+        """
+        A group that fails (here: a batch of a run that does not exist)
+        stores none of its batches.
+        """
+        st = await self.fresh()
+        await st.createRun(newRun("f1"))
+        with self.assertRaises(Exception):
+            await st.ingestBatches([
+                S.BatchWrite("f1", 1, rows("f1", 1, [fileEvent("/a")]), T0, T0),
+                S.BatchWrite("no-such-run", 1, rows("no-such-run", 1, [fileEvent("/a")]), T0, T0),
+            ])
+        run = await st.getRun("f1")
+        self.assertEqual((run.events_received, run.batches_received), (0, 0))
+        self.assertFalse(await st.batchStored("f1", 1))
+        self.assertEqual(await st.eventPage("f1", (0, -1), 10), [])
+        # ... and the store goes on working.
+        self.assertEqual(await st.ingestBatches([S.BatchWrite("f1", 1, rows("f1", 1, [fileEvent("/a")]), T0, T0)]),
+                         [S.IngestOutcome(True, 1)])
+
+    @coro
+    async def test_eventCountsFollowIngestAndPruning(self) -> None:
+        """
+        Counts by type asked while events arrive (SQLite counts only what
+        arrived since the last answer) match a full count after more
+        batches, of this run and of another, and after pruning.
+        """
+        st = await self.fresh()
+        for runID in ("k1", "k2"):
+            await st.createRun(newRun(runID))
+        self.assertEqual(await st.eventCounts("k1"), {})
+        await st.ingestBatch("k1", 1, rows("k1", 1, [fileEvent("/a"), execEvent("/bin/x")]), T0, T0)
+        self.assertEqual(await st.eventCounts("k1"), {1: 1, 2: 1})
+        await st.ingestBatch("k2", 1, rows("k2", 1, [fileEvent("/a")] * 3), T0, T0)
+        await st.ingestBatch("k1", 2, rows("k1", 2, [fileEvent("/b")] * 2), T0 + 10 * SEC, T0)
+        self.assertEqual(await st.eventCounts("k1"), {1: 3, 2: 1})
+        self.assertEqual(await st.eventCounts("k2"), {1: 3})
+        self.assertEqual(await st.pruneEvents(T0 + 1), 5)
+        self.assertEqual(await st.eventCounts("k1"), {1: 2})
+        self.assertEqual(await st.eventCounts("k2"), {})
+        await st.ingestBatch("k2", 2, rows("k2", 2, [execEvent("/bin/y")]), T0 + 20 * SEC, T0)
+        self.assertEqual(await st.eventCounts("k2"), {2: 1})
 
     @coro
     async def test_exportByteForByte(self) -> None:

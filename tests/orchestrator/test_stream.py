@@ -6,7 +6,7 @@ fake clock, and the real SQLite storage under it.
 import json
 from typing import Any, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import gatherResults, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -33,6 +33,9 @@ class MemoryStreamStore:
         self.rows.append(StreamRow(self.head, tsNs, tenant, runID, type, body))
         self.rows = [r for r in self.rows if r.cursor > self.head - self.history]
         return succeed(self.head)
+
+    def appendStreamLines(self, lines):
+        return gatherResults([self.appendStream(*line) for line in lines])
 
     def streamSince(self, cursor, limit=1000):
         return succeed([r for r in self.rows if r.cursor > cursor][:limit])
@@ -181,31 +184,37 @@ class HubTests(SynchronousTestCase):
 
     def test_publishOrderKept(self) -> None:
         """
-        Lines are appended one at a time in the order they were published,
-        however long the store takes: a later line never gets an earlier
-        cursor.
+        Lines are appended in the order they were published, however long
+        the store takes: a later line never gets an earlier cursor.  Lines
+        published while an append is on its way go together in the next
+        one (one transaction), still in order.
         """
         held = []
-        append = self.store.appendStream
+        append = self.store.appendStreamLines
 
-        def slow(*args):
+        def slow(lines):
             d = Deferred()
-            held.append((d, args))
+            held.append((d, lines))
             return d
 
-        self.store.appendStream = slow
+        self.store.appendStreamLines = slow
         c, _ = self.subscribe()
         first = self.hub.publish("run.queued", "r1", package="p")
         second = self.hub.publish("run.started", "r1", package="p")
+        third = self.hub.publish("run.finished", "r1", package="p")
         self.assertEqual(len(held), 1)
-        d, args = held.pop()
-        d.callback(self.successResultOf(append(*args)))
+        d, lines = held.pop()
+        self.assertEqual([line[3] for line in lines], ["run.queued"])
+        d.callback(self.successResultOf(append(lines)))
         self.successResultOf(first)
+        self.assertNoResult(second)
         self.assertEqual(len(held), 1)
-        d, args = held.pop()
-        d.callback(self.successResultOf(append(*args)))
+        d, lines = held.pop()
+        self.assertEqual([line[3] for line in lines], ["run.started", "run.finished"])
+        d.callback(self.successResultOf(append(lines)))
         self.successResultOf(second)
-        self.assertEqual(c.types(), ["stream.open", "run.queued", "run.started"])
+        self.successResultOf(third)
+        self.assertEqual(c.types(), ["stream.open", "run.queued", "run.started", "run.finished"])
 
     def test_stoppedBeforeStarted(self) -> None:
         """

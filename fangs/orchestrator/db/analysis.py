@@ -65,17 +65,17 @@ class AnalysisComponent:
         L{analyzeRun} for every tenant the run is linked to (owner first),
         in one transaction.
         """
+        return self._call(self._thd_analyzeRunTenants, runID, nowNs, credPaths)
 
-        def thd(conn: sqlite3.Connection) -> List[AnalysisOutcome]:
-            with _transaction(conn):
-                tenants = [r[0] for r in conn.execute(
-                    "SELECT rt.tenant FROM run_tenants rt JOIN runs ON runs.id = rt.run_id WHERE rt.run_id = ?"
-                    " ORDER BY CASE WHEN rt.tenant = runs.tenant THEN 0 ELSE 1 END, rt.tenant", (runID,))]
-                if not tenants:
-                    return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)]
-                return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, t) for t in tenants]
-
-        return self._call(thd)
+    def _thd_analyzeRunTenants(self, conn: sqlite3.Connection, runID: str, nowNs: int,
+                               credPaths: Sequence[str]) -> List[AnalysisOutcome]:
+        with _transaction(conn):
+            tenants = [r[0] for r in conn.execute(
+                "SELECT rt.tenant FROM run_tenants rt JOIN runs ON runs.id = rt.run_id WHERE rt.run_id = ?"
+                " ORDER BY CASE WHEN rt.tenant = runs.tenant THEN 0 ELSE 1 END, rt.tenant", (runID,))]
+            if not tenants:
+                return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)]
+            return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, t) for t in tenants]
 
     def _thd_analyzeRun(self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str],
                         tenant: Optional[str] = None) -> "AnalysisOutcome":

@@ -10,8 +10,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from twisted.internet.defer import Deferred
 
 from fangs.orchestrator import differ
-from fangs.orchestrator.db.model import EventRow, StoredEvent, IngestOutcome
+from fangs.orchestrator.db.model import BatchWrite, EventRow, IngestOutcome, StoredEvent
 from fangs.orchestrator.db.connector import _transaction
+
+
+#: Runs whose event counts L{EventsComponent.eventCounts} keeps.
+_COUNTS_KEPT = 256
 
 
 class EventsComponent:
@@ -36,39 +40,56 @@ class EventsComponent:
         resend safely.  Fingerprints are extracted here, batch by batch, so
         the verdict is ready as soon as the run ends.
         """
-        return self._call(self._thd_ingestBatch, runID, seq, rows, nowNs, deadlineNs, credPaths)
+        write = BatchWrite(runID, seq, rows, nowNs, deadlineNs, tuple(credPaths))
+        return self._call(self._thd_ingestBatches, [write]).addCallback(lambda outcomes: outcomes[0])
 
-    def _thd_ingestBatch(
-        self,
-        conn: sqlite3.Connection,
-        runID: str,
-        seq: int,
-        rows: Sequence[EventRow],
-        nowNs: int,
-        deadlineNs: int,
-        credPaths: Sequence[str] = (),
-    ) -> IngestOutcome:
+    def ingestBatches(self, writes: Sequence[BatchWrite]) -> "Deferred[List[IngestOutcome]]":
+        """
+        Store several batches (of any runs) in one transaction: what
+        L{ingestBatch} does for each, with one commit.  One outcome per
+        batch, in order; a failure stores none of them.
+        """
+        return self._call(self._thd_ingestBatches, list(writes))
+
+    def _thd_ingestBatches(self, conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> List[IngestOutcome]:
         with _transaction(conn):
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO batches (run_id, seq, events, received_ns) VALUES (?, ?, ?, ?)",
-                (runID, seq, len(rows), nowNs),
-            )
-            if cur.rowcount == 0:
-                return IngestOutcome(False, 0)
-            conn.executemany(
-                "INSERT INTO events (run_id, seq, idx, type, ts_ns, received_ns, pid, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(runID, r.seq, r.idx, r.type, r.ts_ns, nowNs, r.pid, r.data) for r in rows],
-            )
-            if rows:
-                # One writer, one transaction: the ids just assigned are
-                # consecutive and end at last_insert_rowid().
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-                fps = differ.FingerprintSet(credPaths or differ.DEFAULT_CRED_PATHS)
-                first = last - len(rows) + 1
-                for offset, r in enumerate(rows):
-                    if r.payload is not None:
-                        fps.add(first + offset, r.type, r.payload)
+            outcomes = []
+            fresh = []
+            for w in writes:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO batches (run_id, seq, events, received_ns) VALUES (?, ?, ?, ?)",
+                    (w.run_id, w.seq, len(w.rows), w.now_ns),
+                )
+                if cur.rowcount == 0:
+                    outcomes.append(IngestOutcome(False, 0))
+                    continue
+                outcomes.append(IngestOutcome(True, len(w.rows)))
+                fresh.append(w)
+            if not fresh:
+                return outcomes
+            events = [(w.run_id, r.seq, r.idx, r.type, r.ts_ns, w.now_ns, r.pid, r.data) for w in fresh for r in w.rows]
+            if events:
+                conn.executemany(
+                    "INSERT INTO events (run_id, seq, idx, type, ts_ns, received_ns, pid, data)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    events,
+                )
+                # One writer, one transaction, one statement: the ids just
+                # assigned are consecutive and end at last_insert_rowid().
+                eventID = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(events) + 1
+                sets: Dict[Tuple[str, Tuple[str, ...]], differ.FingerprintSet] = {}
+                for w in fresh:
+                    key = (w.run_id, tuple(w.cred_paths))
+                    fps = sets.get(key)
+                    if fps is None:
+                        fps = sets[key] = differ.FingerprintSet(w.cred_paths or differ.DEFAULT_CRED_PATHS)
+                    add = fps.add
+                    for r in w.rows:
+                        if r.payload is not None:
+                            add(eventID, r.type, r.payload)
+                        eventID += 1
+                # The rows of several batches merged in one set are what
+                # the upsert of each batch's rows would have summed.
                 conn.executemany(
                     "INSERT INTO run_fingerprints (run_id, category, value, count, first_event_id, cred, raw_ip)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -76,20 +97,18 @@ class EventsComponent:
                     " count = count + excluded.count,"
                     " first_event_id = MIN(first_event_id, excluded.first_event_id),"
                     " cred = MAX(cred, excluded.cred), raw_ip = MAX(raw_ip, excluded.raw_ip)",
-                    [
-                        (runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip))
-                        for f in fps.rows()
-                    ],
+                    [(runID,) + f for (runID, _), fps in sets.items() for f in fps.tuples()],
                 )
-            conn.execute(
-                "UPDATE runs SET events_received = events_received + ?,"
-                " batches_received = batches_received + 1, last_activity_ns = ?,"
-                " deadline_ns = MAX(COALESCE(deadline_ns, 0), ?),"
-                " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
-                " WHERE id = ?",
-                (len(rows), nowNs, deadlineNs, runID),
-            )
-            return IngestOutcome(True, len(rows))
+            for runID, (events_, batches, nowNs, deadlineNs) in _perRun(fresh).items():
+                conn.execute(
+                    "UPDATE runs SET events_received = events_received + ?,"
+                    " batches_received = batches_received + ?, last_activity_ns = ?,"
+                    " deadline_ns = MAX(COALESCE(deadline_ns, 0), ?),"
+                    " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
+                    " WHERE id = ?",
+                    (events_, batches, nowNs, deadlineNs, runID),
+                )
+            return outcomes
 
     def eventPage(
         self, runID: str, after: Tuple[int, int], limit: int, eventType: Optional[int] = None
@@ -120,15 +139,41 @@ class EventsComponent:
         args.append(limit)
         return [StoredEvent(*r) for r in conn.execute(sql, args)]
 
+    #: Whether L{eventCounts} may count only the events stored since its
+    #: last answer: event ids grow in commit order (one writer), and only
+    #: this store deletes events.  Not so where several writers share the
+    #: database (PostgreSQL).
+    _incrementalCounts = True
+
     def eventCounts(self, runID: str) -> "Deferred[Dict[int, int]]":
-        return self._call(
-            lambda conn: {
-                t: n
-                for t, n in conn.execute(
-                    "SELECT type, COUNT(*) FROM events WHERE run_id = ? GROUP BY type", (runID,)
-                )
-            }
-        )
+        """
+        The run's events by type.  A run page polled while its events
+        arrive (the dashboard, C{fangs run watch}) counts only the events
+        stored since the last poll, not the whole run again.
+        """
+        return self._call(self._thd_eventCounts, runID)
+
+    def _thd_eventCounts(self, conn: sqlite3.Connection, runID: str) -> Dict[int, int]:
+        if not self._incrementalCounts:
+            return {t: n for t, n in conn.execute(
+                "SELECT type, COUNT(*) FROM events WHERE run_id = ? GROUP BY type", (runID,))}
+        cache: Dict[str, Tuple[int, Dict[int, int]]] = self.__dict__.setdefault("_typeCounts", {})
+        known = cache.pop(runID, None)
+        if known is None:
+            last, counts = 0, {}
+            rows = conn.execute("SELECT type, COUNT(*), MAX(id) FROM events WHERE run_id = ? GROUP BY type", (runID,))
+        else:
+            last, counts = known[0], dict(known[1])
+            # "+run_id": walk the ids after the last answer, not the run's index.
+            rows = conn.execute(
+                "SELECT type, COUNT(*), MAX(id) FROM events WHERE id > ? AND +run_id = ? GROUP BY type", (last, runID))
+        for t, n, highest in rows:
+            counts[t] = counts.get(t, 0) + n
+            last = max(last, highest)
+        if len(cache) >= _COUNTS_KEPT:
+            del cache[next(iter(cache))]
+        cache[runID] = (last, counts)
+        return dict(counts)
 
     # -- retention --
     # Raw events older than the retention period go, in small batches (one
@@ -143,9 +188,22 @@ class EventsComponent:
         return self._call(self._thd_pruneEvents, cutoffNs, batch)
 
     def _thd_pruneEvents(self, conn: sqlite3.Connection, cutoffNs: int, batch: int) -> int:
+        self.__dict__.pop("_typeCounts", None)  # counts of pruned runs go down
         with _transaction(conn):
             return conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_ns < ?"
                 " AND NOT EXISTS (SELECT 1 FROM deviations d WHERE d.evidence_event_id = e.id) LIMIT ?)",
                 (cutoffNs, batch),
             ).rowcount
+
+
+def _perRun(writes: Sequence[BatchWrite]) -> Dict[str, Tuple[int, int, int, int]]:
+    """
+    Per run of the stored batches: events, batches, the latest arrival and
+    the furthest deadline (what one C{UPDATE runs} per batch would leave).
+    """
+    out: Dict[str, Tuple[int, int, int, int]] = {}
+    for w in writes:
+        events, batches, nowNs, deadlineNs = out.get(w.run_id, (0, 0, w.now_ns, w.deadline_ns))
+        out[w.run_id] = (events + len(w.rows), batches + 1, max(nowNs, w.now_ns), max(deadlineNs, w.deadline_ns))
+    return out

@@ -9,7 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import attrs
 
@@ -140,11 +140,12 @@ def _runRow(row: Sequence[Any]) -> RunRow:
     return RunRow(**values)
 
 
-@attrs.frozen
-class EventRow:
+class EventRow(NamedTuple):
     """
     One event as stored: C{data} is the payload's JSON text exactly as it
-    will be exported.
+    will be exported.  A named tuple, not an attrs class: one is built per
+    ingested event, and a frozen attrs instance costs several times more to
+    build.
     """
 
     seq: int
@@ -154,7 +155,7 @@ class EventRow:
     pid: int
     data: str
     #: The decoded payload, for fingerprint extraction (not stored as such).
-    payload: Any = attrs.field(default=None, eq=False, repr=False)
+    payload: Any = None
 
 
 @attrs.frozen
@@ -174,6 +175,22 @@ class StoredEvent:
 class IngestOutcome:
     inserted: bool  # False when the batch was a duplicate
     events: int
+
+
+@attrs.frozen
+class BatchWrite:
+    """
+    One batch to store (L{fangs.orchestrator.db.events.EventsComponent.ingestBatches}):
+    its events, when it arrived, how far it pushes the run's deadline, and
+    the cred paths its fingerprints are extracted with.
+    """
+
+    run_id: str
+    seq: int
+    rows: Sequence["EventRow"]
+    now_ns: int
+    deadline_ns: int
+    cred_paths: Sequence[str] = ()
 
 
 @attrs.frozen

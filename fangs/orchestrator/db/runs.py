@@ -205,13 +205,13 @@ class RunsComponent:
         return self._call(self._thd_confirmDispatch, runID, nowNs, deadlineNs)
 
     def _thd_confirmDispatch(self, conn: sqlite3.Connection, runID: str, nowNs: int, deadlineNs: int) -> bool:
-        with _transaction(conn):
-            cur = conn.execute(
-                "UPDATE runs SET state = 'dispatched', dispatched_ns = ?, last_activity_ns = ?,"
-                " deadline_ns = ? WHERE id = ? AND state = 'leased'",
-                (nowNs, nowNs, deadlineNs, runID),
-            )
-            return cur.rowcount == 1
+        # One conditional statement: atomic without a transaction of its own.
+        cur = conn.execute(
+            "UPDATE runs SET state = 'dispatched', dispatched_ns = ?, last_activity_ns = ?,"
+            " deadline_ns = ? WHERE id = ? AND state = 'leased'",
+            (nowNs, nowNs, deadlineNs, runID),
+        )
+        return cur.rowcount == 1
 
     def releaseLease(self, runID: str) -> "Deferred[bool]":
         """
@@ -354,28 +354,24 @@ class RunsComponent:
         lifecycle: Optional["ResultLifecycle"] = None,
     ) -> Tuple[RunRow, bool]:
         life = lifecycle or ResultLifecycle()
-        with _transaction(conn):
-            row = conn.execute(
-                "SELECT result_status, cancel_requested, state FROM runs WHERE id = ?", (runID,)
-            ).fetchone()
-            if row is None:
-                raise NotFound("run %s not found" % (runID,))
-            changed = row[0] is None and row[2] != CANCELLED
-            if changed:
-                state = CANCELLED if row[1] else RESULT_STATES[status]
-                conn.execute(
-                    "UPDATE runs SET state = ?, result_status = ?, failure_reason = ?,"
-                    " events_emitted = ?, events_dropped = ?, duration_ns = ?, finished_ns = ?"
-                    " WHERE id = ?",
-                    (state, status, reason, eventsEmitted, eventsDropped, durationNs, nowNs, runID),
-                )
-                conn.execute(
-                    "UPDATE runs SET install_exit_code = ?, install_finished_ns = ?, observation_ended_ns = ?,"
-                    " events_unresolved = ? WHERE id = ?",
-                    (life.install_exit_code, life.install_finished_ns, life.observation_ended_ns,
-                     life.events_unresolved, runID),
-                )
-            return _runRow(conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()), changed
+        # One statement, no explicit transaction: the first result wins by
+        # the UPDATE's own condition (atomic on either engine, and on
+        # PostgreSQL no SERIALIZABLE transaction for analyses of the same
+        # package to conflict with).
+        cur = conn.execute(
+            "UPDATE runs SET state = CASE WHEN cancel_requested = 1 THEN ? ELSE ? END, result_status = ?,"
+            " failure_reason = ?, events_emitted = ?, events_dropped = ?, duration_ns = ?, finished_ns = ?,"
+            " install_exit_code = ?, install_finished_ns = ?, observation_ended_ns = ?, events_unresolved = ?"
+            " WHERE id = ? AND result_status IS NULL AND state != ?",
+            (CANCELLED, RESULT_STATES[status], status, reason, eventsEmitted, eventsDropped, durationNs, nowNs,
+             life.install_exit_code, life.install_finished_ns, life.observation_ended_ns, life.events_unresolved,
+             runID, CANCELLED),
+        )
+        changed = cur.rowcount == 1
+        row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+        if row is None:
+            raise NotFound("run %s not found" % (runID,))
+        return _runRow(row), changed
 
     # -- listing ---------------------------------------------------------------
 

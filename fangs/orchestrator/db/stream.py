@@ -16,7 +16,7 @@ C{_call(f, *args)}.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import attrs
 
@@ -71,19 +71,28 @@ class SQLiteStreamStorage:
         """
         Append one line. @return: a Deferred firing with its cursor.
         """
-        return self._call(self._thd_appendStream, tsNs, tenant, runID, type, body)  # type: ignore[attr-defined]
+        return self.appendStreamLines([(tsNs, tenant, runID, type, body)]).addCallback(lambda cursors: cursors[0])
 
-    def _thd_appendStream(self, conn: Any, tsNs: int, tenant: str, runID: str, type: str, body: str) -> int:
+    def appendStreamLines(self, lines: Sequence[Tuple[int, str, str, str, str]]) -> Any:
+        """
+        Append C{(ts_ns, tenant, run_id, type, body)} lines in one
+        transaction, in order. @return: a Deferred firing with their cursors.
+        """
+        return self._call(self._thd_appendStreamLines, list(lines))  # type: ignore[attr-defined]
+
+    def _thd_appendStreamLines(self, conn: Any, lines: Sequence[Tuple[int, str, str, str, str]]) -> List[int]:
         from fangs.orchestrator.store import _transaction
 
+        cursors = []
         with _transaction(conn):
-            cursor = conn.execute(
-                "INSERT INTO run_stream (ts_ns, tenant, run_id, type, body) VALUES (?, ?, ?, ?, ?)",
-                (tsNs, tenant, runID, type, body),
-            ).lastrowid
-            if cursor % TRIM_EVERY == 0:
-                conn.execute("DELETE FROM run_stream WHERE cursor <= ?", (cursor - HISTORY,))
-            return int(cursor)
+            for line in lines:
+                cursor = conn.execute(
+                    "INSERT INTO run_stream (ts_ns, tenant, run_id, type, body) VALUES (?, ?, ?, ?, ?)", line
+                ).lastrowid
+                if cursor % TRIM_EVERY == 0:
+                    conn.execute("DELETE FROM run_stream WHERE cursor <= ?", (cursor - HISTORY,))
+                cursors.append(int(cursor))
+        return cursors
 
     def streamSince(self, cursor: int, limit: int = 1000) -> Any:
         """
@@ -111,20 +120,27 @@ class SQLiteStreamStorage:
 
 
 class PostgresStreamStorage(SQLiteStreamStorage):
-    def _thd_appendStream(self, conn: Any, tsNs: int, tenant: str, runID: str, type: str, body: str) -> int:
+    def _thd_appendStreamLines(self, conn: Any, lines: Sequence[Tuple[int, str, str, str, str]]) -> List[int]:
         from fangs.orchestrator.pgstore import _begin
 
+        if not lines:
+            return []
         with _begin(conn) as raw:
-            # The counter row's lock is held until COMMIT: cursors commit in order.
-            (cursor,) = raw.execute("UPDATE run_stream_head SET cursor = cursor + 1 RETURNING cursor").fetchone()
-            raw.execute(
+            # The counter row's lock is held until COMMIT, so cursors commit
+            # in order; all of an orchestrator's waiting lines take it once.
+            (last,) = raw.execute(
+                "UPDATE run_stream_head SET cursor = cursor + %s RETURNING cursor", (len(lines),)
+            ).fetchone()
+            cursors = list(range(int(last) - len(lines) + 1, int(last) + 1))
+            raw.cursor().executemany(
                 "INSERT INTO run_stream (" + _COLUMNS + ") VALUES (%s, %s, %s, %s, %s, %s)",
-                (cursor, tsNs, tenant, runID, type, body),
+                [(cursor,) + tuple(line) for cursor, line in zip(cursors, lines)],
             )
-            if cursor % TRIM_EVERY == 0:
-                raw.execute("DELETE FROM run_stream WHERE cursor <= %s", (cursor - HISTORY,))
-            raw.execute("SELECT pg_notify(%s, %s)", (STREAM_CHANNEL, str(cursor)))
-            return int(cursor)
+            trim = [c for c in cursors if c % TRIM_EVERY == 0]
+            if trim:
+                raw.execute("DELETE FROM run_stream WHERE cursor <= %s", (trim[-1] - HISTORY,))
+            raw.execute("SELECT pg_notify(%s, %s)", (STREAM_CHANNEL, str(cursors[-1])))
+            return cursors
 
     def _thd_streamSince(self, conn: Any, cursor: int, limit: int) -> List[StreamRow]:
         rows = conn.raw.execute(

@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.trial.unittest import TestCase
 
 from fangs.orchestrator import store as S
 from fangs.orchestrator.pgstore import CHECKED, PostgresStore, translate
-from tests.orchestrator.test_store_contract import StoreContract, coro, newRun
+from tests.orchestrator.test_review import BENIGN
+from tests.orchestrator.test_store_contract import SEC, T0, StoreContract, coro, newRun, rows
 
 
 class PostgresContractTests(StoreContract, TestCase):
@@ -91,3 +92,35 @@ class PostgresContractTests(StoreContract, TestCase):
         claims = [(a if i % 2 else b).claimJob("w%d" % (i % 5)) for i in range(80)]
         got = [lease[0] for ok, lease in await DeferredList(claims, fireOnOneErrback=True) if lease is not None]
         self.assertEqual(sorted(got), ["m%02d" % i for i in range(60)])
+
+    @coro
+    async def test_analysesOfOnePackageDoNotConflict(self) -> None:
+        """
+        Runs of one package finishing together on two stores (two
+        orchestrators): their analyses read each other's rows, so under
+        SERIALIZABLE they used to conflict and be thrown away and retried;
+        they queue per package now, results are single statements, and no
+        transaction is thrown away.  Every run gets its verdict.
+        """
+        from tests import pg
+
+        dsn = pg.freshDatabase(self)
+        a = PostgresStore(dsn, reactor, listen=False)
+        b = PostgresStore(dsn, reactor, listen=False)
+        for st in (a, b):
+            await st.start()
+            self.addCleanup(st.stop)
+        ids = ["c%02d" % i for i in range(16)]
+        for i, runID in enumerate(ids):
+            st = a if i % 2 else b
+            await st.createRun(newRun(runID, package="same-pkg"))
+            await st.claimJob("w")
+            await st.confirmDispatch(runID, T0, T0 + 100 * SEC)
+            await st.ingestBatch(runID, 1, rows(runID, 1, BENIGN), T0 + 1, T0 + 100 * SEC)
+
+        results = [(a if i % 2 else b).recordResult(runID, "ok", "", len(BENIGN), 0, SEC, T0 + 2) for i, runID in enumerate(ids)]
+        await gatherResults(results)
+        outcomes = await gatherResults([(a if i % 2 else b).analyzeRun(runID, T0 + 3) for i, runID in enumerate(ids)])
+        self.assertEqual(sorted(o.run_id for o in outcomes), ids)
+        self.assertTrue(all(o.verdict for o in outcomes))
+        self.assertEqual(a.serializationRetries + b.serializationRetries, 0)
