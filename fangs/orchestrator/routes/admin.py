@@ -1,0 +1,139 @@
+"""
+Administration: health and readiness, tokens, the audit trail, metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from fangs import wire
+from fangs.errors import BadRequest, NotFoundError
+from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, Caller, TenantForbidden, operator, public
+from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
+from fangs.orchestrator.views import nsToTimestamp
+from fangs.tenants import ALL_TENANTS, TenantError, checkTenant
+
+log = Logger()
+
+
+class AdminRoutes(Routes):
+    @route("/v1/health", public(), methods=["GET"])
+    def health(self, request: IRequest, caller: Caller) -> bytes:
+        return self._json(
+            request,
+            wire.HealthResponse(status="ok", orchestrator_id=self.core.orchestratorID, version=self.core.version),
+        )
+
+    @route("/v1/admin/health", operator(SCOPE_READ), methods=["GET"])
+    async def adminHealth(self, request: IRequest, caller: Caller) -> bytes:
+        """
+        Readiness: the database answers, and what waits: queue depth (per
+        tenant), runners, open long polls and stream subscribers.  503 when
+        the database does not answer.
+        """
+        clock = self.core.clock
+        started = clock.seconds()
+        try:
+            depth = await self.core.store.queueDepth()
+            byTenant = await self.core.store.queueDepthByTenant()
+            if caller.selected is not None:
+                byTenant = {caller.selected: byTenant.get(caller.selected, 0)}
+                depth = byTenant[caller.selected]
+            db = {"backend": getattr(self.core.store, "backend", "?"), "ok": True,
+                  "latency_ms": round((clock.seconds() - started) * 1000, 1)}
+        except Exception as e:
+            log.warn("admin health: the database did not answer ({error})", error=str(e))
+            depth, byTenant, db = None, {}, {"backend": getattr(self.core.store, "backend", "?"), "ok": False, "error": type(e).__name__}
+        runners = self.core.registry.all()
+        body = {
+            "status": "ok" if db["ok"] else "unavailable",
+            "orchestrator_id": self.core.orchestratorID,
+            "version": self.core.version,
+            "database": db,
+            # A queued run shared by several tenants counts for each.
+            "queue": {"depth": depth, "by_tenant": byTenant},
+            "runners": {"registered": len(runners), "busy": sum(1 for r in runners if r.active_run_ids or r.active_run_id)},
+            "long_polls_waiting": self.core.dispatcher.waiterCount(),
+            # A tenant's view counts its own tenant's subscribers only.
+            "stream_subscribers": (0 if self.stream is None else len(self.stream.subscribers) if caller.selected is None
+                                   else sum(1 for sub in self.stream.subscribers if sub.filter.tenant == caller.selected)),
+        }
+        return self._json(request, body, 200 if db["ok"] else 503)
+
+    # -- tokens (admin) --
+
+    @route(["/v1/tokens", "/v1/admin/tokens"], operator(SCOPE_ADMIN), methods=["GET"])
+    async def listTokens(self, request: IRequest, caller: Caller) -> bytes:
+        tokens = await self.core.store.listTokens(tenant=caller.selected)
+        for t in tokens:
+            t["scopes"] = t["scopes"].split()
+            t["created_at"] = nsToTimestamp(t.pop("created_ns"))
+            t["revoked_at"] = nsToTimestamp(t.pop("revoked_ns"))
+        return self._json(request, {"tokens": tokens})
+
+    @route(["/v1/tokens", "/v1/admin/tokens"], operator(SCOPE_ADMIN), methods=["POST"])
+    async def createToken(self, request: IRequest, caller: Caller) -> bytes:
+        body = jsonObject(request)
+        name = stringField(body, "name")
+        scopes = body.get("scopes")
+        if not isinstance(scopes, list) or not scopes or not all(isinstance(x, str) for x in scopes):
+            raise BadRequest("scopes must be a non-empty array of strings")
+        tenant = self._tokenTenant(caller, body.get("tenant"), scopes)
+        created = await self.core.createToken(name, scopes, actorOf(request), tenant)
+        return self._json(request, created, 201)
+
+    def _tokenTenant(self, caller: Caller, asked: Any, scopes: List[str]) -> str:
+        """
+        The tenant of a token C{caller} mints: the one asked for (C{*}: all
+        tenants), else the tenant the caller acts on.  A tenant's admin mints
+        tokens of its own tenant only; runners serve every tenant, so runner
+        tokens come from all-tenant admins.
+        """
+        if asked is not None:
+            try:
+                asked = checkTenant(asked, allowAll=True)
+            except TenantError as e:
+                raise BadRequest("tenant: %s" % (e,)) from None
+        if "runner" in scopes:
+            if not caller.allTenants:
+                raise TenantForbidden("runner tokens serve every tenant: only an admin of all tenants creates them")
+            return ALL_TENANTS
+        tenant = asked if asked is not None else caller.tenant
+        if not caller.allTenants and tenant != caller.principal.tenant:
+            raise TenantForbidden("this credential belongs to tenant %r; it cannot create tokens of %r"
+                                  % (caller.principal.tenant, tenant))
+        return tenant
+
+    @route(["/v1/tokens/<tokenID>", "/v1/admin/tokens/<tokenID>"], operator(SCOPE_ADMIN), methods=["DELETE"])
+    async def revokeToken(self, request: IRequest, caller: Caller, tokenID: str) -> bytes:
+        if not await self.core.store.revokeToken(tokenID, actorOf(request), self.core.nowNs(), tenant=caller.selected):
+            raise NotFoundError("token %s not found or already revoked" % (tokenID,))
+        return self._json(request, {"id": tokenID, "revoked": True})
+
+    @route("/v1/audit", operator(SCOPE_ADMIN), methods=["GET"])
+    async def audit(self, request: IRequest, caller: Caller) -> bytes:
+        """
+        The tenant's audit trail, newest first: C{target=} (such as
+        C{run:<id>}, C{package:<name>}, C{token:<id>}) for one object's.
+        """
+        raw = queryArg(request, "limit") or "100"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        target = queryArg(request, "target")
+        if target is not None and not 1 <= len(target) <= 300:
+            raise BadRequest("target must be 1-300 characters")
+        rows = await self.core.store.auditLog(caller.tenant, int(raw), target)
+        for r in rows:
+            r["at"] = nsToTimestamp(r.pop("at_ns"))
+        return self._json(request, {"tenant": caller.tenant, "entries": rows})
+
+    @route(["/metrics", "/v1/metrics"], operator(SCOPE_READ), methods=["GET"])
+    async def metrics(self, request: IRequest, caller: Caller) -> bytes:
+        from fangs.orchestrator.metrics import CONTENT_TYPE
+
+        body = await self.core.metrics.render(self.core.store, tenant=caller.selected)
+        request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
+        return body

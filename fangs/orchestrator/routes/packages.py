@@ -1,0 +1,84 @@
+"""
+Watched packages, the releases the watcher recorded, and baselines.
+"""
+
+from __future__ import annotations
+
+
+
+from twisted.web.iweb import IRequest
+
+from fangs import npm
+from fangs.errors import BadRequest, NotFoundError
+from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, operator
+from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
+from fangs.orchestrator.views import nsToTimestamp, packageJSON
+
+
+class PackageRoutes(Routes):
+    @route("/v1/packages", operator(SCOPE_READ), methods=["GET"])
+    async def packages(self, request: IRequest, caller: Caller) -> bytes:
+        return self._json(request, {"packages": [packageJSON(p) for p in await self.core.store.listPackages(tenant=caller.tenant)]})
+
+    @route("/v1/packages", operator(SCOPE_WRITE), methods=["POST"])
+    async def addPackage(self, request: IRequest, caller: Caller) -> bytes:
+        body = jsonObject(request)
+        name = stringField(body, "name")
+        added = await self.core.addPackage(name, actorOf(request), caller.tenant)
+        package = await self.core.store.getPackage(name, tenant=caller.tenant)
+        return self._json(request, dict(packageJSON(package), added=added), 201 if added else 200)
+
+    @route("/v1/packages/<path:rest>", operator({"GET": SCOPE_READ, "HEAD": SCOPE_READ, "DELETE": SCOPE_WRITE}), methods=["GET", "DELETE"])
+    async def package(self, request: IRequest, caller: Caller, rest: str) -> bytes:
+        if rest.endswith("/releases"):
+            return await self.packageReleases(request, caller, rest[: -len("/releases")])
+        baseline = rest.endswith("/baseline")
+        name = rest[: -len("/baseline")] if baseline else rest
+        try:
+            npm.checkPackageName(name)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        if request.method == b"DELETE":
+            if baseline:
+                if await self.core.store.getPackage(name, tenant=caller.tenant) is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
+                    raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
+                raise BadRequest("a baseline is changed by promoting or rejecting runs, not deleted")
+            await self.core.removePackage(name, actorOf(request), caller.tenant)
+            return self._json(request, {"name": name, "removed": True})
+        package = await self.core.store.getPackage(name, tenant=caller.tenant)
+        if baseline:
+            if package is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
+                raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
+            rows = await self.core.store.baselineFor(name, tenant=caller.tenant)
+            return self._json(request, {"package_name": name, "fingerprints": rows})
+        if package is None:
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        return self._json(request, packageJSON(package))
+
+    # -- watcher and releases --
+
+    async def packageReleases(self, request: IRequest, caller: Caller, name: str) -> bytes:
+        """
+        C{GET /v1/packages/<name>/releases?limit=N}: the versions the watcher
+        recorded, newest first, with whether and as which run each was
+        queued.
+        """
+        try:
+            npm.checkPackageName(name)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        status = await self.core.store.watchStatus(name, tenant=caller.tenant)
+        if status is None:
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        if request.method != b"GET":
+            raise BadRequest("releases are recorded by the watcher; only GET is allowed")
+        raw = queryArg(request, "limit") or "50"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        rows = await self.core.store.listReleases(name, int(raw), tenant=caller.tenant)
+        for r in rows:
+            for key in ("published_ns", "discovered_ns", "queued_ns"):
+                r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
+        for key in ("last_checked_ns", "next_check_ns"):
+            status[key.replace("_ns", "_at")] = nsToTimestamp(status.pop(key))
+        return self._json(request, dict(status, package_name=name, releases=rows))
