@@ -46,6 +46,7 @@ from fangs.orchestrator.routes.packages import PackageRoutes
 from fangs.orchestrator.routes.review import ReviewRoutes
 from fangs.orchestrator.routes.runners import RunnerRoutes
 from fangs.orchestrator.routes.runs import RunRoutes
+from fangs.orchestrator.views import Views
 
 log = Logger()
 
@@ -253,6 +254,7 @@ class OrchestratorAPI(*AREAS):
         self.policy = policy or BrowserPolicy()
         #: The L{fangs.orchestrator.stream.RunStream} of C{/v1/runs/stream}, or None.
         self.stream = stream
+        self.views = Views(core.store, core.registry, core.dispatcher, core.clock)
 
     async def _runnerOfRun(self, runID: str) -> Optional[str]:
         """

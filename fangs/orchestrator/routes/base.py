@@ -61,6 +61,8 @@ class Routes:
 
     core: Any
     auth: Any
+    #: The read side (L{fangs.orchestrator.views.Views}).
+    views: Any
     policy: Any
     stream: Any
 

@@ -6,27 +6,28 @@ from __future__ import annotations
 
 
 
+import attrs
 from twisted.web.iweb import IRequest
 
 from fangs import npm
 from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, operator
 from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
-from fangs.orchestrator.views import nsToTimestamp, packageJSON
+from fangs.orchestrator.views import PackageAdded, PackageView, nsToTimestamp
 
 
 class PackageRoutes(Routes):
     @route("/v1/packages", operator(SCOPE_READ), methods=["GET"])
     async def packages(self, request: IRequest, caller: Caller) -> bytes:
-        return self._json(request, {"packages": [packageJSON(p) for p in await self.core.store.listPackages(tenant=caller.tenant)]})
+        return self._json(request, await self.views.packages(caller.tenant))
 
     @route("/v1/packages", operator(SCOPE_WRITE), methods=["POST"])
     async def addPackage(self, request: IRequest, caller: Caller) -> bytes:
         body = jsonObject(request)
         name = stringField(body, "name")
         added = await self.core.addPackage(name, actorOf(request), caller.tenant)
-        package = await self.core.store.getPackage(name, tenant=caller.tenant)
-        return self._json(request, dict(packageJSON(package), added=added), 201 if added else 200)
+        package = await self.views.package(name, caller.tenant)
+        return self._json(request, PackageAdded(**attrs.asdict(package, recurse=False), added=added), 201 if added else 200)
 
     @route("/v1/packages/<path:rest>", operator({"GET": SCOPE_READ, "HEAD": SCOPE_READ, "DELETE": SCOPE_WRITE}), methods=["GET", "DELETE"])
     async def package(self, request: IRequest, caller: Caller, rest: str) -> bytes:
@@ -53,7 +54,7 @@ class PackageRoutes(Routes):
             return self._json(request, {"package_name": name, "fingerprints": rows})
         if package is None:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
-        return self._json(request, packageJSON(package))
+        return self._json(request, PackageView.of(package))
 
     # -- watcher and releases --
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from twisted.web.iweb import IRequest
 
-from fangs.errors import BadRequest, NotFoundError
+from fangs.errors import BadRequest
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, operator
 from fangs.orchestrator.routes.base import _RUN_ID, Routes, actorOf, pageSize, queryArg, route, runIDFromPath, timeArg
-from fangs.orchestrator.views import runJSON, deviationJSON, eventJSON
 
 
 class ReviewRoutes(Routes):
@@ -32,16 +31,11 @@ class ReviewRoutes(Routes):
 
     async def _decide(self, request: IRequest, caller: Caller, runID: str, decision: str) -> bytes:
         outcome = await self.core.decide(runIDFromPath(runID), decision, actorOf(request), caller.tenant)
-        run = await self.core.requireRun(outcome.run_id, caller.tenant)
-        return self._json(request, runJSON(run))
+        return self._json(request, await self.views.run(outcome.run_id, caller.tenant))
 
     @route("/v1/pending", operator(SCOPE_READ), methods=["GET"])
     async def pending(self, request: IRequest, caller: Caller) -> bytes:
-        try:
-            page = await self.core.store.pendingRuns(pageSize(request), queryArg(request, "page_token"), tenant=caller.tenant)
-        except S.BadPageToken as e:
-            raise BadRequest(str(e)) from None
-        return self._json(request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""})
+        return self._json(request, await self.views.pending(pageSize(request), queryArg(request, "page_token"), caller.tenant))
 
     @route("/v1/deviations", operator(SCOPE_READ), methods=["GET"])
     async def deviations(self, request: IRequest, caller: Caller) -> bytes:
@@ -62,22 +56,10 @@ class ReviewRoutes(Routes):
             since_ns=timeArg(request, "since"),
             tenant=caller.tenant,
         )
-        try:
-            page = await self.core.store.listDeviations(flt, pageSize(request), queryArg(request, "page_token"))
-        except S.BadPageToken as e:
-            raise BadRequest(str(e)) from None
-        return self._json(
-            request, {"deviations": [deviationJSON(d) for d in page.items], "next_page_token": page.next_token or ""}
-        )
+        return self._json(request, await self.views.deviations(flt, pageSize(request), queryArg(request, "page_token")))
 
     @route("/v1/deviations/<deviationID>", operator(SCOPE_READ), methods=["GET"])
     async def deviation(self, request: IRequest, caller: Caller, deviationID: str) -> bytes:
         if not _RUN_ID.match(deviationID):
             raise BadRequest("deviation id must be 32 lower-case hex characters")
-        found = await self.core.store.getDeviation(deviationID, tenant=caller.tenant)
-        if found is None:
-            raise NotFoundError("deviation %s not found" % (deviationID,))
-        dev, event = found
-        body = deviationJSON(dev)
-        body["evidence_event"] = eventJSON(event) if event is not None else None
-        return self._json(request, body)
+        return self._json(request, await self.views.deviation(deviationID, caller.tenant))

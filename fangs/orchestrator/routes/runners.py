@@ -5,7 +5,7 @@ sends back about its runs (the events ingest and the result).
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -16,24 +16,10 @@ from fangs import wire
 from fangs.errors import PayloadTooLarge
 from fangs.orchestrator.auth import SCOPE_READ, Caller, operator, runner, runnerOfRun
 from fangs.orchestrator.routes.base import JSON, Routes, loadsBody, ndjsonLines, readBody, route, runIDFromPath
-from fangs.orchestrator.views import nsToTimestamp
 log = Logger()
 
 
 class RunnerRoutes(Routes):
-    async def _visibleRuns(self, caller: Caller, runIDs: Any) -> List[str]:
-        """
-        The runs of C{runIDs} C{caller} may know of: all for an all-tenant
-        view, else its tenant's (a runner's other runs are other tenants').
-        """
-        if caller.selected is None:
-            return list(runIDs)
-        return [r for r in runIDs if await self.core.store.getRun(r, tenant=caller.selected) is not None]
-
-    @staticmethod
-    def _depthFor(caller: Caller, byTenant: Dict[str, int]) -> int:
-        return sum(byTenant.values()) if caller.selected is None else byTenant.get(caller.selected, 0)
-
     @route("/v1/runners/register", runner(), methods=["POST"])
     async def register(self, request: IRequest, caller: Caller) -> bytes:
         reg = loadsBody(request, wire.RunnerRegistration)
@@ -42,29 +28,7 @@ class RunnerRoutes(Routes):
 
     @route("/v1/runners", operator(SCOPE_READ), methods=["GET"])
     async def runners(self, request: IRequest, caller: Caller) -> bytes:
-        now = self.core.clock.seconds()
-        return self._json(
-            request,
-            {
-                "runners": [
-                    {
-                        "runner_id": r.runner_id,
-                        "hostname": r.registration.hostname,
-                        "kernel_version": r.registration.kernel_version,
-                        "capabilities": r.registration.capabilities,
-                        "status": r.status or "idle",
-                        "active_run_ids": await self._visibleRuns(caller, r.active_run_ids),
-                        "events_queued": r.events_queued,
-                        "registered_at": nsToTimestamp(int(r.registered_at * 1e9)),
-                        "last_seen_at": nsToTimestamp(int(r.last_seen * 1e9)),
-                        "last_seen_seconds_ago": round(now - r.last_seen, 1),
-                    }
-                    for r in self.core.registry.all()
-                ],
-                "queue_depth": self._depthFor(caller, await self.core.store.queueDepthByTenant()),
-                "long_polls_waiting": self.core.dispatcher.waiterCount(),
-            },
-        )
+        return self._json(request, await self.views.runners(caller.selected))
 
     @route("/v1/runners/<runnerID>/heartbeat", runner("runnerID"), methods=["POST"])
     async def heartbeat(self, request: IRequest, caller: Caller, runnerID: str) -> bytes:

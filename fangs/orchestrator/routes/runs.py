@@ -6,18 +6,17 @@ artifacts and events, the live run stream, cancelling.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any
 
-from twisted.web.iweb import IRequest
 import attrs
+from twisted.web.iweb import IRequest
 
 from fangs import npm, wire
 from fangs.errors import BadRequest, Forbidden, Gone, NotFoundError
 from fangs.orchestrator import store as S
 from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, TenantForbidden, callerKey, operator
 from fangs.orchestrator.routes.base import EXPORT_PAGE, NDJSON, _SHA512, Routes, loadsBody, pageSize, queryArg, readBody, route, runIDFromPath, timeArg
-from fangs.orchestrator.views import nsToTimestamp, runJSON, artifactJSON, deviationJSON, _eventLine
+from fangs.orchestrator.views import eventLine, nsToTimestamp
 from fangs.tenants import DEFAULT_TENANT, TenantError, checkTenant
 
 
@@ -94,13 +93,7 @@ class RunRoutes(Routes):
             until_ns=timeArg(request, "until"),
             tenant=caller.tenant,
         )
-        try:
-            page = await self.core.store.listRuns(flt, pageSize(request), queryArg(request, "page_token"))
-        except S.BadPageToken as e:
-            raise BadRequest(str(e)) from None
-        return self._json(
-            request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""}
-        )
+        return self._json(request, await self.views.runs(flt, pageSize(request), queryArg(request, "page_token")))
 
     @route("/v1/runs/stream", operator(SCOPE_READ), methods=["GET"])
     async def runStream(self, request: IRequest, caller: Caller) -> Any:
@@ -133,19 +126,7 @@ class RunRoutes(Routes):
 
     @route("/v1/runs/<runID>", operator(SCOPE_READ), methods=["GET"])
     async def getRun(self, request: IRequest, caller: Caller, runID: str) -> bytes:
-        run = await self.core.requireRun(runIDFromPath(runID), caller.tenant)
-        counts = await self.core.store.eventCounts(run.id)
-        body = runJSON(run)
-        body["job"] = json.loads(run.job)
-        body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
-        found = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id, tenant=caller.tenant)]
-        # On a clean run the stored findings are all low: notes, not deviations.
-        body["deviations"] = [] if run.verdict == "clean" else found
-        body["notes"] = found if run.verdict == "clean" else []
-        body["manifest_deltas"] = [d for d in found if d["actor"] == "registry"]
-        body["analysis_reason"] = run.analysis_reason
-        body["artifact"] = artifactJSON(await self.core.store.artifactFor(run.id))
-        return self._json(request, body)
+        return self._json(request, await self.views.runDetail(runIDFromPath(runID), caller.tenant))
 
     @route("/v1/artifacts/<sha512>", operator(SCOPE_READ), methods=["GET"])
     async def getArtifact(self, request: IRequest, caller: Caller, sha512: str) -> bytes:
@@ -182,7 +163,7 @@ class RunRoutes(Routes):
             page = await self.core.store.eventPage(run.id, after, EXPORT_PAGE, eventType)
             if not page:
                 break
-            request.write(b"".join(_eventLine(e) for e in page))
+            request.write(b"".join(eventLine(e) for e in page))
             after = (page[-1].seq, page[-1].idx)
             if len(page) < EXPORT_PAGE:
                 break

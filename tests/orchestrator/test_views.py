@@ -1,0 +1,131 @@
+"""
+The read-side views render exactly the JSON the API has always sent: the
+same keys, in the same order, with the same values.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, List
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from fangs import wire
+from fangs.orchestrator import store as S
+from fangs.orchestrator import views as V
+
+NS = 1_779_000_000_123_456_789
+
+
+def keys(value: Any) -> List[str]:
+    return [key for key, _ in json.loads(wire.dumps(value), object_pairs_hook=lambda pairs: pairs)]
+
+
+def rendered(value: Any) -> Any:
+    return json.loads(wire.dumps(value))
+
+
+def aRun(**kw: Any) -> S.RunRow:
+    values = dict(
+        id="ab" * 16, package_name="left-pad", version="1.3.0", kind="sandbox_scan", state="finished",
+        target_runner=None, runner_id="r1", job=json.dumps({"package_name": "left-pad", "duration": 5}),
+        created_ns=NS, dispatched_ns=NS + 1, last_activity_ns=None, deadline_ns=None, finished_ns=None,
+        cancel_requested=False, result_status="ok", failure_reason="", events_emitted=3, events_dropped=0,
+        duration_ns=7, events_received=3, batches_received=1, verdict="deviations", decision=None,
+        analyzed_ns=NS + 2, deviation_count=1, max_severity="high", install_exit_code=0, tenant="acme",
+    )
+    values.update(kw)
+    return S.RunRow(**values)
+
+
+def aDeviation(**kw: Any) -> S.DeviationRow:
+    values = dict(
+        id="cd" * 16, run_id="ab" * 16, package_name="left-pad", category="net_connect", value="127.0.0.1:9",
+        severity="high", severity_rank=3, reason="new", evidence_event_id=4, count=2, detected_ns=NS,
+        actor="script", detail=json.dumps({"label": "script:left-pad@1.3.0:postinstall", "pid": 7}),
+    )
+    values.update(kw)
+    return S.DeviationRow(**values)
+
+
+class RunViewTests(SynchronousTestCase):
+    def test_keysAndValues(self) -> None:
+        body = rendered(V.RunView.of(aRun()))
+        self.assertEqual(
+            keys(V.RunView.of(aRun())),
+            ["run_id", "package_name", "version", "kind", "state", "verdict", "target_runner", "runner_id",
+             "created_at", "dispatched_at", "finished_at", "result_status", "failure_reason", "cancel_requested",
+             "events_emitted", "events_dropped", "events_received", "batches_received", "duration", "decision",
+             "deviation_count", "max_severity", "analyzed_at", "install_exit_code", "install_finished_at",
+             "observation_ended_at", "events_unresolved", "tenant"],
+        )
+        self.assertEqual(body["run_id"], "ab" * 16)
+        self.assertEqual(body["created_at"], wire.formatTimestamp(wire.timestampFromNs(NS)))
+        self.assertIsNone(body["finished_at"])  # absent times are null, not left out
+        self.assertIsNone(body["target_runner"])
+        self.assertEqual(body["duration"], 7)
+        self.assertEqual(body["tenant"], "acme")
+
+    def test_page(self) -> None:
+        page = V.RunsPage.of(S.Page([aRun()], None))
+        self.assertEqual(keys(page), ["runs", "next_page_token"])
+        self.assertEqual(rendered(page)["next_page_token"], "")
+
+    def test_detail(self) -> None:
+        registry = aDeviation(id="ef" * 16, actor="registry", detail="{}")
+        detail = V.RunDetail.build(aRun(), {2: 1, 1: 4}, [aDeviation(), registry], None)
+        body = rendered(detail)
+        self.assertEqual(keys(detail)[-8:], ["tenant", "job", "event_counts", "deviations", "notes",
+                                             "manifest_deltas", "analysis_reason", "artifact"])
+        self.assertEqual(body["job"], {"package_name": "left-pad", "duration": 5})
+        self.assertEqual(list(body["event_counts"]), [wire.EVENT_TYPE_NAMES[1], wire.EVENT_TYPE_NAMES[2]])
+        self.assertEqual([d["id"] for d in body["deviations"]], ["cd" * 16, "ef" * 16])
+        self.assertEqual(body["notes"], [])
+        self.assertEqual([d["actor"] for d in body["manifest_deltas"]], ["registry"])
+        self.assertIsNone(body["artifact"])
+
+    def test_cleanRunHasNotes(self) -> None:
+        body = rendered(V.RunDetail.build(aRun(verdict="clean"), {}, [aDeviation(severity="low")], None))
+        self.assertEqual(body["deviations"], [])
+        self.assertEqual(len(body["notes"]), 1)
+
+
+class DeviationViewTests(SynchronousTestCase):
+    def test_keysAndActor(self) -> None:
+        view = V.DeviationView.of(aDeviation())
+        self.assertEqual(keys(view), ["id", "run_id", "package_name", "category", "value", "severity", "reason",
+                                      "evidence_event_id", "count", "detected_at", "actor", "actor_detail"])
+        body = rendered(view)
+        self.assertEqual(body["actor"], "script:left-pad@1.3.0:postinstall")
+        self.assertEqual(body["actor_detail"], {"label": "script:left-pad@1.3.0:postinstall", "pid": 7})
+        self.assertEqual(rendered(V.DeviationView.of(aDeviation(actor="")))["actor"], "")
+
+    def test_detailWithEvidence(self) -> None:
+        event = S.StoredEvent(4, "ab" * 16, 1, 0, 2, NS, NS, 7, json.dumps({"DestPort": 9}))
+        detail = V.DeviationDetail(**V.DeviationView.fields(aDeviation()), evidence_event=V.EventView.of(event))
+        body = rendered(detail)
+        self.assertEqual(keys(detail)[-1], "evidence_event")
+        self.assertEqual(body["evidence_event"]["payload"], {"DestPort": 9})
+        self.assertEqual(body["evidence_event"]["type_name"], wire.EVENT_TYPE_NAMES[2])
+        self.assertEqual(list(body["evidence_event"]),
+                         ["id", "run_id", "seq", "idx", "type", "type_name", "received_at", "payload"])
+
+
+class PackageViewTests(SynchronousTestCase):
+    row = {"name": "left-pad", "added_ns": NS, "last_checked_ns": None, "last_seen_version": "1.3.0",
+           "runs": 2, "baseline_runs": 1, "pending_runs": 1, "baseline_fingerprints": 5}
+
+    def test_keysAsTheStoreDictRenamed(self) -> None:
+        view = V.PackageView.of(self.row)
+        self.assertEqual(keys(view), ["name", "last_seen_version", "runs", "baseline_runs", "pending_runs",
+                                      "baseline_fingerprints", "added_at", "last_checked_at"])
+        body = rendered(view)
+        self.assertIsNone(body["last_checked_at"])
+        self.assertEqual(body["baseline_fingerprints"], 5)
+
+    def test_added(self) -> None:
+        import attrs
+
+        view = V.PackageAdded(**attrs.asdict(V.PackageView.of(self.row), recurse=False), added=True)
+        self.assertEqual(keys(view)[-1], "added")
+        self.assertIs(rendered(view)["added"], True)
