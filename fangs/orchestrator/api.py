@@ -40,12 +40,12 @@ from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.routes.admin import AdminRoutes
 from fangs.orchestrator.routes.allowlist import AllowlistRoutes
 from fangs.orchestrator.routes.base import JSON, NDJSON, routesOf, runIDFromPath, traceID
-from fangs.orchestrator.routes.dashboard import DashboardRoutes
 from fangs.orchestrator.routes.notifiers import NotifierRoutes
 from fangs.orchestrator.routes.packages import PackageRoutes
 from fangs.orchestrator.routes.review import ReviewRoutes
 from fangs.orchestrator.routes.runners import RunnerRoutes
 from fangs.orchestrator.routes.runs import RunRoutes
+from fangs.orchestrator.ui.session import DashboardRoutes
 from fangs.orchestrator.views import Views
 
 log = Logger()

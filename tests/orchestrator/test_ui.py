@@ -208,6 +208,39 @@ class DashboardTests(SynchronousTestCase):
             self.assertIn("text/html", page.header("Content-Type"))
             self.assertIn("<title>FANGS — Error", page.text)
 
+    def test_errorsMappedAsTheAPIMapsThem(self) -> None:
+        """
+        The dashboard's errors go through the API's one mapping: a locked
+        database is a 503 with C{Retry-After} on a page as on C{/v1}, and an
+        unexpected fault is a 500 that names its trace id and shows nothing
+        of the exception.
+        """
+        import sqlite3
+
+        def locked(*a: Any, **kw: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        self.patch(self.o.store, "dashboardPackages", locked)
+        page = self.get("/ui/packages")
+        self.assertEqual(page.code, 503)
+        self.assertEqual(page.header("Retry-After"), "1")
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertIn("locked by another writer", page.text)
+
+        def broken(*a: Any, **kw: Any) -> Any:
+            raise KeyError("secret-internal-detail")
+
+        self.patch(self.o.store, "dashboardPackages", broken)
+        page = self.get("/ui/packages")
+        self.assertEqual(page.code, 500)
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertIn("see the orchestrator log (trace ", page.text)
+        self.assertNotIn("secret-internal-detail", page.text)
+        self.flushLoggedErrors(KeyError)
+
+        page = self.get("/ui/nope")
+        self.assertIn("no route GET /ui/nope", page.text)  # the API's words for a missing route
+
     def test_pendingHighestSeverityFirst(self) -> None:
         text = self.get("/ui/pending").text
         order = re.findall(r'<section class="panel review sevrow-(\w+)" data-run="(\w+)"', text)
@@ -274,15 +307,15 @@ class DashboardTests(SynchronousTestCase):
         self.assertTrue(ui.canWrite(object()))
 
         original = ui.canWrite
-        self.patch(ui, "canWrite", lambda request: False)
+        self.patch(ui.pages, "canWrite", lambda request: False)
         text = self.get("/ui/runs/" + self.runs["bad"]).text
         self.assertNotIn("data-action=", text)
         self.assertNotIn("/decide", self.get("/ui/pending").text)
         self.assertNotIn('id="allow-add"', self.get("/ui/allowlist").text)
         self.assertIn("read-only", text)
-        self.patch(ui, "canWrite", original)
+        self.patch(ui.pages, "canWrite", original)
         cookies, token = self.session()
-        self.patch(ui, "canWrite", lambda request: False)
+        self.patch(ui.pages, "canWrite", lambda request: False)
         page = self.post("/ui/runs/%s/decide" % (self.runs["bad"],), {"decision": "rejected", "csrf": token}, cookies)
         self.assertEqual(page.code, 403)
         self.assertEqual(self.verdict(self.runs["bad"]), "deviations")

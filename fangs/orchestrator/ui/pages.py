@@ -3,349 +3,80 @@ The web dashboard under C{/ui/}: server-rendered Jinja2 pages (autoescaped:
 every path, argv, DNS name and SNI in an event was chosen by package code)
 for reviewing deviations and acting on them.
 
-Pages read the store directly; actions (promote, reject, allowlist changes)
+Pages read the store's typed rows (and the read-side views of
+L{fangs.orchestrator.views}); actions (promote, reject, allowlist changes)
 go through the same domain calls as the C{/v1} API, as HTML form POSTs with
-a double-submit CSRF token and a C{confirm()} from C{static/fangs.js}.  No
-inline script anywhere, so C{Content-Security-Policy: default-src 'self'}
-holds.
+a double-submit CSRF token (L{fangs.orchestrator.ui.session}) and a
+C{confirm()} from C{static/fangs.js}.  No inline script anywhere, so
+C{Content-Security-Policy: default-src 'self'} holds.  Errors are mapped by
+the API's one mapping (L{fangs.orchestrator.api.OrchestratorAPI.error}) and
+shown as an HTML page.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
-import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional
 from urllib.parse import urlencode
 
-import jinja2
 import orjson
 from klein import Klein
-from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.static import File
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import npm, wire
-from fangs.egresstext import describeAttempt, summarise
-from fangs.errors import BadRequest, FangsError, Forbidden, NotFoundError
-from fangs.orchestrator.steps import runSteps
+from fangs.egresstext import summarise
+from fangs.errors import BadRequest, Forbidden, NotFoundError
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import KINDS as ALLOW_KINDS
-from fangs.tenants import DEFAULT_TENANT
+from fangs.orchestrator.steps import runSteps
+from fangs.orchestrator.ui.render import (
+    EGRESS_LIST_LIMIT,
+    EVENTS_PER_PAGE,
+    NANO,
+    STALE_AFTER_S,
+    STATIC,
+    TREE_EVENT_CAP,
+    VERDICTS,
+    _actions,
+    _header,
+    _int,
+    _jobSummary,
+    _table,
+    environment,
+    eventSummary,
+    isCred,
+    processTree,
+    relTime,
+    secureHeaders,
+    shortID,
+    typeName,
+    typeSortKey,
+)
+from fangs.orchestrator.ui.session import CSRF, _actor, _arg, _cursor, _intArg, _tenant, canWrite
 
 log = Logger()
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-TEMPLATES = os.path.join(HERE, "templates")
-STATIC = os.path.join(HERE, "static")
-
-CSP = b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-CSRF_COOKIE = b"fangs_csrf"
-EVENTS_PER_PAGE = 100
-#: Egress attempts listed on a run page (the events table has them all).
-EGRESS_LIST_LIMIT = 200
-
-#: The process tree is built from at most this many events of a run (plus
-#: the deviations' evidence events); the page says so when it stops short.
-TREE_EVENT_CAP = 5000
-TREE_ITEMS_PER_KIND = 40
-STALE_AFTER_S = 60.0
-VERDICTS = ("baseline", "clean", "deviations", "incomplete", "rejected")
-SEVERITIES = ("critical", "high", "medium", "low")
-TYPE_ORDER = ("exec", "net_connect", "dns_query", "tls_sni", "file_access")
-NANO = 1_000_000_000
-
-
-def canWrite(request: IRequest) -> bool:
-    """
-    Whether this request may act (promote, reject, edit the allowlist): with
-    no operator auth configured (C{fangsScopes} unset) or with the
-    C{orchestrator:write} scope.  The one place the dashboard decides it.
-    """
-    scopes = getattr(request, "fangsScopes", None)
-    return scopes is None or "orchestrator:write" in scopes
-
-
-# -- formatting helpers (also Jinja filters) ---------------------------------
-
-
-def shortID(value: Optional[str]) -> str:
-    return (value or "")[:12]
-
-
-def absTime(ns: Optional[int]) -> str:
-    if not ns:
-        return "—"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / NANO)) + " UTC"
-
-
-def relTime(ns: Optional[int], nowNs: int) -> str:
-    if not ns:
-        return "—"
-    d = (nowNs - ns) / NANO
-    if d < -1:
-        return "in the future"
-    d = max(d, 0)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if d >= size:
-            return "%d%s ago" % (d // size, unit)
-    return "%ds ago" % (d,)
-
-
-def duration(ns: Optional[int]) -> str:
-    if not ns:
-        return "—"
-    if ns < 1_000_000:
-        return "%d µs" % (ns // 1000,)
-    if ns < NANO:
-        return "%d ms" % (ns // 1_000_000,)
-    if ns < 60 * NANO:
-        return "%.1f s" % (ns / NANO,)
-    return "%dm %02ds" % (ns // (60 * NANO), (ns // NANO) % 60)
-
-
-def truncate(value: Any, n: int = 100) -> str:
-    s = "" if value is None else str(value)
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
-def eventSummary(etype: int, p: Dict[str, Any]) -> str:
-    """
-    One line about an event: the path, the command line, the destination,
-    the query name or the SNI.
-    """
-    if etype == wire.EventType.FILE_ACCESS:
-        return str(p.get("PathName", ""))
-    if etype == wire.EventType.EXEC:
-        argv = p.get("ArgvStrs") or []
-        binary = str(p.get("BinaryPathStr", ""))
-        if isinstance(argv, list) and argv:
-            return binary + "  ⟶  " + " ".join(str(a) for a in argv)
-        return binary
-    if etype == wire.EventType.NET_CONNECT:
-        return _hostPort(p.get("DestIP"), p.get("DestPort"))
-    if etype == wire.EventType.DNS_QUERY:
-        return str(p.get("QName", ""))
-    if etype == wire.EventType.TLS_SNI:
-        return str(p.get("SNI", ""))
-    if etype == wire.EventType.EGRESS_ATTEMPT:
-        return describeAttempt(p)
-    return truncate(json.dumps(p, sort_keys=True), 200)
-
-
-def _hostPort(ip: Any, port: Any) -> str:
-    ip = str(ip or "")
-    return ("[%s]:%s" if ":" in ip else "%s:%s") % (ip, port)
-
-
-def _header(p: Dict[str, Any]) -> Dict[str, Any]:
-    h = p.get("Header")
-    return h if isinstance(h, dict) else {}
-
-
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) else 0
-
-
-def isCred(p: Dict[str, Any]) -> bool:
-    return bool(_int(_header(p).get("Tags")) & wire.TAG_CRED_ACCESS)
-
-
-def typeName(t: int) -> str:
-    return wire.EVENT_TYPE_NAMES.get(t, "type %d" % (t,))
-
-
-def typeSortKey(name: str) -> Tuple[int, str]:
-    return (TYPE_ORDER.index(name) if name in TYPE_ORDER else len(TYPE_ORDER), name)
-
-
-# -- the process tree ----------------------------------------------------------
-
-
-class Process:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.ppid = 0
-        self.comm = ""
-        self.binary = ""
-        self.argv: List[str] = []
-        self.children: List["Process"] = []
-        #: kind -> {summary: [count, cred, first event id, evidence]}
-        self.items: Dict[str, Dict[str, List[Any]]] = {"file": {}, "net": {}, "dns": {}, "sni": {}}
-        self.evidence = False
-        #: The id of an exec event of this process that is a deviation's evidence.
-        self.execEvidence = 0
-        self.onEvidencePath = False
-        self.depth = 0
-
-    def add(self, kind: str, summary: str, eventID: int, cred: bool, evidence: bool) -> None:
-        slot = self.items[kind].get(summary)
-        if slot is None:
-            self.items[kind][summary] = [1, cred, eventID, evidence]
-        else:
-            slot[0] += 1
-            slot[1] = slot[1] or cred
-            if evidence:
-                slot[2], slot[3] = eventID, True
-        if evidence:
-            self.evidence = True
-
-    def listed(self, kind: str) -> List[Tuple[str, int, bool, int, bool]]:
-        """
-        Up to L{TREE_ITEMS_PER_KIND} items, evidence and cred first.
-        """
-        rows = [(s, v[0], v[1], v[2], v[3]) for s, v in self.items[kind].items()]
-        rows.sort(key=lambda r: (not r[4], not r[2], r[3]))
-        return rows[:TREE_ITEMS_PER_KIND]
-
-    def more(self, kind: str) -> int:
-        return max(0, len(self.items[kind]) - TREE_ITEMS_PER_KIND)
-
-    def total(self) -> int:
-        return sum(len(v) for v in self.items.values())
-
-
-_KIND_OF = {
-    wire.EventType.FILE_ACCESS: "file",
-    wire.EventType.NET_CONNECT: "net",
-    wire.EventType.DNS_QUERY: "dns",
-    wire.EventType.TLS_SNI: "sni",
-}
-
-
-def processTree(events: Sequence[S.StoredEvent], evidenceIDs: Sequence[int] = ()) -> List[Process]:
-    """
-    The run's processes in depth-first order (each with its C{depth}): one
-    per C{Header.PID}, parent from C{Header.PPID}, binary and argv from
-    exec events, and each process's files, connections, DNS names and SNIs
-    (deduplicated with counts).  Processes holding a deviation's evidence,
-    and their ancestors, are marked.
-    """
-    evidence = set(evidenceIDs)
-    procs: Dict[int, Process] = {}
-    seen = set()
-    for e in events:
-        if e.id in seen:
-            continue
-        seen.add(e.id)
-        try:
-            p = orjson.loads(e.data)
-        except orjson.JSONDecodeError:
-            continue
-        if not isinstance(p, dict):
-            continue
-        h = _header(p)
-        pid = _int(h.get("PID")) or e.pid
-        proc = procs.get(pid)
-        if proc is None:
-            proc = procs[pid] = Process(pid)
-        ppid = _int(h.get("PPID"))
-        comm = p.get("CommStr")
-        if e.type == wire.EventType.EXEC:
-            proc.binary = str(p.get("BinaryPathStr", ""))
-            argv = p.get("ArgvStrs")
-            proc.argv = [str(a) for a in argv] if isinstance(argv, list) else []
-            if ppid:
-                proc.ppid = ppid
-            if isinstance(comm, str) and comm:
-                proc.comm = comm
-            if e.id in evidence:
-                proc.evidence = True
-                proc.execEvidence = e.id
-            continue
-        if ppid and not proc.ppid:
-            proc.ppid = ppid
-        if isinstance(comm, str) and comm and not proc.comm:
-            proc.comm = comm
-        kind = _KIND_OF.get(e.type)
-        if kind is not None:
-            proc.add(kind, eventSummary(e.type, p), e.id, isCred(p), e.id in evidence)
-    roots = []
-    for proc in procs.values():
-        parent = procs.get(proc.ppid)
-        if parent is None or parent is proc:
-            roots.append(proc)
-        else:
-            parent.children.append(proc)
-    out: List[Process] = []
-    visited = set()
-    stack = [(r, 0) for r in sorted(roots, key=lambda r: r.pid, reverse=True)]
-    while stack:
-        proc, depth = stack.pop()
-        if proc.pid in visited:
-            continue
-        visited.add(proc.pid)
-        proc.depth = depth
-        out.append(proc)
-        for c in sorted(proc.children, key=lambda c: c.pid, reverse=True):
-            stack.append((c, depth + 1))
-    # A parent cycle leaves processes unreached from any root: show them too.
-    out.extend(p for p in sorted(procs.values(), key=lambda p: p.pid) if p.pid not in visited)
-    for proc in procs.values():
-        if proc.evidence:
-            up, guard = procs.get(proc.ppid), 0
-            while up is not None and not up.onEvidencePath and guard < 10_000:
-                up.onEvidencePath = True
-                up, guard = procs.get(up.ppid), guard + 1
-    return out
-
-
-# -- CSRF ------------------------------------------------------------------------
-
-
-class CSRF:
-    """
-    Double-submit token: a random cookie, and in each form the HMAC of that
-    cookie under a per-process secret.  A cross-site page can neither read
-    the cookie nor compute the HMAC.
-    """
-
-    def __init__(self, secret: Optional[bytes] = None) -> None:
-        self._secret = secret or os.urandom(32)
-
-    def tokenFor(self, request: IRequest) -> str:
-        cookie = request.getCookie(CSRF_COOKIE)
-        if not cookie or len(cookie) != 32:
-            cookie = os.urandom(16).hex().encode()
-            request.addCookie(
-                CSRF_COOKIE, cookie, path=b"/ui/", httpOnly=True, sameSite="strict", secure=request.isSecure()
-            )
-            request.received_cookies[CSRF_COOKIE] = cookie
-        return hmac.new(self._secret, cookie, hashlib.sha256).hexdigest()
-
-    def check(self, request: IRequest, token: Optional[str]) -> bool:
-        cookie = request.getCookie(CSRF_COOKIE)
-        if not cookie or not token:
-            return False
-        want = hmac.new(self._secret, cookie, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(want, token)
-
-
-# -- the app ---------------------------------------------------------------------
 
 
 class DashboardUI:
     app = Klein()
 
-    def __init__(self, core: Any, csrf: Optional[CSRF] = None) -> None:
+    def __init__(self, core: Any, errors: Callable[[IRequest, Failure], bytes], csrf: Optional[CSRF] = None,
+                 views: Any = None) -> None:
+        """
+        @param errors: the one error mapping (the API's C{error}): sets the
+            status and headers of a failed request and returns its JSON
+            envelope; the dashboard shows the envelope's message as a page.
+        """
         self.core = core
         self.store = core.store
+        self.errors = errors
+        self.views = views
         self.csrf = csrf or CSRF()
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(TEMPLATES),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters.update(short=shortID, abstime=absTime, duration=duration, truncate=truncate)
-        self.env.globals.update(typeName=typeName, VERDICTS=VERDICTS, SEVERITIES=SEVERITIES)
+        self.env = environment()
         self._static = File(STATIC)
 
     def resource(self) -> Any:
@@ -354,11 +85,7 @@ class DashboardUI:
     # -- rendering ---------------------------------------------------------
 
     def _secure(self, request: IRequest) -> None:
-        request.setHeader(b"Content-Security-Policy", CSP)
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        request.setHeader(b"Referrer-Policy", b"same-origin")
-        request.setHeader(b"X-Frame-Options", b"DENY")
-        request.setHeader(b"Cache-Control", b"no-store")
+        secureHeaders(request)
 
     def render(self, request: IRequest, template: str, status: int = 200, **context: Any) -> bytes:
         self._secure(request)
@@ -380,21 +107,13 @@ class DashboardUI:
 
     @app.handle_errors
     def error(self, request: IRequest, failure: Failure) -> bytes:
-        if failure.check(CancelledError):
-            return b""
-        if failure.check(FangsError):
-            code, message = failure.value.status, failure.value.message
-        elif failure.check(S.BadPageToken):
-            code, message = 400, str(failure.value)
-        elif failure.check(MethodNotAllowed):
-            code, message = 405, "method not allowed"
-        elif failure.check(NotFound):
-            code, message = 404, "no such page"
-        elif failure.check(HTTPException):
-            code, message = failure.value.code or 500, failure.value.description or ""
-        else:
-            code, message = 500, "internal error; see the orchestrator log"
-            log.failure("dashboard error on {path}", failure, path=request.path)
+        if failure.check(S.BadPageToken):
+            failure = Failure(BadRequest(str(failure.value)))
+        envelope = self.errors(request, failure)
+        if not envelope:
+            return envelope  # the client went away, or a browser is sent to sign in
+        code = request.code
+        message = json.loads(envelope)["error"]["message"]
         return self.render(request, "error.html", code, title="Error %d" % (code,), code=code, message=message)
 
     # -- static --------------------------------------------------------------
@@ -748,53 +467,6 @@ class DashboardUI:
         return b""
 
 
-# -- request helpers ----------------------------------------------------------------
-
-
-def _arg(request: IRequest, name: str) -> Optional[str]:
-    values = request.args.get(name.encode())
-    if not values:
-        return None
-    try:
-        return values[-1].decode("utf-8").strip()
-    except UnicodeDecodeError:
-        raise BadRequest("parameter %s is not UTF-8" % (name,)) from None
-
-
-def _intArg(request: IRequest, name: str, default: int, low: int, high: int) -> int:
-    raw = _arg(request, name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise BadRequest("%s must be an integer from %d to %d" % (name, low, high))
-    return int(raw)
-
-
-def _cursor(raw: Optional[str]) -> Tuple[int, int]:
-    if not raw:
-        return (0, -1)
-    seq, _, idx = raw.partition(".")
-    if not seq.isdigit() or not idx.isdigit():
-        raise BadRequest("after must be SEQ.IDX")
-    return (int(seq), int(idx))
-
-
-def _tenant(request: IRequest) -> str:
-    """
-    The tenant the dashboard shows: the signed-in principal's (set by the
-    API's route declaration), else the default.
-    """
-    return getattr(request, "fangsTenant", None) or DEFAULT_TENANT
-
-
-def _actor(request: IRequest) -> str:
-    identity = getattr(request, "fangsIdentity", None)
-    if identity:
-        return str(identity)
-    peer = request.getClientAddress()
-    return "dashboard@%s" % (getattr(peer, "host", "?"),)
-
-
 _FLASH = {
     "promoted": "Promoted run {0}: its behaviour joined the baseline; verdict is now {1}.",
     "rejected": "Rejected run {0}: verdict is now {1}.",
@@ -816,53 +488,3 @@ def _flash(request: IRequest) -> Optional[Dict[str, str]]:
     return {"text": template.format(shortID(subject) if len(subject) == 32 else subject, verdict), "kind": kind}
 
 
-def _actions(run: S.RunRow) -> List[Tuple[str, str, str]]:
-    """
-    The decisions offered on a finished run: (decision, label, confirm text).
-    """
-    if run.state not in S.TERMINAL_STATES or run.verdict is None:
-        return []
-    out = []
-    complete = differ.isComplete(run.result_status or "", run.events_dropped)
-    if run.verdict not in ("baseline",) and run.decision != "promoted" and complete and run.package_name:
-        out.append(("promoted", "Promote to baseline",
-                    "Promote this run? Its behaviour becomes part of the baseline of %s." % (run.package_name,)))
-    if run.verdict != "rejected":
-        out.append(("rejected", "Reject", "Reject this run as malicious? It will never become baseline."))
-    return out
-
-
-def _jobSummary(job: str) -> Dict[str, Any]:
-    try:
-        j = json.loads(job)
-    except ValueError:
-        return {}
-    sandbox = j.get("sandbox") or {}
-    return {"image": sandbox.get("image", ""), "duration": j.get("duration") or 0,
-            "watched": len(j.get("watched_paths") or ())}
-
-
-def _table(rows: Optional[List[Dict[str, Any]]], hide: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
-    """
-    A generic table of store rows (for tables other engineers own): column
-    names, and values with secrets left out and C{*_ns} as times.
-    """
-    if rows is None:
-        return None
-    columns = [c for c in (rows[0].keys() if rows else []) if c not in hide]
-    out = []
-    for r in rows:
-        out.append([_cell(c, r[c]) for c in columns])
-    return {"columns": [c[:-3] + "_at" if c.endswith("_ns") else c for c in columns], "rows": out}
-
-
-def _cell(column: str, value: Any) -> str:
-    if column.endswith("_ns") and isinstance(value, int):
-        return absTime(value)
-    if column == "url" and isinstance(value, str):
-        # Webhook URLs often carry their secret in the path: show the host only.
-        scheme, sep, rest = value.partition("://")
-        return scheme + sep + rest.split("/", 1)[0] + ("/…" if "/" in rest.strip("/") else "")
-    if isinstance(value, bytes):
-        return "%d bytes" % (len(value),)
-    return truncate(value, 120)
