@@ -325,6 +325,38 @@ class PackageList:
     packages: List[PackageView]
 
 
+# -- the allowlist ----------------------------------------------------------------
+
+
+@attrs.frozen
+class AllowEntryView:
+    """
+    One allowlist entry: behaviour a tenant accepts, globally or for one package.
+    """
+
+    id: str
+    kind: str
+    value: Any
+    scope: str
+    package_name: Optional[str]
+    note: str
+    source: str
+    created_by: str
+    created_at: Optional[str]
+
+    @classmethod
+    def of(cls, e: Dict[str, Any]) -> "AllowEntryView":
+        return cls(
+            id=e["id"], kind=e["kind"], value=e["value"], scope=e["scope"], package_name=e["package_name"],
+            note=e["note"], source=e["source"], created_by=e["created_by"], created_at=nsToTimestamp(e["created_ns"]),
+        )
+
+
+@attrs.frozen
+class AllowList:
+    entries: List[AllowEntryView]
+
+
 # -- runners --------------------------------------------------------------------
 
 
@@ -417,6 +449,22 @@ class Views:
     async def package(self, name: str, tenant: str) -> Optional[PackageView]:
         found = await self.store.getPackage(name, tenant=tenant)
         return None if found is None else PackageView.of(found)
+
+    async def allowlist(self, tenant: str, package: Optional[str] = None) -> AllowList:
+        """
+        The tenant's allowlist; with C{package}, the entries that apply to it
+        (the global ones and its own).
+        """
+        entries = await self.store.listAllow(tenant=tenant)
+        if package is not None:
+            entries = [e for e in entries if e["scope"] == "global" or e["package_name"] == package]
+        return AllowList([AllowEntryView.of(e) for e in entries])
+
+    async def allowEntry(self, entryID: str, tenant: str) -> AllowEntryView:
+        for e in await self.store.listAllow(tenant=tenant):
+            if e["id"] == entryID:
+                return AllowEntryView.of(e)
+        raise NotFoundError("allowlist entry %s not found" % (entryID,))
 
     async def visibleRuns(self, selected: Optional[str], runIDs: Sequence[str]) -> List[str]:
         """

@@ -129,3 +129,14 @@ class PackageViewTests(SynchronousTestCase):
         view = V.PackageAdded(**attrs.asdict(V.PackageView.of(self.row), recurse=False), added=True)
         self.assertEqual(keys(view)[-1], "added")
         self.assertIs(rendered(view)["added"], True)
+
+
+class AllowEntryViewTests(SynchronousTestCase):
+    def test_keysAsTheStoreDictRenamed(self) -> None:
+        row = {"id": "e1", "kind": "dns", "value": "example.test", "scope": "package", "package_name": "left-pad",
+               "note": "", "source": "operator", "created_ns": NS, "created_by": "alice"}
+        view = V.AllowEntryView.of(row)
+        self.assertEqual(keys(view), ["id", "kind", "value", "scope", "package_name", "note", "source",
+                                      "created_by", "created_at"])
+        self.assertEqual(rendered(view)["created_at"], wire.formatTimestamp(wire.timestampFromNs(NS)))
+        self.assertEqual(keys(V.AllowList([view])), ["entries"])

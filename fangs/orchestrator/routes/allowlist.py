@@ -10,19 +10,13 @@ from twisted.web.iweb import IRequest
 
 from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, operator
 from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
-from fangs.orchestrator.views import nsToTimestamp
 
 
 class AllowlistRoutes(Routes):
     @route("/v1/allow", operator(SCOPE_READ), methods=["GET"])
     async def listAllow(self, request: IRequest, caller: Caller) -> bytes:
         package = queryArg(request, "package")
-        entries = await self.core.store.listAllow(tenant=caller.tenant)
-        if package is not None:
-            entries = [e for e in entries if e["scope"] == "global" or e["package_name"] == package]
-        for e in entries:
-            e["created_at"] = nsToTimestamp(e.pop("created_ns"))
-        return self._json(request, {"entries": entries})
+        return self._json(request, await self.views.allowlist(caller.tenant, package))
 
     @route("/v1/allow", operator(SCOPE_WRITE), methods=["POST"])
     async def addAllow(self, request: IRequest, caller: Caller) -> bytes:
@@ -38,10 +32,7 @@ class AllowlistRoutes(Routes):
             actorOf(request),
             caller.tenant,
         )
-        entries = [e for e in await self.core.store.listAllow(tenant=caller.tenant) if e["id"] == entryID]
-        entry = entries[0]
-        entry["created_at"] = nsToTimestamp(entry.pop("created_ns"))
-        return self._json(request, entry, 201)
+        return self._json(request, await self.views.allowEntry(entryID, caller.tenant), 201)
 
     @route("/v1/allow/<entryID>", operator(SCOPE_WRITE), methods=["DELETE"])
     async def removeAllow(self, request: IRequest, caller: Caller, entryID: str) -> bytes:

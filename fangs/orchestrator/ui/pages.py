@@ -57,6 +57,7 @@ from fangs.orchestrator.ui.render import (
     typeSortKey,
 )
 from fangs.orchestrator.ui.session import CSRF, _actor, _arg, _cursor, _intArg, _tenant, canWrite
+from fangs.orchestrator.views import Views
 
 log = Logger()
 
@@ -74,7 +75,8 @@ class DashboardUI:
         self.core = core
         self.store = core.store
         self.errors = errors
-        self.views = views
+        #: The read side shared with the API (L{fangs.orchestrator.views.Views}).
+        self.views = views if views is not None else Views(core.store, core.registry, core.dispatcher, core.clock)
         self.csrf = csrf or CSRF()
         self.env = environment()
         self._static = File(STATIC)
@@ -134,7 +136,7 @@ class DashboardUI:
         recent = await self.store.listRuns(S.RunFilter(tenant=tenant), 10, None)
         runners = []
         active = {a for r in self.core.registry.all() for a in r.active_run_ids}
-        visible = {a for a in active if await self.store.getRun(a, tenant=tenant) is not None}
+        visible = set(await self.views.visibleRuns(tenant, sorted(active)))
         for r in self.core.registry.all():
             age = now / NANO - r.last_seen
             runners.append(
@@ -342,10 +344,7 @@ class DashboardUI:
     async def _run(self, runID: str, request: IRequest) -> S.RunRow:
         if len(runID) != 32 or any(c not in "0123456789abcdef" for c in runID):
             raise BadRequest("run id must be 32 lower-case hex characters")
-        run = await self.store.getRun(runID, tenant=_tenant(request))
-        if run is None:
-            raise NotFoundError("run %s not found" % (runID,))
-        return run
+        return await self.views.requireRun(runID, _tenant(request))
 
     @app.route("/runs/<runID>/decide", methods=["POST"])
     async def decide(self, request: IRequest, runID: str) -> bytes:
