@@ -325,6 +325,76 @@ class PackageList:
     packages: List[PackageView]
 
 
+@attrs.frozen
+class BaselineFingerprint:
+    """
+    One fingerprint of a package's baseline, with how many runs showed it
+    and the first and last of them.
+    """
+
+    category: str
+    value: str
+    actor: str
+    occurrences: int
+    events: int
+    first_seen_run_id: str
+    last_seen_run_id: str
+
+    @classmethod
+    def of(cls, r: Dict[str, Any]) -> "BaselineFingerprint":
+        return cls(**{f.name: r[f.name] for f in attrs.fields(cls)})
+
+
+@attrs.frozen
+class BaselineView:
+    package_name: str
+    fingerprints: List[BaselineFingerprint]
+
+
+@attrs.frozen
+class ReleaseView:
+    """
+    A release the watcher recorded, and whether and as which run it was queued.
+    """
+
+    package_name: str
+    version: str
+    integrity: Optional[str]
+    shasum: Optional[str]
+    tarball: Optional[str]
+    dist_tags: List[Any]
+    seeded: bool
+    queued: bool
+    run_id: Optional[str]
+    attempts: int
+    last_error: Optional[str]
+    #: What the registry's manifest changed against the previous release.
+    deltas: List[Any]
+    published_at: Optional[str]
+    discovered_at: Optional[str]
+    queued_at: Optional[str]
+
+    @classmethod
+    def of(cls, r: Dict[str, Any]) -> "ReleaseView":
+        times = {"published_at": "published_ns", "discovered_at": "discovered_ns", "queued_at": "queued_ns"}
+        return cls(**{f.name: nsToTimestamp(r[times[f.name]]) if f.name in times else r[f.name] for f in attrs.fields(cls)})
+
+
+@attrs.frozen
+class ReleasesView:
+    """
+    What the watcher knows of a package, and its releases newest first.
+    """
+
+    last_seen_version: Optional[str]
+    etag: Optional[str]
+    last_error: Optional[str]
+    last_checked_at: Optional[str]
+    next_check_at: Optional[str]
+    package_name: str
+    releases: List[ReleaseView]
+
+
 # -- the allowlist ----------------------------------------------------------------
 
 
@@ -449,6 +519,40 @@ class Views:
     async def package(self, name: str, tenant: str) -> Optional[PackageView]:
         found = await self.store.getPackage(name, tenant=tenant)
         return None if found is None else PackageView.of(found)
+
+    async def baseline(self, name: str, tenant: str) -> BaselineView:
+        """
+        A package's baseline: 404 for a package the tenant neither watches
+        nor scanned.
+        """
+        await self.requireKnownPackage(name, tenant)
+        return BaselineView(name, [BaselineFingerprint.of(r) for r in await self.store.baselineFor(name, tenant=tenant)])
+
+    async def requireKnownPackage(self, name: str, tenant: str) -> None:
+        if await self.store.getPackage(name, tenant=tenant) is None and not await self.store.packageHasRuns(name, tenant=tenant):
+            raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
+
+    async def watch(self, name: str, tenant: str) -> Dict[str, Any]:
+        """
+        What the watcher keeps of a watched package (for L{releases}); 404
+        for a package the tenant does not watch.
+        """
+        status = await self.store.watchStatus(name, tenant=tenant)
+        if status is None:
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        return status
+
+    async def releases(self, watch: Dict[str, Any], name: str, limit: int, tenant: str) -> ReleasesView:
+        rows = await self.store.listReleases(name, limit, tenant=tenant)
+        return ReleasesView(
+            last_seen_version=watch["last_seen_version"],
+            etag=watch["etag"],
+            last_error=watch["last_error"],
+            last_checked_at=nsToTimestamp(watch["last_checked_ns"]),
+            next_check_at=nsToTimestamp(watch["next_check_ns"]),
+            package_name=name,
+            releases=[ReleaseView.of(r) for r in rows],
+        )
 
     async def allowlist(self, tenant: str, package: Optional[str] = None) -> AllowList:
         """

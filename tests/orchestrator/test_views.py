@@ -140,3 +140,28 @@ class AllowEntryViewTests(SynchronousTestCase):
                                       "created_by", "created_at"])
         self.assertEqual(rendered(view)["created_at"], wire.formatTimestamp(wire.timestampFromNs(NS)))
         self.assertEqual(keys(V.AllowList([view])), ["entries"])
+
+
+class ReleasesViewTests(SynchronousTestCase):
+    def test_keysAsTheStoreDictsRenamed(self) -> None:
+        row = {"package_name": "left-pad", "version": "1.3.0", "integrity": "sha512-x", "shasum": "ab",
+               "tarball": "https://registry.test/left-pad-1.3.0.tgz", "published_ns": NS, "dist_tags": ["latest"],
+               "discovered_ns": NS + 1, "seeded": False, "queued": True, "queued_ns": None, "run_id": "ab" * 16,
+               "attempts": 1, "last_error": "", "deltas": [{"field": "scripts"}]}
+        release = V.ReleaseView.of(row)
+        self.assertEqual(keys(release), ["package_name", "version", "integrity", "shasum", "tarball", "dist_tags",
+                                         "seeded", "queued", "run_id", "attempts", "last_error", "deltas",
+                                         "published_at", "discovered_at", "queued_at"])
+        body = rendered(release)
+        self.assertIsNone(body["queued_at"])
+        self.assertEqual(body["deltas"], [{"field": "scripts"}])
+        view = V.ReleasesView("1.3.0", None, None, None, None, "left-pad", [release])
+        self.assertEqual(keys(view), ["last_seen_version", "etag", "last_error", "last_checked_at", "next_check_at",
+                                      "package_name", "releases"])
+
+    def test_baseline(self) -> None:
+        row = {"category": "proc_new_exec", "value": "/bin/sh", "actor": "script", "occurrences": 2, "events": 3,
+               "first_seen_run_id": "ab" * 16, "last_seen_run_id": "cd" * 16}
+        view = V.BaselineView("left-pad", [V.BaselineFingerprint.of(row)])
+        self.assertEqual(rendered(view), {"package_name": "left-pad", "fingerprints": [row]})
+        self.assertEqual(keys(V.BaselineFingerprint.of(row)), list(row))

@@ -13,7 +13,7 @@ from fangs import npm
 from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, operator
 from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
-from fangs.orchestrator.views import PackageAdded, PackageView, nsToTimestamp
+from fangs.orchestrator.views import PackageAdded
 
 
 class PackageRoutes(Routes):
@@ -41,20 +41,16 @@ class PackageRoutes(Routes):
             raise BadRequest(str(e)) from None
         if request.method == b"DELETE":
             if baseline:
-                if await self.core.store.getPackage(name, tenant=caller.tenant) is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
-                    raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
+                await self.views.requireKnownPackage(name, caller.tenant)
                 raise BadRequest("a baseline is changed by promoting or rejecting runs, not deleted")
             await self.core.removePackage(name, actorOf(request), caller.tenant)
             return self._json(request, {"name": name, "removed": True})
-        package = await self.core.store.getPackage(name, tenant=caller.tenant)
         if baseline:
-            if package is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
-                raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
-            rows = await self.core.store.baselineFor(name, tenant=caller.tenant)
-            return self._json(request, {"package_name": name, "fingerprints": rows})
+            return self._json(request, await self.views.baseline(name, caller.tenant))
+        package = await self.views.package(name, caller.tenant)
         if package is None:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
-        return self._json(request, PackageView.of(package))
+        return self._json(request, package)
 
     # -- watcher and releases --
 
@@ -68,18 +64,10 @@ class PackageRoutes(Routes):
             npm.checkPackageName(name)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        status = await self.core.store.watchStatus(name, tenant=caller.tenant)
-        if status is None:
-            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        watch = await self.views.watch(name, caller.tenant)
         if request.method != b"GET":
             raise BadRequest("releases are recorded by the watcher; only GET is allowed")
         raw = queryArg(request, "limit") or "50"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
-        rows = await self.core.store.listReleases(name, int(raw), tenant=caller.tenant)
-        for r in rows:
-            for key in ("published_ns", "discovered_ns", "queued_ns"):
-                r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
-        for key in ("last_checked_ns", "next_check_ns"):
-            status[key.replace("_ns", "_at")] = nsToTimestamp(status.pop(key))
-        return self._json(request, dict(status, package_name=name, releases=rows))
+        return self._json(request, await self.views.releases(watch, name, int(raw), caller.tenant))
