@@ -427,6 +427,53 @@ class AllowList:
     entries: List[AllowEntryView]
 
 
+# -- tokens and the audit trail ---------------------------------------------------
+
+
+@attrs.frozen
+class TokenView:
+    """
+    An API token as admins see it (never its secret).
+    """
+
+    id: str
+    name: str
+    scopes: List[str]
+    created_by: str
+    tenant: str
+    created_at: Optional[str]
+    revoked_at: Optional[str]
+
+    @classmethod
+    def of(cls, t: Dict[str, Any]) -> "TokenView":
+        return cls(id=t["id"], name=t["name"], scopes=t["scopes"].split(), created_by=t["created_by"],
+                   tenant=t["tenant"], created_at=nsToTimestamp(t["created_ns"]), revoked_at=nsToTimestamp(t["revoked_ns"]))
+
+
+@attrs.frozen
+class TokenList:
+    tokens: List[TokenView]
+
+
+@attrs.frozen
+class AuditEntryView:
+    actor: str
+    action: str
+    target: str
+    detail: Dict[str, Any]
+    at: Optional[str]
+
+    @classmethod
+    def of(cls, r: Dict[str, Any]) -> "AuditEntryView":
+        return cls(actor=r["actor"], action=r["action"], target=r["target"], detail=r["detail"], at=nsToTimestamp(r["at_ns"]))
+
+
+@attrs.frozen
+class AuditTrail:
+    tenant: str
+    entries: List[AuditEntryView]
+
+
 # -- runners --------------------------------------------------------------------
 
 
@@ -569,6 +616,12 @@ class Views:
             if e["id"] == entryID:
                 return AllowEntryView.of(e)
         raise NotFoundError("allowlist entry %s not found" % (entryID,))
+
+    async def tokens(self, selected: Optional[str]) -> TokenList:
+        return TokenList([TokenView.of(t) for t in await self.store.listTokens(tenant=selected)])
+
+    async def audit(self, tenant: str, limit: int, target: Optional[str]) -> AuditTrail:
+        return AuditTrail(tenant, [AuditEntryView.of(r) for r in await self.store.auditLog(tenant, limit, target)])
 
     async def visibleRuns(self, selected: Optional[str], runIDs: Sequence[str]) -> List[str]:
         """

@@ -165,3 +165,19 @@ class ReleasesViewTests(SynchronousTestCase):
         view = V.BaselineView("left-pad", [V.BaselineFingerprint.of(row)])
         self.assertEqual(rendered(view), {"package_name": "left-pad", "fingerprints": [row]})
         self.assertEqual(keys(V.BaselineFingerprint.of(row)), list(row))
+
+
+class AdminViewTests(SynchronousTestCase):
+    def test_token(self) -> None:
+        row = {"id": "t1", "name": "ci", "scopes": "orchestrator:read orchestrator:write", "created_ns": NS,
+               "created_by": "admin", "revoked_ns": None, "tenant": "acme"}
+        view = V.TokenView.of(row)
+        self.assertEqual(keys(view), ["id", "name", "scopes", "created_by", "tenant", "created_at", "revoked_at"])
+        self.assertEqual(rendered(view)["scopes"], ["orchestrator:read", "orchestrator:write"])
+        self.assertIsNone(rendered(view)["revoked_at"])
+
+    def test_audit(self) -> None:
+        row = {"at_ns": NS, "actor": "alice", "action": "promote", "target": "run:" + "ab" * 16, "detail": {"v": 1}}
+        trail = V.AuditTrail("acme", [V.AuditEntryView.of(row)])
+        self.assertEqual(keys(trail), ["tenant", "entries"])
+        self.assertEqual(list(rendered(trail)["entries"][0]), ["actor", "action", "target", "detail", "at"])

@@ -13,7 +13,6 @@ from fangs import wire
 from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, Caller, TenantForbidden, operator, public
 from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
-from fangs.orchestrator.views import nsToTimestamp
 from fangs.tenants import ALL_TENANTS, TenantError, checkTenant
 
 log = Logger()
@@ -67,12 +66,7 @@ class AdminRoutes(Routes):
 
     @route(["/v1/tokens", "/v1/admin/tokens"], operator(SCOPE_ADMIN), methods=["GET"])
     async def listTokens(self, request: IRequest, caller: Caller) -> bytes:
-        tokens = await self.core.store.listTokens(tenant=caller.selected)
-        for t in tokens:
-            t["scopes"] = t["scopes"].split()
-            t["created_at"] = nsToTimestamp(t.pop("created_ns"))
-            t["revoked_at"] = nsToTimestamp(t.pop("revoked_ns"))
-        return self._json(request, {"tokens": tokens})
+        return self._json(request, await self.views.tokens(caller.selected))
 
     @route(["/v1/tokens", "/v1/admin/tokens"], operator(SCOPE_ADMIN), methods=["POST"])
     async def createToken(self, request: IRequest, caller: Caller) -> bytes:
@@ -125,10 +119,7 @@ class AdminRoutes(Routes):
         target = queryArg(request, "target")
         if target is not None and not 1 <= len(target) <= 300:
             raise BadRequest("target must be 1-300 characters")
-        rows = await self.core.store.auditLog(caller.tenant, int(raw), target)
-        for r in rows:
-            r["at"] = nsToTimestamp(r.pop("at_ns"))
-        return self._json(request, {"tenant": caller.tenant, "entries": rows})
+        return self._json(request, await self.views.audit(caller.tenant, int(raw), target))
 
     @route(["/metrics", "/v1/metrics"], operator(SCOPE_READ), methods=["GET"])
     async def metrics(self, request: IRequest, caller: Caller) -> bytes:
