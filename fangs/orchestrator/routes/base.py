@@ -17,7 +17,6 @@ from fangs import wire
 from fangs.errors import BadRequest, PayloadTooLarge
 from fangs.orchestrator.auth import Access
 from fangs.orchestrator.site import MAX_NDJSON_LINE
-from fangs.orchestrator.views import nsToTimestamp  # noqa: F401 (re-exported for handlers)
 
 #: A route's declaration: its path (or aliases), its access, Klein's route arguments.
 RouteSpec = Tuple[Any, Access, Dict[str, Any]]

@@ -1,0 +1,70 @@
+"""
+Read-side views: what the API and the dashboard show of runs, deviations,
+events, artifacts, packages and runners.
+
+Each view is a frozen attrs type whose field names are the JSON keys, made
+from the store's rows by its C{of} constructor and rendered by the one wire
+converter (L{fangs.wire.dumps}); L{Views} reads the store for them, so a
+handler asks for a view and returns it.  The JSON is the protocol's: field
+order and values are those the API always sent.
+
+ - L{runs}: runs, run detail, deviations, events.
+ - L{catalog}: packages, baselines, releases, the allowlist.
+ - L{admin}: runners, tokens, the audit trail.
+ - L{reader}: L{Views}, the reads that make them.
+"""
+
+from fangs.orchestrator.views.admin import AuditEntryView, AuditTrail, RunnerList, RunnerView, TokenList, TokenView
+from fangs.orchestrator.views.catalog import (
+    AllowEntryView,
+    AllowList,
+    BaselineFingerprint,
+    BaselineView,
+    PackageAdded,
+    PackageList,
+    PackageView,
+    ReleaseView,
+    ReleasesView,
+)
+from fangs.orchestrator.views.reader import Views
+from fangs.orchestrator.views.runs import (
+    ArtifactView,
+    DeviationDetail,
+    DeviationView,
+    DeviationsPage,
+    EventView,
+    RunDetail,
+    RunView,
+    RunsPage,
+    eventLine,
+    nsToTimestamp,
+)
+
+__all__ = [
+    "AllowEntryView",
+    "AllowList",
+    "ArtifactView",
+    "AuditEntryView",
+    "AuditTrail",
+    "BaselineFingerprint",
+    "BaselineView",
+    "DeviationDetail",
+    "DeviationView",
+    "DeviationsPage",
+    "EventView",
+    "PackageAdded",
+    "PackageList",
+    "PackageView",
+    "ReleaseView",
+    "ReleasesView",
+    "RunDetail",
+    "RunView",
+    "RunnerList",
+    "RunnerView",
+    "RunsPage",
+    "TokenList",
+    "TokenView",
+    "Views",
+    "eventLine",
+    "nsToTimestamp",
+]

@@ -1,0 +1,189 @@
+"""
+The read side: L{Views} reads the store (and the runner registry) and
+answers with views; the API's handlers and the dashboard's pages ask here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from fangs.errors import BadRequest, NotFoundError
+from fangs.orchestrator import store as S
+from fangs.orchestrator.views.admin import AuditEntryView, AuditTrail, RunnerList, RunnerView, TokenList, TokenView
+from fangs.orchestrator.views.catalog import (
+    AllowEntryView,
+    AllowList,
+    BaselineFingerprint,
+    BaselineView,
+    PackageList,
+    PackageView,
+    ReleasesView,
+    ReleaseView,
+)
+from fangs.orchestrator.views.runs import (
+    DeviationDetail,
+    DeviationsPage,
+    DeviationView,
+    EventView,
+    RunDetail,
+    RunsPage,
+    RunView,
+    nsToTimestamp,
+)
+
+
+
+def _pageArgs(e: S.BadPageToken) -> BadRequest:
+    return BadRequest(str(e))
+
+
+class Views:
+    """
+    The read side: the store's rows as views, for one tenant (C{None}: an
+    all-tenant read).  The API's handlers and the dashboard's pages ask here.
+    """
+
+    def __init__(self, store: Any, registry: Any = None, dispatcher: Any = None, clock: Any = None) -> None:
+        self.store = store
+        self.registry = registry
+        self.dispatcher = dispatcher
+        self.clock = clock
+
+    async def requireRun(self, runID: str, tenant: Optional[str] = None) -> S.RunRow:
+        run = await self.store.getRun(runID) if tenant is None else await self.store.getRun(runID, tenant=tenant)
+        if run is None:
+            raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
+        return run
+
+    async def runs(self, flt: S.RunFilter, size: int, token: Optional[str]) -> RunsPage:
+        try:
+            page = await self.store.listRuns(flt, size, token)
+        except S.BadPageToken as e:
+            raise _pageArgs(e) from None
+        return RunsPage.of(page)
+
+    async def run(self, runID: str, tenant: str) -> RunView:
+        return RunView.of(await self.requireRun(runID, tenant))
+
+    async def runDetail(self, runID: str, tenant: str) -> RunDetail:
+        run = await self.requireRun(runID, tenant)
+        counts = await self.store.eventCounts(run.id)
+        found = await self.store.deviationsForRun(run.id, tenant=tenant)
+        return RunDetail.build(run, counts, found, await self.store.artifactFor(run.id))
+
+    async def pending(self, size: int, token: Optional[str], tenant: str) -> RunsPage:
+        try:
+            page = await self.store.pendingRuns(size, token, tenant=tenant)
+        except S.BadPageToken as e:
+            raise _pageArgs(e) from None
+        return RunsPage.of(page)
+
+    async def deviations(self, flt: S.DeviationFilter, size: int, token: Optional[str]) -> DeviationsPage:
+        try:
+            page = await self.store.listDeviations(flt, size, token)
+        except S.BadPageToken as e:
+            raise _pageArgs(e) from None
+        return DeviationsPage.of(page)
+
+    async def deviation(self, deviationID: str, tenant: str) -> DeviationDetail:
+        found = await self.store.getDeviation(deviationID, tenant=tenant)
+        if found is None:
+            raise NotFoundError("deviation %s not found" % (deviationID,))
+        dev, event = found
+        return DeviationDetail(**DeviationView.fields(dev), evidence_event=EventView.of(event) if event is not None else None)
+
+    async def packages(self, tenant: str) -> PackageList:
+        return PackageList([PackageView.of(p) for p in await self.store.listPackages(tenant=tenant)])
+
+    async def package(self, name: str, tenant: str) -> Optional[PackageView]:
+        found = await self.store.getPackage(name, tenant=tenant)
+        return None if found is None else PackageView.of(found)
+
+    async def baseline(self, name: str, tenant: str) -> BaselineView:
+        """
+        A package's baseline: 404 for a package the tenant neither watches
+        nor scanned.
+        """
+        await self.requireKnownPackage(name, tenant)
+        return BaselineView(name, [BaselineFingerprint.of(r) for r in await self.store.baselineFor(name, tenant=tenant)])
+
+    async def requireKnownPackage(self, name: str, tenant: str) -> None:
+        if await self.store.getPackage(name, tenant=tenant) is None and not await self.store.packageHasRuns(name, tenant=tenant):
+            raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
+
+    async def watch(self, name: str, tenant: str) -> Dict[str, Any]:
+        """
+        What the watcher keeps of a watched package (for L{releases}); 404
+        for a package the tenant does not watch.
+        """
+        status = await self.store.watchStatus(name, tenant=tenant)
+        if status is None:
+            raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        return status
+
+    async def releases(self, watch: Dict[str, Any], name: str, limit: int, tenant: str) -> ReleasesView:
+        rows = await self.store.listReleases(name, limit, tenant=tenant)
+        return ReleasesView(
+            last_seen_version=watch["last_seen_version"],
+            etag=watch["etag"],
+            last_error=watch["last_error"],
+            last_checked_at=nsToTimestamp(watch["last_checked_ns"]),
+            next_check_at=nsToTimestamp(watch["next_check_ns"]),
+            package_name=name,
+            releases=[ReleaseView.of(r) for r in rows],
+        )
+
+    async def allowlist(self, tenant: str, package: Optional[str] = None) -> AllowList:
+        """
+        The tenant's allowlist; with C{package}, the entries that apply to it
+        (the global ones and its own).
+        """
+        entries = await self.store.listAllow(tenant=tenant)
+        if package is not None:
+            entries = [e for e in entries if e["scope"] == "global" or e["package_name"] == package]
+        return AllowList([AllowEntryView.of(e) for e in entries])
+
+    async def allowEntry(self, entryID: str, tenant: str) -> AllowEntryView:
+        for e in await self.store.listAllow(tenant=tenant):
+            if e["id"] == entryID:
+                return AllowEntryView.of(e)
+        raise NotFoundError("allowlist entry %s not found" % (entryID,))
+
+    async def tokens(self, selected: Optional[str]) -> TokenList:
+        return TokenList([TokenView.of(t) for t in await self.store.listTokens(tenant=selected)])
+
+    async def audit(self, tenant: str, limit: int, target: Optional[str]) -> AuditTrail:
+        return AuditTrail(tenant, [AuditEntryView.of(r) for r in await self.store.auditLog(tenant, limit, target)])
+
+    async def visibleRuns(self, selected: Optional[str], runIDs: Sequence[str]) -> List[str]:
+        """
+        The runs of C{runIDs} a caller acting on C{selected} may know of:
+        all for an all-tenant view (C{None}), else its tenant's (a runner's
+        other runs are other tenants').
+        """
+        if selected is None:
+            return list(runIDs)
+        return [r for r in runIDs if await self.store.getRun(r, tenant=selected) is not None]
+
+    async def runners(self, selected: Optional[str]) -> RunnerList:
+        now = self.clock.seconds()
+        byTenant = await self.store.queueDepthByTenant()
+        return RunnerList(
+            runners=[
+                RunnerView(
+                    runner_id=r.runner_id,
+                    hostname=r.registration.hostname,
+                    kernel_version=r.registration.kernel_version,
+                    capabilities=r.registration.capabilities,
+                    status=r.status or "idle",
+                    active_run_ids=await self.visibleRuns(selected, r.active_run_ids),
+                    events_queued=r.events_queued,
+                    registered_at=nsToTimestamp(int(r.registered_at * 1e9)),
+                    last_seen_at=nsToTimestamp(int(r.last_seen * 1e9)),
+                    last_seen_seconds_ago=round(now - r.last_seen, 1),
+                )
+                for r in self.registry.all()
+            ],
+            queue_depth=sum(byTenant.values()) if selected is None else byTenant.get(selected, 0),
+            long_polls_waiting=self.dispatcher.waiterCount(),
+        )
