@@ -181,3 +181,33 @@ class AdminViewTests(SynchronousTestCase):
         trail = V.AuditTrail("acme", [V.AuditEntryView.of(row)])
         self.assertEqual(keys(trail), ["tenant", "entries"])
         self.assertEqual(list(rendered(trail)["entries"][0]), ["actor", "action", "target", "detail", "at"])
+
+
+class DashboardViewTests(SynchronousTestCase):
+    def test_timelineMergesReleasesAndRuns(self) -> None:
+        from fangs.orchestrator.views.dashboard import timeline
+
+        queued = aRun(id="01" * 16, version="1.3.0", created_ns=NS)
+        older = aRun(id="02" * 16, version="1.3.0", created_ns=NS - 5)
+        unlisted = aRun(id="03" * 16, version="0.9.0", created_ns=NS - 100)
+        releases = [
+            {"version": "1.3.0", "published_ns": NS - 10, "discovered_ns": NS, "run_id": "01" * 16, "seeded": False, "last_error": None},
+            {"version": "1.4.0", "published_ns": None, "discovered_ns": NS + 10, "run_id": None, "seeded": True, "last_error": "boom"},
+        ]
+        entries = timeline(releases, [older, queued, unlisted])
+        self.assertEqual([(t.version, t.when) for t in entries], [("1.4.0", NS + 10), ("1.3.0", NS - 10), ("0.9.0", NS - 100)])
+        self.assertIsNone(entries[0].run)
+        self.assertEqual((entries[0].seeded, entries[0].error), (True, "boom"))
+        self.assertEqual(entries[1].run.id, "01" * 16)  # the run queued for the release, not the version's other run
+        self.assertEqual(entries[1].error, "")
+        self.assertEqual(entries[2].run.id, "03" * 16)
+
+    def test_fleetRunnerStaleAndVisible(self) -> None:
+        from fangs.orchestrator.registry import RunnerRecord
+        from fangs.orchestrator.views.dashboard import FleetRunner
+
+        reg = wire.RunnerRegistration(runner_id="r1", hostname="h", kernel_version="6.1")
+        record = RunnerRecord(reg, registered_at=100.0, last_seen=100.0, status="busy", active_run_ids=["a", "b"])
+        fresh = FleetRunner.of(record, {"a"}, int(130 * 1e9))
+        self.assertEqual((fresh.status, fresh.active, fresh.last_seen_ns), ("busy", ["a"], int(100 * 1e9)))
+        self.assertEqual(FleetRunner.of(record, set(), int(161 * 1e9)).status, "stale")

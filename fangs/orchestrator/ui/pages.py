@@ -28,7 +28,7 @@ from twisted.web.static import File
 
 from fangs import npm, wire
 from fangs.egresstext import summarise
-from fangs.errors import BadRequest, Forbidden, NotFoundError
+from fangs.errors import BadRequest, Forbidden
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import KINDS as ALLOW_KINDS
@@ -37,7 +37,6 @@ from fangs.orchestrator.ui.render import (
     EGRESS_LIST_LIMIT,
     EVENTS_PER_PAGE,
     NANO,
-    STALE_AFTER_S,
     STATIC,
     TREE_EVENT_CAP,
     VERDICTS,
@@ -134,22 +133,7 @@ class DashboardUI:
         tenant = _tenant(request)
         summary = await self.store.dashboardSummary(now - 24 * 3600 * NANO, tenant=tenant)
         recent = await self.store.listRuns(S.RunFilter(tenant=tenant), 10, None)
-        runners = []
-        active = {a for r in self.core.registry.all() for a in r.active_run_ids}
-        visible = set(await self.views.visibleRuns(tenant, sorted(active)))
-        for r in self.core.registry.all():
-            age = now / NANO - r.last_seen
-            runners.append(
-                {
-                    "id": r.runner_id,
-                    "status": "stale" if age > STALE_AFTER_S else (r.status or "idle"),
-                    "active": [a for a in r.active_run_ids if a in visible],
-                    "last_seen_ns": int(r.last_seen * NANO),
-                    "kernel": r.registration.kernel_version,
-                    "hostname": r.registration.hostname,
-                    "queued": r.events_queued,
-                }
-            )
+        runners = await self.views.fleet(tenant, now)
         verdicts = summary["runs_by_verdict"]
         total24 = sum(verdicts.values())
         context = dict(
@@ -183,47 +167,18 @@ class DashboardUI:
             npm.checkPackageName(name)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        tenant = _tenant(request)
-        watched = await self.store.getPackage(name, tenant=tenant)
-        runs = (await self.store.listRuns(S.RunFilter(package=name, tenant=tenant), 100, None)).items
-        if watched is None and not runs:
-            raise NotFoundError("package %s is neither watched nor scanned" % (name,))
-        releases: List[Dict[str, Any]] = []
-        if watched is not None and hasattr(self.store, "listReleases"):
-            try:
-                releases = await self.store.listReleases(name, 100, tenant=tenant)
-            except Exception:  # the releases table may not exist yet
-                log.failure("listing releases of {name}", name=name)
-        byID = {r.id: r for r in runs}
-        byVersion: Dict[str, S.RunRow] = {}
-        for r in runs:
-            byVersion.setdefault(r.version, r)
-        timeline = []
-        for rel in releases:
-            run = byID.get(rel.get("run_id") or "") or byVersion.get(rel["version"])
-            timeline.append({"version": rel["version"], "when": rel.get("published_ns") or rel.get("discovered_ns"),
-                             "run": run, "seeded": rel.get("seeded"), "error": rel.get("last_error", "")})
-        listed = {t["version"] for t in timeline}
-        for r in runs:
-            if r.version not in listed:
-                listed.add(r.version)
-                timeline.append({"version": r.version, "when": r.created_ns, "run": r, "seeded": False, "error": ""})
-        timeline.sort(key=lambda t: t["when"] or 0, reverse=True)
-        baseline = await self.store.baselineFor(name, tenant=tenant)
-        categories: Dict[str, List[Dict[str, Any]]] = {}
-        for f in baseline:
-            categories.setdefault(f["category"], []).append(f)
+        page = await self.views.packagePage(name, _tenant(request))
         return self.render(
             request,
             "package.html",
             title=name,
             nav="packages",
             name=name,
-            watched=watched,
-            runs=runs,
-            timeline=timeline,
-            categories=sorted(categories.items()),
-            fingerprints=len(baseline),
+            watched=page.watched,
+            runs=page.runs,
+            timeline=page.timeline,
+            categories=page.categories,
+            fingerprints=page.fingerprints,
         )
 
     # -- runs -----------------------------------------------------------------
@@ -360,15 +315,11 @@ class DashboardUI:
 
     @app.route("/pending", methods=["GET"])
     async def pending(self, request: IRequest) -> bytes:
-        tenant = _tenant(request)
-        page = await self.store.pendingRuns(_intArg(request, "limit", 100, 1, 500), _arg(request, "page") or None, tenant=tenant)
-        items = []
-        for run in page.items:
-            devs = await self.store.deviationsForRun(run.id, tenant=tenant)
-            items.append({"run": run, "deviations": devs[:5], "more": max(0, len(devs) - 5)})
+        queue = await self.views.reviewQueue(_intArg(request, "limit", 100, 1, 500), _arg(request, "page") or None,
+                                             _tenant(request))
         return self.render(
-            request, "pending.html", title="Pending review", nav="pending", items=items,
-            nextURL="/ui/pending?" + urlencode({"page": page.next_token}) if page.next_token else None,
+            request, "pending.html", title="Pending review", nav="pending", items=queue.items,
+            nextURL="/ui/pending?" + urlencode({"page": queue.next_token}) if queue.next_token else None,
         )
 
     @app.route("/deviations", methods=["GET"])

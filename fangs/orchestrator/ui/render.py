@@ -34,7 +34,6 @@ EGRESS_LIST_LIMIT = 200
 #: the deviations' evidence events); the page says so when it stops short.
 TREE_EVENT_CAP = 5000
 TREE_ITEMS_PER_KIND = 40
-STALE_AFTER_S = 60.0
 VERDICTS = ("baseline", "clean", "deviations", "incomplete", "rejected")
 SEVERITIES = ("critical", "high", "medium", "low")
 TYPE_ORDER = ("exec", "net_connect", "dns_query", "tls_sni", "file_access")

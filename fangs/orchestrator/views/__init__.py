@@ -11,6 +11,7 @@ order and values are those the API always sent.
  - L{runs}: runs, run detail, deviations, events.
  - L{catalog}: packages, baselines, releases, the allowlist.
  - L{admin}: runners, tokens, the audit trail.
+ - L{dashboard}: the dashboard's own pages (fleet, review queue, package).
  - L{reader}: L{Views}, the reads that make them.
 """
 
@@ -26,6 +27,7 @@ from fangs.orchestrator.views.catalog import (
     ReleaseView,
     ReleasesView,
 )
+from fangs.orchestrator.views.dashboard import FleetRunner, PackagePage, PendingItem, ReviewQueue, TimelineEntry
 from fangs.orchestrator.views.reader import Views
 from fangs.orchestrator.views.runs import (
     ArtifactView,
@@ -41,6 +43,11 @@ from fangs.orchestrator.views.runs import (
 )
 
 __all__ = [
+    "TimelineEntry",
+    "ReviewQueue",
+    "PendingItem",
+    "PackagePage",
+    "FleetRunner",
     "AllowEntryView",
     "AllowList",
     "ArtifactView",

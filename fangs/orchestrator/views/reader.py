@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
+from twisted.logger import Logger
+
 from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator import store as S
 from fangs.orchestrator.views.admin import AuditEntryView, AuditTrail, RunnerList, RunnerView, TokenList, TokenView
@@ -20,6 +22,7 @@ from fangs.orchestrator.views.catalog import (
     ReleasesView,
     ReleaseView,
 )
+from fangs.orchestrator.views.dashboard import FleetRunner, PackagePage, PendingItem, ReviewQueue, timeline
 from fangs.orchestrator.views.runs import (
     DeviationDetail,
     DeviationsPage,
@@ -31,6 +34,8 @@ from fangs.orchestrator.views.runs import (
     nsToTimestamp,
 )
 
+
+log = Logger()
 
 
 def _pageArgs(e: S.BadPageToken) -> BadRequest:
@@ -187,3 +192,47 @@ class Views:
             queue_depth=sum(byTenant.values()) if selected is None else byTenant.get(selected, 0),
             long_polls_waiting=self.dispatcher.waiterCount(),
         )
+
+    # -- the dashboard's pages --
+
+    async def fleet(self, tenant: str, nowNs: int) -> List[FleetRunner]:
+        """
+        The runners, each with the runs it works on that C{tenant} may know of.
+        """
+        runners = self.registry.all()
+        active = sorted({a for r in runners for a in r.active_run_ids})
+        visible = set(await self.visibleRuns(tenant, active))
+        return [FleetRunner.of(r, visible, nowNs) for r in runners]
+
+    async def reviewQueue(self, size: int, token: Optional[str], tenant: str, shown: int = 5) -> ReviewQueue:
+        """
+        The runs waiting for review, highest severity first, each with its
+        first C{shown} deviations.
+        """
+        page = await self.store.pendingRuns(size, token, tenant=tenant)
+        items = []
+        for run in page.items:
+            devs = await self.store.deviationsForRun(run.id, tenant=tenant)
+            items.append(PendingItem(run, list(devs[:shown]), max(0, len(devs) - shown)))
+        return ReviewQueue(items, page.next_token)
+
+    async def packagePage(self, name: str, tenant: str) -> PackagePage:
+        """
+        A package the tenant watches or scanned (else 404): its runs merged
+        with the releases the watcher recorded, and its baseline.
+        """
+        watched = await self.store.getPackage(name, tenant=tenant)
+        runs = (await self.store.listRuns(S.RunFilter(package=name, tenant=tenant), 100, None)).items
+        if watched is None and not runs:
+            raise NotFoundError("package %s is neither watched nor scanned" % (name,))
+        releases: List[Dict[str, Any]] = []
+        if watched is not None and hasattr(self.store, "listReleases"):
+            try:
+                releases = await self.store.listReleases(name, 100, tenant=tenant)
+            except Exception:  # the releases table may not exist yet
+                log.failure("listing releases of {name}", name=name)
+        baseline = await self.store.baselineFor(name, tenant=tenant)
+        categories: Dict[str, List[Dict[str, Any]]] = {}
+        for f in baseline:
+            categories.setdefault(f["category"], []).append(f)
+        return PackagePage(name, watched, list(runs), timeline(releases, runs), sorted(categories.items()), len(baseline))
