@@ -211,3 +211,15 @@ class DashboardViewTests(SynchronousTestCase):
         fresh = FleetRunner.of(record, {"a"}, int(130 * 1e9))
         self.assertEqual((fresh.status, fresh.active, fresh.last_seen_ns), ("busy", ["a"], int(100 * 1e9)))
         self.assertEqual(FleetRunner.of(record, set(), int(161 * 1e9)).status, "stale")
+
+
+class StepViewTests(SynchronousTestCase):
+    def test_keysAndTimes(self) -> None:
+        from fangs.orchestrator.steps import Step
+
+        view = V.RunStepsView("ab" * 16, [V.StepView.of(Step("queued", "done", NS, 0, 1, "taken by r1", ""))])
+        body = rendered(view)
+        self.assertEqual(keys(view), ["run_id", "steps"])
+        self.assertEqual(list(body["steps"][0]), ["name", "state", "started_at", "ended_at", "attempts", "outcome", "detail"])
+        self.assertEqual(body["steps"][0]["started_at"], wire.formatTimestamp(wire.timestampFromNs(NS)))
+        self.assertIsNone(body["steps"][0]["ended_at"])  # no time recorded: null

@@ -16,7 +16,7 @@ from fangs.errors import BadRequest, Forbidden, Gone, NotFoundError
 from fangs.orchestrator import store as S
 from fangs.orchestrator.auth import SCOPE_READ, SCOPE_WRITE, Caller, TenantForbidden, callerKey, operator
 from fangs.orchestrator.routes.base import EXPORT_PAGE, NDJSON, _SHA512, Routes, loadsBody, pageSize, queryArg, readBody, route, runIDFromPath, timeArg
-from fangs.orchestrator.views import eventLine, nsToTimestamp
+from fangs.orchestrator.views import eventLine
 from fangs.tenants import DEFAULT_TENANT, TenantError, checkTenant
 
 
@@ -118,11 +118,7 @@ class RunRoutes(Routes):
 
     @route("/v1/runs/<runID>/steps", operator(SCOPE_READ), methods=["GET"])
     async def runSteps(self, request: IRequest, caller: Caller, runID: str) -> bytes:
-        from fangs.orchestrator.steps import runSteps, stepsJSON
-
-        run = await self.core.requireRun(runIDFromPath(runID), caller.tenant)
-        steps = runSteps(run, await self.core.store.outboxFor(run.id, tenant=caller.tenant))
-        return self._json(request, {"run_id": run.id, "steps": stepsJSON(steps, nsToTimestamp)})
+        return self._json(request, await self.views.runSteps(runIDFromPath(runID), caller.tenant))
 
     @route("/v1/runs/<runID>", operator(SCOPE_READ), methods=["GET"])
     async def getRun(self, request: IRequest, caller: Caller, runID: str) -> bytes:

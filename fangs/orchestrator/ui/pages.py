@@ -32,7 +32,6 @@ from fangs.errors import BadRequest, Forbidden
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import KINDS as ALLOW_KINDS
-from fangs.orchestrator.steps import runSteps
 from fangs.orchestrator.ui.render import (
     EGRESS_LIST_LIMIT,
     EVENTS_PER_PAGE,
@@ -271,7 +270,7 @@ class DashboardUI:
             treeCapped=len(treeEvents) >= TREE_EVENT_CAP,
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
-            steps=runSteps(run, await self.store.outboxFor(run.id, tenant=_tenant(request))),
+            steps=await self.views.stepsOf(run, _tenant(request)),
             egress=egress,
             egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - EGRESS_LIST_LIMIT),
         )

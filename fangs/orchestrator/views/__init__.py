@@ -36,13 +36,17 @@ from fangs.orchestrator.views.runs import (
     DeviationsPage,
     EventView,
     RunDetail,
+    RunStepsView,
     RunView,
     RunsPage,
+    StepView,
     eventLine,
     nsToTimestamp,
 )
 
 __all__ = [
+    "RunStepsView",
+    "StepView",
     "TimelineEntry",
     "ReviewQueue",
     "PendingItem",

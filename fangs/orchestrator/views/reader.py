@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator import store as S
+from fangs.orchestrator.steps import Step, runSteps
 from fangs.orchestrator.views.admin import AuditEntryView, AuditTrail, RunnerList, RunnerView, TokenList, TokenView
 from fangs.orchestrator.views.catalog import (
     AllowEntryView,
@@ -29,8 +30,10 @@ from fangs.orchestrator.views.runs import (
     DeviationView,
     EventView,
     RunDetail,
+    RunStepsView,
     RunsPage,
     RunView,
+    StepView,
     nsToTimestamp,
 )
 
@@ -75,6 +78,16 @@ class Views:
         counts = await self.store.eventCounts(run.id)
         found = await self.store.deviationsForRun(run.id, tenant=tenant)
         return RunDetail.build(run, counts, found, await self.store.artifactFor(run.id))
+
+    async def stepsOf(self, run: S.RunRow, tenant: str) -> List[Step]:
+        """
+        The steps of C{run}'s life, its notifications as C{tenant}'s outbox has them.
+        """
+        return runSteps(run, await self.store.outboxFor(run.id, tenant=tenant))
+
+    async def runSteps(self, runID: str, tenant: str) -> RunStepsView:
+        run = await self.requireRun(runID, tenant)
+        return RunStepsView(run.id, [StepView.of(s) for s in await self.stepsOf(run, tenant)])
 
     async def pending(self, size: int, token: Optional[str], tenant: str) -> RunsPage:
         try:

@@ -13,6 +13,7 @@ import attrs
 
 from fangs import wire
 from fangs.orchestrator import store as S
+from fangs.orchestrator.steps import Step
 
 
 
@@ -254,6 +255,33 @@ class RunDetail(RunView):
             analysis_reason=run.analysis_reason,
             artifact=ArtifactView.of(artifact),
         )
+
+
+@attrs.frozen
+class StepView:
+    """
+    One step of a run's life (queued, dispatched, install, observe, analyse,
+    notify) and how it went.
+    """
+
+    name: str
+    state: str
+    started_at: Optional[str]
+    ended_at: Optional[str]
+    attempts: int
+    outcome: str
+    detail: str
+
+    @classmethod
+    def of(cls, s: Step) -> "StepView":
+        return cls(s.name, s.state, nsToTimestamp(s.started_ns) if s.started_ns else None,
+                   nsToTimestamp(s.ended_ns) if s.ended_ns else None, s.attempts, s.outcome, s.detail)
+
+
+@attrs.frozen
+class RunStepsView:
+    run_id: str
+    steps: List[StepView]
 
 
 def eventLine(e: S.StoredEvent) -> bytes:
