@@ -223,3 +223,23 @@ class StepViewTests(SynchronousTestCase):
         self.assertEqual(list(body["steps"][0]), ["name", "state", "started_at", "ended_at", "attempts", "outcome", "detail"])
         self.assertEqual(body["steps"][0]["started_at"], wire.formatTimestamp(wire.timestampFromNs(NS)))
         self.assertIsNone(body["steps"][0]["ended_at"])  # no time recorded: null
+
+
+class NotifierViewTests(SynchronousTestCase):
+    def test_keysAsTheStoreDictsRenamed(self) -> None:
+        row = {"name": "ops", "url": "https://hooks.test/x", "template": "slack", "secret_env": None, "headers": {},
+               "min_severity": "high", "packages": [], "enabled": True, "created_ns": NS, "updated_ns": NS}
+        self.assertEqual(keys(V.NotifierView.of(row)), ["name", "url", "template", "secret_env", "headers",
+                                                       "min_severity", "packages", "enabled", "created_at", "updated_at"])
+        saved = V.NotifierSaved(**V.NotifierView.fields(row), created=False)
+        self.assertEqual(keys(saved)[-1], "created")
+
+    def test_deliveryKeepsItsKeys(self) -> None:
+        row = {"outbox_id": 1, "run_id": "ab" * 16, "attempt": 1, "at_ns": NS, "status": "failed", "http_status": 500,
+               "error": "HTTP 500", "response_excerpt": "", "message_state": "pending", "next_attempt_ns": NS + 1}
+        body = rendered(V.DeliveryHistory("ops", [V.DeliveryView.of(row)]))
+        self.assertEqual(list(body), ["name", "deliveries"])
+        self.assertEqual(sorted(body["deliveries"][0]), sorted(
+            ["outbox_id", "run_id", "attempt", "status", "http_status", "error", "response_excerpt", "message_state",
+             "at_at", "next_attempt_at"]))  # at_at: what fangs notifier deliveries reads
+        self.assertEqual(body["deliveries"][0]["at_at"], wire.formatTimestamp(wire.timestampFromNs(NS)))

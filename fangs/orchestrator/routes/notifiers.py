@@ -6,21 +6,16 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+import attrs
 from twisted.web.iweb import IRequest
 
 from fangs.errors import BadRequest, FangsError, NotFoundError
 from fangs.orchestrator.auth import SCOPE_ADMIN, Caller, operator
 from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
-from fangs.orchestrator.views import nsToTimestamp
+from fangs.orchestrator.views import NotifierSaved, NotifierView
 
 
 class NotifierRoutes(Routes):
-    def _notifierJSON(self, n: Dict[str, Any]) -> Dict[str, Any]:
-        out = dict(n)
-        for key in ("created_ns", "updated_ns"):
-            out[key.replace("_ns", "_at")] = nsToTimestamp(out.pop(key))
-        return out
-
     def _targetPolicy(self) -> Any:
         from fangs.orchestrator.notifier import TargetPolicy
 
@@ -40,7 +35,7 @@ class NotifierRoutes(Routes):
 
     @route("/v1/notifiers", operator(SCOPE_ADMIN), methods=["GET"])
     async def listNotifiers(self, request: IRequest, caller: Caller) -> bytes:
-        return self._json(request, {"notifiers": [self._notifierJSON(n) for n in await self.core.store.listNotifiers(tenant=caller.tenant)]})
+        return self._json(request, await self.views.notifiers(caller.tenant))
 
     @route("/v1/notifiers", operator(SCOPE_ADMIN), methods=["POST"])
     async def putNotifier(self, request: IRequest, caller: Caller) -> bytes:
@@ -50,7 +45,7 @@ class NotifierRoutes(Routes):
         target = parseNotifier(stringField(body, "name"), body, self._targetPolicy())
         created = await self.core.store.upsertNotifier(target, actorOf(request), self.core.nowNs(), tenant=caller.tenant)
         found = await self.core.store.getNotifier(target["name"], tenant=caller.tenant)
-        return self._json(request, dict(self._notifierJSON(found), created=created), 201 if created else 200)
+        return self._json(request, NotifierSaved(**NotifierView.fields(found), created=created), 201 if created else 200)
 
     @route("/v1/notifiers/<name>", operator(SCOPE_ADMIN), methods=["GET", "DELETE"])
     async def notifier(self, request: IRequest, caller: Caller, name: str) -> bytes:
@@ -58,7 +53,7 @@ class NotifierRoutes(Routes):
         if request.method == b"DELETE":
             await self.core.store.deleteNotifier(name, actorOf(request), self.core.nowNs(), tenant=caller.tenant)
             return self._json(request, {"name": name, "removed": True})
-        return self._json(request, self._notifierJSON(found))
+        return self._json(request, NotifierView.of(found))
 
     @route("/v1/notifiers/<name>/test", operator(SCOPE_ADMIN), methods=["POST"])
     async def testNotifier(self, request: IRequest, caller: Caller, name: str) -> bytes:
@@ -82,10 +77,7 @@ class NotifierRoutes(Routes):
         raw = queryArg(request, "limit") or "100"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
-        rows = await self.core.store.deliveries(checkName(name), int(raw), tenant=caller.tenant)  # history outlives its notifier
-        if not rows:
+        history = await self.views.deliveries(checkName(name), int(raw), caller.tenant)  # history outlives its notifier
+        if not history.deliveries:
             await self._requireNotifier(name, caller.tenant)  # neither history nor notifier: no such name for this tenant
-        for r in rows:
-            for key in ("at_ns", "next_attempt_ns"):
-                r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
-        return self._json(request, {"name": name, "deliveries": rows})
+        return self._json(request, attrs.evolve(history, name=name))

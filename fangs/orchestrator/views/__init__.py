@@ -15,7 +15,19 @@ order and values are those the API always sent.
  - L{reader}: L{Views}, the reads that make them.
 """
 
-from fangs.orchestrator.views.admin import AuditEntryView, AuditTrail, RunnerList, RunnerView, TokenList, TokenView
+from fangs.orchestrator.views.admin import (
+    AuditEntryView,
+    AuditTrail,
+    DeliveryHistory,
+    DeliveryView,
+    NotifierList,
+    NotifierSaved,
+    NotifierView,
+    RunnerList,
+    RunnerView,
+    TokenList,
+    TokenView,
+)
 from fangs.orchestrator.views.catalog import (
     AllowEntryView,
     AllowList,
@@ -45,6 +57,11 @@ from fangs.orchestrator.views.runs import (
 )
 
 __all__ = [
+    "NotifierView",
+    "NotifierSaved",
+    "NotifierList",
+    "DeliveryView",
+    "DeliveryHistory",
     "RunStepsView",
     "StepView",
     "TimelineEntry",

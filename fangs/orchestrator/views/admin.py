@@ -1,5 +1,6 @@
 """
-Views for operators and admins: runners, tokens and the audit trail.
+Views for operators and admins: runners, tokens, the audit trail, notifiers
+and their deliveries.
 """
 
 from __future__ import annotations
@@ -81,3 +82,74 @@ class RunnerList:
     runners: List[RunnerView]
     queue_depth: int
     long_polls_waiting: int
+
+
+# -- notifiers ------------------------------------------------------------------
+
+
+@attrs.frozen
+class NotifierView:
+    """
+    A notifier target (its secret only by the environment variable's name).
+    """
+
+    name: str
+    url: str
+    template: str
+    secret_env: Optional[str]
+    headers: Dict[str, Any]
+    min_severity: Optional[str]
+    packages: List[Any]
+    enabled: bool
+    created_at: Optional[str]
+    updated_at: Optional[str]
+
+    @staticmethod
+    def fields(n: Dict[str, Any]) -> Dict[str, Any]:
+        times = {"created_at": "created_ns", "updated_at": "updated_ns"}
+        return {f.name: nsToTimestamp(n[times[f.name]]) if f.name in times else n[f.name] for f in attrs.fields(NotifierView)}
+
+    @classmethod
+    def of(cls, n: Dict[str, Any]) -> "NotifierView":
+        return cls(**cls.fields(n))
+
+
+@attrs.frozen
+class NotifierSaved(NotifierView):
+    created: bool
+
+
+@attrs.frozen
+class NotifierList:
+    notifiers: List[NotifierView]
+
+
+@attrs.frozen
+class DeliveryView:
+    """
+    One attempt to deliver a message to a notifier.
+    """
+
+    outbox_id: Any
+    run_id: Optional[str]
+    attempt: int
+    status: Any
+    http_status: Optional[int]
+    error: Optional[str]
+    response_excerpt: Optional[str]
+    message_state: str
+    #: The attempt's time.  (The key has always been C{at_at}: the C{at_ns}
+    #: column renamed; clients read it so.)
+    at_at: Optional[str]
+    next_attempt_at: Optional[str]
+
+    @classmethod
+    def of(cls, r: Dict[str, Any]) -> "DeliveryView":
+        times = {"at_at": "at_ns", "next_attempt_at": "next_attempt_ns"}
+        return cls(**{f.name: nsToTimestamp(r[times[f.name]]) if f.name in times else r[f.name] for f in attrs.fields(cls)})
+
+
+@attrs.frozen
+class DeliveryHistory:
+    name: str
+    deliveries: List[DeliveryView]

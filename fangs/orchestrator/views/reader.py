@@ -12,7 +12,18 @@ from twisted.logger import Logger
 from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator import store as S
 from fangs.orchestrator.steps import Step, runSteps
-from fangs.orchestrator.views.admin import AuditEntryView, AuditTrail, RunnerList, RunnerView, TokenList, TokenView
+from fangs.orchestrator.views.admin import (
+    AuditEntryView,
+    AuditTrail,
+    DeliveryHistory,
+    DeliveryView,
+    NotifierList,
+    NotifierView,
+    RunnerList,
+    RunnerView,
+    TokenList,
+    TokenView,
+)
 from fangs.orchestrator.views.catalog import (
     AllowEntryView,
     AllowList,
@@ -172,6 +183,15 @@ class Views:
 
     async def audit(self, tenant: str, limit: int, target: Optional[str]) -> AuditTrail:
         return AuditTrail(tenant, [AuditEntryView.of(r) for r in await self.store.auditLog(tenant, limit, target)])
+
+    async def notifiers(self, tenant: str) -> NotifierList:
+        return NotifierList([NotifierView.of(n) for n in await self.store.listNotifiers(tenant=tenant)])
+
+    async def deliveries(self, name: str, limit: int, tenant: str) -> DeliveryHistory:
+        """
+        A notifier's delivery attempts, newest first (its history outlives it).
+        """
+        return DeliveryHistory(name, [DeliveryView.of(r) for r in await self.store.deliveries(name, limit, tenant=tenant)])
 
     async def visibleRuns(self, selected: Optional[str], runIDs: Sequence[str]) -> List[str]:
         """
