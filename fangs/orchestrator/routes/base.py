@@ -64,6 +64,8 @@ class Routes:
     views: Any
     policy: Any
     stream: Any
+    #: The one error mapping (L{fangs.orchestrator.api.OrchestratorAPI.error}).
+    error: Any
 
     def _json(self, request: IRequest, value: Any, code: int = 200) -> bytes:
         request.setResponseCode(code)
