@@ -375,3 +375,52 @@ class ProcessTreeTests(SynchronousTestCase):
         self.assertEqual(ui.duration(90 * 10**9), "1m 30s")
         self.assertEqual(ui.relTime(10**9, 3 * 3600 * 10**9), "2h ago")
         self.assertEqual(ui.truncate("abcdef", 4), "abc…")
+
+
+class LoginPageTests(SynchronousTestCase):
+    """
+    The sign-in page, rendered from C{templates/login.html} by the
+    dashboard's session module.
+    """
+
+    def setUp(self) -> None:
+        from fangs.orchestrator.auth import Authenticator
+
+        self.o = InMemoryOrchestrator(self)
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda r: None, clock=self.o.clock)
+
+    def request(self, method: str, form: Optional[Dict[str, str]] = None) -> Page:
+        from urllib.parse import urlencode
+
+        treq = StubTreq(self.o.api.resource())
+        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]} if form is not None else None
+        d = treq.request(method, "http://orchestrator.test/ui/login", headers=headers,
+                         data=urlencode(form).encode() if form is not None else None, allow_redirects=False)
+        treq.flush()
+        r = self.successResultOf(d)
+        return Page(r.code, self.successResultOf(r.content()), r.headers)
+
+    def test_page(self) -> None:
+        page = self.request("GET")
+        self.assertEqual(page.code, 200)
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertEqual(page.header("Content-Security-Policy"), "default-src 'self'")
+        self.assertEqual(page.header("X-Frame-Options"), "DENY")
+        self.assertIn('<form method="post" action="/ui/login">', page.text)
+        self.assertIn('name="token"', page.text)
+        self.assertNotIn("login-error", page.text)
+
+    def test_refusedTokenShownEscaped(self) -> None:
+        page = self.request("POST", {"token": "<script>alert(1)</script>"})
+        self.assertEqual(page.code, 401)
+        self.assertIn('class="login-error"', page.text)
+        self.assertNotIn("<script>", page.text)
+
+    def test_goodTokenSetsSessionAndRedirects(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        created = self.successResultOf(Deferred.fromCoroutine(self.o.core.createToken("alice", ["orchestrator:read"], "t")))
+        page = self.request("POST", {"token": created["token"]})
+        self.assertEqual(page.code, 302)
+        self.assertEqual(page.header("Location"), "/ui/")
+        self.assertIn("HttpOnly", page.header("Set-Cookie"))
