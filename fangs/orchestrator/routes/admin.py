@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
 from fangs import wire
@@ -14,8 +13,6 @@ from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator.auth import SCOPE_ADMIN, SCOPE_READ, Caller, TenantForbidden, operator, public
 from fangs.orchestrator.routes.base import Routes, actorOf, jsonObject, queryArg, route, stringField
 from fangs.tenants import ALL_TENANTS, TenantError, checkTenant
-
-log = Logger()
 
 
 class AdminRoutes(Routes):
@@ -33,34 +30,8 @@ class AdminRoutes(Routes):
         tenant), runners, open long polls and stream subscribers.  503 when
         the database does not answer.
         """
-        clock = self.core.clock
-        started = clock.seconds()
-        try:
-            depth = await self.core.store.queueDepth()
-            byTenant = await self.core.store.queueDepthByTenant()
-            if caller.selected is not None:
-                byTenant = {caller.selected: byTenant.get(caller.selected, 0)}
-                depth = byTenant[caller.selected]
-            db = {"backend": getattr(self.core.store, "backend", "?"), "ok": True,
-                  "latency_ms": round((clock.seconds() - started) * 1000, 1)}
-        except Exception as e:
-            log.warn("admin health: the database did not answer ({error})", error=str(e))
-            depth, byTenant, db = None, {}, {"backend": getattr(self.core.store, "backend", "?"), "ok": False, "error": type(e).__name__}
-        runners = self.core.registry.all()
-        body = {
-            "status": "ok" if db["ok"] else "unavailable",
-            "orchestrator_id": self.core.orchestratorID,
-            "version": self.core.version,
-            "database": db,
-            # A queued run shared by several tenants counts for each.
-            "queue": {"depth": depth, "by_tenant": byTenant},
-            "runners": {"registered": len(runners), "busy": sum(1 for r in runners if r.active_run_ids or r.active_run_id)},
-            "long_polls_waiting": self.core.dispatcher.waiterCount(),
-            # A tenant's view counts its own tenant's subscribers only.
-            "stream_subscribers": (0 if self.stream is None else len(self.stream.subscribers) if caller.selected is None
-                                   else sum(1 for sub in self.stream.subscribers if sub.filter.tenant == caller.selected)),
-        }
-        return self._json(request, body, 200 if db["ok"] else 503)
+        health = await self.views.adminHealth(caller.selected, self.core.orchestratorID, self.core.version, self.stream)
+        return self._json(request, health, 200 if health.database.ok else 503)
 
     # -- tokens (admin) --
 

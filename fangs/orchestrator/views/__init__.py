@@ -16,6 +16,10 @@ order and values are those the API always sent.
 """
 
 from fangs.orchestrator.views.admin import (
+    RunnersHealth,
+    QueueHealth,
+    DatabaseHealth,
+    AdminHealth,
     AuditEntryView,
     AuditTrail,
     DeliveryHistory,
@@ -57,6 +61,10 @@ from fangs.orchestrator.views.runs import (
 )
 
 __all__ = [
+    "RunnersHealth",
+    "QueueHealth",
+    "DatabaseHealth",
+    "AdminHealth",
     "NotifierView",
     "NotifierSaved",
     "NotifierList",

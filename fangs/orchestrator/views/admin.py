@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional
 
 import attrs
 
+from fangs import wire
+
 from fangs.orchestrator.views.runs import nsToTimestamp
 
 
@@ -82,6 +84,50 @@ class RunnerList:
     runners: List[RunnerView]
     queue_depth: int
     long_polls_waiting: int
+
+
+# -- readiness --------------------------------------------------------------------
+
+
+@attrs.frozen
+class DatabaseHealth:
+    backend: str
+    ok: bool
+    #: How long the queue queries took, when the database answered.
+    latency_ms: Optional[float] = wire.omitnil()
+    #: What it raised (the class only), when it did not.
+    error: Optional[str] = wire.omitnil()
+
+
+@attrs.frozen
+class QueueHealth:
+    #: None when the database did not answer.  A queued run shared by
+    #: several tenants counts for each.
+    depth: Optional[int]
+    by_tenant: Dict[str, int]
+
+
+@attrs.frozen
+class RunnersHealth:
+    registered: int
+    busy: int
+
+
+@attrs.frozen
+class AdminHealth:
+    """
+    Readiness: the database answers, and what waits (queue depth per tenant,
+    runners, open long polls, stream subscribers).
+    """
+
+    status: str
+    orchestrator_id: str
+    version: str
+    database: DatabaseHealth
+    queue: QueueHealth
+    runners: RunnersHealth
+    long_polls_waiting: int
+    stream_subscribers: int
 
 
 # -- notifiers ------------------------------------------------------------------

@@ -13,14 +13,18 @@ from fangs.errors import BadRequest, NotFoundError
 from fangs.orchestrator import store as S
 from fangs.orchestrator.steps import Step, runSteps
 from fangs.orchestrator.views.admin import (
+    AdminHealth,
     AuditEntryView,
     AuditTrail,
+    DatabaseHealth,
     DeliveryHistory,
     DeliveryView,
     NotifierList,
     NotifierView,
+    QueueHealth,
     RunnerList,
     RunnerView,
+    RunnersHealth,
     TokenList,
     TokenView,
 )
@@ -183,6 +187,41 @@ class Views:
 
     async def audit(self, tenant: str, limit: int, target: Optional[str]) -> AuditTrail:
         return AuditTrail(tenant, [AuditEntryView.of(r) for r in await self.store.auditLog(tenant, limit, target)])
+
+    async def adminHealth(self, selected: Optional[str], orchestratorID: str, version: str, stream: Any) -> AdminHealth:
+        """
+        Readiness as a caller acting on C{selected} (C{None}: all tenants)
+        sees it: its tenant's queue and stream subscribers only.
+        """
+        started = self.clock.seconds()
+        backend = getattr(self.store, "backend", "?")
+        try:
+            depth: Optional[int] = await self.store.queueDepth()
+            byTenant = await self.store.queueDepthByTenant()
+            if selected is not None:
+                byTenant = {selected: byTenant.get(selected, 0)}
+                depth = byTenant[selected]
+            db = DatabaseHealth(backend, True, latency_ms=round((self.clock.seconds() - started) * 1000, 1))
+        except Exception as e:
+            log.warn("admin health: the database did not answer ({error})", error=str(e))
+            depth, byTenant, db = None, {}, DatabaseHealth(backend, False, error=type(e).__name__)
+        runners = self.registry.all()
+        if stream is None:
+            subscribers = 0
+        elif selected is None:
+            subscribers = len(stream.subscribers)
+        else:
+            subscribers = sum(1 for sub in stream.subscribers if sub.filter.tenant == selected)
+        return AdminHealth(
+            status="ok" if db.ok else "unavailable",
+            orchestrator_id=orchestratorID,
+            version=version,
+            database=db,
+            queue=QueueHealth(depth, byTenant),
+            runners=RunnersHealth(len(runners), sum(1 for r in runners if r.active_run_ids or r.active_run_id)),
+            long_polls_waiting=self.dispatcher.waiterCount(),
+            stream_subscribers=subscribers,
+        )
 
     async def notifiers(self, tenant: str) -> NotifierList:
         return NotifierList([NotifierView.of(n) for n in await self.store.listNotifiers(tenant=tenant)])
