@@ -153,6 +153,20 @@ class DashboardTests(SynchronousTestCase):
         self.assertIn('data-action="promoted"', text)
         self.assertIn('data-action="rejected"', text)
 
+    def test_egressAttemptsSummarised(self) -> None:
+        """
+        The run page lists the egress attempts the gateway stopped, repeats
+        counted, a bait carried marked.
+        """
+        attempt = {"type": wire.EventType.EGRESS_ATTEMPT, "payload": {
+            "Header": {"TsNs": 9, "PID": 300, "Type": 12}, "Protocol": "http", "Action": "sinkholed",
+            "DestName": "c2.example.test", "DestIP": "127.0.0.1", "DestPort": 80, "Method": "POST",
+            "Host": "c2.example.test", "Path": "/x", "Canaries": ["npm_token"], "CommStr": "node"}}
+        runID = runScan(self.o, BENIGN + [attempt, attempt])
+        text = self.get("/ui/runs/" + runID).text
+        self.assertIn("tried POST http://c2.example.test/x carrying the bait npm token (sinkholed) ×2", text)
+        self.assertNotIn("c2.example.test/x", self.get("/ui/runs/" + self.runs["clean"]).text)
+
     def test_eventsFilteredAndPaginated(self) -> None:
         o = self.o
         many = [fileEvent("/tmp/f%d" % (i,), pid=400) for i in range(250)]

@@ -204,7 +204,6 @@ class DashboardUI:
     @app.route("/runs/<runID>", methods=["GET"])
     async def run(self, request: IRequest, runID: str) -> bytes:
         run = await self._run(runID, request)
-        counts = await self.store.eventCounts(run.id)
         typeArg = _arg(request, "type") or None
         eventType = None
         if typeArg is not None:
@@ -212,14 +211,11 @@ class DashboardUI:
             if eventType is None:
                 raise BadRequest("type must be one of %s" % (", ".join(wire.EVENT_TYPE_IDS),))
         after = _cursor(_arg(request, "after"))
-        page = await self.store.eventPage(run.id, after, EVENTS_PER_PAGE + 1, eventType)
-        more = len(page) > EVENTS_PER_PAGE
-        page = page[:EVENTS_PER_PAGE]
-        deviations = await self.store.deviationsForRun(run.id, tenant=_tenant(request))
+        record = await self.views.runRecord(run, _tenant(request), after, eventType, EVENTS_PER_PAGE, TREE_EVENT_CAP,
+                                            EGRESS_LIST_LIMIT)
+        counts, page, more, deviations, evidence = record.counts, record.events, record.more, record.deviations, record.evidence
         evidenceIDs = [d.evidence_event_id for d in deviations if d.evidence_event_id]
-        evidence = {e.id: e for e in await self.store.eventsByID(evidenceIDs)}
-        treeEvents = await self.store.eventPage(run.id, (0, -1), TREE_EVENT_CAP, None)
-        tree = processTree(list(treeEvents) + list(evidence.values()), evidenceIDs)
+        tree = processTree(list(record.treeEvents) + list(evidence.values()), evidenceIDs)
         evidencePid = {d.id: evidence[d.evidence_event_id].pid for d in deviations if d.evidence_event_id in evidence}
         rows = []
         for e in page:
@@ -243,7 +239,7 @@ class DashboardUI:
                 }
             )
         chips = sorted(((typeName(t), n) for t, n in counts.items()), key=lambda c: typeSortKey(c[0]))
-        egress = await self._egress(run.id, counts)
+        egress = _egressLines(record.egress)
         base = "/ui/runs/%s" % (run.id,)
         nextURL = None
         if more:
@@ -267,33 +263,13 @@ class DashboardUI:
             deviations=deviations,
             evidencePid=evidencePid,
             tree=tree,
-            treeCapped=len(treeEvents) >= TREE_EVENT_CAP,
+            treeCapped=len(record.treeEvents) >= TREE_EVENT_CAP,
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
-            steps=await self.views.stepsOf(run, _tenant(request)),
+            steps=record.steps,
             egress=egress,
             egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - EGRESS_LIST_LIMIT),
         )
-
-    async def _egress(self, runID: str, counts: Dict[int, int]) -> List[Dict[str, Any]]:
-        """
-        The run's egress attempts the gateway stopped, one line each
-        (repeats counted, what limits cut first).
-        """
-        if not counts.get(int(wire.EventType.EGRESS_ATTEMPT)):
-            return []
-        payloads = []
-        events = await self.store.eventPage(runID, (0, -1), EGRESS_LIST_LIMIT, int(wire.EventType.EGRESS_ATTEMPT))
-        for e in events:
-            try:
-                p = orjson.loads(e.data)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(p, dict):
-                payloads.append(p)
-        lines = summarise(payloads)
-        return [{"text": t, "canary": " the bait" in t or " the baits " in t, "cut": t.startswith("egress limits")}
-                for t in lines]
 
     async def _run(self, runID: str, request: IRequest) -> S.RunRow:
         if len(runID) != 32 or any(c not in "0123456789abcdef" for c in runID):
@@ -437,3 +413,10 @@ def _flash(request: IRequest) -> Optional[Dict[str, str]]:
     return {"text": template.format(shortID(subject) if len(subject) == 32 else subject, verdict), "kind": kind}
 
 
+def _egressLines(payloads: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """
+    The run's egress attempts the gateway stopped, one line each (repeats
+    counted, what limits cut first).
+    """
+    return [{"text": t, "canary": " the bait" in t or " the baits " in t, "cut": t.startswith("egress limits")}
+            for t in summarise(payloads)]

@@ -9,8 +9,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 
 import attrs
+import orjson
 
+from fangs import wire
 from fangs.orchestrator import store as S
+from fangs.orchestrator.steps import Step
 
 NANO = 1_000_000_000
 #: A runner not heard from for this long shows as stale.
@@ -109,3 +112,38 @@ class PackagePage:
     timeline: List[TimelineEntry]
     categories: List[Any]
     fingerprints: int
+
+
+@attrs.frozen
+class RunRecord:
+    """
+    What the run page shows of one run, as read: its event counts, the page
+    of events asked for (and whether more follow), its deviations and their
+    evidence events, the events its process tree is built from, the
+    payloads of the egress attempts the gateway stopped, its steps.
+    """
+
+    run: S.RunRow
+    counts: Dict[int, int]
+    events: List[S.StoredEvent]
+    more: bool
+    deviations: List[S.DeviationRow]
+    evidence: Dict[int, S.StoredEvent]
+    treeEvents: List[S.StoredEvent]
+    egress: List[Dict[str, Any]]
+    steps: List[Step]
+
+
+def payloadsOf(events: Sequence[S.StoredEvent]) -> List[Dict[str, Any]]:
+    out = []
+    for e in events:
+        try:
+            p = orjson.loads(e.data)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(p, dict):
+            out.append(p)
+    return out
+
+
+EGRESS = int(wire.EventType.EGRESS_ATTEMPT)

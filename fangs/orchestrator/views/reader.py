@@ -38,7 +38,7 @@ from fangs.orchestrator.views.catalog import (
     ReleasesView,
     ReleaseView,
 )
-from fangs.orchestrator.views.dashboard import FleetRunner, PackagePage, PendingItem, ReviewQueue, timeline
+from fangs.orchestrator.views.dashboard import EGRESS, FleetRunner, PackagePage, PendingItem, ReviewQueue, RunRecord, payloadsOf, timeline
 from fangs.orchestrator.views.runs import (
     DeviationDetail,
     DeviationsPage,
@@ -308,3 +308,22 @@ class Views:
         for f in baseline:
             categories.setdefault(f["category"], []).append(f)
         return PackagePage(name, watched, list(runs), timeline(releases, runs), sorted(categories.items()), len(baseline))
+
+    async def runRecord(self, run: S.RunRow, tenant: str, after: Any, eventType: Optional[int], pageSize: int,
+                        treeCap: int, egressLimit: int) -> RunRecord:
+        """
+        The run page's reads: C{pageSize} events after C{after} (of
+        C{eventType} only, when given), the first C{treeCap} for its process
+        tree, the first C{egressLimit} egress attempts.
+        """
+        counts = await self.store.eventCounts(run.id)
+        page = await self.store.eventPage(run.id, after, pageSize + 1, eventType)
+        deviations = await self.store.deviationsForRun(run.id, tenant=tenant)
+        evidenceIDs = [d.evidence_event_id for d in deviations if d.evidence_event_id]
+        evidence = {e.id: e for e in await self.store.eventsByID(evidenceIDs)}
+        treeEvents = await self.store.eventPage(run.id, (0, -1), treeCap, None)
+        egress: List[Dict[str, Any]] = []
+        if counts.get(EGRESS):
+            egress = payloadsOf(await self.store.eventPage(run.id, (0, -1), egressLimit, EGRESS))
+        return RunRecord(run, counts, list(page[:pageSize]), len(page) > pageSize, list(deviations), evidence,
+                         list(treeEvents), egress, await self.stepsOf(run, tenant))
