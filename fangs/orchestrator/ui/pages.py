@@ -35,7 +35,6 @@ from fangs.orchestrator.allowlist import KINDS as ALLOW_KINDS
 from fangs.orchestrator.ui.render import (
     EGRESS_LIST_LIMIT,
     EVENTS_PER_PAGE,
-    NANO,
     STATIC,
     TREE_EVENT_CAP,
     VERDICTS,
@@ -130,9 +129,8 @@ class DashboardUI:
     async def overview(self, request: IRequest) -> bytes:
         now = self.core.nowNs()
         tenant = _tenant(request)
-        summary = await self.store.dashboardSummary(now - 24 * 3600 * NANO, tenant=tenant)
-        recent = await self.store.listRuns(S.RunFilter(tenant=tenant), 10, None)
-        runners = await self.views.fleet(tenant, now)
+        view = await self.views.overview(tenant, now)
+        summary = view.summary
         verdicts = summary["runs_by_verdict"]
         total24 = sum(verdicts.values())
         context = dict(
@@ -144,9 +142,9 @@ class DashboardUI:
                 (v, verdicts.get(v, 0), 100.0 * verdicts.get(v, 0) / total24 if total24 else 0)
                 for v in VERDICTS + ("in progress",)
             ],
-            runners=runners,
-            recent=recent.items,
-            queue=(await self.store.queueDepthByTenant()).get(tenant, 0),
+            runners=view.runners,
+            recent=view.recent,
+            queue=view.queue,
         )
         if request.args.get(b"fragment"):
             return self.render(request, "overview_live.html", **context)

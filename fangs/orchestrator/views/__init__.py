@@ -43,7 +43,7 @@ from fangs.orchestrator.views.catalog import (
     ReleaseView,
     ReleasesView,
 )
-from fangs.orchestrator.views.dashboard import FleetRunner, PackagePage, PendingItem, ReviewQueue, TimelineEntry
+from fangs.orchestrator.views.dashboard import FleetRunner, Overview, PackagePage, PendingItem, ReviewQueue, RunRecord, TimelineEntry
 from fangs.orchestrator.views.reader import Views
 from fangs.orchestrator.views.runs import (
     ArtifactView,
@@ -61,6 +61,8 @@ from fangs.orchestrator.views.runs import (
 )
 
 __all__ = [
+    "Overview",
+    "RunRecord",
     "RunnersHealth",
     "QueueHealth",
     "DatabaseHealth",

@@ -134,6 +134,19 @@ class RunRecord:
     steps: List[Step]
 
 
+@attrs.frozen
+class Overview:
+    """
+    The overview page: the last day's summary, the latest runs, the fleet,
+    the tenant's queue depth.
+    """
+
+    summary: Dict[str, Any]
+    recent: List[S.RunRow]
+    runners: List[FleetRunner]
+    queue: int
+
+
 def payloadsOf(events: Sequence[S.StoredEvent]) -> List[Dict[str, Any]]:
     out = []
     for e in events:

@@ -38,7 +38,7 @@ from fangs.orchestrator.views.catalog import (
     ReleasesView,
     ReleaseView,
 )
-from fangs.orchestrator.views.dashboard import EGRESS, FleetRunner, PackagePage, PendingItem, ReviewQueue, RunRecord, payloadsOf, timeline
+from fangs.orchestrator.views.dashboard import EGRESS, NANO, FleetRunner, Overview, PackagePage, PendingItem, ReviewQueue, RunRecord, payloadsOf, timeline
 from fangs.orchestrator.views.runs import (
     DeviationDetail,
     DeviationsPage,
@@ -266,6 +266,12 @@ class Views:
         )
 
     # -- the dashboard's pages --
+
+    async def overview(self, tenant: str, nowNs: int, recent: int = 10) -> Overview:
+        summary = await self.store.dashboardSummary(nowNs - 24 * 3600 * NANO, tenant=tenant)
+        runs = await self.store.listRuns(S.RunFilter(tenant=tenant), recent, None)
+        return Overview(summary, list(runs.items), await self.fleet(tenant, nowNs),
+                        (await self.store.queueDepthByTenant()).get(tenant, 0))
 
     async def fleet(self, tenant: str, nowNs: int) -> List[FleetRunner]:
         """
