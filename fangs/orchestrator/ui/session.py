@@ -118,7 +118,7 @@ def _actor(request: IRequest) -> str:
 _login = []
 
 
-def loginPage(request: IRequest, error: str, status: int = 200) -> bytes:
+def renderLogin(request: IRequest, error: str, status: int = 200) -> bytes:
     """
     The sign-in page (C{templates/login.html}), with C{error} when a sign-in
     was refused.
@@ -135,7 +135,7 @@ def loginPage(request: IRequest, error: str, status: int = 200) -> bytes:
 class DashboardRoutes(Routes):
     @route("/ui/login", public(), methods=["GET"])
     def loginPage(self, request: IRequest, caller: Caller) -> bytes:
-        return loginPage(request, "")
+        return renderLogin(request, "")
 
     @route("/ui/login", public(), methods=["POST"])
     async def login(self, request: IRequest, caller: Caller) -> bytes:
@@ -146,7 +146,7 @@ class DashboardRoutes(Routes):
         try:
             cookie, principal = await self.auth.sessionFor(token, self.core.nowNs())
         except FangsError as e:
-            return loginPage(request, e.message, 401 if e.status == 401 else 403)
+            return renderLogin(request, e.message, 401 if e.status == 401 else 403)
         request.addCookie(SESSION_COOKIE, cookie, path=b"/ui/", httpOnly=True, sameSite="strict", secure=request.isSecure(), max_age=str(SESSION_SECONDS))
         log.info("dashboard sign-in by {principal}", principal=str(principal))
         request.redirect(b"/ui/")
