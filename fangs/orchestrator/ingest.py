@@ -1,100 +1,225 @@
 """
-Group commit of event batches.
+The events ingest pipeline: a runner's NDJSON stream of event batches,
+parsed line by line (L{parseBatchLine}) and handed, in order, to the group
+committer (L{fangs.orchestrator.groupcommit}), with up to
+L{INGEST_PIPELINE_EVENTS} events and L{INGEST_PIPELINE_BYTES} bytes in
+flight; each batch is acknowledged only after the transaction holding it
+committed.
 
-Every stored batch costs a transaction; most of a small transaction's cost is
-the commit itself (the pages it dirtied written to the WAL, the hop to the
-store's thread and back).  L{GroupCommitter} hands the store every batch that
-arrived while the previous group was being written as one group, stored in
-one transaction by the store's C{ingestBatches}:
-
-  - a batch's Deferred fires only after the transaction holding it committed,
-    with that batch's own L{IngestOutcome} (a duplicate is still a duplicate);
-  - a group that fails (the commit, or any statement in it) fails every batch
-    in it, and stored none of them: their senders resend, as after any
-    failed POST;
-  - the fingerprints stay exact: the store extracts them per event with the
-    event's own id, and merging the rows of several batches is what the
-    upsert of each would have done (counts add, first ids take the minimum).
-
-With no group in flight a batch is written at once, so a lone batch waits no
-longer than before; under load the groups grow by themselves.
+L{EventIngest} is a part of L{fangs.orchestrator.core.Orchestrator} (it
+reads the orchestrator's store, clock, metrics, group committer and run
+events).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Sequence, Tuple
+import collections
+import json
+from typing import Any, Deque, Dict, Iterable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred
-from twisted.logger import Logger
-from twisted.python.failure import Failure
+import attrs
+import orjson
 
+from fangs import wire
+from fangs.errors import BadRequest, ConflictError
+from fangs.orchestrator import store as S
 from fangs.orchestrator.db.model import BatchWrite
 
-log = Logger()
+DEFAULT_DURATION_NS = 10 * wire.SECOND
+LOST_MARGIN_NS = 60 * wire.SECOND
+#: Parsed batches of one POST waiting for the store: at most this many
+#: events and this many bytes of their lines (the group committer writes
+#: the waiting ones together, so a deeper pipeline makes bigger groups).
+INGEST_PIPELINE_EVENTS = 8192
+INGEST_PIPELINE_BYTES = 16 * 1024 * 1024
 
-#: A group holds at most this many events (and always at least one batch).
-MAX_GROUP_EVENTS = 8192
+
+@attrs.frozen
+class IngestProgress:
+    received_batches: int = 0
+    received_events: int = 0
+    persisted: int = 0
 
 
-class GroupCommitter:
+class EventIngest:
     """
-    @param write: the store's C{ingestBatches}: a list of L{BatchWrite} to
-        store in one transaction -> Deferred of one outcome per batch, in order.
-    @param concurrency: how many groups may be in flight at once (1 for one
-        SQLite writer; more where the store has several connections).
+    The orchestrator's ingest of a run's events (a mixin of
+    L{fangs.orchestrator.core.Orchestrator}).
     """
 
-    def __init__(self, write: Callable[[List[BatchWrite]], "Deferred[List[Any]]"], concurrency: int = 1,
-                 maxEvents: int = MAX_GROUP_EVENTS) -> None:
-        self._write = write
-        self._concurrency = max(1, concurrency)
-        self._maxEvents = maxEvents
-        self._pending: List[Tuple[BatchWrite, Deferred]] = []
-        self._inFlight = 0
-        #: Sizes (batches) of the groups written so far, for tests and metrics.
-        self.groups = 0
-        self.batches = 0
+    async def ingestLines(self, runID: str, lines: Iterable[bytes], run: Optional[S.RunRow] = None) -> IngestProgress:
+        """
+        Store each NDJSON line (one L{wire.EventBatch}), in order.  Batches
+        go through the group committer: each is acknowledged only once the
+        transaction holding it committed.  A malformed line stops the stream
+        with L{BadRequest}; every batch before it stays stored.
 
-    def submit(self, batch: BatchWrite) -> "Deferred[Any]":
-        d: Deferred = Deferred()
-        self._pending.append((batch, d))
-        self._flush()
-        return d
+        @param run: the run as the caller read it already (the HTTP layer
+            does, to check who sends), so it is not read again.
+        """
+        if run is None or run.id != runID:
+            run = await self.requireRun(runID)
+        finished = run.result_status is not None
+        span, credPaths = _ingestTerms(run)
+        batches = events = persisted = 0
+        # Batches (up to INGEST_PIPELINE_*) wait for the store while the
+        # next lines are parsed here; the committer writes those that wait
+        # together, each acknowledged after its transaction committed.
+        inflight: Deque[Any] = collections.deque()
 
-    def _flush(self) -> None:
-        while self._pending and self._inFlight < self._concurrency:
-            group = self._take()
-            self._inFlight += 1
-            self.groups += 1
-            self.batches += len(group)
-            try:
-                d = self._write([b for b, _ in group])
-            except Exception:
-                d = Deferred()
-                d.errback(Failure())
-            d.addBoth(self._written, group)
+        waiting = [0, 0]  # events, bytes in flight
 
-    def _take(self) -> List[Tuple[BatchWrite, Deferred]]:
-        events = 0
-        n = 0
-        for batch, _ in self._pending:
-            if n and events + len(batch.rows) > self._maxEvents:
-                break
-            events += len(batch.rows)
-            n += 1
-        group, self._pending = self._pending[:n], self._pending[n:]
-        return group
+        async def settle(everything: bool = True) -> None:
+            nonlocal persisted
+            while inflight and (everything or waiting[0] > INGEST_PIPELINE_EVENTS or waiting[1] > INGEST_PIPELINE_BYTES):
+                d, rows, started, size = inflight.popleft()
+                waiting[0] -= len(rows)
+                waiting[1] -= size
+                outcome = await d
+                self.metrics.ingestLatency.observe(self.clock.seconds() - started)
+                self.metrics.eventsPersisted.inc(outcome.events)
+                persisted += outcome.events
+                if outcome.inserted and self.runEvents is not None:
+                    # The stream keeps at most a few of these a second.
+                    self.runEvents.announce("run.updated", runID, run.package_name, run.version, "running",
+                                            events_received=run.events_received + persisted)
 
-    def _written(self, result: Any, group: List[Tuple[BatchWrite, Deferred]]) -> None:
-        self._inFlight -= 1
-        if isinstance(result, Failure):
-            for _, d in group:
-                d.errback(result)
-        elif len(result) != len(group):
-            failure = Failure(RuntimeError("the store answered %d outcomes for %d batches" % (len(result), len(group))))
-            for _, d in group:
-                d.errback(failure)
-        else:
-            for outcome, (_, d) in zip(result, group):
-                d.callback(outcome)
-        self._flush()
+        try:
+            for lineno, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    seq, rows = parseBatchLine(line, runID)
+                except BadRequest as e:
+                    await settle()
+                    raise BadRequest(
+                        "line %d: %s (%d batches before it were stored)" % (lineno, e.message, batches)
+                    ) from None
+                self.metrics.eventsIn(r.type for r in rows)
+                if finished:
+                    # After the result only a resend of stored batches is
+                    # accepted (a runner retrying a stream it had sent).
+                    await settle()
+                    if not await self.store.batchStored(runID, seq):
+                        raise ConflictError(
+                            "run %s has its result already; events after it are refused"
+                            " (line %d, batch seq %d; %d batches before it were accepted as resends)"
+                            % (runID, lineno, seq, batches),
+                            code="run_finished",
+                        )
+                now = self.nowNs()
+                inflight.append((self.ingest.submit(BatchWrite(runID, seq, rows, now, now + span, credPaths)), rows,
+                                 self.clock.seconds(), len(line)))
+                waiting[0] += len(rows)
+                waiting[1] += len(line)
+                batches += 1
+                events += len(rows)
+                await settle(everything=False)
+            await settle()
+        except BaseException:
+            # Let every batch already handed to the store finish (they are
+            # stored), and never leave a Deferred's failure unhandled.
+            for d, *_ in inflight:
+                d.addErrback(lambda f: None)
+            raise
+        return IngestProgress(batches, events, persisted)
+
+
+def parseBatchLine(line: bytes, runID: str) -> Tuple[int, List[S.EventRow]]:
+    """
+    Validate one NDJSON line as an L{wire.EventBatch} and turn it into rows.
+
+    This is the ingest hot path, so it checks the shape by hand instead of
+    going through cattrs; the rules are the wire types'.
+    """
+    try:
+        batch = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        # orjson refuses what stdlib JSON accepts in a few corners (integers
+        # beyond 64 bits, deep nesting); let the stdlib decide and explain.
+        try:
+            batch = json.loads(line)
+        except RecursionError:
+            raise BadRequest("JSON nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise BadRequest("malformed JSON: %s" % (e,)) from None
+    if not isinstance(batch, dict):
+        raise BadRequest("an event batch must be a JSON object")
+    seq = batch.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not 1 <= seq < 2**63:
+        raise BadRequest("seq must be an integer >= 1")
+    rid = batch.get("run_id")
+    if rid is not None:
+        try:
+            batchRun = wire.structure(rid, wire.RunID)
+        except wire.WireError as e:
+            raise BadRequest("run_id: %s" % (e,)) from None
+        if not batchRun.is_zero() and batchRun.hex() != runID:
+            raise BadRequest("batch run_id %s does not match the URL's %s" % (batchRun.hex(), runID))
+    items = batch.get("events")
+    if items is None:
+        items = []
+    if not isinstance(items, list):
+        raise BadRequest("events must be an array")
+    rows = []
+    append = rows.append
+    row = S.EventRow
+    dumps = orjson.dumps
+    for idx, ev in enumerate(items):
+        # type(x) is int: neither a bool nor an int subclass.
+        if type(ev) is not dict:  # noqa: E721
+            raise BadRequest("events[%d] must be an object" % (idx,))
+        etype = ev.get("type")
+        if type(etype) is not int or not 0 < etype < 256:  # noqa: E721
+            raise BadRequest("events[%d].type must be an integer from 1 to 255" % (idx,))
+        payload = ev.get("payload")
+        if type(payload) is not dict:  # noqa: E721
+            raise BadRequest("events[%d].payload must be an object" % (idx,))
+        header = payload.get("Header")
+        ts = pid = 0
+        if type(header) is dict:  # noqa: E721
+            ts = header.get("TsNs")
+            pid = header.get("PID")
+            if type(ts) is not int or not 0 <= ts < _INT63:  # noqa: E721
+                ts = 0
+            if type(pid) is not int or not 0 <= pid < _INT63:  # noqa: E721
+                pid = 0
+        try:
+            data = dumps(payload).decode("utf-8")
+        except TypeError:
+            data = _encodePayload(payload)
+        append(row(seq, idx, etype, ts, pid, data, payload))
+    return seq, rows
+
+
+_INT63 = 2**63
+
+
+def _encodePayload(payload: Dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(payload).decode("utf-8")
+    except TypeError:  # an integer beyond 64 bits (stdlib JSON keeps it), or a lone surrogate
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest("payload holds text that is not valid Unicode (a lone surrogate escape)") from None
+        return text
+
+
+def _ingestTerms(run: S.RunRow) -> Tuple[int, Tuple[str, ...]]:
+    """
+    From the run's job, parsed once: how far each stored batch pushes the
+    run's deadline, and the cred-tagged watched prefixes (the fingerprints'
+    cred paths).
+    """
+    try:
+        job = orjson.loads(run.job)
+    except orjson.JSONDecodeError:
+        job = {}
+    if not isinstance(job, dict):
+        job = {}
+    grace = (job.get("sandbox") or {}).get("grace_period") or 0
+    span = (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
+    credPaths = tuple(w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged"))
+    return span, credPaths

@@ -12,7 +12,7 @@ disagree with the run itself.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import attrs
 
@@ -124,15 +124,3 @@ def runSteps(run: Any, outbox: Sequence[Mapping[str, Any]] = ()) -> List[Step]:
     else:
         steps.append(Step("notify", SKIPPED if cancelledEarly else WAITING))
     return steps
-
-
-def stepsJSON(steps: Sequence[Step], timestamp: Any) -> List[Dict[str, Any]]:
-    """
-    The wire form: timestamps rendered by C{timestamp(ns)}.
-    """
-    return [
-        {"name": s.name, "state": s.state, "started_at": timestamp(s.started_ns) if s.started_ns else None,
-         "ended_at": timestamp(s.ended_ns) if s.ended_ns else None, "attempts": s.attempts,
-         "outcome": s.outcome, "detail": s.detail}
-        for s in steps
-    ]

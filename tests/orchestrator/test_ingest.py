@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from fangs.orchestrator.db.model import BatchWrite, IngestOutcome
-from fangs.orchestrator.ingest import GroupCommitter
+from fangs.orchestrator.groupcommit import GroupCommitter
 
 
 def batch(seq: int, events: int = 1, run: str = "r") -> BatchWrite:

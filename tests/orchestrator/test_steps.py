@@ -116,6 +116,9 @@ class AdminHealthTests(SynchronousTestCase):
         self.assertEqual(body["runners"], {"registered": 1, "busy": 0})
         self.assertEqual(body["database"]["backend"], "sqlite")
         self.assertTrue(body["database"]["ok"])
+        self.assertEqual(sorted(body["database"]), ["backend", "latency_ms", "ok"])
+        self.assertEqual(list(body), ["status", "orchestrator_id", "version", "database", "queue", "runners",
+                                      "long_polls_waiting", "stream_subscribers"])
 
     def test_databaseDown(self):
         o = InMemoryOrchestrator(self)
@@ -127,3 +130,5 @@ class AdminHealthTests(SynchronousTestCase):
         code, body = o.call("GET", "/v1/admin/health")
         self.assertEqual(code, 503)
         self.assertEqual((body["status"], body["database"]["ok"]), ("unavailable", False))
+        self.assertEqual(body["database"], {"backend": "sqlite", "ok": False, "error": "RuntimeError"})
+        self.assertEqual(body["queue"], {"depth": None, "by_tenant": {}})

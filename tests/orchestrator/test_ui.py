@@ -153,6 +153,20 @@ class DashboardTests(SynchronousTestCase):
         self.assertIn('data-action="promoted"', text)
         self.assertIn('data-action="rejected"', text)
 
+    def test_egressAttemptsSummarised(self) -> None:
+        """
+        The run page lists the egress attempts the gateway stopped, repeats
+        counted, a bait carried marked.
+        """
+        attempt = {"type": wire.EventType.EGRESS_ATTEMPT, "payload": {
+            "Header": {"TsNs": 9, "PID": 300, "Type": 12}, "Protocol": "http", "Action": "sinkholed",
+            "DestName": "c2.example.test", "DestIP": "127.0.0.1", "DestPort": 80, "Method": "POST",
+            "Host": "c2.example.test", "Path": "/x", "Canaries": ["npm_token"], "CommStr": "node"}}
+        runID = runScan(self.o, BENIGN + [attempt, attempt])
+        text = self.get("/ui/runs/" + runID).text
+        self.assertIn("tried POST http://c2.example.test/x carrying the bait npm token (sinkholed) ×2", text)
+        self.assertNotIn("c2.example.test/x", self.get("/ui/runs/" + self.runs["clean"]).text)
+
     def test_eventsFilteredAndPaginated(self) -> None:
         o = self.o
         many = [fileEvent("/tmp/f%d" % (i,), pid=400) for i in range(250)]
@@ -207,6 +221,39 @@ class DashboardTests(SynchronousTestCase):
             self.assertEqual(page.code, code, path)
             self.assertIn("text/html", page.header("Content-Type"))
             self.assertIn("<title>FANGS — Error", page.text)
+
+    def test_errorsMappedAsTheAPIMapsThem(self) -> None:
+        """
+        The dashboard's errors go through the API's one mapping: a locked
+        database is a 503 with C{Retry-After} on a page as on C{/v1}, and an
+        unexpected fault is a 500 that names its trace id and shows nothing
+        of the exception.
+        """
+        import sqlite3
+
+        def locked(*a: Any, **kw: Any) -> Any:
+            raise sqlite3.OperationalError("database is locked")
+
+        self.patch(self.o.store, "dashboardPackages", locked)
+        page = self.get("/ui/packages")
+        self.assertEqual(page.code, 503)
+        self.assertEqual(page.header("Retry-After"), "1")
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertIn("locked by another writer", page.text)
+
+        def broken(*a: Any, **kw: Any) -> Any:
+            raise KeyError("secret-internal-detail")
+
+        self.patch(self.o.store, "dashboardPackages", broken)
+        page = self.get("/ui/packages")
+        self.assertEqual(page.code, 500)
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertIn("see the orchestrator log (trace ", page.text)
+        self.assertNotIn("secret-internal-detail", page.text)
+        self.flushLoggedErrors(KeyError)
+
+        page = self.get("/ui/nope")
+        self.assertIn("no route GET /ui/nope", page.text)  # the API's words for a missing route
 
     def test_pendingHighestSeverityFirst(self) -> None:
         text = self.get("/ui/pending").text
@@ -274,15 +321,15 @@ class DashboardTests(SynchronousTestCase):
         self.assertTrue(ui.canWrite(object()))
 
         original = ui.canWrite
-        self.patch(ui, "canWrite", lambda request: False)
+        self.patch(ui.pages, "canWrite", lambda request: False)
         text = self.get("/ui/runs/" + self.runs["bad"]).text
         self.assertNotIn("data-action=", text)
         self.assertNotIn("/decide", self.get("/ui/pending").text)
         self.assertNotIn('id="allow-add"', self.get("/ui/allowlist").text)
         self.assertIn("read-only", text)
-        self.patch(ui, "canWrite", original)
+        self.patch(ui.pages, "canWrite", original)
         cookies, token = self.session()
-        self.patch(ui, "canWrite", lambda request: False)
+        self.patch(ui.pages, "canWrite", lambda request: False)
         page = self.post("/ui/runs/%s/decide" % (self.runs["bad"],), {"decision": "rejected", "csrf": token}, cookies)
         self.assertEqual(page.code, 403)
         self.assertEqual(self.verdict(self.runs["bad"]), "deviations")
@@ -342,3 +389,52 @@ class ProcessTreeTests(SynchronousTestCase):
         self.assertEqual(ui.duration(90 * 10**9), "1m 30s")
         self.assertEqual(ui.relTime(10**9, 3 * 3600 * 10**9), "2h ago")
         self.assertEqual(ui.truncate("abcdef", 4), "abc…")
+
+
+class LoginPageTests(SynchronousTestCase):
+    """
+    The sign-in page, rendered from C{templates/login.html} by the
+    dashboard's session module.
+    """
+
+    def setUp(self) -> None:
+        from fangs.orchestrator.auth import Authenticator
+
+        self.o = InMemoryOrchestrator(self)
+        self.o.api.auth = Authenticator("token", self.o.store, peerIdentity=lambda r: None, clock=self.o.clock)
+
+    def request(self, method: str, form: Optional[Dict[str, str]] = None) -> Page:
+        from urllib.parse import urlencode
+
+        treq = StubTreq(self.o.api.resource())
+        headers = {b"Content-Type": [b"application/x-www-form-urlencoded"]} if form is not None else None
+        d = treq.request(method, "http://orchestrator.test/ui/login", headers=headers,
+                         data=urlencode(form).encode() if form is not None else None, allow_redirects=False)
+        treq.flush()
+        r = self.successResultOf(d)
+        return Page(r.code, self.successResultOf(r.content()), r.headers)
+
+    def test_page(self) -> None:
+        page = self.request("GET")
+        self.assertEqual(page.code, 200)
+        self.assertIn("text/html", page.header("Content-Type"))
+        self.assertEqual(page.header("Content-Security-Policy"), "default-src 'self'")
+        self.assertEqual(page.header("X-Frame-Options"), "DENY")
+        self.assertIn('<form method="post" action="/ui/login">', page.text)
+        self.assertIn('name="token"', page.text)
+        self.assertNotIn("login-error", page.text)
+
+    def test_refusedTokenShownEscaped(self) -> None:
+        page = self.request("POST", {"token": "<script>alert(1)</script>"})
+        self.assertEqual(page.code, 401)
+        self.assertIn('class="login-error"', page.text)
+        self.assertNotIn("<script>", page.text)
+
+    def test_goodTokenSetsSessionAndRedirects(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        created = self.successResultOf(Deferred.fromCoroutine(self.o.core.createToken("alice", ["orchestrator:read"], "t")))
+        page = self.request("POST", {"token": created["token"]})
+        self.assertEqual(page.code, 302)
+        self.assertEqual(page.header("Location"), "/ui/")
+        self.assertIn("HttpOnly", page.header("Set-Cookie"))
