@@ -140,14 +140,10 @@ class PostgresMigrationTests(MigrationContract, TestCase):
         self.dsn = pg.freshDatabase(self)
 
     async def open(self, migrations: Any = None) -> Any:
-        saved = pgstore.MIGRATIONS
+        st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
         if migrations is not None:
-            pgstore.MIGRATIONS = migrations
-        try:
-            st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
-            await st.start()
-        finally:
-            pgstore.MIGRATIONS = saved
+            st.migrations = migrations
+        await st.start()
         self.addCleanup(st.stop)
         return st
 

@@ -6,7 +6,6 @@ decisions, deviations and the pending queue.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
@@ -55,12 +54,12 @@ class AnalysisComponent:
         """
         return self._call(self._thd_analyzeRun, runID, nowNs, credPaths)
 
-    def _thd_analyzeRun(self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str]) -> "AnalysisOutcome":
+    def _thd_analyzeRun(self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str]) -> "AnalysisOutcome":
         with _transaction(conn):
             return self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)
 
     def _thd_analyzeInTransaction(
-        self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str]
+        self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str]
     ) -> "AnalysisOutcome":
         row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
         if row is None:
@@ -107,8 +106,9 @@ class AnalysisComponent:
         )
         conn.execute("DELETE FROM deviations WHERE run_id = ?", (runID,))
         conn.executemany(
-            "INSERT OR IGNORE INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
-            " evidence_event_id, count, detected_ns, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
+            " evidence_event_id, count, detected_ns, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             [
                 (
                     deviationID(runID, d.category, d.value, d.actor),
@@ -131,8 +131,8 @@ class AnalysisComponent:
         conn.execute("DELETE FROM baseline WHERE run_id = ?", (runID,))
         if run.package_name:
             conn.executemany(
-                "INSERT OR IGNORE INTO baseline (package_name, category, value, actor, run_id, count, added_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO baseline (package_name, category, value, actor, run_id, count, added_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(run.package_name, f.category, f.value, f.actor_class, runID, f.count, nowNs) for f in plan.baseline_add],
             )
         conn.execute("UPDATE runs SET analysis_reason = ? WHERE id = ?", (plan.reason, runID))
@@ -196,7 +196,7 @@ class AnalysisComponent:
         return self._call(self._thd_decide, runID, decision, actor, nowNs, credPaths)
 
     def _thd_decide(
-        self, conn: sqlite3.Connection, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str]
+        self, conn: Any, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str]
     ) -> "AnalysisOutcome":
         with _transaction(conn):
             row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
@@ -247,7 +247,7 @@ class AnalysisComponent:
     def getDeviation(self, deviationID: str) -> "Deferred[Optional[Tuple[DeviationRow, Optional[StoredEvent]]]]":
         return self._call(self._thd_getDeviation, deviationID)
 
-    def _thd_getDeviation(self, conn: sqlite3.Connection, deviationID: str) -> Optional[Tuple["DeviationRow", Optional[StoredEvent]]]:
+    def _thd_getDeviation(self, conn: Any, deviationID: str) -> Optional[Tuple["DeviationRow", Optional[StoredEvent]]]:
         r = conn.execute(_DEVIATION_SELECT + " WHERE id = ?", (deviationID,)).fetchone()
         if r is None:
             return None
@@ -262,7 +262,7 @@ class AnalysisComponent:
         after = decodeToken(pageToken, (int, str)) if pageToken else None
         return self._call(self._thd_listDeviations, filter, pageSize, after)
 
-    def _thd_listDeviations(self, conn: sqlite3.Connection, filter: "DeviationFilter", pageSize: int, after: Optional[List[Any]]) -> Page:
+    def _thd_listDeviations(self, conn: Any, filter: "DeviationFilter", pageSize: int, after: Optional[List[Any]]) -> Page:
         where: List[str] = []
         args: List[Any] = []
         if filter.package is not None:
@@ -297,7 +297,7 @@ class AnalysisComponent:
         after = decodeToken(pageToken, (int, int, str)) if pageToken else None
         return self._call(self._thd_pendingRuns, pageSize, after)
 
-    def _thd_pendingRuns(self, conn: sqlite3.Connection, pageSize: int, after: Optional[List[Any]]) -> Page:
+    def _thd_pendingRuns(self, conn: Any, pageSize: int, after: Optional[List[Any]]) -> Page:
         sql = _RUN_SELECT + " WHERE verdict = 'deviations' AND decision IS NULL"
         args: List[Any] = []
         if after is not None:

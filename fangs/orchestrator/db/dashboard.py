@@ -5,7 +5,6 @@ the database browser.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
@@ -29,7 +28,7 @@ class DashboardComponent:
         """
         return self._call(self._thd_dashboardSummary, sinceNs)
 
-    def _thd_dashboardSummary(self, conn: sqlite3.Connection, sinceNs: int) -> Dict[str, Any]:
+    def _thd_dashboardSummary(self, conn: Any, sinceNs: int) -> Dict[str, Any]:
         byVerdict = {
             (v or "in progress"): n
             for v, n in conn.execute(
@@ -72,7 +71,7 @@ class DashboardComponent:
 
     def _thd_dashboardRuns(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         package: Optional[str],
         verdict: Optional[str],
         state: Optional[str],
@@ -111,7 +110,7 @@ class DashboardComponent:
         and its latest run.
         """
 
-        def thd(conn: sqlite3.Connection) -> List[Dict[str, Any]]:
+        def thd(conn: Any) -> List[Dict[str, Any]]:
             watched = {r[0]: r[1] for r in conn.execute("SELECT name, added_ns FROM packages")}
             out: Dict[str, Dict[str, Any]] = {}
             for name, runs, pending, latest in conn.execute(
@@ -137,7 +136,7 @@ class DashboardComponent:
     def eventsByID(self, ids: Sequence[int]) -> "Deferred[List[StoredEvent]]":
         ids = list(ids)[:500]
 
-        def thd(conn: sqlite3.Connection) -> List[StoredEvent]:
+        def thd(conn: Any) -> List[StoredEvent]:
             if not ids:
                 return []
             return [
@@ -153,24 +152,10 @@ class DashboardComponent:
 
     def tableRows(self, table: str, limit: int = 100) -> "Deferred[Optional[List[Dict[str, Any]]]]":
         """
-        Up to C{limit} rows of C{table}, newest (highest rowid) first, as
+        Up to C{limit} rows of C{table}, newest first (SQLite's rowid order; PostgreSQL's numbered id), as
         dicts; C{None} when there is no such table (yet).
         """
-
-        def thd(conn: sqlite3.Connection) -> Optional[List[Dict[str, Any]]]:
-            known = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-            if known is None:
-                return None
-            try:
-                cur = conn.execute('SELECT * FROM "%s" ORDER BY rowid DESC LIMIT ?' % (known[0],), (limit,))
-            except sqlite3.OperationalError:  # a WITHOUT ROWID table
-                cur = conn.execute('SELECT * FROM "%s" LIMIT ?' % (known[0],), (limit,))
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur]
-
-        return self._call(thd)
+        return self._call(lambda conn: conn.engine.tableRows(conn, table, limit))
 
     def tableNames(self) -> "Deferred[List[str]]":
-        return self._call(
-            lambda conn: [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        )
+        return self._call(lambda conn: conn.engine.tableNames(conn))

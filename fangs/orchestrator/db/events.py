@@ -4,7 +4,6 @@ Event batches and events: ingest, pages for export, counts, retention.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -12,6 +11,7 @@ from twisted.internet.defer import Deferred
 from fangs.orchestrator import differ
 from fangs.orchestrator.db.model import EventRow, StoredEvent, IngestOutcome
 from fangs.orchestrator.db.connector import _transaction
+from fangs.orchestrator.db.engines import READ_COMMITTED
 
 
 class EventsComponent:
@@ -40,7 +40,7 @@ class EventsComponent:
 
     def _thd_ingestBatch(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         runID: str,
         seq: int,
         rows: Sequence[EventRow],
@@ -48,45 +48,42 @@ class EventsComponent:
         deadlineNs: int,
         credPaths: Sequence[str] = (),
     ) -> IngestOutcome:
-        with _transaction(conn):
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO batches (run_id, seq, events, received_ns) VALUES (?, ?, ?, ?)",
+        engine = conn.engine
+        with _transaction(conn, READ_COMMITTED):
+            if conn.execute(
+                "INSERT INTO batches (run_id, seq, events, received_ns) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (runID, seq, len(rows), nowNs),
-            )
-            if cur.rowcount == 0:
+            ).rowcount == 0:
                 return IngestOutcome(False, 0)
-            conn.executemany(
-                "INSERT INTO events (run_id, seq, idx, type, ts_ns, received_ns, pid, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(runID, r.seq, r.idx, r.type, r.ts_ns, nowNs, r.pid, r.data) for r in rows],
-            )
             if rows:
-                # One writer, one transaction: the ids just assigned are
-                # consecutive and end at last_insert_rowid().
-                last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                ids = engine.insertEvents(conn, runID, rows, nowNs)
                 fps = differ.FingerprintSet(credPaths or differ.DEFAULT_CRED_PATHS)
-                first = last - len(rows) + 1
-                for offset, r in enumerate(rows):
+                for eid, r in zip(ids, rows):
                     if r.payload is not None:
-                        fps.add(first + offset, r.type, r.payload)
-                conn.executemany(
-                    "INSERT INTO run_fingerprints (run_id, category, value, count, first_event_id, cred, raw_ip)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (run_id, category, value) DO UPDATE SET"
-                    " count = count + excluded.count,"
-                    " first_event_id = MIN(first_event_id, excluded.first_event_id),"
-                    " cred = MAX(cred, excluded.cred), raw_ip = MAX(raw_ip, excluded.raw_ip)",
-                    [
-                        (runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip))
-                        for f in fps.rows()
-                    ],
-                )
+                        fps.add(eid, r.type, r.payload)
+                # One lock order, so concurrent batches of a run (PostgreSQL,
+                # several orchestrators) never deadlock on its fingerprints.
+                found = sorted(fps.rows(), key=lambda f: (f.category, f.value))
+                if found:
+                    conn.executemany(
+                        "INSERT INTO run_fingerprints (run_id, category, value, count, first_event_id, cred, raw_ip)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                        " ON CONFLICT (run_id, category, value) DO UPDATE SET"
+                        " count = run_fingerprints.count + excluded.count,"
+                        " first_event_id = %s, cred = %s, raw_ip = %s"
+                        % (
+                            engine.least("run_fingerprints.first_event_id", "excluded.first_event_id"),
+                            engine.greatest("run_fingerprints.cred", "excluded.cred"),
+                            engine.greatest("run_fingerprints.raw_ip", "excluded.raw_ip"),
+                        ),
+                        [(runID, f.category, f.value, f.count, f.first_event_id, int(f.cred), int(f.raw_ip)) for f in found],
+                    )
             conn.execute(
                 "UPDATE runs SET events_received = events_received + ?,"
                 " batches_received = batches_received + 1, last_activity_ns = ?,"
-                " deadline_ns = MAX(COALESCE(deadline_ns, 0), ?),"
+                " deadline_ns = %s,"
                 " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
-                " WHERE id = ?",
+                " WHERE id = ?" % (engine.greatest("COALESCE(deadline_ns, 0)", "?"),),
                 (len(rows), nowNs, deadlineNs, runID),
             )
             return IngestOutcome(True, len(rows))
@@ -102,7 +99,7 @@ class EventsComponent:
 
     def _thd_eventPage(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         runID: str,
         after: Tuple[int, int],
         limit: int,
@@ -142,10 +139,13 @@ class EventsComponent:
         """
         return self._call(self._thd_pruneEvents, cutoffNs, batch)
 
-    def _thd_pruneEvents(self, conn: sqlite3.Connection, cutoffNs: int, batch: int) -> int:
-        with _transaction(conn):
+    def _thd_pruneEvents(self, conn: Any, cutoffNs: int, batch: int) -> int:
+        # SKIP LOCKED where the engine has it: two orchestrators pruning at
+        # once take different rows.
+        with _transaction(conn, READ_COMMITTED):
             return conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_ns < ?"
-                " AND NOT EXISTS (SELECT 1 FROM deviations d WHERE d.evidence_event_id = e.id) LIMIT ?)",
+                " AND NOT EXISTS (SELECT 1 FROM deviations d WHERE d.evidence_event_id = e.id) LIMIT ?%s)"
+                % (conn.engine.skipLocked,),
                 (cutoffNs, batch),
             ).rowcount

@@ -5,7 +5,6 @@ Notifiers, the notification outbox and delivery history, metric counts.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
@@ -30,7 +29,7 @@ class OutboxComponent:
     # become C{dead}), and they still count against a re-created target of
     # the same name, so old runs are not announced again.
 
-    def _thd_enqueueNotifications(self, conn: sqlite3.Connection, run: RunRow, outcome: "AnalysisOutcome", nowNs: int) -> int:
+    def _thd_enqueueNotifications(self, conn: Any, run: RunRow, outcome: "AnalysisOutcome", nowNs: int) -> int:
         from fangs import wire
         from fangs.orchestrator import notifier as N
 
@@ -70,8 +69,9 @@ class OutboxComponent:
         for t in targets:
             body, ctype = N.render(t["template"], info, deviations)
             added += conn.execute(
-                "INSERT OR IGNORE INTO outbox (run_id, notifier_name, template, state, attempts, next_attempt_ns,"
-                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (run_id, notifier_name, template, state, attempts, next_attempt_ns,"
+                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (run.id, t["name"], t["template"], nowNs, nowNs, nowNs, body, ctype),
             ).rowcount
         return added
@@ -103,7 +103,7 @@ class OutboxComponent:
         it was created.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 created = conn.execute("SELECT 1 FROM notifiers WHERE name = ?", (target["name"],)).fetchone() is None
                 conn.execute(
@@ -145,7 +145,7 @@ class OutboxComponent:
         )
 
     def getNotifier(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(self._NOTIFIER_SELECT + " WHERE name = ?", (name,)).fetchone()
             return None if r is None else self._notifierDict(r)
 
@@ -157,7 +157,7 @@ class OutboxComponent:
         stays.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 if not conn.execute("DELETE FROM notifiers WHERE name = ?", (name,)).rowcount:
                     return False
@@ -230,7 +230,7 @@ class OutboxComponent:
         C{attempt - 1} attempts.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 cur = conn.execute(
                     "UPDATE outbox SET state = ?, attempts = ?, next_attempt_ns = COALESCE(?, next_attempt_ns),"
@@ -295,7 +295,7 @@ class OutboxComponent:
         outbox messages by state.
         """
 
-        def thd(conn: sqlite3.Connection) -> Dict[str, Dict[str, int]]:
+        def thd(conn: Any) -> Dict[str, Dict[str, int]]:
             return {
                 "runs": dict(conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()),
                 "deviations": dict(conn.execute("SELECT severity, COUNT(*) FROM deviations GROUP BY severity").fetchall()),

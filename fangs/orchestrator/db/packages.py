@@ -5,7 +5,6 @@ Watched packages, their baselines, and releases seen by the watcher.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -24,10 +23,10 @@ class PackagesComponent:
     def addPackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
         return self._call(self._thd_addPackage, name, actor, nowNs)
 
-    def _thd_addPackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int) -> bool:
+    def _thd_addPackage(self, conn: Any, name: str, actor: str, nowNs: int) -> bool:
         with _transaction(conn):
             cur = conn.execute(
-                "INSERT OR IGNORE INTO packages (name, added_ns, added_by) VALUES (?, ?, ?)", (name, nowNs, actor)
+                "INSERT INTO packages (name, added_ns, added_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (name, nowNs, actor)
             )
             if cur.rowcount:
                 conn.execute(
@@ -39,7 +38,7 @@ class PackagesComponent:
     def removePackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
         return self._call(self._thd_removePackage, name, actor, nowNs)
 
-    def _thd_removePackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int) -> bool:
+    def _thd_removePackage(self, conn: Any, name: str, actor: str, nowNs: int) -> bool:
         with _transaction(conn):
             cur = conn.execute("DELETE FROM packages WHERE name = ?", (name,))
             if cur.rowcount:
@@ -52,13 +51,13 @@ class PackagesComponent:
     def listPackages(self) -> "Deferred[List[Dict[str, Any]]]":
         return self._call(self._thd_listPackages)
 
-    def _thd_listPackages(self, conn: sqlite3.Connection, name: Optional[str] = None) -> List[Dict[str, Any]]:
+    def _thd_listPackages(self, conn: Any, name: Optional[str] = None) -> List[Dict[str, Any]]:
         sql = (
             "SELECT p.name, p.added_ns, p.last_checked_ns, p.last_seen_version,"
             " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name),"
             " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict IN ('baseline', 'clean')),"
             " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict = 'deviations' AND r.decision IS NULL),"
-            " (SELECT COUNT(DISTINCT category || char(0) || value) FROM baseline b WHERE b.package_name = p.name)"
+            " (SELECT COUNT(*) FROM (SELECT DISTINCT category, value FROM baseline b WHERE b.package_name = p.name) d)"
             " FROM packages p"
         )
         args: Tuple[Any, ...] = ()
@@ -123,7 +122,7 @@ class PackagesComponent:
         """
         return self._call(self._thd_watchList, nowNs)
 
-    def _thd_watchList(self, conn: sqlite3.Connection, nowNs: int) -> List[Dict[str, Any]]:
+    def _thd_watchList(self, conn: Any, nowNs: int) -> List[Dict[str, Any]]:
         return [
             {"name": r[0], "etag": r[1], "last_seen_version": r[2], "seeded": bool(r[3]), "waiting": r[4]}
             for r in conn.execute(
@@ -144,7 +143,7 @@ class PackagesComponent:
             lambda conn: {
                 r[0]: bool(r[1])
                 for r in conn.execute(
-                    "SELECT version, queued OR seeded FROM releases WHERE package_name = ?", (name,)
+                    "SELECT version, queued <> 0 OR seeded <> 0 FROM releases WHERE package_name = ?", (name,)
                 )
             }
         )
@@ -170,7 +169,7 @@ class PackagesComponent:
 
     def _thd_recordPackument(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         name: str,
         releases: Sequence[Dict[str, Any]],
         latest: Optional[str],
@@ -213,7 +212,7 @@ class PackagesComponent:
     def waitingReleases(self, name: str) -> "Deferred[List[Dict[str, Any]]]":
         return self._call(self._thd_waitingReleases, name)
 
-    def _thd_waitingReleases(self, conn: sqlite3.Connection, name: str) -> List[Dict[str, Any]]:
+    def _thd_waitingReleases(self, conn: Any, name: str) -> List[Dict[str, Any]]:
         return [
             {"version": r[0], "published_ns": r[1], "attempts": r[2]}
             for r in conn.execute(
@@ -224,7 +223,7 @@ class PackagesComponent:
         ]
 
     def markReleaseQueued(self, name: str, version: str, runID: str, nowNs: int) -> "Deferred[bool]":
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 return bool(
                     conn.execute(
@@ -237,7 +236,7 @@ class PackagesComponent:
         return self._call(thd)
 
     def markReleaseFailed(self, name: str, version: str, error: str) -> "Deferred[None]":
-        def thd(conn: sqlite3.Connection) -> None:
+        def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.execute(
                     "UPDATE releases SET attempts = attempts + 1, last_error = ? WHERE package_name = ? AND version = ?",
@@ -252,7 +251,7 @@ class PackagesComponent:
         C{(name, error, next_check_ns)} (error C{""} when all went well).
         """
 
-        def thd(conn: sqlite3.Connection) -> None:
+        def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.executemany(
                     "UPDATE packages SET last_checked_ns = ?, last_error = ?, next_check_ns = ? WHERE name = ?",
@@ -266,7 +265,7 @@ class PackagesComponent:
         The watcher's view of one package: last check, error, hold-off.
         """
 
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(
                 "SELECT last_checked_ns, last_seen_version, etag, last_error, next_check_ns FROM packages WHERE name = ?",
                 (name,),

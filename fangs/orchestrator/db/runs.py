@@ -5,7 +5,6 @@ cancel, results, listing and the sweeps that fail lost runs.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -29,6 +28,7 @@ from fangs.orchestrator.db.model import (
     checkIdempotency,
 )
 from fangs.orchestrator.db.connector import _transaction
+from fangs.orchestrator.db.engines import JOBS_CHANNEL, READ_COMMITTED, SHARED_QUEUE
 
 
 class RunsComponent:
@@ -49,21 +49,15 @@ class RunsComponent:
         """
         return self._call(self._thd_createRun, run)
 
-    def _thd_createRun(self, conn: sqlite3.Connection, run: NewRun) -> Tuple[str, bool]:
-        with _transaction(conn):
-            if run.idempotency_key is not None:
-                row = conn.execute(
-                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    checkIdempotency(row[1], run.idempotency_digest)
-                    return row[0], False
+    def _thd_createRun(self, conn: Any, run: NewRun) -> Tuple[str, bool]:
+        engine = conn.engine
+        with _transaction(conn, READ_COMMITTED):
             try:
-                conn.execute(
+                row = conn.execute(
                     "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job,"
                     " queue_seq, idempotency_key, idempotency_digest, created_ns)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?,"
-                    " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs), ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, %s, ?, ?, ?)"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id" % (engine.nextQueueSeq,),
                     (
                         run.id,
                         run.package_name,
@@ -75,15 +69,22 @@ class RunsComponent:
                         run.idempotency_digest,
                         run.created_ns,
                     ),
-                )
-            except sqlite3.IntegrityError:
+                ).fetchone()
+            except engine.IntegrityError:
                 raise Conflict("run %s exists already" % (run.id,)) from None
+            if row is None:  # the idempotency key was used before
+                found = conn.execute(
+                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
+                ).fetchone()
+                checkIdempotency(found[1], run.idempotency_digest)
+                return found[0], False
+            engine.notify(conn, JOBS_CHANNEL, run.target_runner or SHARED_QUEUE)
             return run.id, True
 
     def getRun(self, runID: str) -> "Deferred[Optional[RunRow]]":
         return self._call(self._thd_getRun, runID)
 
-    def _thd_getRun(self, conn: sqlite3.Connection, runID: str) -> Optional[RunRow]:
+    def _thd_getRun(self, conn: Any, runID: str) -> Optional[RunRow]:
         row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
         return None if row is None else _runRow(row)
 
@@ -97,7 +98,7 @@ class RunsComponent:
         """
         return self._call(self._thd_claimJob, runnerID)
 
-    def _thd_claimJob(self, conn: sqlite3.Connection, runnerID: str) -> Optional[Tuple[str, str]]:
+    def _thd_claimJob(self, conn: Any, runnerID: str) -> Optional[Tuple[str, str]]:
         with _transaction(conn):
             row = conn.execute(
                 "SELECT id, job FROM runs WHERE state = 'pending'"
@@ -113,7 +114,7 @@ class RunsComponent:
     def confirmDispatch(self, runID: str, nowNs: int, deadlineNs: int) -> "Deferred[bool]":
         return self._call(self._thd_confirmDispatch, runID, nowNs, deadlineNs)
 
-    def _thd_confirmDispatch(self, conn: sqlite3.Connection, runID: str, nowNs: int, deadlineNs: int) -> bool:
+    def _thd_confirmDispatch(self, conn: Any, runID: str, nowNs: int, deadlineNs: int) -> bool:
         with _transaction(conn):
             cur = conn.execute(
                 "UPDATE runs SET state = 'dispatched', dispatched_ns = ?, last_activity_ns = ?,"
@@ -129,7 +130,7 @@ class RunsComponent:
         """
         return self._call(self._thd_releaseLease, runID)
 
-    def _thd_releaseLease(self, conn: sqlite3.Connection, runID: str) -> bool:
+    def _thd_releaseLease(self, conn: Any, runID: str) -> bool:
         with _transaction(conn):
             cur = conn.execute(
                 "UPDATE runs SET state = 'pending', runner_id = NULL WHERE id = ? AND state = 'leased'",
@@ -144,7 +145,7 @@ class RunsComponent:
         """
         return self._call(self._thd_requeueLeased)
 
-    def _thd_requeueLeased(self, conn: sqlite3.Connection) -> int:
+    def _thd_requeueLeased(self, conn: Any) -> int:
         with _transaction(conn):
             return conn.execute(
                 "UPDATE runs SET state = 'pending', runner_id = NULL WHERE state = 'leased'"
@@ -174,7 +175,7 @@ class RunsComponent:
         """
         return self._call(self._thd_cancelRun, runID, nowNs)
 
-    def _thd_cancelRun(self, conn: sqlite3.Connection, runID: str, nowNs: int) -> RunRow:
+    def _thd_cancelRun(self, conn: Any, runID: str, nowNs: int) -> RunRow:
         with _transaction(conn):
             row = conn.execute("SELECT state FROM runs WHERE id = ?", (runID,)).fetchone()
             if row is None:
@@ -207,7 +208,7 @@ class RunsComponent:
         """
         return self._call(self._thd_sweepLost, nowNs)
 
-    def _thd_sweepLost(self, conn: sqlite3.Connection, nowNs: int) -> List[str]:
+    def _thd_sweepLost(self, conn: Any, nowNs: int) -> List[str]:
         with _transaction(conn):
             ids = [
                 r[0]
@@ -252,7 +253,7 @@ class RunsComponent:
 
     def _thd_recordResult(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         runID: str,
         status: str,
         reason: str,
@@ -298,7 +299,7 @@ class RunsComponent:
         return self._call(self._thd_listRuns, filter, pageSize, after)
 
     def _thd_listRuns(
-        self, conn: sqlite3.Connection, filter: RunFilter, pageSize: int, after: Optional[List[Any]]
+        self, conn: Any, filter: RunFilter, pageSize: int, after: Optional[List[Any]]
     ) -> Page:
         where: List[str] = []
         args: List[Any] = []
@@ -345,7 +346,7 @@ class RunsComponent:
         return self._call(self._thd_failRunsMissingFromHeartbeat, runnerID, list(activeRunIDs), dispatchedBeforeNs, nowNs)
 
     def _thd_failRunsMissingFromHeartbeat(
-        self, conn: sqlite3.Connection, runnerID: str, activeRunIDs: List[str], dispatchedBeforeNs: int, nowNs: int
+        self, conn: Any, runnerID: str, activeRunIDs: List[str], dispatchedBeforeNs: int, nowNs: int
     ) -> List[str]:
         active = set(activeRunIDs)
         with _transaction(conn):

@@ -5,7 +5,6 @@ API tokens and server-side dashboard sessions.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional
 
 from twisted.internet.defer import Deferred
@@ -23,7 +22,7 @@ class TokensComponent:
     def createToken(self, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int) -> "Deferred[None]":
         return self._call(self._thd_createToken, tokenID, name, scopes, secretHash, actor, nowNs)
 
-    def _thd_createToken(self, conn: sqlite3.Connection, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int) -> None:
+    def _thd_createToken(self, conn: Any, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int) -> None:
         with _transaction(conn):
             conn.execute(
                 "INSERT INTO api_tokens (id, name, scopes, secret_hash, created_ns, created_by) VALUES (?, ?, ?, ?, ?, ?)",
@@ -37,7 +36,7 @@ class TokensComponent:
     def lookupToken(self, tokenID: str) -> "Deferred[Optional[Dict[str, Any]]]":
         return self._call(self._thd_lookupToken, tokenID)
 
-    def _thd_lookupToken(self, conn: sqlite3.Connection, tokenID: str) -> Optional[Dict[str, Any]]:
+    def _thd_lookupToken(self, conn: Any, tokenID: str) -> Optional[Dict[str, Any]]:
         r = conn.execute(
             "SELECT id, name, scopes, secret_hash, created_ns, created_by, revoked_ns FROM api_tokens WHERE id = ?",
             (tokenID,),
@@ -59,7 +58,7 @@ class TokensComponent:
     def revokeToken(self, tokenID: str, actor: str, nowNs: int) -> "Deferred[bool]":
         return self._call(self._thd_revokeToken, tokenID, actor, nowNs)
 
-    def _thd_revokeToken(self, conn: sqlite3.Connection, tokenID: str, actor: str, nowNs: int) -> bool:
+    def _thd_revokeToken(self, conn: Any, tokenID: str, actor: str, nowNs: int) -> bool:
         with _transaction(conn):
             cur = conn.execute(
                 "UPDATE api_tokens SET revoked_ns = ? WHERE id = ? AND revoked_ns IS NULL", (nowNs, tokenID)
@@ -97,7 +96,7 @@ class TokensComponent:
     # (the lookup joins the token).
 
     def createSession(self, idHash: str, tokenID: str, nowNs: int, expiresNs: int) -> "Deferred[None]":
-        def thd(conn: sqlite3.Connection) -> None:
+        def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.execute("DELETE FROM dashboard_sessions WHERE expires_ns < ?", (nowNs,))
                 conn.execute(
@@ -112,7 +111,7 @@ class TokensComponent:
         The live session with this id hash and its token, or None.
         """
 
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(
                 "SELECT s.token_id, s.expires_ns, t.name, t.scopes, t.revoked_ns FROM dashboard_sessions s"
                 " JOIN api_tokens t ON t.id = s.token_id WHERE s.id_hash = ?",
