@@ -2,11 +2,13 @@
 Faults the orchestrator must ride out.
 
 On a real loopback socket (the twistd plugin's service in this process, its
-SQLite database on disk): the database locked by another process while
-events arrive (a 503 in the envelope, nothing half-written, a resend stores
-each batch once, and the runner's streamer delivers every event exactly
-once), and the database's disk full (a 507, earlier batches intact, health
-answered, ingest working again once space is freed).
+database on disk): the database locked by another process while events
+arrive (a 503 in the envelope, nothing half-written, a resend stores each
+batch once, and the runner's streamer delivers every event exactly once),
+and the database's disk full (a 507, earlier batches intact, health
+answered, ingest working again once space is freed).  The lock and the full
+disk are played on SQLite and on PostgreSQL: the same fault is the same
+answer on both engines.
 
 With a L{Clock}: jumps forward (runners pruned and re-registering, lost runs
 failed, long polls ending) and state from the future (timestamps ahead of
@@ -113,14 +115,25 @@ class LiveOrchestrator:
     async def post(self, runID: str, body: bytes) -> Tuple[int, Any]:
         return await call(self.client, "POST", self.url + "/v1/runs/%s/events" % (runID,), raw=body)
 
-    def seqs(self, runID: str) -> List[int]:
+    def query(self, sql: str, args: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
+        """
+        Rows of C{sql} (C{?} placeholders), read directly from the database.
+        """
+        if self.db.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.db, autocommit=True) as conn:
+                return list(conn.execute(sql.replace("?", "%s"), args))
         import sqlite3
 
         conn = sqlite3.connect(self.db, timeout=30)
         try:
-            return [r[0] for r in conn.execute("SELECT seq FROM batches WHERE run_id = ? ORDER BY seq", (runID,))]
+            return list(conn.execute(sql, args))
         finally:
             conn.close()
+
+    def seqs(self, runID: str) -> List[int]:
+        return [r[0] for r in self.query("SELECT seq FROM batches WHERE run_id = ? ORDER BY seq", (runID,))]
 
     async def health(self) -> int:
         return (await call(self.client, "GET", self.url + "/v1/health"))[0]
@@ -129,14 +142,8 @@ class LiveOrchestrator:
         """
         (events, distinct (seq, idx), batches) of a run, read directly.
         """
-        import sqlite3
-
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            events, distinct = conn.execute("SELECT count(*), count(DISTINCT seq * 100000 + idx) FROM events WHERE run_id = ?", (runID,)).fetchone()
-            batches = conn.execute("SELECT count(*) FROM batches WHERE run_id = ?", (runID,)).fetchone()[0]
-        finally:
-            conn.close()
+        ((events, distinct),) = self.query("SELECT count(*), count(DISTINCT seq * 100000 + idx) FROM events WHERE run_id = ?", (runID,))
+        ((batches,),) = self.query("SELECT count(*) FROM batches WHERE run_id = ?", (runID,))
         return events, distinct, batches
 
 
@@ -146,8 +153,38 @@ def assertEnvelope(test: Any, body: Any, code: str) -> None:
     test.assertEqual(body["error"]["code"], code)
 
 
-class DatabaseLockedTests(TestCase):
-    timeout = 60
+class PostgresLocker:
+    """
+    Another session holding C{ACCESS EXCLUSIVE} on the C{batches} table (a
+    migration or a vacuum full would), so ingest waits out the store's
+    C{lock_timeout}.
+    """
+
+    def __init__(self, testCase: TestCase, dsn: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("BEGIN")
+        self.conn.execute("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+        testCase.addCleanup(self.release)
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+
+
+class LockedScenario:
+    """
+    The locked-database scenario, on whichever engine C{database()} and
+    C{lock()} give.
+    """
+
+    def database(self) -> str:
+        raise NotImplementedError
+
+    def lock(self, db: str) -> Any:
+        raise NotImplementedError
 
     def test_lockedAnswers503AndResendStoresOnce(self) -> Deferred:
         return Deferred.fromCoroutine(self._locked())
@@ -160,14 +197,14 @@ class DatabaseLockedTests(TestCase):
         it in the same stream are, whole); after the lock goes, resending
         the whole stream stores every batch exactly once.
         """
-        o = LiveOrchestrator(self, self.mktemp() + ".db")
+        o = LiveOrchestrator(self, self.database())
         await o.start()
         runID = await o.dispatchedRun()
         first = batchLine(1, [fileEvent("/etc/a%d" % i) for i in range(10)])
         code, ack = await o.post(runID, first)
         self.assertEqual((code, ack["persisted"]), (200, 10))
 
-        locker = Locker(self, o.db)
+        locker = self.lock(o.db)
         stream = b"".join(batchLine(seq, [fileEvent("/etc/b%d" % i) for i in range(10)]) for seq in (2, 3))
         code, body = await o.post(runID, stream)
         self.assertEqual(code, 503, body)
@@ -189,6 +226,16 @@ class DatabaseLockedTests(TestCase):
         self.assertEqual(o.stored(runID), (30, 30, 3))
         code, run = await call(o.client, "GET", o.url + "/v1/runs/" + runID)
         self.assertEqual((run["events_received"], run["batches_received"]), (30, 3))
+
+
+class DatabaseLockedTests(LockedScenario, TestCase):
+    timeout = 60
+
+    def database(self) -> str:
+        return self.mktemp() + ".db"
+
+    def lock(self, db: str) -> Any:
+        return Locker(self, db)
 
     def test_streamerRetriesThroughLock(self) -> Deferred:
         return Deferred.fromCoroutine(self._streamer())
@@ -227,18 +274,32 @@ class DatabaseLockedTests(TestCase):
         self.assertEqual(batches, stats.batchesSent)
 
 
-class DiskFullTests(TestCase):
-    timeout = 60
+class DiskFullScenario:
+    """
+    The full-disk scenario: C{database()} is a database whose events live on
+    a 3 MiB tmpfs at C{self.dir} (after C{prepare}), with 1 MiB of ballast.
+    """
+
+    options = "size=3m"
+    dir: str
 
     def setUp(self) -> None:
         if os.geteuid() != 0:
             raise SkipTest("mounting a tmpfs needs root")
         self.dir = tempfile.mkdtemp(prefix="fangs-full-")
         self.addCleanup(shutil.rmtree, self.dir, True)
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", self.dir], capture_output=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", self.options, "tmpfs", self.dir], capture_output=True)
         if mounted.returncode != 0:
             raise SkipTest("cannot mount a tmpfs: %s" % (mounted.stderr.decode(errors="replace"),))
         self.addCleanup(subprocess.run, ["umount", "-l", self.dir], capture_output=True)
+
+    def database(self) -> str:
+        raise NotImplementedError
+
+    def prepare(self, o: "LiveOrchestrator") -> None:
+        """
+        After the orchestrator migrated its database.
+        """
 
     def test_diskFull(self) -> Deferred:
         return Deferred.fromCoroutine(self._full())
@@ -253,9 +314,10 @@ class DiskFullTests(TestCase):
         ballast = os.path.join(self.dir, "ballast")
         with open(ballast, "wb") as f:
             f.write(b"\0" * (1024 * 1024))
-        o = LiveOrchestrator(self, os.path.join(self.dir, "fangs.db"))
+        o = LiveOrchestrator(self, self.database())
         await o.start()
-        runID = await o.dispatchedRun()
+        runID = await o.dispatchedRun()  # the migrations are done
+        self.prepare(o)
         acked, seq, code, body = 0, 0, 200, None
         while code == 200 and seq < 2000:
             seq += 1
@@ -276,6 +338,76 @@ class DiskFullTests(TestCase):
         code, body = await o.post(runID, batchLine(seq - 1, events) + batchLine(seq, events))
         self.assertEqual((code, body["persisted"]), (200, 20), body)  # seq - 1 was stored already
         self.assertEqual(o.stored(runID), (acked + 20, acked + 20, seq))
+
+
+class DiskFullTests(DiskFullScenario, TestCase):
+    timeout = 60
+
+    def database(self) -> str:
+        return os.path.join(self.dir, "fangs.db")
+
+
+class PostgresLockedTests(LockedScenario, TestCase):
+    """
+    The same lock on PostgreSQL: the same 503 C{database_busy} (the engine
+    classifies the lock timeout as the SQLite engine classifies
+    C{SQLITE_BUSY}), the same whole-or-absent batches.
+    """
+
+    timeout = 60
+
+    def database(self) -> str:
+        from tests import pg
+
+        return pg.freshDatabase(self, "locked")
+
+    def lock(self, db: str) -> Any:
+        return PostgresLocker(self, db)
+
+
+class PostgresDiskFullTests(DiskFullScenario, TestCase):
+    """
+    The same full disk on PostgreSQL: the events table and its indexes in a
+    tablespace on the small tmpfs, so extending them fails with
+    C{disk_full} (53100), answered 507 like SQLite's C{SQLITE_FULL}.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        import pwd
+
+        from tests import pg
+
+        super().setUp()
+        cluster = pg.cluster()
+        pw = pwd.getpwnam("postgres")
+        self.tablespace = os.path.join(self.dir, "ts")
+        os.mkdir(self.tablespace, 0o700)
+        os.chown(self.tablespace, pw.pw_uid, pw.pw_gid)
+        os.chmod(self.dir, 0o755)
+        self.name = "full_%d" % (os.getpid(),)
+        self.admin(cluster.dsn(), "CREATE TABLESPACE %s LOCATION '%s'" % (self.name, self.tablespace))
+        self.addCleanup(self.admin, cluster.dsn(), "DROP TABLESPACE IF EXISTS %s" % (self.name,))
+        self.dsn = pg.freshDatabase(self, "full")
+
+    @staticmethod
+    def admin(dsn: str, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def database(self) -> str:
+        return self.dsn
+
+    def prepare(self, o: "LiveOrchestrator") -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TABLE events SET TABLESPACE %s" % (self.name,))
+            for (index,) in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'events'").fetchall():
+                conn.execute('ALTER INDEX "%s" SET TABLESPACE %s' % (index, self.name))
 
 
 class ClockJumpTests(SynchronousTestCase):

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import os
 import re
-import sqlite3
 from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
@@ -511,9 +510,24 @@ class OrchestratorAPI:
         if failure.check(CancelledError):
             return b""  # the client went away; nothing to answer
         trace = traceID(request)
-        if failure.check(FangsError):
+        if failure.check(S.StorageFault):
+            # Locked by another writer, unreachable, or out of disk, on
+            # either engine (the engine classified the driver's error): the
+            # failed write was rolled back, and the client may retry it.
             err = failure.value
             status, code, message = err.status, err.code, err.message
+            request.setHeader(b"Retry-After", b"1")
+            log.warn("{method} {path} -> {status}: {error} (trace {trace_id})", method=request.method, path=request.path, status=status, error=err.detail or err.message, trace_id=trace)
+        elif failure.check(FangsError):
+            err = failure.value
+            status, code, message = err.status, err.code, err.message
+        elif failure.check(S.ConstraintViolation):
+            # A write the schema refused (e.g. events for a run deleted
+            # meanwhile); the driver's text stays in the log.
+            status, code, message = 409, "conflict", "the request conflicts with what is stored (trace %s)" % (trace,)
+            log.info("constraint refused on {method} {path}: {error} (trace {trace_id})", method=request.method, path=request.path, error=str(failure.value), trace_id=trace)
+        elif failure.check(S.Conflict):
+            status, code, message = 409, "conflict", str(failure.value)
         elif failure.check(wire.WireError):
             status, code, message = 400, "bad_request", str(failure.value)
         elif failure.check(MethodNotAllowed):
@@ -530,12 +544,6 @@ class OrchestratorAPI:
             )
         elif failure.check(HTTPException):
             status, code, message = failure.value.code, "http_error", failure.value.description or ""
-        elif failure.check(sqlite3.OperationalError) and _storageCondition(str(failure.value)):
-            # Locked by another writer, or out of disk: the failed write was
-            # rolled back, and the client may retry it.
-            status, code, message = _storageCondition(str(failure.value))
-            request.setHeader(b"Retry-After", b"1")
-            log.warn("{method} {path} -> {status}: {error} (trace {trace_id})", method=request.method, path=request.path, status=status, error=str(failure.value), trace_id=trace)
         else:
             status, code, message = 500, "internal", "internal error; see the orchestrator log (trace %s)" % (trace,)
             log.failure(
@@ -1256,17 +1264,6 @@ class _UTF8URLs(Resource):
         except FangsError:
             return self._api.error(request, Failure())
         return self._inner.render(request)
-
-
-def _storageCondition(error: str) -> Optional[Tuple[int, str, str]]:
-    """
-    The answer for an SQLite error a client can wait out, or None.
-    """
-    if "locked" in error or "busy" in error:
-        return 503, "database_busy", "the database is locked by another writer; the failed write was rolled back, retry shortly"
-    if "disk is full" in error:
-        return 507, "insufficient_storage", "the database disk is full; the failed write was rolled back, retry once space is freed"
-    return None
 
 
 def _logErrors(d: Any, what: str, **kw: Any) -> None:

@@ -12,7 +12,7 @@ PostgreSQL connections.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -160,12 +160,6 @@ class SQLiteConnector(Connector):
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def _statements(sql: str) -> Iterable[str]:
-    for part in sql.split(";"):
-        if part.strip():
-            yield part
 
 
 class _transaction:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from fangs.orchestrator.db.model import ConstraintViolation, StorageBusy, StorageFull, StoreError
 

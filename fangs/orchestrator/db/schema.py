@@ -22,7 +22,7 @@ what it did).
 
 from __future__ import annotations
 
-from typing import Iterable, List, NamedTuple, Sequence, Tuple, Union
+from typing import List, NamedTuple, Tuple, Union
 
 from fangs.orchestrator import differ
 
