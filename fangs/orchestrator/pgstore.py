@@ -363,28 +363,15 @@ class PostgresStore(*S.COMPONENTS, PostgresStreamStorage, PostgresConnector):  #
     def _thd_requeueLeased(self, conn: PostgresConnection) -> int:
         # Other orchestrators may be writing responses for their leases right
         # now: only leases nobody can still be confirming go back.
-        return self._thd_requeueStaleLeases(conn, LEASE_TIMEOUT_NS)
+        return self._thd_requeueStaleLeases(conn)
 
-    def _thd_requeueStaleLeases(self, conn: PostgresConnection, olderThanNs: int) -> int:
+    def _thd_requeueStaleLeases(self, conn: PostgresConnection, olderThanNs: int = LEASE_TIMEOUT_NS) -> int:
         rows = conn.execute(
             "WITH r AS (UPDATE runs SET state = 'pending', runner_id = NULL, leased_ns = NULL"
             " WHERE state = 'leased' AND COALESCE(leased_ns, 0) < %s - ? RETURNING target_runner)"
             " SELECT pg_notify(?, COALESCE(target_runner, ?)) FROM r" % (conn.engine.nowNs,),
             (olderThanNs, JOBS_CHANNEL, SHARED_QUEUE),
         ).fetchall()
+        if rows:
+            log.warn("{n} stale leases went back to the queue", n=len(rows))
         return len(rows)
-
-    def _thd_sweepLost(self, conn: PostgresConnection, nowNs: int) -> List[str]:
-        # One UPDATE: of two orchestrators sweeping at once, each run is
-        # failed (and so analysed) by exactly one of them.
-        requeued = self._thd_requeueStaleLeases(conn, LEASE_TIMEOUT_NS)
-        if requeued:
-            log.warn("{n} stale leases went back to the queue", n=requeued)
-        return sorted(
-            r[0]
-            for r in conn.execute(
-                "UPDATE runs SET state = 'failed', failure_reason = 'runner lost', finished_ns = ?"
-                " WHERE state IN ('dispatched', 'running') AND deadline_ns < ? RETURNING id",
-                (nowNs, nowNs),
-            )
-        )

@@ -19,6 +19,9 @@ placeholders), and asks the engine for the rest:
   - L{Engine.classify}: a driver error turned into the store's own error
     classes (L{StorageBusy}, L{StorageFull}, L{ConstraintViolation}), so the
     HTTP edge maps a storage fault to the same status on both engines.
+  - L{Engine.insertEvents}: a batch of events stored the fastest way the
+    engine has (SQLite C{executemany}; PostgreSQL one C{COPY}).
+  - L{Engine.lockMigrations}: migrating orchestrators wait for each other.
   - L{Engine.notify}: the hook that tells other orchestrators on the same
     database (PostgreSQL C{NOTIFY}; nothing to tell on SQLite, which has one
     orchestrator).

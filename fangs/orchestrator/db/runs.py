@@ -209,21 +209,26 @@ class RunsComponent:
         return self._call(self._thd_sweepLost, nowNs)
 
     def _thd_sweepLost(self, conn: Any, nowNs: int) -> List[str]:
-        with _transaction(conn):
-            ids = [
+        # One UPDATE: of two orchestrators sweeping at once (PostgreSQL),
+        # each run is failed (and so analysed) by exactly one of them.
+        with _transaction(conn, READ_COMMITTED):
+            self._thd_requeueStaleLeases(conn)
+            return sorted(
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM runs WHERE state IN ('dispatched', 'running') AND deadline_ns < ?",
-                    (nowNs,),
-                )
-            ]
-            for runID in ids:
-                conn.execute(
-                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost',"
-                    " finished_ns = ? WHERE id = ?",
-                    (nowNs, runID),
-                )
-            return ids
+                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost', finished_ns = ?"
+                    " WHERE state IN ('dispatched', 'running') AND deadline_ns < ? RETURNING id",
+                    (nowNs, nowNs),
+                ).fetchall()
+            )
+
+    def _thd_requeueStaleLeases(self, conn: Any) -> int:
+        """
+        Put back leases whose orchestrator died before confirming them.  One
+        SQLite orchestrator's leases are its own and alive (a restart puts
+        them back, L{requeueLeased}); PostgreSQL's stores override this.
+        """
+        return 0
 
     # -- results ---------------------------------------------------------------
 

@@ -12,12 +12,28 @@ types through the engine's L{fangs.orchestrator.db.engines.Engine.types}:
   - C{{blob}}: bytes (C{BLOB}; C{BYTEA});
   - C{{id}}: an auto-numbered 64-bit primary key (C{INTEGER PRIMARY KEY}; C{BIGSERIAL PRIMARY KEY});
   - C{{norowid}}: SQLite's C{WITHOUT ROWID} after a table's closing parenthesis (nothing on PostgreSQL);
+  - C{{queue_seq}}, C{{stream_cursor}}: the two columns numbered differently
+    (SQLite's single writer numbers them itself; PostgreSQL takes them from
+    a sequence and a counter row, so several orchestrators commit in order);
   - plain C{INTEGER} for small numbers and 0/1 flags, C{BIGINT} where both engines always said so.
 
 C{{}} in the text is written C{{{}}} (it is a C{str.format} template).  A
-new migration takes the next free version and is appended to L{MIGRATIONS};
-a version once released is never changed (databases that applied it keep
-what it did).
+new migration takes the next free version and is appended to L{MIGRATIONS},
+for example::
+
+    migration(
+        60,
+        "tenants",
+        '''
+        ALTER TABLE runs ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
+        CREATE INDEX runs_by_tenant ON runs(tenant, created_ns)
+        ''',
+        only("postgresql", "CREATE INDEX ..."),  # only where one engine needs it
+    ),
+
+A version once released is never changed (databases that applied it keep
+what it did; L{tests.orchestrator.test_store_compat} opens databases recorded
+at version 50 and compares their schema with a new database's).
 """
 
 from __future__ import annotations
@@ -87,7 +103,9 @@ def _credCondition() -> str:
     return cond.replace("{", "{{").replace("}", "}}")
 
 
-_ACTORS = """
+_CRED = _credCondition()
+_ACTORS = (
+    """
     CREATE TABLE baseline_actors (
         package_name {text} NOT NULL,
         category {text} NOT NULL,
@@ -99,8 +117,12 @@ _ACTORS = """
         PRIMARY KEY (package_name, category, value, actor, run_id)
     ){norowid};
     INSERT INTO baseline_actors SELECT package_name, category, value, 'npm', run_id, count, added_ns FROM baseline;
-    INSERT INTO baseline_actors SELECT package_name, category, value, 'script', run_id, count, added_ns FROM baseline WHERE NOT CRED;
-    INSERT INTO baseline_actors SELECT package_name, category, value, 'other', run_id, count, added_ns FROM baseline WHERE NOT CRED;
+    INSERT INTO baseline_actors SELECT package_name, category, value, 'script', run_id, count, added_ns FROM baseline WHERE NOT """
+    + _CRED
+    + """;
+    INSERT INTO baseline_actors SELECT package_name, category, value, 'other', run_id, count, added_ns FROM baseline WHERE NOT """
+    + _CRED
+    + """;
     DROP TABLE baseline;
     ALTER TABLE baseline_actors RENAME TO baseline;
     CREATE INDEX baseline_by_run ON baseline(run_id);
@@ -109,7 +131,8 @@ _ACTORS = """
     ALTER TABLE runs ADD COLUMN analysis_reason {text} NOT NULL DEFAULT '';
     ALTER TABLE releases ADD COLUMN manifest {text} NOT NULL DEFAULT '';
     ALTER TABLE releases ADD COLUMN deltas {text} NOT NULL DEFAULT '[]'
-""".replace("CRED", _credCondition())
+"""
+)
 
 POSTGRESQL = "postgresql"
 
