@@ -68,7 +68,7 @@ class Engine:
     #: bytewise, C{{i64}} a 64-bit integer, C{{blob}} bytes, C{{id}} an
     #: auto-numbered 64-bit primary key, C{{norowid}} SQLite's
     #: C{WITHOUT ROWID} table option, C{{queue_seq}} the queue order
-    #: column's default.
+    #: column's default, C{{stream_cursor}} the run stream's cursor column.
     types: Mapping[str, str] = {}
     #: The driver's exception for a violated constraint (unique, foreign
     #: key, check): C{except conn.engine.IntegrityError}.
