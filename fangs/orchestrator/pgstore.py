@@ -148,8 +148,11 @@ class PostgresConnector(Connector):
 
     backend = "postgresql"
 
-    def __init__(self, dsn: str, reactor: Any = None, poolSize: int = POOL_SIZE, listen: bool = True) -> None:
+    def __init__(
+        self, dsn: str, reactor: Any = None, poolSize: int = POOL_SIZE, listen: bool = True, lockTimeoutMs: int = LOCK_TIMEOUT_MS
+    ) -> None:
         self.engine = engine()
+        self._lockTimeoutMs = lockTimeoutMs
         self._dsn = dsn
         self._reactor = reactor
         self._poolSize = poolSize
@@ -177,7 +180,7 @@ class PostgresConnector(Connector):
             self._dsn,
             autocommit=True,
             application_name="fangs-orchestrator",
-            options="-c lock_timeout=%d" % (LOCK_TIMEOUT_MS,),
+            options="-c lock_timeout=%d" % (self._lockTimeoutMs,),
         )
         _numericAsNumber(raw)
         return raw

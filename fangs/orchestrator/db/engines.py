@@ -287,6 +287,9 @@ class PostgresEngine(Engine):
         conn.execute("SELECT pg_notify(?, ?)", (channel, payload))
 
     def lockMigrations(self, conn: Any) -> None:
+        # A migration may take long on a big database: the others wait for
+        # it however long (the connection's lock_timeout is for requests).
+        conn.execute("SET LOCAL lock_timeout = 0")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
 
     def classify(self, error: BaseException) -> Optional[StoreError]:
