@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TRIAL := $(PY) -m twisted.trial
 SANDBOX_IMAGE := fangs-sandbox/node:20
 
-.PHONY: setup system venv image test unit e2e demo bench clean
+.PHONY: setup system venv image test unit integration e2e demo bench clean
 
 setup: system venv image
 
@@ -31,12 +31,21 @@ $(VENV)/.installed: setup.cfg setup.py
 image:
 	$(PY) -m fangs.runner.image --ensure $(SANDBOX_IMAGE)
 
+# Unit tests: every test module outside tests/integration/ (no root, Docker,
+# kernel, PostgreSQL or Chromium needed).  Integration tests: tests/integration/.
+# `make test` runs both.
+UNIT_TESTS = $$(find tests -name 'test_*.py' -not -path 'tests/integration/*' | sort | sed 's|\.py$$||; s|/|.|g')
+
 test: setup
 	$(PY) -m fangs.runner.image --fixtures $${FANGS_FIXTURES_IMAGE:-fangs-sandbox/fixtures:test}
 	$(TRIAL) -j2 tests
 
 unit: venv
-	$(TRIAL) -j2 tests
+	$(TRIAL) -j2 $(UNIT_TESTS)
+
+integration e2e: setup
+	$(PY) -m fangs.runner.image --fixtures $${FANGS_FIXTURES_IMAGE:-fangs-sandbox/fixtures:test}
+	$(TRIAL) -j2 tests.integration
 
 demo:
 	FANGS_SETUP_FOR=demo bash scripts/setup-system.sh
@@ -45,7 +54,7 @@ demo:
 
 bench: setup
 	$(PY) -c 'import matplotlib' 2>/dev/null || $(PY) -m pip install -q 'matplotlib >= 3.7'
-	$(PY) -m fangs.bench
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf _trial_temp build

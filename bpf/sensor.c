@@ -410,6 +410,24 @@ static __always_inline void stash(struct run_t *r, struct pend_t *p)
         count_drop(r->slot);
 }
 
+// At a syscall's entry: when the caller is a thread of a run, stash the
+// arguments of `kind` for the exit.  The run, or 0.
+static __always_inline struct run_t *stash_args(u8 kind, u64 p1, u64 p2, s32 a, s32 b)
+{
+    u64 cgid = 0;
+    struct run_t *r = lookup_run(&cgid);
+    if (!r)
+        return 0;
+    struct pend_t p = {};
+    p.kind = kind;
+    p.p1 = p1;
+    p.p2 = p2;
+    p.a = a;
+    p.b = b;
+    stash(r, &p);
+    return r;
+}
+
 // The stashed arguments of this thread's syscall of `kind`, removed.
 static __always_inline int unstash(u8 kind, struct pend_t *out)
 {
@@ -424,11 +442,36 @@ static __always_inline int unstash(u8 kind, struct pend_t *out)
     return 1;
 }
 
-static __always_inline void track_fd(struct run_t *r, u32 fd)
+// At a syscall's exit: the stashed arguments of `kind` (removed) and the
+// run of the calling thread, or 0 when there are none.
+static __always_inline struct run_t *unstash_run(u8 kind, struct pend_t *out, u64 *cgid)
+{
+    if (!unstash(kind, out))
+        return 0;
+    return lookup_run(cgid);
+}
+
+// An fd userspace follows was closed (or reused unseen): tell it.
+static __always_inline void forget_fd(struct run_t *r, u64 cgid, struct sockkey_t *k)
+{
+    if (fdtrack.lookup(k)) {
+        fdtrack.delete(k);
+        emit_small(r, cgid, T_CLOSE, (s32)k->fd, (s32)k->fd, 0);
+    }
+}
+
+// The key of this process's fd in the fd and socket maps.
+static __always_inline struct sockkey_t fd_key(u32 fd)
 {
     struct sockkey_t k = {};
     k.tgid = cur_tgid();
     k.fd = fd;
+    return k;
+}
+
+static __always_inline void track_fd(struct run_t *r, u32 fd)
+{
+    struct sockkey_t k = fd_key(fd);
     u8 one = 1;
     if (fdtrack.update(&k, &one) != 0)
         count_drop(r->slot);
@@ -471,19 +514,65 @@ static __always_inline int needs_resolve(const char *p, u32 len)
     return 0;
 }
 
+// Read the path at `user` into rec->path: sets rec->path_len,
+// rec->truncated and rec->resolve (RESOLVE_UNREADABLE when it could not be
+// read, the path then empty; else 0).  Returns the path's length.
+static __always_inline u32 read_path(struct file_rec_t *rec, const void *user)
+{
+    int n = bpf_probe_read_user_str(rec->path, PATH_CAP, user);
+    u32 len = 0;
+    if (n <= 0) {
+        rec->path[0] = 0;
+    } else {
+        len = (u32)n - 1;  // excluding NUL
+        if (len >= PATH_CAP)
+            len = PATH_CAP - 1;
+    }
+    rec->path_len = len;
+    rec->truncated = (n >= PATH_CAP) ? 1 : 0;
+    rec->resolve = n <= 0 ? RESOLVE_UNREADABLE : 0;
+    return len;
+}
+
+// Read the path a file syscall named into rec and judge it in the kernel
+// (rec->resolve says what userspace must do; `dir`: RESOLVE_DIR or 0).
+// Returns the watched prefix's tags when the kernel could judge it, 0 when
+// userspace judges it, -1 when it is not watched.
+static __always_inline int judge_path(struct file_rec_t *rec, struct run_t *r, const void *user, u8 dir)
+{
+    u32 len = read_path(rec, user);
+    u8 resolve = rec->resolve;
+    if (!resolve && (len + 1 >= LPM_CAP || needs_resolve(rec->path, len)))
+        resolve |= RESOLVE_NEEDED;
+    resolve |= dir;
+    if (r->linked)
+        resolve |= RESOLVE_LINKED;
+    rec->resolve = resolve;
+    if (resolve)
+        return 0;
+    rec->lpm_slot = r->slot;
+    // The NUL takes part, so file prefixes can match exactly.
+    rec->lpm_prefixlen = 32 + (len + 1) * 8;
+    struct lpm_val_t *v = paths.lookup((struct lpm_key_t *)&rec->lpm_prefixlen);
+    return v ? v->tags : -1;
+}
+
+// Send a file record whose path fields are set.
+static __always_inline void emit_file(struct file_rec_t *rec, struct run_t *r, u64 cgid, u8 type, u8 tags,
+                                      s32 dfd, s32 flags, s32 ret)
+{
+    fill_hdr(&rec->h, r, cgid, type);
+    rec->h.tags = tags;
+    rec->dfd = dfd;
+    rec->flags = flags;
+    rec->ret = ret;
+    emit(rec, FILE_FIXED + ((rec->path_len + 1) & 0xfff), r->slot);
+}
+
 static __always_inline int do_open(int dfd, const char *filename, int flags, const void *how)
 {
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_OPEN;
-    p.p1 = (u64)filename;
-    p.p2 = (u64)how;   // openat2: open_how, read at exit (faulted in by then)
-    p.a = dfd;
-    p.b = flags;
-    stash(r, &p);
+    // openat2: open_how, read at exit (faulted in by then)
+    stash_args(P_OPEN, (u64)filename, (u64)how, dfd, flags);
     return 0;
 }
 
@@ -511,74 +600,34 @@ int tp_creat(struct tracepoint__syscalls__sys_enter_creat *args)
 static __always_inline int do_open_exit(long ret)
 {
     struct pend_t a = {};
-    if (!unstash(P_OPEN, &a))
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
+    struct run_t *r = unstash_run(P_OPEN, &a, &cgid);
     if (!r)
         return 0;
     struct file_rec_t *rec = get_scratch();
     if (!rec)
         return 0;
-    u32 slot = r->slot;
     if (a.p2) {
         u64 flags = 0;
         bpf_probe_read_user(&flags, sizeof(flags), (void *)a.p2);  // open_how.flags
         a.b = (s32)flags;
     }
-    int n = bpf_probe_read_user_str(rec->path, PATH_CAP, (void *)a.p1);
-    u32 len = 0;
-    u8 resolve = 0;
-    u8 tags = 0;
-    if (n <= 0) {
-        resolve = RESOLVE_UNREADABLE;
-        rec->path[0] = 0;
-    } else {
-        len = (u32)n - 1;  // excluding NUL
-        if (len >= PATH_CAP)
-            len = PATH_CAP - 1;
-        if (len + 1 >= LPM_CAP || needs_resolve(rec->path, len))
-            resolve |= RESOLVE_NEEDED;
-    }
-    if (a.b & (O_DIRECTORY_ | O_PATH_))
-        resolve |= RESOLVE_DIR;
-    if (r->linked)
-        resolve |= RESOLVE_LINKED;
-    if (!resolve) {
-        rec->lpm_slot = slot;
-        // The NUL takes part, so file prefixes can match exactly.
-        rec->lpm_prefixlen = 32 + (len + 1) * 8;
-        struct lpm_val_t *v = paths.lookup((struct lpm_key_t *)&rec->lpm_prefixlen);
-        if (!v) {
-            // Not reported: if the fd number was one userspace follows,
-            // it has been reused (closed unseen, e.g. at exec).
-            if (ret >= 0) {
-                struct sockkey_t k = {};
-                k.tgid = cur_tgid();
-                k.fd = (u32)ret;
-                if (fdtrack.lookup(&k)) {
-                    fdtrack.delete(&k);
-                    emit_small(r, cgid, T_CLOSE, (s32)ret, (s32)ret, 0);
-                }
-            }
-            return 0;
+    int tags = judge_path(rec, r, (void *)a.p1, (a.b & (O_DIRECTORY_ | O_PATH_)) ? RESOLVE_DIR : 0);
+    if (tags < 0) {
+        // Not reported: if the fd number was one userspace follows, it has
+        // been reused (closed unseen, e.g. at exec).
+        if (ret >= 0) {
+            struct sockkey_t k = fd_key((u32)ret);
+            forget_fd(r, cgid, &k);
         }
-        tags = v->tags;
+        return 0;
     }
     // Userspace learns the fd of every reported open: follow its close and
     // reuse, so a later dirfd-relative or /proc/self/fd route through it is
     // attributed to this object, not a stale one.
     if (ret >= 0)
         track_fd(r, (u32)ret);
-    fill_hdr(&rec->h, r, cgid, T_FILE);
-    rec->h.tags = tags;
-    rec->dfd = a.a;
-    rec->flags = a.b;
-    rec->ret = (s32)ret;
-    rec->path_len = len;
-    rec->truncated = (n >= PATH_CAP) ? 1 : 0;
-    rec->resolve = resolve;
-    emit(rec, FILE_FIXED + ((len + 1) & 0xfff), slot);
+    emit_file(rec, r, cgid, T_FILE, (u8)tags, a.a, a.b, (s32)ret);
     return 0;
 }
 
@@ -608,15 +657,7 @@ int tp_exit_creat(struct tracepoint__syscalls__sys_exit_creat *args)
 
 static __always_inline int unlink_enter(int dfd, const char *pathname)
 {
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_UNLINK;
-    p.p1 = (u64)pathname;
-    p.a = dfd;
-    stash(r, &p);
+    stash_args(P_UNLINK, (u64)pathname, 0, dfd, 0);
     return 0;
 }
 
@@ -638,50 +679,17 @@ int tp_rmdir(struct tracepoint__syscalls__sys_enter_rmdir *args)
 static __always_inline int unlink_exit(long ret)
 {
     struct pend_t a = {};
-    if (!unstash(P_UNLINK, &a))
-        return 0;
-    if (ret != 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_UNLINK, &a, &cgid);
+    if (!r || ret != 0)
         return 0;
     struct file_rec_t *rec = get_scratch();
     if (!rec)
         return 0;
-    int n = bpf_probe_read_user_str(rec->path, PATH_CAP, (void *)a.p1);
-    u32 len = 0;
-    u8 resolve = 0;
-    u8 tags = 0;
-    if (n <= 0) {
-        resolve = RESOLVE_UNREADABLE;
-        rec->path[0] = 0;
-    } else {
-        len = (u32)n - 1;
-        if (len >= PATH_CAP)
-            len = PATH_CAP - 1;
-        if (len + 1 >= LPM_CAP || needs_resolve(rec->path, len))
-            resolve |= RESOLVE_NEEDED;
-    }
-    if (r->linked)
-        resolve |= RESOLVE_LINKED;
-    if (!resolve) {
-        rec->lpm_slot = r->slot;
-        rec->lpm_prefixlen = 32 + (len + 1) * 8;
-        struct lpm_val_t *v = paths.lookup((struct lpm_key_t *)&rec->lpm_prefixlen);
-        if (!v)
-            return 0;
-        tags = v->tags;
-    }
-    fill_hdr(&rec->h, r, cgid, T_UNLINK);
-    rec->h.tags = tags;
-    rec->dfd = a.a;
-    rec->flags = 0;
-    rec->ret = 0;
-    rec->path_len = len;
-    rec->truncated = (n >= PATH_CAP) ? 1 : 0;
-    rec->resolve = resolve;
-    emit(rec, FILE_FIXED + ((len + 1) & 0xfff), r->slot);
+    int tags = judge_path(rec, r, (void *)a.p1, 0);
+    if (tags < 0)
+        return 0;
+    emit_file(rec, r, cgid, T_UNLINK, (u8)tags, a.a, 0, 0);
     return 0;
 }
 
@@ -699,14 +707,9 @@ int tp_close(struct tracepoint__syscalls__sys_enter_close *args)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
-    struct sockkey_t k = {};
-    k.tgid = cur_tgid();
-    k.fd = (u32)args->fd;
+    struct sockkey_t k = fd_key((u32)args->fd);
     sockdest.delete(&k);
-    if (fdtrack.lookup(&k)) {
-        fdtrack.delete(&k);
-        emit_small(r, cgid, T_CLOSE, (s32)args->fd, (s32)args->fd, 0);
-    }
+    forget_fd(r, cgid, &k);
     return 0;
 }
 
@@ -729,9 +732,7 @@ static __always_inline int dup_enter(u32 oldfd, s32 newfd)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
-    struct sockkey_t k = {};
-    k.tgid = cur_tgid();
-    k.fd = oldfd;
+    struct sockkey_t k = fd_key(oldfd);
     s32 what = 0;
     if (fdtrack.lookup(&k))
         what |= 1;
@@ -759,17 +760,11 @@ static __always_inline int dup_enter(u32 oldfd, s32 newfd)
 static __always_inline int dup_exit(long ret)
 {
     struct pend_t p = {};
-    if (!unstash(P_DUP, &p))
-        return 0;
-    if (ret < 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_DUP, &p, &cgid);
+    if (!r || ret < 0)
         return 0;
-    struct sockkey_t k = {};
-    k.tgid = cur_tgid();
-    k.fd = (u32)ret;
+    struct sockkey_t k = fd_key((u32)ret);
     sockdest.delete(&k);
     fdtrack.delete(&k);
     if (p.c & 2) {
@@ -819,28 +814,17 @@ int tp_exit_fcntl(struct tracepoint__syscalls__sys_exit_fcntl *args) { return du
 
 int tp_memfd(struct tracepoint__syscalls__sys_enter_memfd_create *args)
 {
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_MEMFD;
-    p.p1 = (u64)args->uname;
-    stash(r, &p);
+    stash_args(P_MEMFD, (u64)args->uname, 0, 0, 0);
     return 0;
 }
 
 int tp_exit_memfd(struct tracepoint__syscalls__sys_exit_memfd_create *args)
 {
     struct pend_t p = {};
-    if (!unstash(P_MEMFD, &p))
-        return 0;
     long ret = args->ret;
-    if (ret < 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_MEMFD, &p, &cgid);
+    if (!r || ret < 0)
         return 0;
     struct file_rec_t *rec = get_scratch();
     if (!rec)
@@ -850,14 +834,10 @@ int tp_exit_memfd(struct tracepoint__syscalls__sys_exit_memfd_create *args)
     if (n <= 0)
         rec->path[0] = 0;
     track_fd(r, (u32)ret);
-    fill_hdr(&rec->h, r, cgid, T_MEMFD);
-    rec->dfd = AT_FDCWD_;
-    rec->flags = 0;
-    rec->ret = (s32)ret;
     rec->path_len = len;
     rec->truncated = 0;
     rec->resolve = 0;
-    emit(rec, FILE_FIXED + ((len + 1) & 0x1ff), r->slot);
+    emit_file(rec, r, cgid, T_MEMFD, 0, AT_FDCWD_, 0, (s32)ret);
     return 0;
 }
 
@@ -887,13 +867,9 @@ static __always_inline int link_enter(u8 kind, s32 olddfd, const char *oldname, 
 static __always_inline int link_exit(long ret)
 {
     struct pend_t p = {};
-    if (!unstash(P_LINK, &p))
-        return 0;
-    if (ret < 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_LINK, &p, &cgid);
+    if (!r || ret < 0)
         return 0;
     struct link_rec_t *rec = get_scratch();
     if (!rec)
@@ -956,71 +932,37 @@ int tp_exit_renameat2(struct tracepoint__syscalls__sys_exit_renameat2 *args) { r
 
 int tp_enter_chdir(struct tracepoint__syscalls__sys_enter_chdir *args)
 {
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_CHDIR;
-    p.p1 = (u64)args->filename;
-    stash(r, &p);
+    stash_args(P_CHDIR, (u64)args->filename, 0, 0, 0);
     return 0;
 }
 
 int tp_exit_chdir(struct tracepoint__syscalls__sys_exit_chdir *args)
 {
     struct pend_t p = {};
-    if (!unstash(P_CHDIR, &p))
-        return 0;
-    if (args->ret != 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_CHDIR, &p, &cgid);
+    if (!r || args->ret != 0)
         return 0;
     struct file_rec_t *rec = get_scratch();
     if (!rec)
         return 0;
-    int n = bpf_probe_read_user_str(rec->path, PATH_CAP, (void *)p.p1);
-    u32 len = n > 0 ? (u32)n - 1 : 0;
-    if (len >= PATH_CAP)
-        len = PATH_CAP - 1;
-    if (n <= 0)
-        rec->path[0] = 0;
-    fill_hdr(&rec->h, r, cgid, T_CHDIR);
-    rec->dfd = AT_FDCWD_;
-    rec->flags = 0;
-    rec->ret = 0;
-    rec->path_len = len;
-    rec->truncated = (n >= PATH_CAP) ? 1 : 0;
-    rec->resolve = n <= 0 ? RESOLVE_UNREADABLE : 0;
-    emit(rec, FILE_FIXED + ((len + 1) & 0xfff), r->slot);
+    read_path(rec, (void *)p.p1);
+    emit_file(rec, r, cgid, T_CHDIR, 0, AT_FDCWD_, 0, 0);
     return 0;
 }
 
 int tp_enter_fchdir(struct tracepoint__syscalls__sys_enter_fchdir *args)
 {
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_FCHDIR;
-    p.a = (s32)args->fd;
-    stash(r, &p);
+    stash_args(P_FCHDIR, 0, 0, (s32)args->fd, 0);
     return 0;
 }
 
 int tp_exit_fchdir(struct tracepoint__syscalls__sys_exit_fchdir *args)
 {
     struct pend_t p = {};
-    if (!unstash(P_FCHDIR, &p))
-        return 0;
-    if (args->ret != 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_FCHDIR, &p, &cgid);
+    if (!r || args->ret != 0)
         return 0;
     emit_small(r, cgid, T_FCHDIR, p.a, 0, 0);
     return 0;
@@ -1031,14 +973,7 @@ int tp_exit_fchdir(struct tracepoint__syscalls__sys_exit_fchdir *args)
 
 static __always_inline int clone_enter(u64 flags)
 {
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_CLONE;
-    p.p1 = flags;
-    stash(r, &p);
+    stash_args(P_CLONE, flags, 0, 0, 0);
     return 0;
 }
 
@@ -1244,32 +1179,18 @@ int tp_socket(struct tracepoint__syscalls__sys_enter_socket *args)
     u32 family = (u32)args->family;
     if (family != 2 && family != 10)
         return 0;
-    u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
-        return 0;
-    struct pend_t p = {};
-    p.kind = P_SOCKET;
-    p.a = (s32)family;
-    p.b = (s32)args->type;
-    stash(r, &p);
+    stash_args(P_SOCKET, 0, 0, (s32)family, (s32)args->type);
     return 0;
 }
 
 int tp_exit_socket(struct tracepoint__syscalls__sys_exit_socket *args)
 {
     struct pend_t p = {};
-    if (!unstash(P_SOCKET, &p))
-        return 0;
-    if (args->ret < 0)
-        return 0;
     u64 cgid = 0;
-    struct run_t *r = lookup_run(&cgid);
-    if (!r)
+    struct run_t *r = unstash_run(P_SOCKET, &p, &cgid);
+    if (!r || args->ret < 0)
         return 0;
-    struct sockkey_t k = {};
-    k.tgid = cur_tgid();
-    k.fd = (u32)args->ret;
+    struct sockkey_t k = fd_key((u32)args->ret);
     struct dest_t d = {};
     d.family = (u16)p.a;
     d.stype = (u8)(p.b & 0xf);
@@ -1306,9 +1227,7 @@ int tp_connect(struct tracepoint__syscalls__sys_enter_connect *args)
     struct run_t *r = lookup_run(&cgid);
     if (!r)
         return 0;
-    struct sockkey_t k = {};
-    k.tgid = cur_tgid();
-    k.fd = (u32)args->fd;
+    struct sockkey_t k = fd_key((u32)args->fd);
     const void *uaddr = (const void *)args->uservaddr;
     struct dest_t d = {};
     struct dest_t *known = sockdest.lookup(&k);
@@ -1395,9 +1314,7 @@ static __always_inline int do_send(struct run_t *r, u64 cgid, u32 fd, const void
                                    const struct iovec_t *vec, u64 vlen, const u8 *buf, u64 len,
                                    u8 syscall)
 {
-    struct sockkey_t k = {};
-    k.tgid = cur_tgid();
-    k.fd = fd;
+    struct sockkey_t k = fd_key(fd);
     struct dest_t *st = sockdest.lookup(&k);
     struct dest_t d = {};
     u8 type = T_STREAM;

@@ -93,11 +93,13 @@ def issue(
     notBefore: Optional[datetime.datetime] = None,
     notAfter: Optional[datetime.datetime] = None,
     scopes: Sequence[str] = ("read",),
+    tenant: str = "",
 ) -> Tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """
     A leaf certificate.  C{kind} is C{server} (SANs from C{names}),
     C{runner} (SAN URI C{fangs://runner/<commonName>}) or C{operator} (SAN
-    URI C{fangs://operator/<commonName>?scopes=<scopes>}); client
+    URI C{fangs://operator/<commonName>?scopes=<scopes>}, and with
+    C{tenant} a second SAN URI C{urn:fangs:tenant:<tenant>}); client
     certificates carry the client-auth extended key usage.
     """
     key = _key()
@@ -127,9 +129,15 @@ def issue(
             except ValueError as e:
                 raise PKIError(str(e)) from None
             uri += "?scopes=" + ",".join(s for s in ("read", "write", "admin") if s in short)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False
-        )
+        uris = [x509.UniformResourceIdentifier(uri)]
+        if kind == "operator" and tenant:
+            from fangs.tenants import TenantError, checkTenant
+
+            try:
+                uris.append(x509.UniformResourceIdentifier("urn:fangs:tenant:" + checkTenant(tenant, allowAll=True)))
+            except TenantError as e:
+                raise PKIError(str(e)) from None
+        builder = builder.add_extension(x509.SubjectAlternativeName(uris), critical=False)
         builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
     else:
         raise PKIError("unknown certificate kind %r" % (kind,))
@@ -194,12 +202,13 @@ def initCA(directory: str, days: int = 3650) -> str:
 
 
 def issueFiles(
-    directory: str, kind: str, name: str, sans: Sequence[str] = (), days: int = 365, scopes: Sequence[str] = ("read",)
+    directory: str, kind: str, name: str, sans: Sequence[str] = (), days: int = 365, scopes: Sequence[str] = ("read",),
+    tenant: str = "",
 ) -> Tuple[str, str]:
     ca, caKey = _loadCA(directory)
     if not name or "/" in name or name.startswith("."):
         raise PKIError("name %r cannot be used as a file name" % (name,))
-    cert, key = issue(ca, caKey, name, kind, sans, days, scopes=scopes)
+    cert, key = issue(ca, caKey, name, kind, sans, days, scopes=scopes, tenant=tenant)
     base = os.path.join(directory, name if kind != "server" else "server")
     _write(base + "-key.pem", keyPEM(key), private=True)
     _write(base + ".pem", certPEM(cert))
@@ -237,6 +246,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "fangs pki") -> int:
         if kind == "operator":
             p.add_argument("--scopes", default="read",
                            help="comma-separated operator scopes in the certificate: read, write, admin (default: read)")
+            p.add_argument("--tenant", default="",
+                           help="the operator's tenant (SAN urn:fangs:tenant:TENANT; * for all tenants); default: none named"
+                                " (an admin certificate is then admin of all tenants, any other is of tenant default)")
     p = sub.add_parser("revoke", help="revoke a certificate and rewrite DIR/crl.pem")
     p.add_argument("dir")
     p.add_argument("cert")
@@ -250,7 +262,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "fangs pki") -> int:
         elif args.command in ("issue-runner", "issue-operator"):
             kind = args.command.split("-", 1)[1]
             scopes = args.scopes.split(",") if kind == "operator" else ()
-            cert, key = issueFiles(args.dir, kind, args.name, days=args.days, scopes=scopes)
+            cert, key = issueFiles(args.dir, kind, args.name, days=args.days, scopes=scopes,
+                                   tenant=getattr(args, "tenant", "") or "")
             suffix = "?scopes=" + args.scopes if kind == "operator" else ""
             print("%s certificate %s (key %s), identity fangs://%s/%s%s" % (kind, cert, key, kind, args.name, suffix))
         elif args.command == "revoke":

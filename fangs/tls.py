@@ -60,6 +60,9 @@ class Identity:
     subject: str
     #: Operator scopes (full names); runners have none.
     scopes: Tuple[str, ...] = ()
+    #: The operator's tenant as the certificate or the config names it
+    #: (C{*}: all tenants), or "" when neither does.
+    tenant: str = ""
 
     def __str__(self) -> str:
         return "%s:%s" % (self.kind, self.name)
@@ -110,10 +113,35 @@ def _hasClientAuth(cert: x509.Certificate) -> bool:
     return ExtendedKeyUsageOID.CLIENT_AUTH in eku
 
 
+#: A SAN URI naming the operator certificate's tenant (C{*}: all tenants).
+TENANT_URN = "urn:fangs:tenant:"
+
+
+def _certificateTenant(uris: Sequence[str], query: str) -> Optional[str]:
+    """
+    The tenant an operator certificate names: a SAN URI
+    C{urn:fangs:tenant:<name>}, else C{tenant=} in its operator URI; ""
+    when it names none; None when it names an invalid one or several.
+    """
+    from fangs.tenants import TenantError, checkTenant
+
+    named = {u[len(TENANT_URN):] for u in uris if u.startswith(TENANT_URN)}
+    named |= set(parse_qs(query).get("tenant") or ())
+    if not named:
+        return ""
+    if len(named) > 1:
+        return None
+    try:
+        return checkTenant(named.pop(), allowAll=True)
+    except TenantError:
+        return None
+
+
 def identityOf(
     cert: x509.Certificate,
     acceptCN: bool = False,
     operatorScopes: Optional[Dict[str, Sequence[str]]] = None,
+    operatorTenants: Optional[Dict[str, str]] = None,
 ) -> Optional[Identity]:
     """
     The FANGS identity a certificate carries, or None (no client-auth EKU,
@@ -121,7 +149,11 @@ def identityOf(
 
     An operator's scopes come from C{operatorScopes} (the config's mapping,
     by name) when it names the operator, else from the URI's C{scopes}
-    query, else read only.
+    query, else read only.  Its tenant likewise comes from
+    C{operatorTenants} (the config's mapping) when it names the operator,
+    else from a SAN URI C{urn:fangs:tenant:<name>} or C{tenant=<name>} in
+    the operator URI; a certificate naming an invalid tenant, or two,
+    names no identity.
     """
     subject = cert.subject.rfc4514_string()
     if not _hasClientAuth(cert):
@@ -151,7 +183,13 @@ def identityOf(
                     scopes = parseScopes(",".join(given).split(",")) if given else DEFAULT_OPERATOR_SCOPES
             except ValueError:
                 return None
-            return Identity("operator", name, subject, scopes or DEFAULT_OPERATOR_SCOPES)
+            if operatorTenants is not None and name in operatorTenants:
+                tenant: Optional[str] = operatorTenants[name]
+            else:
+                tenant = _certificateTenant(uris, query)
+            if tenant is None:
+                return None
+            return Identity("operator", name, subject, scopes or DEFAULT_OPERATOR_SCOPES, tenant)
     if acceptCN:
         cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         if cns and isinstance(cns[0].value, str) and cns[0].value:
@@ -177,7 +215,8 @@ def peerCertificate(request: Any) -> Optional[x509.Certificate]:
     return peer.to_cryptography()
 
 
-def peerIdentity(request: Any, acceptCN: bool = False, operatorScopes: Optional[Dict[str, Sequence[str]]] = None) -> Optional[Identity]:
+def peerIdentity(request: Any, acceptCN: bool = False, operatorScopes: Optional[Dict[str, Sequence[str]]] = None,
+                 operatorTenants: Optional[Dict[str, str]] = None) -> Optional[Identity]:
     """
     The identity of the client certificate of C{request}'s connection, or
     None without TLS, without a client certificate or without a usable
@@ -186,7 +225,7 @@ def peerIdentity(request: Any, acceptCN: bool = False, operatorScopes: Optional[
     cert = peerCertificate(request)
     if cert is None:
         return None
-    return identityOf(cert, acceptCN, operatorScopes)
+    return identityOf(cert, acceptCN, operatorScopes, operatorTenants)
 
 
 def _notAfter(cert: x509.Certificate) -> datetime.datetime:

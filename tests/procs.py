@@ -20,10 +20,21 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from fangs.bench import freePort  # noqa: F401 (re-exported for the tests)
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWISTD = [os.path.join(os.path.dirname(sys.executable), "twistd")]
+
+
+def freePort() -> int:
+    """
+    A loopback TCP port nothing listens on (at the moment of asking).
+    """
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
 
 
 def httpClient(testCase: Any) -> HTTPClient:

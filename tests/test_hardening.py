@@ -506,7 +506,7 @@ class TokenModeTests(TestCase):
 class NoneModeTests(TestCase):
     """
     Finding 5 with --auth none: what a browser page can make the
-    orchestrator do (the Chromium test in tests/test_browser.py drives a
+    orchestrator do (the Chromium test in tests/integration/test_browser.py drives a
     real browser through the same cases).
     """
 

@@ -9,7 +9,9 @@ as the one JSON envelope C{{"error": {"code", "message", "trace_id"}}}.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import ipaddress
 import json
 import os
@@ -37,9 +39,17 @@ from fangs.orchestrator.auth import (
     SCOPE_WRITE,
     SESSION_COOKIE,
     SESSION_SECONDS,
+    Access,
     Authenticator,
+    Caller,
+    TenantForbidden,
     callerKey,
+    operator,
+    public,
+    runner,
+    runnerOfRun,
 )
+from fangs.tenants import ALL_TENANTS, DEFAULT_TENANT, TenantError, checkTenant
 from fangs.orchestrator import store as S
 from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.site import MAX_NDJSON_LINE
@@ -175,6 +185,8 @@ def runJSON(run: S.RunRow) -> Dict[str, Any]:
         "install_finished_at": nsToTimestamp(run.install_finished_ns),
         "observation_ended_at": nsToTimestamp(run.observation_ended_ns),
         "events_unresolved": run.events_unresolved,
+        # Whose view this is: the verdict, decision and counts are that tenant's.
+        "tenant": run.tenant,
     }
 
 
@@ -427,10 +439,42 @@ def policyFor(publicURLs: List[str], extraHosts: List[str]) -> BrowserPolicy:
     return BrowserPolicy(frozenset(hosts), frozenset(origins))
 
 
-def requiredScope(method: bytes, path: str) -> str:
-    if path.startswith(("/v1/tokens", "/v1/notifiers")):
-        return SCOPE_ADMIN
-    return SCOPE_READ if method.upper() in _SAFE_METHODS else SCOPE_WRITE
+#: Every route's declared access, by Klein endpoint (what the site's gate and
+#: the tenant isolation test read).
+ROUTE_ACCESS: Dict[str, Access] = {}
+
+
+def authorizedRoute(app: Klein, paths: Any, access: Access, **routeKwargs: Any) -> Any:
+    """
+    Declare a route and who may call it, once (tahoe-lafs'
+    C{_authorized_route}): the handler is called as
+    C{handler(self, request, caller, **pathArgs)} with the L{Caller} (the
+    principal and the tenant it acts on) after the request passed
+    C{access}; a refusal is a 401/403 in the error envelope and the handler
+    never runs.  C{paths} is one URL pattern or a list of aliases.
+    """
+    if isinstance(paths, str):
+        paths = [paths]
+
+    def decorator(f: Any) -> Any:
+        @functools.wraps(f)
+        async def handler(self: "OrchestratorAPI", request: IRequest, **args: Any) -> Any:
+            caller = await self.auth.authorize(request, access, args, self._runnerOfRun)
+            result = f(self, request, caller, **args)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        handler.fangsAccess = access  # type: ignore[attr-defined]
+        for i, path in enumerate(paths):
+            endpoint = f.__name__ if i == 0 else "%s_%d" % (f.__name__, i)
+            ROUTE_ACCESS[endpoint] = access
+            if routeKwargs.get("branch"):
+                ROUTE_ACCESS[endpoint + "_branch"] = access
+            app.route(path, endpoint=endpoint, **routeKwargs)(handler)
+        return handler
+
+    return decorator
 
 
 class UnsupportedMediaType(FangsError):
@@ -448,26 +492,23 @@ class OrchestratorAPI:
         #: The L{fangs.orchestrator.stream.RunStream} of C{/v1/runs/stream}, or None.
         self.stream = stream
 
-    async def _requireRunnerOfRun(self, request: IRequest, runID: str) -> None:
+    async def _runnerOfRun(self, runID: str) -> Optional[str]:
         """
-        Events and results of a run come only from the runner it was
-        dispatched to.  Who is asking is settled before the run is looked
-        up, so an unauthenticated caller cannot probe run ids.
+        The runner a run was dispatched to (L{runnerOfRun} routes: its
+        events and result come only from it).  Asked after the caller proved
+        to be a runner, so an unauthenticated caller cannot probe run ids.
         """
-        if self.auth.mode == "none":
-            return
-        await self.auth.requireKind(request, "runner")
-        run = await self.core.store.getRun(runID)
+        run = await self.core.store.getRun(runIDFromPath(runID))
         if run is None:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
-        await self.auth.requireRunner(request, run.runner_id)
+        return run.runner_id
 
     async def gate(self, request: IRequest) -> None:
         """
         Run on a request's headers, before its body is read (the site calls
-        it): the browser policy, then, for a request with a body,
-        authentication and the authorisation that needs no body (the
-        caller's kind, its runner id, its scope, the owner of the run).
+        it): the browser policy, then, for a request with a body, the
+        route's declared access (L{authorizedRoute}) -- all of the
+        authorisation that needs no body.
         """
         method = getattr(request, "requestMethod", b"") or b""
         raw = getattr(request, "requestPath", b"") or b""
@@ -476,27 +517,49 @@ class OrchestratorAPI:
         except UnicodeDecodeError:
             raise BadRequest("the URL must be UTF-8") from None
         self.policy.check(request, method, path)
-        if self.auth.mode == "none" or method.upper() in _SAFE_METHODS or path in _PUBLIC_POSTS:
+        if self.auth.mode == "none" or method.upper() in _SAFE_METHODS:
             return
-        await self.auth.principal(request)
-        m = _RUN_ROUTE.match(path)
-        if m is not None:
-            await self._requireRunnerOfRun(request, runIDFromPath(m.group(1)))
+        try:
+            endpoint, args = self.app.url_map.bind("localhost").match(path, method.decode("latin-1").upper())
+        except HTTPException:
+            # No such route (the router answers it), or a redirect: the
+            # caller must still be somebody.
+            await self.auth.principal(request)
             return
-        m = _RUNNER_ROUTE.match(path)
-        if m is not None:
-            await self.auth.requireRunner(request, m.group(1))
-            return
-        if path == "/v1/runners/register":
-            await self.auth.requireKind(request, "runner")
-            return
-        if path.startswith("/v1/"):
-            await self.auth.requireOperator(request, requiredScope(method, path))
-            return
-        await self.auth.requireKind(request, "operator")
+        await self.auth.authorize(request, ROUTE_ACCESS[endpoint], args, self._runnerOfRun)
 
     def resource(self) -> Any:
         return self.core.metrics.instrument(_UTF8URLs(self.app.resource(), self), self.app.url_map)  # counts requests by route
+
+    async def _visibleRuns(self, caller: Caller, runIDs: Any) -> List[str]:
+        """
+        The runs of C{runIDs} C{caller} may know of: all for an all-tenant
+        view, else its tenant's (a runner's other runs are other tenants').
+        """
+        if caller.selected is None:
+            return list(runIDs)
+        return [r for r in runIDs if await self.core.store.getRun(r, tenant=caller.selected) is not None]
+
+    @staticmethod
+    def _depthFor(caller: Caller, byTenant: Dict[str, int]) -> int:
+        return sum(byTenant.values()) if caller.selected is None else byTenant.get(caller.selected, 0)
+
+    def _streamTenant(self, caller: Caller, asked: str) -> str:
+        """
+        The tenant whose stream lines C{caller} gets: its own; an all-tenant
+        principal every tenant's, or the one it selects (header or
+        C{tenant=}).  A tenant principal asking for another is refused.
+        """
+        if asked:
+            try:
+                checkTenant(asked)
+            except TenantError as e:
+                raise BadRequest("tenant: %s" % (e,)) from None
+        if caller.selected is None:
+            return asked
+        if asked and asked != caller.selected:
+            raise TenantForbidden("this stream is of tenant %r; %r is not selectable" % (caller.selected, asked))
+        return caller.selected
 
     # -- rendering ------------------------------------------------------------
 
@@ -509,6 +572,10 @@ class OrchestratorAPI:
     def error(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(CancelledError):
             return b""  # the client went away; nothing to answer
+        if (failure.check(Unauthorized) and request.path.startswith(b"/ui/")
+                and b"text/html" in (request.getHeader(b"accept") or b"")):
+            request.redirect(b"/ui/login")  # a browser without a session signs in
+            return b""
         trace = traceID(request)
         if failure.check(S.StorageFault):
             # Locked by another writer, unreachable, or out of disk, on
@@ -570,53 +637,57 @@ class OrchestratorAPI:
 
     # -- runners --------------------------------------------------------------
 
-    @app.route("/v1/health", methods=["GET"])
-    def health(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/v1/health", public(), methods=["GET"])
+    def health(self, request: IRequest, caller: Caller) -> bytes:
         return self._json(
             request,
             wire.HealthResponse(status="ok", orchestrator_id=self.core.orchestratorID, version=self.core.version),
         )
 
-    @app.route("/v1/admin/health", methods=["GET"])
-    async def adminHealth(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/v1/admin/health", operator(SCOPE_READ), methods=["GET"])
+    async def adminHealth(self, request: IRequest, caller: Caller) -> bytes:
         """
         Readiness: the database answers, and what waits: queue depth (per
         tenant), runners, open long polls and stream subscribers.  503 when
         the database does not answer.
         """
-        await self.auth.requireOperator(request, SCOPE_READ)
         clock = self.core.clock
         started = clock.seconds()
         try:
             depth = await self.core.store.queueDepth()
+            byTenant = await self.core.store.queueDepthByTenant()
+            if caller.selected is not None:
+                byTenant = {caller.selected: byTenant.get(caller.selected, 0)}
+                depth = byTenant[caller.selected]
             db = {"backend": getattr(self.core.store, "backend", "?"), "ok": True,
                   "latency_ms": round((clock.seconds() - started) * 1000, 1)}
         except Exception as e:
             log.warn("admin health: the database did not answer ({error})", error=str(e))
-            depth, db = None, {"backend": getattr(self.core.store, "backend", "?"), "ok": False, "error": type(e).__name__}
+            depth, byTenant, db = None, {}, {"backend": getattr(self.core.store, "backend", "?"), "ok": False, "error": type(e).__name__}
         runners = self.core.registry.all()
         body = {
             "status": "ok" if db["ok"] else "unavailable",
             "orchestrator_id": self.core.orchestratorID,
             "version": self.core.version,
             "database": db,
-            # One tenant until tenants exist: every queued run is the default tenant's.
-            "queue": {"depth": depth, "by_tenant": {"default": depth} if depth is not None else {}},
+            # A queued run shared by several tenants counts for each.
+            "queue": {"depth": depth, "by_tenant": byTenant},
             "runners": {"registered": len(runners), "busy": sum(1 for r in runners if r.active_run_ids or r.active_run_id)},
             "long_polls_waiting": self.core.dispatcher.waiterCount(),
-            "stream_subscribers": len(self.stream.subscribers) if self.stream is not None else 0,
+            # A tenant's view counts its own tenant's subscribers only.
+            "stream_subscribers": (0 if self.stream is None else len(self.stream.subscribers) if caller.selected is None
+                                   else sum(1 for sub in self.stream.subscribers if sub.filter.tenant == caller.selected)),
         }
         return self._json(request, body, 200 if db["ok"] else 503)
 
-    @app.route("/v1/runners/register", methods=["POST"])
-    async def register(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/v1/runners/register", runner(), methods=["POST"])
+    async def register(self, request: IRequest, caller: Caller) -> bytes:
         reg = loadsBody(request, wire.RunnerRegistration)
         await self.auth.requireRunner(request, reg.runner_id)
         return self._json(request, self.core.register(reg))
 
-    @app.route("/v1/runners", methods=["GET"])
-    async def runners(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
+    @authorizedRoute(app, "/v1/runners", operator(SCOPE_READ), methods=["GET"])
+    async def runners(self, request: IRequest, caller: Caller) -> bytes:
         now = self.core.clock.seconds()
         return self._json(
             request,
@@ -628,7 +699,7 @@ class OrchestratorAPI:
                         "kernel_version": r.registration.kernel_version,
                         "capabilities": r.registration.capabilities,
                         "status": r.status or "idle",
-                        "active_run_ids": r.active_run_ids,
+                        "active_run_ids": await self._visibleRuns(caller, r.active_run_ids),
                         "events_queued": r.events_queued,
                         "registered_at": nsToTimestamp(int(r.registered_at * 1e9)),
                         "last_seen_at": nsToTimestamp(int(r.last_seen * 1e9)),
@@ -636,21 +707,19 @@ class OrchestratorAPI:
                     }
                     for r in self.core.registry.all()
                 ],
-                "queue_depth": await self.core.store.queueDepth(),
+                "queue_depth": self._depthFor(caller, await self.core.store.queueDepthByTenant()),
                 "long_polls_waiting": self.core.dispatcher.waiterCount(),
             },
         )
 
-    @app.route("/v1/runners/<runnerID>/heartbeat", methods=["POST"])
-    async def heartbeat(self, request: IRequest, runnerID: str) -> bytes:
-        await self.auth.requireRunner(request, runnerID)
+    @authorizedRoute(app, "/v1/runners/<runnerID>/heartbeat", runner("runnerID"), methods=["POST"])
+    async def heartbeat(self, request: IRequest, caller: Caller, runnerID: str) -> bytes:
         body = readBody(request)
         beat = loadsBody(request, wire.Heartbeat) if body.strip() else wire.Heartbeat()
         return self._json(request, await self.core.heartbeat(runnerID, beat))
 
-    @app.route("/v1/runners/<runnerID>/jobs", methods=["GET"])
-    async def jobs(self, request: IRequest, runnerID: str) -> bytes:
-        await self.auth.requireRunner(request, runnerID)
+    @authorizedRoute(app, "/v1/runners/<runnerID>/jobs", runner("runnerID"), methods=["GET"])
+    async def jobs(self, request: IRequest, caller: Caller, runnerID: str) -> bytes:
         lease = await self.core.pollJob(runnerID)
         if lease is None:
             request.setResponseCode(204)
@@ -670,10 +739,10 @@ class OrchestratorAPI:
 
     # -- scans and runs ---------------------------------------------------------
 
-    @app.route("/v1/scans", methods=["POST"])
-    async def scans(self, request: IRequest) -> bytes:
-        caller = await self.auth.requireOperator(request, SCOPE_WRITE)
+    @authorizedRoute(app, "/v1/scans", operator(SCOPE_WRITE), methods=["POST"])
+    async def scans(self, request: IRequest, caller: Caller) -> bytes:
         req = loadsBody(request, wire.ScanRequest)
+        tenant = caller.tenant
         key = request.getHeader(b"Idempotency-Key")
         digest = ""
         if key is not None:
@@ -686,12 +755,14 @@ class OrchestratorAPI:
                 # exactly the one the watcher would queue (so a decoy under
                 # this key cannot stand in for the real release's scan).
                 req = self._watcherScan(key, req)
-                runID, created = await self.core.submitScan(req, key, requireTarget=False)
+                runID, created = await self.core.submitScan(req, key, requireTarget=False, tenant=tenant)
                 return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
             # Keys are the caller's own: another caller's key names another run.
-            key = "api:%s:%s" % (callerKey(caller), key)
+            # (and a tenant's: an all-tenant admin's key in another tenant is another key).
+            owner = callerKey(caller.principal)
+            key = "api:%s:%s" % (owner if tenant == DEFAULT_TENANT else "%s@%s" % (owner, tenant), key)
             digest = hashlib.sha256(readBody(request)).hexdigest()
-        runID, created = await self.core.submitScan(req, key, requireTarget=False, idempotencyDigest=digest)
+        runID, created = await self.core.submitScan(req, key, requireTarget=False, idempotencyDigest=digest, tenant=tenant)
         return self._json(request, wire.ScanQueued(queued=True, run_id=runID), 202)
 
     def _watcherScan(self, key: str, req: wire.ScanRequest) -> wire.ScanRequest:
@@ -711,10 +782,9 @@ class OrchestratorAPI:
             raise Forbidden("Idempotency-Key %s names another package or version than the job" % (key[:200],))
         return scanRequest(package, version, int(self.core.config.scanDurationSeconds * 1e9))
 
-    @app.route("/v1/runs/<runID>/events", methods=["POST"])
-    async def postEvents(self, request: IRequest, runID: str) -> bytes:
+    @authorizedRoute(app, "/v1/runs/<runID>/events", runnerOfRun("runID"), methods=["POST"])
+    async def postEvents(self, request: IRequest, caller: Caller, runID: str) -> bytes:
         runID = runIDFromPath(runID)
-        await self._requireRunnerOfRun(request, runID)
         if getattr(request, "bodyTooLarge", False):
             raise PayloadTooLarge("event stream too large")
         progress = await self.core.ingestLines(runID, ndjsonLines(request))
@@ -727,17 +797,15 @@ class OrchestratorAPI:
             ),
         )
 
-    @app.route("/v1/runs/<runID>/result", methods=["POST"])
-    async def postResult(self, request: IRequest, runID: str) -> bytes:
+    @authorizedRoute(app, "/v1/runs/<runID>/result", runnerOfRun("runID"), methods=["POST"])
+    async def postResult(self, request: IRequest, caller: Caller, runID: str) -> bytes:
         runID = runIDFromPath(runID)
-        await self._requireRunnerOfRun(request, runID)
         result = loadsBody(request, wire.ScanResult)
         await self.core.recordResult(runID, result)
         return self._json(request, wire.ResultAck(recorded=True))
 
-    @app.route("/v1/runs", methods=["GET"])
-    async def listRuns(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
+    @authorizedRoute(app, "/v1/runs", operator(SCOPE_READ), methods=["GET"])
+    async def listRuns(self, request: IRequest, caller: Caller) -> bytes:
         state = queryArg(request, "state")
         if state is not None and state not in S.ALL_STATES:
             raise BadRequest("state must be one of %s" % (", ".join(S.ALL_STATES),))
@@ -746,6 +814,7 @@ class OrchestratorAPI:
             state=state,
             since_ns=timeArg(request, "since"),
             until_ns=timeArg(request, "until"),
+            tenant=caller.tenant,
         )
         try:
             page = await self.core.store.listRuns(flt, pageSize(request), queryArg(request, "page_token"))
@@ -755,18 +824,18 @@ class OrchestratorAPI:
             request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""}
         )
 
-    @app.route("/v1/runs/stream", methods=["GET"])
-    async def runStream(self, request: IRequest) -> Any:
+    @authorizedRoute(app, "/v1/runs/stream", operator(SCOPE_READ), methods=["GET"])
+    async def runStream(self, request: IRequest, caller: Caller) -> Any:
         """
         The live run stream: NDJSON, or a WebSocket when the request upgrades.
         """
         from fangs.orchestrator import streamhttp
         from fangs.orchestrator.stream import StreamError
 
-        await self.auth.requireOperator(request, SCOPE_READ)
         if self.stream is None:
             raise NotFoundError("this orchestrator has no run stream")
         flt, since = streamhttp.streamQuery(request)
+        flt = attrs.evolve(flt, tenant=self._streamTenant(caller, flt.tenant))
         if streamhttp.wantsWebSocket(request):
             self.policy.checkOrigin(request)
             try:
@@ -776,24 +845,22 @@ class OrchestratorAPI:
             return streamhttp.webSocketResource(self.stream, flt, since)
         return await streamhttp.serveNDJSON(self.stream, request, flt, since)
 
-    @app.route("/v1/runs/<runID>/steps", methods=["GET"])
-    async def runSteps(self, request: IRequest, runID: str) -> bytes:
+    @authorizedRoute(app, "/v1/runs/<runID>/steps", operator(SCOPE_READ), methods=["GET"])
+    async def runSteps(self, request: IRequest, caller: Caller, runID: str) -> bytes:
         from fangs.orchestrator.steps import runSteps, stepsJSON
 
-        await self.auth.requireOperator(request, SCOPE_READ)
-        run = await self.core.requireRun(runIDFromPath(runID))
-        steps = runSteps(run, await self.core.store.outboxFor(run.id))
+        run = await self.core.requireRun(runIDFromPath(runID), caller.tenant)
+        steps = runSteps(run, await self.core.store.outboxFor(run.id, tenant=caller.tenant))
         return self._json(request, {"run_id": run.id, "steps": stepsJSON(steps, nsToTimestamp)})
 
-    @app.route("/v1/runs/<runID>", methods=["GET"])
-    async def getRun(self, request: IRequest, runID: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
-        run = await self.core.requireRun(runIDFromPath(runID))
+    @authorizedRoute(app, "/v1/runs/<runID>", operator(SCOPE_READ), methods=["GET"])
+    async def getRun(self, request: IRequest, caller: Caller, runID: str) -> bytes:
+        run = await self.core.requireRun(runIDFromPath(runID), caller.tenant)
         counts = await self.core.store.eventCounts(run.id)
         body = runJSON(run)
         body["job"] = json.loads(run.job)
         body["event_counts"] = {wire.EVENT_TYPE_NAMES.get(t, str(t)): n for t, n in sorted(counts.items())}
-        found = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id)]
+        found = [deviationJSON(d) for d in await self.core.store.deviationsForRun(run.id, tenant=caller.tenant)]
         # On a clean run the stored findings are all low: notes, not deviations.
         body["deviations"] = [] if run.verdict == "clean" else found
         body["notes"] = found if run.verdict == "clean" else []
@@ -802,15 +869,15 @@ class OrchestratorAPI:
         body["artifact"] = artifactJSON(await self.core.store.artifactFor(run.id))
         return self._json(request, body)
 
-    @app.route("/v1/artifacts/<sha512>", methods=["GET"])
-    async def getArtifact(self, request: IRequest, sha512: str) -> bytes:
+    @authorizedRoute(app, "/v1/artifacts/<sha512>", operator(SCOPE_READ), methods=["GET"])
+    async def getArtifact(self, request: IRequest, caller: Caller, sha512: str) -> bytes:
         """
         A scanned tarball by its SHA-512 (hex).
         """
-        await self.auth.requireOperator(request, SCOPE_READ)
         if not _SHA512.match(sha512):
             raise BadRequest("an artifact id is the 128 lower-case hex characters of its SHA-512")
-        found = await self.core.store.getArtifact(sha512)
+        # Only an artifact one of the tenant's runs references exists for it.
+        found = await self.core.store.getArtifact(sha512) if await self.core.store.artifactVisible(sha512, caller.tenant) else None
         if found is None:
             raise NotFoundError("artifact %s... not found" % (sha512[:16],), code="unknown_artifact")
         size, data = found
@@ -824,36 +891,33 @@ class OrchestratorAPI:
 
     # -- review ---------------------------------------------------------------------
 
-    @app.route("/v1/runs/<runID>/promote", methods=["POST"])
-    async def promote(self, request: IRequest, runID: str) -> bytes:
-        return await self._decide(request, runID, "promoted")
+    @authorizedRoute(app, "/v1/runs/<runID>/promote", operator(SCOPE_WRITE), methods=["POST"])
+    async def promote(self, request: IRequest, caller: Caller, runID: str) -> bytes:
+        return await self._decide(request, caller, runID, "promoted")
 
-    @app.route("/v1/runs/<runID>/reject", methods=["POST"])
-    async def reject(self, request: IRequest, runID: str) -> bytes:
-        return await self._decide(request, runID, "rejected")
+    @authorizedRoute(app, "/v1/runs/<runID>/reject", operator(SCOPE_WRITE), methods=["POST"])
+    async def reject(self, request: IRequest, caller: Caller, runID: str) -> bytes:
+        return await self._decide(request, caller, runID, "rejected")
 
-    @app.route("/v1/runs/<runID>/reanalyze", methods=["POST"])
-    async def reanalyze(self, request: IRequest, runID: str) -> bytes:
-        return await self._decide(request, runID, "reanalyze")
+    @authorizedRoute(app, "/v1/runs/<runID>/reanalyze", operator(SCOPE_WRITE), methods=["POST"])
+    async def reanalyze(self, request: IRequest, caller: Caller, runID: str) -> bytes:
+        return await self._decide(request, caller, runID, "reanalyze")
 
-    async def _decide(self, request: IRequest, runID: str, decision: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE)
-        outcome = await self.core.decide(runIDFromPath(runID), decision, actorOf(request))
-        run = await self.core.requireRun(outcome.run_id)
+    async def _decide(self, request: IRequest, caller: Caller, runID: str, decision: str) -> bytes:
+        outcome = await self.core.decide(runIDFromPath(runID), decision, actorOf(request), caller.tenant)
+        run = await self.core.requireRun(outcome.run_id, caller.tenant)
         return self._json(request, runJSON(run))
 
-    @app.route("/v1/pending", methods=["GET"])
-    async def pending(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
+    @authorizedRoute(app, "/v1/pending", operator(SCOPE_READ), methods=["GET"])
+    async def pending(self, request: IRequest, caller: Caller) -> bytes:
         try:
-            page = await self.core.store.pendingRuns(pageSize(request), queryArg(request, "page_token"))
+            page = await self.core.store.pendingRuns(pageSize(request), queryArg(request, "page_token"), tenant=caller.tenant)
         except S.BadPageToken as e:
             raise BadRequest(str(e)) from None
         return self._json(request, {"runs": [runJSON(r) for r in page.items], "next_page_token": page.next_token or ""})
 
-    @app.route("/v1/deviations", methods=["GET"])
-    async def deviations(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
+    @authorizedRoute(app, "/v1/deviations", operator(SCOPE_READ), methods=["GET"])
+    async def deviations(self, request: IRequest, caller: Caller) -> bytes:
         severity = queryArg(request, "severity")
         rank = 0
         if severity is not None:
@@ -869,6 +933,7 @@ class OrchestratorAPI:
             min_severity_rank=rank,
             run_id=runIDFromPath(run) if run is not None else None,
             since_ns=timeArg(request, "since"),
+            tenant=caller.tenant,
         )
         try:
             page = await self.core.store.listDeviations(flt, pageSize(request), queryArg(request, "page_token"))
@@ -878,12 +943,11 @@ class OrchestratorAPI:
             request, {"deviations": [deviationJSON(d) for d in page.items], "next_page_token": page.next_token or ""}
         )
 
-    @app.route("/v1/deviations/<deviationID>", methods=["GET"])
-    async def deviation(self, request: IRequest, deviationID: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
+    @authorizedRoute(app, "/v1/deviations/<deviationID>", operator(SCOPE_READ), methods=["GET"])
+    async def deviation(self, request: IRequest, caller: Caller, deviationID: str) -> bytes:
         if not _RUN_ID.match(deviationID):
             raise BadRequest("deviation id must be 32 lower-case hex characters")
-        found = await self.core.store.getDeviation(deviationID)
+        found = await self.core.store.getDeviation(deviationID, tenant=caller.tenant)
         if found is None:
             raise NotFoundError("deviation %s not found" % (deviationID,))
         dev, event = found
@@ -891,25 +955,22 @@ class OrchestratorAPI:
         body["evidence_event"] = eventJSON(event) if event is not None else None
         return self._json(request, body)
 
-    @app.route("/v1/packages", methods=["GET"])
-    async def packages(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
-        return self._json(request, {"packages": [packageJSON(p) for p in await self.core.store.listPackages()]})
+    @authorizedRoute(app, "/v1/packages", operator(SCOPE_READ), methods=["GET"])
+    async def packages(self, request: IRequest, caller: Caller) -> bytes:
+        return self._json(request, {"packages": [packageJSON(p) for p in await self.core.store.listPackages(tenant=caller.tenant)]})
 
-    @app.route("/v1/packages", methods=["POST"])
-    async def addPackage(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE)
+    @authorizedRoute(app, "/v1/packages", operator(SCOPE_WRITE), methods=["POST"])
+    async def addPackage(self, request: IRequest, caller: Caller) -> bytes:
         body = jsonObject(request)
         name = stringField(body, "name")
-        added = await self.core.addPackage(name, actorOf(request))
-        package = await self.core.store.getPackage(name)
+        added = await self.core.addPackage(name, actorOf(request), caller.tenant)
+        package = await self.core.store.getPackage(name, tenant=caller.tenant)
         return self._json(request, dict(packageJSON(package), added=added), 201 if added else 200)
 
-    @app.route("/v1/packages/<path:rest>", methods=["GET", "DELETE"])
-    async def package(self, request: IRequest, rest: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE if request.method == b"DELETE" else SCOPE_READ)
+    @authorizedRoute(app, "/v1/packages/<path:rest>", operator({"GET": SCOPE_READ, "HEAD": SCOPE_READ, "DELETE": SCOPE_WRITE}), methods=["GET", "DELETE"])
+    async def package(self, request: IRequest, caller: Caller, rest: str) -> bytes:
         if rest.endswith("/releases"):
-            return await self.packageReleases(request, rest[: -len("/releases")])
+            return await self.packageReleases(request, caller, rest[: -len("/releases")])
         baseline = rest.endswith("/baseline")
         name = rest[: -len("/baseline")] if baseline else rest
         try:
@@ -918,14 +979,16 @@ class OrchestratorAPI:
             raise BadRequest(str(e)) from None
         if request.method == b"DELETE":
             if baseline:
+                if await self.core.store.getPackage(name, tenant=caller.tenant) is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
+                    raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
                 raise BadRequest("a baseline is changed by promoting or rejecting runs, not deleted")
-            await self.core.removePackage(name, actorOf(request))
+            await self.core.removePackage(name, actorOf(request), caller.tenant)
             return self._json(request, {"name": name, "removed": True})
-        package = await self.core.store.getPackage(name)
+        package = await self.core.store.getPackage(name, tenant=caller.tenant)
         if baseline:
-            if package is None and not await self.core.store.packageHasRuns(name):
+            if package is None and not await self.core.store.packageHasRuns(name, tenant=caller.tenant):
                 raise NotFoundError("package %r is neither watched nor scanned" % (name,), code="unknown_package")
-            rows = await self.core.store.baselineFor(name)
+            rows = await self.core.store.baselineFor(name, tenant=caller.tenant)
             return self._json(request, {"package_name": name, "fingerprints": rows})
         if package is None:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
@@ -933,48 +996,83 @@ class OrchestratorAPI:
 
     # -- tokens (admin) --
 
-    @app.route("/v1/tokens", methods=["GET"])
-    async def listTokens(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
-        tokens = await self.core.store.listTokens()
+    @authorizedRoute(app, ["/v1/tokens", "/v1/admin/tokens"], operator(SCOPE_ADMIN), methods=["GET"])
+    async def listTokens(self, request: IRequest, caller: Caller) -> bytes:
+        tokens = await self.core.store.listTokens(tenant=caller.selected)
         for t in tokens:
             t["scopes"] = t["scopes"].split()
             t["created_at"] = nsToTimestamp(t.pop("created_ns"))
             t["revoked_at"] = nsToTimestamp(t.pop("revoked_ns"))
         return self._json(request, {"tokens": tokens})
 
-    @app.route("/v1/tokens", methods=["POST"])
-    async def createToken(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
+    @authorizedRoute(app, ["/v1/tokens", "/v1/admin/tokens"], operator(SCOPE_ADMIN), methods=["POST"])
+    async def createToken(self, request: IRequest, caller: Caller) -> bytes:
         body = jsonObject(request)
         name = stringField(body, "name")
         scopes = body.get("scopes")
         if not isinstance(scopes, list) or not scopes or not all(isinstance(x, str) for x in scopes):
             raise BadRequest("scopes must be a non-empty array of strings")
-        created = await self.core.createToken(name, scopes, actorOf(request))
+        tenant = self._tokenTenant(caller, body.get("tenant"), scopes)
+        created = await self.core.createToken(name, scopes, actorOf(request), tenant)
         return self._json(request, created, 201)
 
-    @app.route("/v1/tokens/<tokenID>", methods=["DELETE"])
-    async def revokeToken(self, request: IRequest, tokenID: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
-        if not await self.core.store.revokeToken(tokenID, actorOf(request), self.core.nowNs()):
+    def _tokenTenant(self, caller: Caller, asked: Any, scopes: List[str]) -> str:
+        """
+        The tenant of a token C{caller} mints: the one asked for (C{*}: all
+        tenants), else the tenant the caller acts on.  A tenant's admin mints
+        tokens of its own tenant only; runners serve every tenant, so runner
+        tokens come from all-tenant admins.
+        """
+        if asked is not None:
+            try:
+                asked = checkTenant(asked, allowAll=True)
+            except TenantError as e:
+                raise BadRequest("tenant: %s" % (e,)) from None
+        if "runner" in scopes:
+            if not caller.allTenants:
+                raise TenantForbidden("runner tokens serve every tenant: only an admin of all tenants creates them")
+            return ALL_TENANTS
+        tenant = asked if asked is not None else caller.tenant
+        if not caller.allTenants and tenant != caller.principal.tenant:
+            raise TenantForbidden("this credential belongs to tenant %r; it cannot create tokens of %r"
+                                  % (caller.principal.tenant, tenant))
+        return tenant
+
+    @authorizedRoute(app, ["/v1/tokens/<tokenID>", "/v1/admin/tokens/<tokenID>"], operator(SCOPE_ADMIN), methods=["DELETE"])
+    async def revokeToken(self, request: IRequest, caller: Caller, tokenID: str) -> bytes:
+        if not await self.core.store.revokeToken(tokenID, actorOf(request), self.core.nowNs(), tenant=caller.selected):
             raise NotFoundError("token %s not found or already revoked" % (tokenID,))
         return self._json(request, {"id": tokenID, "revoked": True})
 
-    @app.route("/v1/allow", methods=["GET"])
-    async def listAllow(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_READ)
+    @authorizedRoute(app, "/v1/audit", operator(SCOPE_ADMIN), methods=["GET"])
+    async def audit(self, request: IRequest, caller: Caller) -> bytes:
+        """
+        The tenant's audit trail, newest first: C{target=} (such as
+        C{run:<id>}, C{package:<name>}, C{token:<id>}) for one object's.
+        """
+        raw = queryArg(request, "limit") or "100"
+        if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+            raise BadRequest("limit must be an integer from 1 to 1000")
+        target = queryArg(request, "target")
+        if target is not None and not 1 <= len(target) <= 300:
+            raise BadRequest("target must be 1-300 characters")
+        rows = await self.core.store.auditLog(caller.tenant, int(raw), target)
+        for r in rows:
+            r["at"] = nsToTimestamp(r.pop("at_ns"))
+        return self._json(request, {"tenant": caller.tenant, "entries": rows})
+
+    @authorizedRoute(app, "/v1/allow", operator(SCOPE_READ), methods=["GET"])
+    async def listAllow(self, request: IRequest, caller: Caller) -> bytes:
         package = queryArg(request, "package")
-        entries = await self.core.store.listAllow()
+        entries = await self.core.store.listAllow(tenant=caller.tenant)
         if package is not None:
             entries = [e for e in entries if e["scope"] == "global" or e["package_name"] == package]
         for e in entries:
             e["created_at"] = nsToTimestamp(e.pop("created_ns"))
         return self._json(request, {"entries": entries})
 
-    @app.route("/v1/allow", methods=["POST"])
-    async def addAllow(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE)
+    @authorizedRoute(app, "/v1/allow", operator(SCOPE_WRITE), methods=["POST"])
+    async def addAllow(self, request: IRequest, caller: Caller) -> bytes:
         body = jsonObject(request)
         package = stringField(body, "package_name", required=False)
         scope = stringField(body, "scope", required=False, default="package" if package else "global")
@@ -985,22 +1083,21 @@ class OrchestratorAPI:
             package,
             stringField(body, "note", required=False),
             actorOf(request),
+            caller.tenant,
         )
-        entries = [e for e in await self.core.store.listAllow() if e["id"] == entryID]
+        entries = [e for e in await self.core.store.listAllow(tenant=caller.tenant) if e["id"] == entryID]
         entry = entries[0]
         entry["created_at"] = nsToTimestamp(entry.pop("created_ns"))
         return self._json(request, entry, 201)
 
-    @app.route("/v1/allow/<entryID>", methods=["DELETE"])
-    async def removeAllow(self, request: IRequest, entryID: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE)
-        await self.core.removeAllow(entryID, actorOf(request))
+    @authorizedRoute(app, "/v1/allow/<entryID>", operator(SCOPE_WRITE), methods=["DELETE"])
+    async def removeAllow(self, request: IRequest, caller: Caller, entryID: str) -> bytes:
+        await self.core.removeAllow(entryID, actorOf(request), caller.tenant)
         return self._json(request, {"id": entryID, "removed": True})
 
-    @app.route("/v1/runs/<runID>/events", methods=["GET"])
-    async def exportEvents(self, request: IRequest, runID: str) -> Any:
-        await self.auth.requireOperator(request, SCOPE_READ)
-        run = await self.core.requireRun(runIDFromPath(runID))
+    @authorizedRoute(app, "/v1/runs/<runID>/events", operator(SCOPE_READ), methods=["GET"])
+    async def exportEvents(self, request: IRequest, caller: Caller, runID: str) -> Any:
+        run = await self.core.requireRun(runIDFromPath(runID), caller.tenant)
         eventType = None
         typeArg = queryArg(request, "type")
         if typeArg is not None:
@@ -1019,34 +1116,33 @@ class OrchestratorAPI:
                 break
         return b""
 
-    @app.route("/v1/runs/<runID>/cancel", methods=["POST"])
-    async def cancelRun(self, request: IRequest, runID: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_WRITE)
-        run = await self.core.cancel(runIDFromPath(runID))
+    @authorizedRoute(app, "/v1/runs/<runID>/cancel", operator(SCOPE_WRITE), methods=["POST"])
+    async def cancelRun(self, request: IRequest, caller: Caller, runID: str) -> bytes:
+        run = await self.core.cancel(runIDFromPath(runID), caller.tenant)
         return self._json(request, {"run_id": run.id, "state": run.state, "cancel_requested": run.cancel_requested})
 
 
     # -- watcher and releases --
 
-    async def packageReleases(self, request: IRequest, name: str) -> bytes:
+    async def packageReleases(self, request: IRequest, caller: Caller, name: str) -> bytes:
         """
         C{GET /v1/packages/<name>/releases?limit=N}: the versions the watcher
         recorded, newest first, with whether and as which run each was
         queued.
         """
-        if request.method != b"GET":
-            raise BadRequest("releases are recorded by the watcher; only GET is allowed")
         try:
             npm.checkPackageName(name)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        status = await self.core.store.watchStatus(name)
+        status = await self.core.store.watchStatus(name, tenant=caller.tenant)
         if status is None:
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
+        if request.method != b"GET":
+            raise BadRequest("releases are recorded by the watcher; only GET is allowed")
         raw = queryArg(request, "limit") or "50"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
-        rows = await self.core.store.listReleases(name, int(raw))
+        rows = await self.core.store.listReleases(name, int(raw), tenant=caller.tenant)
         for r in rows:
             for key in ("published_ns", "discovered_ns", "queued_ns"):
                 r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
@@ -1056,12 +1152,12 @@ class OrchestratorAPI:
 
     # -- web dashboard (fangs.orchestrator.ui) --
 
-    @app.route("/ui/login", methods=["GET"])
-    def loginPage(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/ui/login", public(), methods=["GET"])
+    def loginPage(self, request: IRequest, caller: Caller) -> bytes:
         return self._loginHTML(request, "")
 
-    @app.route("/ui/login", methods=["POST"])
-    async def login(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/ui/login", public(), methods=["POST"])
+    async def login(self, request: IRequest, caller: Caller) -> bytes:
         token = (request.args.get(b"token") or [b""])[-1].decode("latin-1").strip()
         if self.auth.mode == "none":
             request.redirect(b"/ui/")
@@ -1075,8 +1171,8 @@ class OrchestratorAPI:
         request.redirect(b"/ui/")
         return b""
 
-    @app.route("/ui/logout", methods=["POST"])
-    async def logout(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/ui/logout", public(), methods=["POST"])
+    async def logout(self, request: IRequest, caller: Caller) -> bytes:
         ended = await self.auth.endSession(request.getCookie(SESSION_COOKIE))
         if ended:
             log.info("dashboard sign-out")
@@ -1084,8 +1180,8 @@ class OrchestratorAPI:
         request.redirect(b"/ui/login")
         return b""
 
-    @app.route("/ui/static/", branch=True, methods=["GET", "HEAD"])
-    def dashboardStatic(self, request: IRequest) -> Any:
+    @authorizedRoute(app, "/ui/static/", public(), branch=True, methods=["GET", "HEAD"])
+    def dashboardStatic(self, request: IRequest, caller: Caller) -> Any:
         from fangs.orchestrator.ui import STATIC
 
         from twisted.web.static import File
@@ -1110,24 +1206,18 @@ class OrchestratorAPI:
             % (message,)
         ).encode("utf-8")
 
-    @app.route("/ui/", branch=True)
-    async def dashboard(self, request: IRequest) -> Any:
-        try:
-            await self.auth.requireOperator(request, SCOPE_READ)
-        except Unauthorized:
-            if request.getHeader(b"accept") and b"text/html" in request.getHeader(b"accept"):
-                request.redirect(b"/ui/login")
-                return b""
-            raise
+    @authorizedRoute(app, "/ui/", operator(SCOPE_READ), branch=True)
+    async def dashboard(self, request: IRequest, caller: Caller) -> Any:
         ui = getattr(self, "_ui", None)
         if ui is None:
             from fangs.orchestrator.ui import DashboardUI
 
             ui = self._ui = DashboardUI(self.core).resource()
+        request.fangsTenant = caller.tenant  # the dashboard shows (and changes) this tenant's objects
         return ui
 
-    @app.route("/", methods=["GET"])
-    def root(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/", public(), methods=["GET"])
+    def root(self, request: IRequest, caller: Caller) -> bytes:
         request.redirect(b"/ui/")
         return b""
 
@@ -1148,45 +1238,41 @@ class OrchestratorAPI:
         cfg = self.core.config
         return TargetPolicy.fromConfig(cfg.notifierAllowPrivate, cfg.notifierEnv)
 
-    async def _requireNotifier(self, name: str) -> Dict[str, Any]:
+    async def _requireNotifier(self, name: str, tenant: str) -> Dict[str, Any]:
         from fangs.orchestrator.notifier import checkName
 
-        found = await self.core.store.getNotifier(checkName(name))
+        found = await self.core.store.getNotifier(checkName(name), tenant=tenant)
         if found is None:
             raise NotFoundError("notifier %r not found" % (name,), code="unknown_notifier")
         return found
 
-    @app.route("/v1/notifiers", methods=["GET"])
-    async def listNotifiers(self, request: IRequest) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
-        return self._json(request, {"notifiers": [self._notifierJSON(n) for n in await self.core.store.listNotifiers()]})
+    @authorizedRoute(app, "/v1/notifiers", operator(SCOPE_ADMIN), methods=["GET"])
+    async def listNotifiers(self, request: IRequest, caller: Caller) -> bytes:
+        return self._json(request, {"notifiers": [self._notifierJSON(n) for n in await self.core.store.listNotifiers(tenant=caller.tenant)]})
 
-    @app.route("/v1/notifiers", methods=["POST"])
-    async def putNotifier(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, "/v1/notifiers", operator(SCOPE_ADMIN), methods=["POST"])
+    async def putNotifier(self, request: IRequest, caller: Caller) -> bytes:
         from fangs.orchestrator.notifier import parseNotifier
 
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
         body = jsonObject(request)
         target = parseNotifier(stringField(body, "name"), body, self._targetPolicy())
-        created = await self.core.store.upsertNotifier(target, actorOf(request), self.core.nowNs())
-        found = await self.core.store.getNotifier(target["name"])
+        created = await self.core.store.upsertNotifier(target, actorOf(request), self.core.nowNs(), tenant=caller.tenant)
+        found = await self.core.store.getNotifier(target["name"], tenant=caller.tenant)
         return self._json(request, dict(self._notifierJSON(found), created=created), 201 if created else 200)
 
-    @app.route("/v1/notifiers/<name>", methods=["GET", "DELETE"])
-    async def notifier(self, request: IRequest, name: str) -> bytes:
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
-        found = await self._requireNotifier(name)
+    @authorizedRoute(app, "/v1/notifiers/<name>", operator(SCOPE_ADMIN), methods=["GET", "DELETE"])
+    async def notifier(self, request: IRequest, caller: Caller, name: str) -> bytes:
+        found = await self._requireNotifier(name, caller.tenant)
         if request.method == b"DELETE":
-            await self.core.store.deleteNotifier(name, actorOf(request), self.core.nowNs())
+            await self.core.store.deleteNotifier(name, actorOf(request), self.core.nowNs(), tenant=caller.tenant)
             return self._json(request, {"name": name, "removed": True})
         return self._json(request, self._notifierJSON(found))
 
-    @app.route("/v1/notifiers/<name>/test", methods=["POST"])
-    async def testNotifier(self, request: IRequest, name: str) -> bytes:
+    @authorizedRoute(app, "/v1/notifiers/<name>/test", operator(SCOPE_ADMIN), methods=["POST"])
+    async def testNotifier(self, request: IRequest, caller: Caller, name: str) -> bytes:
         from fangs.errors import Unavailable
 
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
-        found = await self._requireNotifier(name)
+        found = await self._requireNotifier(name, caller.tenant)
         sender = getattr(self.core, "notifier", None)
         if sender is None:
             raise Unavailable("this orchestrator runs without a notifier")
@@ -1197,26 +1283,26 @@ class OrchestratorAPI:
             raise err
         return self._json(request, result)
 
-    @app.route("/v1/notifiers/<name>/deliveries", methods=["GET"])
-    async def notifierDeliveries(self, request: IRequest, name: str) -> bytes:
+    @authorizedRoute(app, "/v1/notifiers/<name>/deliveries", operator(SCOPE_ADMIN), methods=["GET"])
+    async def notifierDeliveries(self, request: IRequest, caller: Caller, name: str) -> bytes:
         from fangs.orchestrator.notifier import checkName
 
-        await self.auth.requireOperator(request, SCOPE_ADMIN)
         raw = queryArg(request, "limit") or "100"
         if not raw.isdigit() or not 1 <= int(raw) <= 1000:
             raise BadRequest("limit must be an integer from 1 to 1000")
-        rows = await self.core.store.deliveries(checkName(name), int(raw))  # history outlives its notifier
+        rows = await self.core.store.deliveries(checkName(name), int(raw), tenant=caller.tenant)  # history outlives its notifier
+        if not rows:
+            await self._requireNotifier(name, caller.tenant)  # neither history nor notifier: no such name for this tenant
         for r in rows:
             for key in ("at_ns", "next_attempt_ns"):
                 r[key.replace("_ns", "_at")] = nsToTimestamp(r.pop(key))
         return self._json(request, {"name": name, "deliveries": rows})
 
-    @app.route("/metrics", methods=["GET"])
-    async def metrics(self, request: IRequest) -> bytes:
+    @authorizedRoute(app, ["/metrics", "/v1/metrics"], operator(SCOPE_READ), methods=["GET"])
+    async def metrics(self, request: IRequest, caller: Caller) -> bytes:
         from fangs.orchestrator.metrics import CONTENT_TYPE
 
-        await self.auth.requireOperator(request, SCOPE_READ)
-        body = await self.core.metrics.render(self.core.store)
+        body = await self.core.metrics.render(self.core.store, tenant=caller.selected)
         request.setHeader(b"Content-Type", CONTENT_TYPE.encode("ascii"))
         return body
 

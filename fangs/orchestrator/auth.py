@@ -33,7 +33,8 @@ from typing import Any, Callable, FrozenSet, List, Optional, Tuple
 import attrs
 from twisted.logger import Logger
 
-from fangs.errors import Forbidden, Unauthorized
+from fangs.errors import BadRequest, Forbidden, NotFoundError, Unauthorized
+from fangs.tenants import ALL_TENANTS, DEFAULT_TENANT, TENANT_HEADER, TenantError, selectTenant
 from fangs.tls import Identity, peerIdentity
 
 log = Logger()
@@ -59,6 +60,9 @@ class Principal:
     scopes: FrozenSet[str]
     via: str  # "certificate", "token" or "none"
     subject: str = ""
+    #: The tenant it belongs to, or L{ALL_TENANTS} (an all-tenant admin, a
+    #: runner, anonymous).
+    tenant: str = DEFAULT_TENANT
 
     def __str__(self) -> str:
         if self.kind == "anonymous":
@@ -66,7 +70,53 @@ class Principal:
         return "%s:%s (%s)" % (self.kind, self.name, self.via)
 
 
-ANONYMOUS = Principal("anonymous", "", frozenset(ALL_SCOPES), "none")
+ANONYMOUS = Principal("anonymous", "", frozenset(ALL_SCOPES), "none", tenant=ALL_TENANTS)
+
+
+class TenantForbidden(Forbidden):
+    code = "tenant_forbidden"
+
+
+@attrs.frozen
+class Caller:
+    """
+    Who called a route and on which tenant it acts: what L{authorizedRoute}
+    hands a handler.
+
+    @ivar tenant: the tenant of the objects it creates, reads and changes
+        (its own; for an all-tenant principal the one C{X-Fangs-Tenant}
+        selects, else L{DEFAULT_TENANT}).
+    @ivar selected: the tenant of its views (lists, stream, metrics, admin
+        health), or None for an all-tenant principal that selected none
+        (it sees every tenant).
+    """
+
+    principal: Principal
+    tenant: str = DEFAULT_TENANT
+    selected: Optional[str] = DEFAULT_TENANT
+
+    @property
+    def allTenants(self) -> bool:
+        return self.principal.tenant == ALL_TENANTS
+
+
+def tenantOfRow(row: Any) -> str:
+    try:
+        value = row["tenant"]
+    except (KeyError, IndexError, TypeError):
+        return DEFAULT_TENANT
+    return value or DEFAULT_TENANT
+
+
+def certificateTenant(identity: Identity) -> str:
+    """
+    An operator certificate's tenant: the one it names (see
+    L{fangs.tls.identityOf}), else all tenants for an admin certificate
+    (an install's admin before tenants existed), else L{DEFAULT_TENANT}.
+    """
+    if identity.tenant:
+        return identity.tenant
+    return ALL_TENANTS if SCOPE_ADMIN in identity.scopes else DEFAULT_TENANT
 
 
 def newToken() -> Tuple[str, str, str]:
@@ -140,8 +190,9 @@ class Authenticator:
         identity = self._peerIdentity(request)
         if identity is not None:
             if identity.kind == "operator":
-                return Principal("operator", identity.name, impliedScopes(frozenset(identity.scopes)), "certificate", identity.subject)
-            return Principal("runner", identity.name, frozenset((SCOPE_RUNNER,)), "certificate", identity.subject)
+                return Principal("operator", identity.name, impliedScopes(frozenset(identity.scopes)), "certificate", identity.subject,
+                                 certificateTenant(identity))
+            return Principal("runner", identity.name, frozenset((SCOPE_RUNNER,)), "certificate", identity.subject, ALL_TENANTS)
         if self.mode == "mtls":
             # Cannot happen through the TLS layer (it requires a certificate),
             # but a certificate without a usable identity ends here.
@@ -200,7 +251,7 @@ class Authenticator:
         scopes = frozenset(row["scopes"].split())
         if SCOPE_RUNNER in scopes:
             raise Unauthorized("runner tokens cannot use the dashboard")
-        return Principal("operator", row["name"], impliedScopes(scopes), "session", "token " + row["token_id"])
+        return Principal("operator", row["name"], impliedScopes(scopes), "session", "token " + row["token_id"], tenantOfRow(row))
 
     async def _fromToken(self, header: bytes) -> Principal:
         text = header.decode("latin-1").strip()
@@ -225,8 +276,8 @@ class Authenticator:
             raise Unauthorized("unknown, revoked or wrong token")
         scopes = frozenset(row["scopes"].split())
         if SCOPE_RUNNER in scopes:
-            return Principal("runner", row["name"], frozenset((SCOPE_RUNNER,)), "token", "token " + row["id"])
-        return Principal("operator", row["name"], impliedScopes(scopes), "token", "token " + row["id"])
+            return Principal("runner", row["name"], frozenset((SCOPE_RUNNER,)), "token", "token " + row["id"], ALL_TENANTS)
+        return Principal("operator", row["name"], impliedScopes(scopes), "token", "token " + row["id"], tenantOfRow(row))
 
     # -- checks used by the routes ------------------------------------------------
 
@@ -264,7 +315,60 @@ class Authenticator:
             )
         return p
 
-    def _refuse(self, request: Any, p: Principal, why: str) -> None:
+    def caller(self, request: Any, p: Principal) -> Caller:
+        """
+        The tenant C{p} acts on in C{request}: C{X-Fangs-Tenant} selects one
+        for an all-tenant principal; a principal naming a tenant it does not
+        belong to is refused (403 C{tenant_forbidden}).
+        """
+        raw = request.getHeader(TENANT_HEADER)
+        asked = None
+        if raw is not None:
+            asked = raw.decode("latin-1").strip()
+        try:
+            selected = selectTenant(p.tenant, asked)
+        except TenantError as e:
+            raise BadRequest("X-Fangs-Tenant: %s" % (e,)) from None
+        except PermissionError:
+            self._refuse(request, p, "this credential belongs to tenant %r, not %r" % (p.tenant, asked), TenantForbidden)
+            raise  # not reached
+        request.fangsTenant = selected or DEFAULT_TENANT
+        return Caller(p, selected or DEFAULT_TENANT, selected)
+
+    async def authorize(self, request: Any, access: "Access", args: Any, runnerOfRun: Any = None) -> Caller:
+        """
+        Check C{request} against a route's declared L{Access} (C{args} are
+        the route's path arguments); the caller and its tenant, cached on the
+        request (the site's gate runs this before the body is read, the
+        handler gets the same answer).
+        """
+        cached = getattr(request, "fangsCaller", None)
+        if cached is not None:
+            return cached
+        if access.kind == PUBLIC:
+            caller = Caller(ANONYMOUS, DEFAULT_TENANT, None)
+        elif access.kind == OPERATOR:
+            p = await self.requireOperator(request, access.scopeFor(request))
+            caller = self.caller(request, p)
+        elif access.kind == RUNNER:
+            p = await self.requireKind(request, "runner")
+            if access.arg:
+                await self.requireRunner(request, args.get(access.arg))
+            caller = Caller(p, DEFAULT_TENANT, None)
+        elif access.kind == RUNNER_OF_RUN:
+            p = await self.requireKind(request, "runner")
+            if self.mode != "none":
+                runID = args.get(access.arg) or ""
+                if runnerOfRun is None:
+                    raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
+                await self.requireRunner(request, await runnerOfRun(runID))
+            caller = Caller(p, DEFAULT_TENANT, None)
+        else:  # pragma: no cover - Access() checks its kind
+            raise ValueError(access.kind)
+        request.fangsCaller = caller
+        return caller
+
+    def _refuse(self, request: Any, p: Principal, why: str, error: Any = Forbidden) -> None:
         method = getattr(request, "requestMethod", b"") or request.method
         path = getattr(request, "requestPath", b"") or getattr(request, "path", b"") or b""
         log.warn(
@@ -275,7 +379,58 @@ class Authenticator:
             subject=p.subject,
             why=why,
         )
-        raise Forbidden(why)
+        raise error(why)
+
+
+PUBLIC = "public"
+OPERATOR = "operator"
+RUNNER = "runner"
+RUNNER_OF_RUN = "runner-of-run"
+
+
+@attrs.frozen
+class Access:
+    """
+    Who may call a route, declared once with it (L{authorizedRoute}):
+
+     - C{public}: anybody, unauthenticated;
+     - C{operator}: an operator credential with C{scope} (one scope, or a
+       mapping of HTTP method to scope), acting on a tenant;
+     - C{runner}: a runner credential, the runner named by the path
+       argument C{arg} when given;
+     - C{runner-of-run}: the runner the run named by path argument C{arg}
+       was dispatched to.
+    """
+
+    kind: str
+    scope: Any = SCOPE_READ
+    arg: str = ""
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind not in (PUBLIC, OPERATOR, RUNNER, RUNNER_OF_RUN):
+            raise ValueError("unknown access kind %r" % (self.kind,))
+
+    def scopeFor(self, request: Any) -> str:
+        if isinstance(self.scope, str):
+            return self.scope
+        method = (getattr(request, "method", b"") or b"GET").decode("latin-1").upper()
+        return self.scope.get(method, self.scope.get("*", SCOPE_ADMIN))
+
+
+def public() -> Access:
+    return Access(PUBLIC)
+
+
+def operator(scope: Any = SCOPE_READ) -> Access:
+    return Access(OPERATOR, scope)
+
+
+def runner(arg: str = "") -> Access:
+    return Access(RUNNER, arg=arg)
+
+
+def runnerOfRun(arg: str = "runID") -> Access:
+    return Access(RUNNER_OF_RUN, arg=arg)
 
 
 def callerKey(p: Principal) -> str:

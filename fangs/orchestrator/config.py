@@ -71,6 +71,9 @@ class OrchestratorConfig:
     notifierEnv: Tuple[str, ...] = ()
     #: Operator certificate scopes by operator name (overrides the SAN URI).
     operatorScopes: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    #: Operator certificate tenants by operator name (overrides the
+    #: certificate's C{urn:fangs:tenant:} SAN URI); C{*} is all tenants.
+    operatorTenants: Tuple[Tuple[str, str], ...] = ()
 
     def allowedImages(self) -> Tuple[str, ...]:
         return self.images or (self.sandboxImage,)
@@ -210,6 +213,18 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         except ValueError as e:
             raise ConfigError("config %s: operators.%s: %s" % (path, name, e)) from None
 
+    tenantsOf = data.get("operator_tenants") or {}
+    if not isinstance(tenantsOf, dict):
+        raise ConfigError("config %s: operator_tenants must map operator names to tenant names" % (path,))
+    from fangs.tenants import TenantError, checkTenant
+
+    opTenants = []
+    for name, tenant in tenantsOf.items():
+        try:
+            opTenants.append((str(name), checkTenant(tenant, allowAll=True)))
+        except TenantError as e:
+            raise ConfigError("config %s: operator_tenants.%s: %s" % (path, name, e)) from None
+
     egress = data.get("egress") or {}
     if not isinstance(egress, dict):
         raise ConfigError("config %s: egress must be a mapping" % (path,))
@@ -219,7 +234,7 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
     hosts = egress.get("allowed_hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) and h.strip() for h in hosts):
         raise ConfigError("config %s: egress.allowed_hosts must be a list of host names" % (path,))
-    from fangs.runner.gateway import PolicyError, parseAllowedHosts
+    from fangs.egresspolicy import PolicyError, parseAllowedHosts
 
     try:
         parseAllowedHosts(hosts)
@@ -236,6 +251,7 @@ def loadConfig(path: Optional[str]) -> OrchestratorConfig:
         notifierAllowPrivate=allowPrivate,
         notifierEnv=env,
         operatorScopes=tuple(opScopes),
+        operatorTenants=tuple(opTenants),
         egressPolicy=policy,
         egressAllowedHosts=tuple(h.strip() for h in hosts),
         path=path,

@@ -29,6 +29,7 @@ from fangs.orchestrator.config import OrchestratorConfig
 from fangs.orchestrator.dispatcher import Dispatcher
 from fangs.orchestrator.metrics import Metrics
 from fangs.orchestrator.registry import RunnerRegistry
+from fangs.tenants import ALL_TENANTS, DEFAULT_TENANT
 
 log = Logger()
 
@@ -161,9 +162,15 @@ class Orchestrator:
         idempotencyKey: Optional[str] = None,
         requireTarget: bool = True,
         idempotencyDigest: str = "",
+        tenant: str = DEFAULT_TENANT,
     ) -> Tuple[str, bool]:
         """
         Queue a scan: apply defaults, create the run, wake a waiting runner.
+
+        A release several tenants watch is scanned once: the watcher's
+        idempotency key names the release's scan whichever tenant queues it,
+        and a second tenant's submission links the existing run to that
+        tenant (its analysis, against that tenant's baseline, follows).
 
         @return: C{(run_id_hex, created)}.
         """
@@ -174,8 +181,14 @@ class Orchestrator:
             _checkRunnerID(target)
             if not await self.registry.exists(target):
                 raise NotFoundError("target_runner %r not registered" % (target,), code="unknown_runner")
+        callerRunID = not req.job.run_id.is_zero()
         job = self._withDefaults(req.job)
         package = job.package_name or (job.sandbox.image if job.sandbox else "")
+        if idempotencyKey is None and not callerRunID and job.kind == "sandbox_scan" and job.package_name and job.version:
+            shared = await self._sameScan(job, target, tenant)
+            if shared is not None:
+                await self._linked(shared, tenant)
+                return shared, False
         run = S.NewRun(
             id=job.run_id.hex(),
             package_name=package,
@@ -186,6 +199,7 @@ class Orchestrator:
             created_ns=self.nowNs(),
             idempotency_key=idempotencyKey,
             idempotency_digest=idempotencyDigest,
+            tenant=tenant,
         )
         try:
             runID, created = await self.store.createRun(run)
@@ -208,7 +222,48 @@ class Orchestrator:
                                         target_runner=target or "")
             if self.artifacts is not None and job.kind == "sandbox_scan" and job.package_name and job.version:
                 self.artifacts.fetchForRun(runID, job.package_name, job.version)
+        else:
+            await self._linked(runID, tenant)
         return runID, created
+
+    async def _sameScan(self, job: wire.Job, target: Optional[str], tenant: str) -> Optional[str]:
+        """
+        Another tenant's run that is exactly the scan C{job} asks for (the
+        same release, sandbox, duration, watched paths and target), queued,
+        running or finished well: one install serves every tenant.
+        """
+        wanted = _scanShape(orjson.loads(wire.dumps(job)), target)
+        for runID, jobJSON in await self.store.sharedScanCandidates(job.package_name, job.version, job.kind, tenant):
+            try:
+                other = orjson.loads(jobJSON)
+            except orjson.JSONDecodeError:
+                continue
+            run = await self.store.getRun(runID)
+            if run is not None and _scanShape(other, run.target_runner) == wanted:
+                return runID
+        return None
+
+    async def _linked(self, runID: str, tenant: str) -> None:
+        """
+        An existing run was asked for again, perhaps by another tenant: link
+        it to C{tenant} (its evidence is shared), announce it on that
+        tenant's stream and, when it has finished, judge it for the tenant.
+        """
+        if not await self.store.linkRunTenant(runID, tenant, self.nowNs()):
+            return
+        run = await self.store.getRun(runID)
+        if run is None:
+            return
+        log.info("run {run_id} ({package}@{version}) shared with tenant {tenant}", run_id=runID,
+                 package=run.package_name, version=run.version, tenant=tenant)
+        if self.runEvents is not None:
+            self.runEvents.announce("run.queued", runID, run.package_name, run.version, run.state, tenant=tenant)
+        if run.verdict is not None or run.result_status is not None:
+            analyze = getattr(self.analyzer, "analyze", None)
+            if analyze is not None:
+                d = Deferred.fromCoroutine(analyze(runID, tenant=tenant))
+                d.addErrback(lambda f: log.failure("analysis of shared run {run_id} for tenant {tenant} failed", f,
+                                                   run_id=runID, tenant=tenant))
 
     def _withDefaults(self, job: wire.Job) -> wire.Job:
         kind = job.kind or "sensor_only"
@@ -252,7 +307,7 @@ class Orchestrator:
         Stamp the egress policy and allowed hosts (the scan's own, else the
         configuration's) on a sandbox spec; see docs/egress.md.
         """
-        from fangs.runner.gateway import POLICIES, PolicyError, parseAllowedHosts
+        from fangs.egresspolicy import POLICIES, PolicyError, parseAllowedHosts
 
         policy = (sandbox.egress_policy or self.config.egressPolicy).strip().lower()
         if policy not in POLICIES:
@@ -268,8 +323,12 @@ class Orchestrator:
 
     # -- events -------------------------------------------------------------
 
-    async def requireRun(self, runID: str) -> S.RunRow:
-        run = await self.store.getRun(runID)
+    async def requireRun(self, runID: str, tenant: Optional[str] = None) -> S.RunRow:
+        """
+        The run (with C{tenant}: as that tenant sees it, its own verdict and
+        decision), or 404: a run not linked to C{tenant} does not exist for it.
+        """
+        run = await self.store.getRun(runID) if tenant is None else await self.store.getRun(runID, tenant=tenant)
         if run is None:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run")
         return run
@@ -426,7 +485,12 @@ class Orchestrator:
         Deferred.fromCoroutine(rejudge()).addErrback(
             lambda f: log.failure("re-judging run {run_id} after its integrity check failed", f, run_id=link.run_id))
 
-    async def cancel(self, runID: str) -> S.RunRow:
+    async def cancel(self, runID: str, tenant: Optional[str] = None) -> S.RunRow:
+        if tenant is not None:
+            await self.requireRun(runID, tenant)
+            if [t for t in await self.store.runTenants(runID) if t != tenant]:
+                raise ConflictError("run %s is shared with other tenants' watches of the release; it cannot be"
+                                    " cancelled by one of them" % (runID,), code="run_shared")
         try:
             run = await self.store.cancelRun(runID, self.nowNs())
         except S.NotFound:
@@ -438,33 +502,35 @@ class Orchestrator:
 
     # -- review ---------------------------------------------------------------
 
-    async def decide(self, runID: str, decision: str, actor: str) -> S.AnalysisOutcome:
+    async def decide(self, runID: str, decision: str, actor: str, tenant: str = DEFAULT_TENANT) -> S.AnalysisOutcome:
         """
-        C{promoted}, C{rejected} or C{reanalyze} a finished run.
+        C{promoted}, C{rejected} or C{reanalyze} a finished run, for
+        C{tenant} (its baseline, its decision).
         """
-        await self.requireRun(runID)
+        await self.requireRun(runID, tenant)
         analyze = getattr(self.analyzer, "analyze", None)
         if analyze is None:
             raise ConflictError("this orchestrator runs without a differ")
         try:
-            return await analyze(runID, decision=decision, actor=actor)
+            return await analyze(runID, decision=decision, actor=actor, tenant=tenant)
         except S.Conflict as e:
             raise ConflictError(str(e)) from None
         except S.NotFound:
             raise NotFoundError("run %s not found" % (runID,), code="unknown_run") from None
 
-    async def addPackage(self, name: str, actor: str) -> bool:
+    async def addPackage(self, name: str, actor: str, tenant: str = DEFAULT_TENANT) -> bool:
         try:
             npm.checkPackageName(name)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        return await self.store.addPackage(name, actor, self.nowNs())
+        return await self.store.addPackage(name, actor, self.nowNs(), tenant=tenant)
 
-    async def removePackage(self, name: str, actor: str) -> None:
-        if not await self.store.removePackage(name, actor, self.nowNs()):
+    async def removePackage(self, name: str, actor: str, tenant: str = DEFAULT_TENANT) -> None:
+        if not await self.store.removePackage(name, actor, self.nowNs(), tenant=tenant):
             raise NotFoundError("package %r is not watched" % (name,), code="unknown_package")
 
-    async def addAllow(self, kind: str, value: Any, scope: str, package: str, note: str, actor: str) -> str:
+    async def addAllow(self, kind: str, value: Any, scope: str, package: str, note: str, actor: str,
+                       tenant: str = DEFAULT_TENANT) -> str:
         if not isinstance(note, str) or len(note) > 500:
             raise BadRequest("note must be a string of at most 500 characters")
         if scope == "package" and package:
@@ -479,21 +545,22 @@ class Orchestrator:
         except allowlist.AllowlistError as e:
             raise BadRequest(str(e)) from None
         try:
-            return await self.store.addAllow(entry, actor, self.nowNs())
+            return await self.store.addAllow(entry, actor, self.nowNs(), tenant=tenant)
         except S.Conflict as e:
             raise ConflictError(str(e)) from None
 
-    async def removeAllow(self, entryID: str, actor: str) -> None:
+    async def removeAllow(self, entryID: str, actor: str, tenant: str = DEFAULT_TENANT) -> None:
         try:
-            removed = await self.store.removeAllow(entryID, actor, self.nowNs())
+            removed = await self.store.removeAllow(entryID, actor, self.nowNs(), tenant=tenant)
         except S.Conflict as e:
             raise ConflictError(str(e)) from None
         if not removed:
             raise NotFoundError("allowlist entry %s not found" % (entryID,))
 
-    async def createToken(self, name: str, scopes: List[str], actor: str) -> Dict[str, Any]:
+    async def createToken(self, name: str, scopes: List[str], actor: str, tenant: str = ALL_TENANTS) -> Dict[str, Any]:
         """
-        A new API token; the secret is returned once and stored hashed.
+        A new API token of C{tenant} (C{*}: all tenants, what the first
+        admin token is); the secret is returned once and stored hashed.
         """
         if not 1 <= len(name) <= 128 or not all(c.isalnum() or c in "-_.:@" for c in name):
             raise BadRequest("token name must be 1-128 characters of letters, digits and - _ . : @")
@@ -503,9 +570,11 @@ class Orchestrator:
         if auth.SCOPE_RUNNER in scopes and len(scopes) > 1:
             raise BadRequest("a runner token has the runner scope only")
         tokenID, secret, token = auth.newToken()
-        await self.store.createToken(tokenID, name, " ".join(sorted(set(scopes))), auth.hashSecret(secret), actor, self.nowNs())
-        log.info("token {token_id} ({name}, {scopes}) created by {actor}", token_id=tokenID, name=name, scopes=scopes, actor=actor)
-        return {"id": tokenID, "name": name, "scopes": sorted(set(scopes)), "token": token}
+        await self.store.createToken(tokenID, name, " ".join(sorted(set(scopes))), auth.hashSecret(secret), actor, self.nowNs(),
+                                     tenant=tenant)
+        log.info("token {token_id} ({name}, {scopes}, tenant {tenant}) created by {actor}", token_id=tokenID, name=name,
+                 scopes=scopes, tenant=tenant, actor=actor)
+        return {"id": tokenID, "name": name, "scopes": sorted(set(scopes)), "tenant": tenant, "token": token}
 
     # -- housekeeping ---------------------------------------------------------
 
@@ -523,6 +592,15 @@ class Orchestrator:
                 self.analyzer.runFinished(runID)
         except Exception:
             log.failure("housekeeping sweep failed")
+
+
+def _scanShape(job: Dict[str, Any], target: Optional[str]) -> Any:
+    """
+    What makes two scans the same scan: the job without its run id and
+    dispatch time, and the runner it is for.
+    """
+    shape = {k: v for k, v in job.items() if k not in ("run_id", "dispatched_at")}
+    return orjson.dumps(shape, option=orjson.OPT_SORT_KEYS), target or None
 
 
 def _checkRunnerID(runnerID: str) -> None:

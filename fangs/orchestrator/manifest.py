@@ -3,7 +3,7 @@ Manifest deltas: what the registry itself says changed between a release
 and the one before it.  Pure logic, no I/O.
 
 The watcher keeps, per release, the parts of its packument entry that
-matter (L{manifestOf}) and compares each new release with its predecessor
+matter (L{fangs.npmregistry.manifestOf}) and compares each new release with its predecessor
 (L{manifestDeltas}).  Each delta becomes a deviation of the release's run,
 shown beside the behaviour deviations:
 
@@ -33,8 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-LIFECYCLE = ("preinstall", "install", "postinstall", "prepare")
-DEP_KINDS = (("dependencies", "direct"), ("optionalDependencies", "optional"), ("peerDependencies", "peer"))
+from fangs.npmregistry import DEP_KINDS, LIFECYCLE, manifestOf  # noqa: F401 (manifestOf: what deltas compare)
 
 NEW_INSTALL_SCRIPT = "pkg_new_install_script"
 CHANGED_INSTALL_SCRIPT = "pkg_changed_install_script"
@@ -50,56 +49,6 @@ _URL_SPEC = re.compile(r"^(git\+|git:|github:|gitlab:|bitbucket:|gist:|https?:|f
 
 #: C{hasInstallScript(name, spec)} -> True, False, or None (unknown).
 InstallScriptCheck = Callable[[str, str], Optional[bool]]
-
-
-def _strDict(value: Any) -> Dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items() if isinstance(k, str) and isinstance(v, (str, int, float))}
-
-
-def _names(people: Any) -> List[str]:
-    out = []
-    if isinstance(people, list):
-        for p in people:
-            if isinstance(p, dict) and isinstance(p.get("name"), str):
-                out.append(p["name"])
-            elif isinstance(p, str):
-                out.append(p.split("<")[0].strip())
-    return sorted(set(n for n in out if n))
-
-
-def manifestOf(meta: Any) -> Dict[str, Any]:
-    """
-    The parts of one packument version entry that deltas compare; tolerant
-    of any shape (missing or odd fields become empty).
-    """
-    if not isinstance(meta, dict):
-        return {}
-    scripts = {k: v for k, v in _strDict(meta.get("scripts")).items() if k in LIFECYCLE}
-    bin_ = meta.get("bin")
-    if isinstance(bin_, str):
-        bin_ = {str(meta.get("name") or ""): bin_}
-    publisher = meta.get("_npmUser")
-    if isinstance(publisher, dict):
-        publisher = publisher.get("name")
-    repository = meta.get("repository")
-    if isinstance(repository, dict):
-        repository = repository.get("url") or ""
-    out: Dict[str, Any] = {
-        "scripts": scripts,
-        "bin": _strDict(bin_),
-        "repository": repository if isinstance(repository, str) else "",
-        "maintainers": _names(meta.get("maintainers")),
-        "publisher": publisher if isinstance(publisher, str) else "",
-        "has_install_script": bool(meta.get("hasInstallScript")) or bool(scripts.keys() & {"preinstall", "install", "postinstall"}),
-        # Whether this entry came from the full document (scripts,
-        # repository, maintainers) or the abbreviated one.
-        "full": "scripts" in meta or "maintainers" in meta or "_npmUser" in meta,
-    }
-    for key, _ in DEP_KINDS:
-        out[key] = _strDict(meta.get(key))
-    return out
 
 
 def isURLSpec(spec: str) -> bool:

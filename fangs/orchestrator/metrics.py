@@ -60,7 +60,12 @@ class Metrics:
             ProcessCollector(registry=r)
             PlatformCollector(registry=r)
             GCCollector(registry=r)
+        self.version = version
         Gauge("fangs_orchestrator_info", "Orchestrator version.", ["version"], registry=r).labels(version).set(1)
+        self.tenantRuns = Gauge("fangs_tenant_runs", "Runs by tenant and state (a shared run counts for each of its tenants).",
+                                ["tenant", "state"], registry=r)
+        self.tenantDeviations = Gauge("fangs_tenant_deviations", "Stored deviations by tenant and severity.",
+                                      ["tenant", "severity"], registry=r)
 
         self.runnersRegistered = Gauge("fangs_runners_registered", "Runners in the registry.", registry=r)
         self.runnersActive = Gauge("fangs_runners_active", "Registered runners reporting at least one active run.", registry=r)
@@ -165,10 +170,19 @@ class Metrics:
 
     # -- exposition ------------------------------------------------------------
 
-    async def render(self, store: Any) -> bytes:
+    async def render(self, store: Any, tenant: Optional[str] = None) -> bytes:
         """
         Refresh the database gauges, then the text exposition format.
+
+        With C{tenant} (a tenant's principal), only what is that tenant's:
+        its runs by state, its queue depth, its deviations and outbox, in a
+        registry of their own (process-wide series such as verdict counters
+        or HTTP requests mix every tenant's work and are left out).  Without
+        (an all-tenant admin), everything, plus C{fangs_tenant_*} series
+        with a C{tenant} label.
         """
+        if tenant is not None:
+            return generate_latest(self._tenantRegistry(tenant, await store.metricCounts(tenant=tenant)))
         counts = await store.metricCounts()
         self._zeroDatabaseGauges()
         for state, n in counts["runs"].items():
@@ -178,6 +192,12 @@ class Metrics:
             self.deviations.labels(sev).set(n)
         for state, n in counts["outbox"].items():
             self.outbox.labels(state).set(n)
+        self.tenantRuns.clear()
+        self.tenantDeviations.clear()
+        for (name, state), n in counts.get("tenant_runs", {}).items():
+            self.tenantRuns.labels(name, state).set(n)
+        for (name, sev), n in counts.get("tenant_deviations", {}).items():
+            self.tenantDeviations.labels(name, sev).set(n)
         for name, path in self._certificates.items():
             try:
                 with open(path, "rb") as f:
@@ -185,6 +205,22 @@ class Metrics:
             except (OSError, ValueError):
                 log.failure("reading certificate {path} for its expiry", path=path)
         return generate_latest(self.registry)
+
+    def _tenantRegistry(self, tenant: str, counts: Dict[str, Dict[str, int]]) -> CollectorRegistry:
+        r = CollectorRegistry(auto_describe=True)
+        Gauge("fangs_orchestrator_info", "Orchestrator version.", ["version"], registry=r).labels(self.version).set(1)
+        runs = Gauge("fangs_runs", "Runs (jobs) by state, from the database.", ["state"], registry=r)
+        queue = Gauge("fangs_queue_depth", "Jobs waiting for a runner (state pending).", registry=r)
+        deviations = Gauge("fangs_deviations", "Stored deviations by severity, from the database.", ["severity"], registry=r)
+        outbox = Gauge("fangs_notification_outbox", "Notification messages by state, from the database.", ["state"], registry=r)
+        for s in RUN_STATES:
+            runs.labels(s).set(counts["runs"].get(s, 0))
+        for s in SEVERITIES:
+            deviations.labels(s).set(counts["deviations"].get(s, 0))
+        for s in OUTBOX_STATES:
+            outbox.labels(s).set(counts["outbox"].get(s, 0))
+        queue.set(counts["runs"].get("pending", 0))
+        return r
 
     def instrument(self, resource: Any, urlMap: Any) -> "InstrumentedResource":
         return InstrumentedResource(resource, urlMap, self)

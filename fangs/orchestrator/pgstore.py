@@ -133,6 +133,7 @@ CHECKED = frozenset(
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
     appendStream streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
     createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored schemaVersion
+    analyzeRunTenants artifactVisible linkRunTenant queueDepthByTenant runTenants sharedScanCandidates auditLog
     """.split()
 )
 

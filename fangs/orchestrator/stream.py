@@ -21,17 +21,18 @@ so proxies and clients can tell a quiet stream from a dead one.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Deque, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 import attrs
 import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from fangs import wire
+from fangs.tenants import DEFAULT_TENANT
 
 log = Logger()
 
@@ -39,6 +40,10 @@ RUN_EVENT_TYPES = ("run.queued", "run.started", "run.updated", "run.completed", 
 #: At most this many C{run.updated} lines per run per second.
 UPDATES_PER_SECOND = 2
 MAX_BUFFERED = 1000
+#: A line the database refuses is tried again this many times, waiting
+#: 0.1 s more each time (at most APPEND_RETRY_CAP), before it is logged lost.
+APPEND_ATTEMPTS = 40
+APPEND_RETRY_CAP = 2.0
 KEEPALIVE_SECONDS = 15.0
 _READ_LIMIT = 1000
 
@@ -203,10 +208,12 @@ class RunStream:
     # -- publishing -----------------------------------------------------------
 
     def publish(self, type: str, runID: str, package: str = "", version: str = "", status: str = "",
-                traceID: str = "", tenant: str = "default", **fields: Any) -> Deferred:
+                traceID: str = "", tenant: Optional[str] = None, **fields: Any) -> Deferred:
         """
         Append a line and fan it out.  Never fails (a failure is logged):
-        the run's own state is already stored.
+        the run's own state is already stored.  A line is one tenant's:
+        C{tenant=None} appends one line for each tenant the run is linked
+        to (a shared scan is news for every tenant that watches it).
         """
         now = self.clock.seconds()
         if type == "run.updated":
@@ -239,13 +246,36 @@ class RunStream:
             while self._pending:
                 nowNs, tenant, runID, type, line, done = self._pending.popleft()
                 try:
-                    await self.store.appendStream(nowNs, tenant, runID, type, orjson.dumps(line).decode("utf-8"))
+                    tenants = [tenant] if tenant is not None else await self._retrying(self._tenantsOf, runID)
+                    for name in tenants:
+                        line["tenant"] = name
+                        await self._retrying(self.store.appendStream, nowNs, name, runID, type,
+                                             orjson.dumps(line).decode("utf-8"))
                 except Exception:
                     log.failure("run stream line {type} for {run_id} not stored", type=type, run_id=runID)
                 done.callback(None)
                 self.poke()
         finally:
             self._appending = False
+
+    async def _retrying(self, f: Callable[..., Any], *args: Any) -> Any:
+        """
+        C{await f(*args)}, again after a short wait while it fails: a busy
+        database passes, and the line (with every line after it, so order
+        is kept) waits rather than being lost.
+        """
+        for attempt in range(APPEND_ATTEMPTS - 1):
+            try:
+                return await f(*args)
+            except Exception as e:
+                log.warn("run stream waits for the database ({error})", error=e)
+                await deferLater(self.clock, min(APPEND_RETRY_CAP, 0.1 * (attempt + 1)), lambda: None)
+        return await f(*args)
+
+    async def _tenantsOf(self, runID: str) -> List[str]:
+        find = getattr(self.store, "runTenants", None)
+        tenants = list(await find(runID)) if find is not None else []
+        return tenants or [DEFAULT_TENANT]
 
     def poke(self) -> None:
         """
@@ -353,12 +383,16 @@ class RunStreamPublisher:
     def run(self, type: str, run: Any, **fields: Any) -> None:
         self.announce(type, run.id, run.package_name, run.version, run.state, **fields)
 
+    # A verdict is one tenant's (each tenant judges a shared run against its
+    # own baseline): its line goes to that tenant's stream only.
+
     def verdict(self, outcome: Any) -> None:
         d = Deferred.fromCoroutine(self._verdict(outcome))
         d.addErrback(lambda f: log.failure("run stream verdict line for {run_id} failed", f, run_id=outcome.run_id))
 
     async def _verdict(self, outcome: Any) -> None:
-        run = await self.store.getRun(outcome.run_id)
+        tenant = getattr(outcome, "tenant", DEFAULT_TENANT)
+        run = await self.store.getRun(outcome.run_id, tenant=tenant)
         if run is None:
             return
         if run.decision:
@@ -371,4 +405,4 @@ class RunStreamPublisher:
             type = "run.failed"
         self.run(type, run, verdict=outcome.verdict, deviations=outcome.deviations,
                  max_severity=outcome.max_severity, events_received=run.events_received,
-                 reason=run.failure_reason, decision=run.decision)
+                 reason=run.failure_reason, decision=run.decision, tenant=tenant)

@@ -311,11 +311,8 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
     if reactor is None:
         from twisted.internet import reactor  # noqa: only here, never at import time
 
-    from fangs.orchestrator.analysis import RunAnalyzer
-    from fangs.orchestrator.api import OrchestratorAPI
-    from fangs.orchestrator.core import Orchestrator
-    from fangs.orchestrator.dispatcher import Dispatcher
-    from fangs.orchestrator.registry import PRUNE_EVERY, RunnerRegistry
+    from fangs.orchestrator.compose import composeOrchestrator
+    from fangs.orchestrator.registry import PRUNE_EVERY
     from fangs.orchestrator.site import FangsSite
     from fangs.orchestrator.store import SQLiteStore
 
@@ -343,33 +340,11 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         sessionKeys = SessionKeys(keyPath)
     except (SessionKeyError, OSError) as e:
         raise usage.UsageError(str(e)) from None
-    registry = RunnerRegistry(reactor, store=store)
-    dispatcher = Dispatcher(reactor, store, pollWait=options["poll-wait"])
-    # Jobs queued by other orchestrators on the same PostgreSQL database.
-    getattr(store, "jobListeners", []).append(dispatcher.wake)
     from fangs.orchestrator.metrics import Metrics
 
     metrics = Metrics(fangs.__version__)
     if options["tls-cert"]:
         metrics.watchCertificate("server", options["tls-cert"])
-    analyzer = RunAnalyzer(reactor, store, metrics=metrics)
-    from fangs.orchestrator.stream import RunStream, RunStreamPublisher
-
-    stream = RunStream(reactor, store)
-    runEvents = RunStreamPublisher(stream, store)
-    analyzer.listeners.append(runEvents.verdict)
-    core = Orchestrator(
-        reactor,
-        store,
-        registry,
-        dispatcher,
-        options["loaded-config"],
-        orchestratorID=options["id"],
-        version=fangs.__version__,
-        analyzer=analyzer,
-        metrics=metrics,
-        runEvents=runEvents,
-    )
     import functools
 
     from fangs.orchestrator.api import policyFor
@@ -380,14 +355,21 @@ def makeService(options: Options, reactor: Any = None) -> service.IService:
         peerIdentity,
         acceptCN=bool(options["accept-cn-identity"]),
         operatorScopes=dict(options["loaded-config"].operatorScopes) or None,
+        operatorTenants=dict(options["loaded-config"].operatorTenants) or None,
     )
-    api = OrchestratorAPI(
-        core,
-        Authenticator(options["auth-mode"], store, peerIdentity=identify, clock=reactor, sessionKeys=sessionKeys),
-        policyFor(options["public-urls"], options["allowed-hosts"]),
-        stream=stream,
+    parts = composeOrchestrator(
+        reactor,
+        store,
+        options["loaded-config"],
+        orchestratorID=options["id"],
+        version=fangs.__version__,
+        pollWait=options["poll-wait"],
+        metrics=metrics,
+        auth=Authenticator(options["auth-mode"], store, peerIdentity=identify, clock=reactor, sessionKeys=sessionKeys),
+        policy=policyFor(options["public-urls"], options["allowed-hosts"]),
     )
-    top = OrchestratorService(store, core, stream)
+    core, api, analyzer = parts.core, parts.api, parts.analyzer
+    top = OrchestratorService(store, core, parts.stream)
 
     sweeper = TimerService(min(SWEEP_EVERY, PRUNE_EVERY), lambda: Deferred.fromCoroutine(core.sweep()))
     sweeper.clock = reactor
@@ -475,19 +457,15 @@ def _addWatcher(parent: service.MultiService, reactor: Any, core: Any, options: 
     The npm watcher's C{TimerService}: polls at start, then every
     C{--watch-interval} seconds.
     """
+    from fangs.orchestrator.compose import watcherSubmit
     from fangs.orchestrator.watcher import DEFAULT_CONCURRENCY, Watcher
 
     registry, _, _ = _registryClient(reactor, options, DEFAULT_CONCURRENCY)
-
-    async def submit(request: Any, key: str) -> str:
-        runID, _ = await core.submitScan(request, key, requireTarget=False)
-        return runID
-
     watcher = Watcher(
         reactor,
         core.store,
         registry,
-        submit,
+        watcherSubmit(core),
         scanDurationNs=int(core.config.scanDurationSeconds * 1e9),
     )
     core.watcher = watcher

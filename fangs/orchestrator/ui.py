@@ -37,6 +37,7 @@ from fangs.orchestrator.steps import runSteps
 from fangs.orchestrator import differ
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import KINDS as ALLOW_KINDS
+from fangs.tenants import DEFAULT_TENANT
 
 log = Logger()
 
@@ -409,16 +410,19 @@ class DashboardUI:
     @app.route("/", methods=["GET"])
     async def overview(self, request: IRequest) -> bytes:
         now = self.core.nowNs()
-        summary = await self.store.dashboardSummary(now - 24 * 3600 * NANO)
-        recent = await self.store.listRuns(S.RunFilter(), 10, None)
+        tenant = _tenant(request)
+        summary = await self.store.dashboardSummary(now - 24 * 3600 * NANO, tenant=tenant)
+        recent = await self.store.listRuns(S.RunFilter(tenant=tenant), 10, None)
         runners = []
+        active = {a for r in self.core.registry.all() for a in r.active_run_ids}
+        visible = {a for a in active if await self.store.getRun(a, tenant=tenant) is not None}
         for r in self.core.registry.all():
             age = now / NANO - r.last_seen
             runners.append(
                 {
                     "id": r.runner_id,
                     "status": "stale" if age > STALE_AFTER_S else (r.status or "idle"),
-                    "active": list(r.active_run_ids),
+                    "active": [a for a in r.active_run_ids if a in visible],
                     "last_seen_ns": int(r.last_seen * NANO),
                     "kernel": r.registration.kernel_version,
                     "hostname": r.registration.hostname,
@@ -438,7 +442,7 @@ class DashboardUI:
             ],
             runners=runners,
             recent=recent.items,
-            queue=await self.store.queueDepth(),
+            queue=(await self.store.queueDepthByTenant()).get(tenant, 0),
         )
         if request.args.get(b"fragment"):
             return self.render(request, "overview_live.html", **context)
@@ -449,7 +453,7 @@ class DashboardUI:
     @app.route("/packages", methods=["GET"])
     async def packages(self, request: IRequest) -> bytes:
         return self.render(
-            request, "packages.html", title="Packages", nav="packages", packages=await self.store.dashboardPackages()
+            request, "packages.html", title="Packages", nav="packages", packages=await self.store.dashboardPackages(tenant=_tenant(request))
         )
 
     @app.route("/packages/<path:name>", methods=["GET"])
@@ -458,14 +462,15 @@ class DashboardUI:
             npm.checkPackageName(name)
         except ValueError as e:
             raise BadRequest(str(e)) from None
-        watched = await self.store.getPackage(name)
-        runs = (await self.store.listRuns(S.RunFilter(package=name), 100, None)).items
+        tenant = _tenant(request)
+        watched = await self.store.getPackage(name, tenant=tenant)
+        runs = (await self.store.listRuns(S.RunFilter(package=name, tenant=tenant), 100, None)).items
         if watched is None and not runs:
             raise NotFoundError("package %s is neither watched nor scanned" % (name,))
         releases: List[Dict[str, Any]] = []
         if watched is not None and hasattr(self.store, "listReleases"):
             try:
-                releases = await self.store.listReleases(name, 100)
+                releases = await self.store.listReleases(name, 100, tenant=tenant)
             except Exception:  # the releases table may not exist yet
                 log.failure("listing releases of {name}", name=name)
         byID = {r.id: r for r in runs}
@@ -483,7 +488,7 @@ class DashboardUI:
                 listed.add(r.version)
                 timeline.append({"version": r.version, "when": r.created_ns, "run": r, "seeded": False, "error": ""})
         timeline.sort(key=lambda t: t["when"] or 0, reverse=True)
-        baseline = await self.store.baselineFor(name)
+        baseline = await self.store.baselineFor(name, tenant=tenant)
         categories: Dict[str, List[Dict[str, Any]]] = {}
         for f in baseline:
             categories.setdefault(f["category"], []).append(f)
@@ -512,7 +517,8 @@ class DashboardUI:
         if state is not None and state not in S.ALL_STATES:
             raise BadRequest("state must be one of %s" % (", ".join(S.ALL_STATES),))
         limit = _intArg(request, "limit", 50, 1, 500)
-        page = await self.store.dashboardRuns(package, verdict, state, limit, _arg(request, "page") or None)
+        page = await self.store.dashboardRuns(package, verdict, state, limit, _arg(request, "page") or None,
+                                              tenant=_tenant(request))
         query = {k: v for k, v in (("package", package), ("verdict", verdict), ("state", state)) if v}
         nextURL = "/ui/runs?" + urlencode(dict(query, page=page.next_token)) if page.next_token else None
         return self.render(
@@ -522,7 +528,7 @@ class DashboardUI:
 
     @app.route("/runs/<runID>", methods=["GET"])
     async def run(self, request: IRequest, runID: str) -> bytes:
-        run = await self._run(runID)
+        run = await self._run(runID, request)
         counts = await self.store.eventCounts(run.id)
         typeArg = _arg(request, "type") or None
         eventType = None
@@ -534,7 +540,7 @@ class DashboardUI:
         page = await self.store.eventPage(run.id, after, EVENTS_PER_PAGE + 1, eventType)
         more = len(page) > EVENTS_PER_PAGE
         page = page[:EVENTS_PER_PAGE]
-        deviations = await self.store.deviationsForRun(run.id)
+        deviations = await self.store.deviationsForRun(run.id, tenant=_tenant(request))
         evidenceIDs = [d.evidence_event_id for d in deviations if d.evidence_event_id]
         evidence = {e.id: e for e in await self.store.eventsByID(evidenceIDs)}
         treeEvents = await self.store.eventPage(run.id, (0, -1), TREE_EVENT_CAP, None)
@@ -589,7 +595,7 @@ class DashboardUI:
             treeCapped=len(treeEvents) >= TREE_EVENT_CAP,
             treeCap=TREE_EVENT_CAP,
             actions=_actions(run),
-            steps=runSteps(run, await self.store.outboxFor(run.id)),
+            steps=runSteps(run, await self.store.outboxFor(run.id, tenant=_tenant(request))),
             egress=egress,
             egressMore=max(0, counts.get(int(wire.EventType.EGRESS_ATTEMPT), 0) - EGRESS_LIST_LIMIT),
         )
@@ -614,10 +620,10 @@ class DashboardUI:
         return [{"text": t, "canary": " the bait" in t or " the baits " in t, "cut": t.startswith("egress limits")}
                 for t in lines]
 
-    async def _run(self, runID: str) -> S.RunRow:
+    async def _run(self, runID: str, request: IRequest) -> S.RunRow:
         if len(runID) != 32 or any(c not in "0123456789abcdef" for c in runID):
             raise BadRequest("run id must be 32 lower-case hex characters")
-        run = await self.store.getRun(runID)
+        run = await self.store.getRun(runID, tenant=_tenant(request))
         if run is None:
             raise NotFoundError("run %s not found" % (runID,))
         return run
@@ -625,21 +631,22 @@ class DashboardUI:
     @app.route("/runs/<runID>/decide", methods=["POST"])
     async def decide(self, request: IRequest, runID: str) -> bytes:
         self._checkWrite(request)
-        run = await self._run(runID)
+        run = await self._run(runID, request)
         decision = _arg(request, "decision")
         if decision not in ("promoted", "rejected", "reanalyze"):
             raise BadRequest("decision must be promoted, rejected or reanalyze")
-        outcome = await self.core.decide(run.id, decision, _actor(request))
+        outcome = await self.core.decide(run.id, decision, _actor(request), _tenant(request))
         return self._redirect(request, "/ui/runs/%s" % (run.id,), "%s:%s:%s" % (decision, run.id, outcome.verdict))
 
     # -- review ---------------------------------------------------------------
 
     @app.route("/pending", methods=["GET"])
     async def pending(self, request: IRequest) -> bytes:
-        page = await self.store.pendingRuns(_intArg(request, "limit", 100, 1, 500), _arg(request, "page") or None)
+        tenant = _tenant(request)
+        page = await self.store.pendingRuns(_intArg(request, "limit", 100, 1, 500), _arg(request, "page") or None, tenant=tenant)
         items = []
         for run in page.items:
-            devs = await self.store.deviationsForRun(run.id)
+            devs = await self.store.deviationsForRun(run.id, tenant=tenant)
             items.append({"run": run, "deviations": devs[:5], "more": max(0, len(devs) - 5)})
         return self.render(
             request, "pending.html", title="Pending review", nav="pending", items=items,
@@ -657,7 +664,7 @@ class DashboardUI:
                 raise BadRequest("severity must be one of low, medium, high, critical") from None
         run = _arg(request, "run") or None
         package = _arg(request, "package") or None
-        flt = S.DeviationFilter(package=package, min_severity_rank=rank, run_id=run)
+        flt = S.DeviationFilter(package=package, min_severity_rank=rank, run_id=run, tenant=_tenant(request))
         page = await self.store.listDeviations(flt, _intArg(request, "limit", 100, 1, 500), _arg(request, "page") or None)
         query = {k: v for k, v in (("package", package), ("severity", severity), ("run", run)) if v}
         return self.render(
@@ -669,7 +676,7 @@ class DashboardUI:
 
     @app.route("/allowlist", methods=["GET"])
     async def allowlist(self, request: IRequest) -> bytes:
-        entries = await self.store.listAllow()
+        entries = await self.store.listAllow(tenant=_tenant(request))
         groups: Dict[str, List[Dict[str, Any]]] = {}
         for e in entries:
             groups.setdefault("global" if e["scope"] == "global" else "package " + (e["package_name"] or ""), []).append(e)
@@ -689,13 +696,14 @@ class DashboardUI:
             package,
             _arg(request, "note") or "",
             _actor(request),
+            _tenant(request),
         )
         return self._redirect(request, "/ui/allowlist", "allow-added:%s:" % (entryID,))
 
     @app.route("/allowlist/<entryID>/remove", methods=["POST"])
     async def removeAllow(self, request: IRequest, entryID: str) -> bytes:
         self._checkWrite(request)
-        await self.core.removeAllow(entryID, _actor(request))
+        await self.core.removeAllow(entryID, _actor(request), _tenant(request))
         return self._redirect(request, "/ui/allowlist", "allow-removed:%s:" % (entryID,))
 
     # -- notifiers and configuration ----------------------------------------
@@ -706,11 +714,12 @@ class DashboardUI:
         scopes = getattr(request, "fangsScopes", None)
         if scopes is not None and "orchestrator:admin" not in scopes:
             raise Forbidden("notifiers and their delivery history are visible to admins only")
-        notifiers = await self.store.tableRows("notifiers", 100)
+        tenant = _tenant(request)
+        notifiers = await self.store.tableRows("notifiers", 100, tenant=tenant)
         tables = [t for t in await self.store.tableNames() if "deliver" in t]
         deliveries = None
         if tables:
-            deliveries = await self.store.tableRows(tables[0], 100)
+            deliveries = await self.store.tableRows(tables[0], 100, tenant=tenant)
         return self.render(
             request, "notifiers.html", title="Notifiers", nav="notifiers",
             notifiers=_table(notifiers, hide=("secret", "hmac_secret", "token", "headers")), deliveries=_table(deliveries, hide=("body", "payload")),
@@ -719,7 +728,7 @@ class DashboardUI:
     @app.route("/config", methods=["GET"])
     async def config(self, request: IRequest) -> bytes:
         cfg = self.core.config
-        allow = [e for e in await self.store.listAllow() if e["source"] != "operator"]
+        allow = [e for e in await self.store.listAllow(tenant=_tenant(request)) if e["source"] != "operator"]
         return self.render(
             request, "config.html", title="Configuration", nav="config", cfg=cfg, allow=allow,
         )
@@ -768,6 +777,14 @@ def _cursor(raw: Optional[str]) -> Tuple[int, int]:
     if not seq.isdigit() or not idx.isdigit():
         raise BadRequest("after must be SEQ.IDX")
     return (int(seq), int(idx))
+
+
+def _tenant(request: IRequest) -> str:
+    """
+    The tenant the dashboard shows: the signed-in principal's (set by the
+    API's route declaration), else the default.
+    """
+    return getattr(request, "fangsTenant", None) or DEFAULT_TENANT
 
 
 def _actor(request: IRequest) -> str:

@@ -16,15 +16,16 @@ package's baseline).
 
 from __future__ import annotations
 
-import json
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Tuple
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.logger import Logger
 
-from fangs import npm, wire
+from fangs import npm
 from fangs.orchestrator import manifest
+from fangs.scanrequest import DEFAULT_SCAN_DURATION_NS, idempotencyKey, scanRequest  # noqa: F401 (also imported from here)
+from fangs.tenants import DEFAULT_TENANT
 from fangs.orchestrator.registryclient import (
     NOT_MODIFIED,
     PackageNotFound,
@@ -59,41 +60,12 @@ def _depHasInstallScript(doc: Any, spec: str) -> Optional[bool]:
 
 DEFAULT_INTERVAL = 300.0
 DEFAULT_CONCURRENCY = 16
-DEFAULT_SCAN_DURATION_NS = 120 * wire.SECOND
 
-#: C{submit(request, idempotencyKey)} -> run id; raises when not queued.
-Submit = Callable[[wire.ScanRequest, str], Awaitable[str]]
-
-
-def idempotencyKey(package: str, version: str) -> str:
-    return "watch:%s@%s" % (package, version)
-
-
-def scanRequest(
-    package: str, version: str, durationNs: int = DEFAULT_SCAN_DURATION_NS, targetRunner: str = ""
-) -> wire.ScanRequest:
-    """
-    The scan of C{package@version} in the sandbox: the seed's install
-    command, quoted, with install scripts forced on; image C{""} lets the
-    orchestrator stamp its configured sandbox image.
-    """
-    return wire.ScanRequest(
-        target_runner=targetRunner,
-        job=wire.Job(
-            kind="sandbox_scan",
-            package_name=package,
-            version=version,
-            duration=durationNs,
-            sandbox=wire.SandboxSpec(
-                image="",
-                command=npm.installCommand(package, version),
-                user="0:0",
-                network_mode="bridge",
-                pull_policy="never",
-                grace_period=2 * wire.SECOND,
-            ),
-        ),
-    )
+#: C{submit(request, idempotencyKey)} -> run id; raises when not queued.  For
+#: a package another tenant than C{default} watches it is called with
+#: C{tenant=<name>} too: the release's scan is the same run for every tenant
+#: (the key names the release), linked to each tenant that watches it.
+Submit = Callable[..., Awaitable[str]]
 
 
 @attrs.define
@@ -170,7 +142,7 @@ class Watcher:
         packages = await self.store.watchList(self.nowNs())
         stats.packages = len(packages)
         sem = DeferredSemaphore(self.concurrency)
-        outcomes: List[Tuple[str, str, Optional[int]]] = []
+        outcomes: List[Tuple[Any, ...]] = []
 
         async def one(p: Dict[str, Any]) -> None:
             outcome = await self._checkPackage(p, stats)
@@ -198,43 +170,48 @@ class Watcher:
         )
         return stats
 
-    async def _checkPackage(self, p: Dict[str, Any], stats: CycleStats) -> Optional[Tuple[str, str, Optional[int]]]:
+    async def _checkPackage(self, p: Dict[str, Any], stats: CycleStats) -> Optional[Tuple[Any, ...]]:
         """
-        @return: C{(name, error, next_check_ns)} for L{store.finishChecks},
-            or None when L{store.recordPackument} stamped the package already.
+        One tenant's watch of a package (each tenant that watches a package
+        has its own releases' watch state; the scans are shared).
+
+        @return: C{(name, error, next_check_ns, tenant)} for
+            L{store.finishChecks}, or None when L{store.recordPackument}
+            stamped the package already.
         """
         name = p["name"]
+        tenant = p.get("tenant") or DEFAULT_TENANT
         try:
             result = await self.registry.fetch(name, p["etag"] if p["seeded"] else None)
             if result is not NOT_MODIFIED and not (result.has_times and result.full):
                 # The abbreviated form has no publish times, scripts,
                 # repository or maintainers: fetch the full document, but
                 # only when there is something new to record.
-                known = await self.store.knownVersions(name)
+                known = await self.store.knownVersions(name, tenant=tenant)
                 if any(r.version not in known for r in result.releases):
                     full = await self.registry.fetch(name, None, full=True)
                     result = attrs.evolve(full, etag=result.etag)
         except RateLimited as e:
             log.warn("watcher: {name}: {error}", name=name, error=str(e))
             stats.errors += 1
-            return (name, str(e), self.nowNs() + int(e.retryAfter * 1e9))
+            return (name, str(e), self.nowNs() + int(e.retryAfter * 1e9), tenant)
         except PackageNotFound as e:
             log.warn("watcher: {name}: {error}", name=name, error=str(e))
             stats.errors += 1
-            return (name, str(e), None)
+            return (name, str(e), None, tenant)
         except RegistryError as e:
             log.warn("watcher: {name}: {error}", name=name, error=str(e))
             stats.errors += 1
-            return (name, str(e), None)
+            return (name, str(e), None, tenant)
 
         stamped = False
         if result is NOT_MODIFIED:
             stats.not_modified += 1
-            waiting = await self.store.waitingReleases(name) if p["waiting"] else []
+            waiting = await self.store.waitingReleases(name, tenant=tenant) if p["waiting"] else []
         else:
             stats.fetched += 1
             seeding = not p["seeded"]
-            known = await self.store.knownVersions(name)
+            known = await self.store.knownVersions(name, tenant=tenant)
             deltas = await self._deltas(name, result, known, seeding)
             releases = []
             for r in result.releases:
@@ -246,12 +223,12 @@ class Watcher:
                 releases.append(row)
             if seeding:
                 stats.seeded += 1
-            waiting = await self.store.recordPackument(name, releases, result.latest, result.etag, self.nowNs())
+            waiting = await self.store.recordPackument(name, releases, result.latest, result.etag, self.nowNs(), tenant=tenant)
             stamped = True
-        error = await self._queue(name, waiting, stats)
+        error = await self._queue(name, waiting, stats, tenant)
         if stamped and not error:
             return None
-        return (name, error, None)
+        return (name, error, None, tenant)
 
     async def _deltas(self, name: str, result: Any, known: Dict[str, bool], seeding: bool) -> Dict[str, List[Dict[str, str]]]:
         """
@@ -295,7 +272,7 @@ class Watcher:
                 log.info("watcher: {name}@{version}: {count} manifest deltas", name=name, version=r.version, count=len(out[r.version]))
         return out
 
-    async def _queue(self, name: str, waiting: List[Dict[str, Any]], stats: CycleStats) -> str:
+    async def _queue(self, name: str, waiting: List[Dict[str, Any]], stats: CycleStats, tenant: str = DEFAULT_TENANT) -> str:
         """
         Queue each waiting release oldest first; stop at the first failure
         (so the order holds) and leave the rest for the next cycle.
@@ -304,17 +281,21 @@ class Watcher:
             version = r["version"]
             try:
                 request = scanRequest(name, version, self.scanDurationNs, self.targetRunner)
-                runID = await self.submit(request, idempotencyKey(name, version))
-                await self.store.markReleaseQueued(name, version, runID, self.nowNs())
+                if tenant == DEFAULT_TENANT:
+                    runID = await self.submit(request, idempotencyKey(name, version))
+                else:
+                    runID = await self.submit(request, idempotencyKey(name, version), tenant=tenant)
+                await self.store.markReleaseQueued(name, version, runID, self.nowNs(), tenant=tenant)
             except Exception as e:
                 stats.queue_failures += 1
                 message = "queueing %s@%s failed: %s" % (name, version, e)
                 log.warn("watcher: {message}; retrying next cycle", message=message)
                 try:
-                    await self.store.markReleaseFailed(name, version, message)
+                    await self.store.markReleaseFailed(name, version, message, tenant=tenant)
                 except Exception:
                     log.failure("watcher: recording the failure of {name}@{version}", name=name, version=version)
                 return message
             stats.queued += 1
-            log.info("watcher: queued {name}@{version} as run {run_id}", name=name, version=version, run_id=runID)
+            log.info("watcher: queued {name}@{version} as run {run_id} (tenant {tenant})", name=name, version=version,
+                     run_id=runID, tenant=tenant)
         return ""

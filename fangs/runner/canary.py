@@ -17,15 +17,19 @@ every bait value, the byte patterns those encodings produce:
 
 Every pattern is at least L{MIN_PATTERN} bytes long, so short values cannot
 match by chance.  DNS names are also searched with their dots removed, so a
-value split over labels is found.
+value split over labels is found.  L{expandForScan} undoes the wrappings
+a pattern cannot see (gzip, nested base64, percent-encoding) first.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import re
 import urllib.parse
-from typing import Iterable, List, Mapping, Tuple
+import zlib
+from typing import Iterable, List, Mapping, Sequence, Tuple
 
 #: Shorter patterns are not used: they would match ordinary traffic by chance.
 MIN_PATTERN = 12
@@ -96,3 +100,71 @@ class CanaryMatcher:
         hits = set(self.find(data))
         hits.update(self.find(data.replace(b".", b"")))
         return sorted(hits)
+
+
+def baitNames(names: Sequence[str]) -> List[str]:
+    """
+    Bait names as reported: a C{#n} suffix that told apart two copies of
+    one kind of bait (two homes) is dropped.
+    """
+    return sorted({n.split("#", 1)[0] for n in names})
+
+
+_B64RUN = re.compile(rb"[A-Za-z0-9+/_-]{16,}={0,2}")
+
+
+def expandForScan(data: bytes, depth: int = 4, budget: int = 1024 * 1024) -> List[bytes]:
+    """
+    C{data} and what it decodes to, for the bait search: stealers wrap a
+    secret in several layers (base64 of base64 of a JSON document, gzip,
+    percent-encoding) before sending it.  Each base64-looking run is decoded
+    (both alphabets), gzip/zlib streams are inflated, percent-escapes
+    undone, recursively to C{depth} levels and C{budget} bytes in all.
+    """
+    out: List[bytes] = []
+    seen = set()
+    total = [0]
+
+    def add(blob: bytes, level: int) -> None:
+        if not blob or total[0] >= budget:
+            return
+        key = hashlib.sha256(blob).digest()
+        if key in seen:
+            return
+        seen.add(key)
+        blob = blob[:budget - total[0]]
+        total[0] += len(blob)
+        out.append(blob)
+        if level >= depth:
+            return
+        for magic in (b"\x1f\x8b\x08", b"\x78\x9c", b"\x78\xda", b"\x78\x01"):
+            start = blob.find(magic)
+            for _ in range(4):
+                if start < 0 or total[0] >= budget:
+                    break
+                try:
+                    d = zlib.decompressobj(zlib.MAX_WBITS | 32)
+                    add(d.decompress(blob[start:], max(1, budget - total[0])), level + 1)
+                except zlib.error:
+                    pass
+                start = blob.find(magic, start + 1)
+        if b"%" in blob:
+            add(urllib.parse.unquote_to_bytes(blob), level + 1)
+        for m in _B64RUN.finditer(blob):
+            run = m.group(0).rstrip(b"=")
+            for candidate in (run.replace(b"-", b"+").replace(b"_", b"/"),):
+                for cut in range(4):
+                    piece = candidate[cut:]
+                    piece = piece[:len(piece) - len(piece) % 4]
+                    if len(piece) < 16:
+                        continue
+                    try:
+                        decoded = binascii.a2b_base64(piece)
+                    except (binascii.Error, ValueError):
+                        continue
+                    add(decoded, level + 1)
+            if total[0] >= budget:
+                return
+
+    add(data, 0)
+    return out

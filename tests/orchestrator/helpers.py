@@ -1,7 +1,9 @@
 """
-An orchestrator assembled in memory for tests: the real core, API, dispatcher
-and SQLite store (on C{:memory:}, run synchronously), a L{Clock}, and a
-L{StubTreq} that drives the real Klein resource.
+An orchestrator assembled in memory for tests: the parts the daemon has,
+wired by the same function (L{composeOrchestrator}: core, API, dispatcher,
+analyzer, metrics, run stream) around a SQLite store (on C{:memory:}, run
+synchronously), a L{Clock}, and a L{StubTreq} that drives the real Klein
+resource.
 """
 
 from __future__ import annotations
@@ -15,12 +17,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fangs import wire
-from fangs.orchestrator.analysis import RunAnalyzer
-from fangs.orchestrator.api import OrchestratorAPI
+from fangs.orchestrator.compose import composeOrchestrator
 from fangs.orchestrator.config import OrchestratorConfig
-from fangs.orchestrator.core import Orchestrator
-from fangs.orchestrator.dispatcher import Dispatcher
-from fangs.orchestrator.registry import RunnerRegistry
 from fangs.orchestrator.store import SQLiteStore, synchronousRunner
 
 BASE = "http://orchestrator.test"
@@ -33,13 +31,12 @@ class InMemoryOrchestrator:
         self.store = SQLiteStore(path, runInThread=synchronousRunner)
         testCase.successResultOf(Deferred.fromCoroutine(self.store.start()))
         testCase.addCleanup(self.store.stop)
-        self.registry = RunnerRegistry(self.clock)
-        self.dispatcher = Dispatcher(self.clock, self.store, pollWait=25.0)
-        self.analyzer = RunAnalyzer(self.clock, self.store)
-        self.core = Orchestrator(
-            self.clock, self.store, self.registry, self.dispatcher, config or OrchestratorConfig(), analyzer=self.analyzer
-        )
-        self.api = OrchestratorAPI(self.core)
+        self.parts = composeOrchestrator(self.clock, self.store, config or OrchestratorConfig())
+        self.registry = self.parts.registry
+        self.dispatcher = self.parts.dispatcher
+        self.analyzer = self.parts.analyzer
+        self.core = self.parts.core
+        self.api = self.parts.api
         self.treq = StubTreq(self.api.resource())
         self.test = testCase
 

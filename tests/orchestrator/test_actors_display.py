@@ -53,15 +53,16 @@ class DisplayTests(SynchronousTestCase):
                       {(f["category"], f["value"], f["actor"]) for f in base["fingerprints"]})
 
     def test_cli(self) -> None:
-        from fangs import cli
+        from fangs.cli.context import Context
+        from fangs.cli.runs import showRun
 
         code, run = self.o.call("GET", "/v1/runs/" + self.bad)
         import argparse
 
         out = io.StringIO()
-        c = cli.Context(argparse.Namespace(json=False), None)
+        c = Context(argparse.Namespace(json=False), None)
         c.out = out
-        cli.showRun(c, run)
+        showRun(c, run)
         text = out.getvalue()
         self.assertIn("ACTOR", text)
         self.assertIn("script:left-pad@1.3.1:? pid 200", text)

@@ -1,6 +1,7 @@
 """
 The differ's store migration (baselines keyed by actor, migrated in place)
-and actor-aware analysis, on SQLite and on PostgreSQL.
+and actor-aware analysis, on SQLite (on PostgreSQL:
+L{tests.integration.orchestrator.test_actors_store}).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any, List
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from fangs.orchestrator import pgstore
 from fangs.orchestrator import store as S
 from tests.orchestrator.test_store_contract import SEC, T0, coro, rows
 
@@ -121,26 +121,6 @@ class SQLiteMigrationTests(MigrationContract, TestCase):
 
     async def open(self, migrations: Any = None) -> Any:
         st = S.SQLiteStore(self.path, reactor)
-        if migrations is not None:
-            st.migrations = migrations
-        await st.start()
-        self.addCleanup(st.stop)
-        return st
-
-    async def close(self, st: Any) -> None:
-        st.stop()
-
-
-class PostgresMigrationTests(MigrationContract, TestCase):
-    module = pgstore
-
-    def setUp(self) -> None:
-        from tests import pg
-
-        self.dsn = pg.freshDatabase(self)
-
-    async def open(self, migrations: Any = None) -> Any:
-        st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
         if migrations is not None:
             st.migrations = migrations
         await st.start()

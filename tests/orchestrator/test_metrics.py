@@ -16,13 +16,9 @@ from tests.orchestrator.test_review import BENIGN, MALICIOUS
 
 class MeteredOrchestrator(InMemoryOrchestrator):
     """
-    The in-memory orchestrator with the analyzer reporting to the core's
-    metrics (as L{fangs.orchestrator.tap.makeService} wires them).
+    The in-memory orchestrator (its analyzer reports to the core's metrics,
+    wired as the daemon wires them) with a scrape of C{GET /metrics}.
     """
-
-    def __init__(self, test, **kw):
-        super().__init__(test, **kw)
-        self.analyzer.metrics = self.core.metrics
 
     def scrape(self):
         response = self.request("GET", "/metrics")

@@ -1,7 +1,8 @@
 """
 One contract for every storage backend: the same tests run against
-L{SQLiteStore} on a temporary file and L{PostgresStore} on the test cluster
-(L{tests.pg}), each on its own thread pool under the real reactor.
+L{SQLiteStore} on a temporary file (here) and L{PostgresStore} on the test
+cluster (L{tests.pg}, in L{tests.integration.orchestrator.test_store_contract}),
+each on its own thread pool under the real reactor.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import tempfile
 from typing import Any, List
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import configEntries, makeEntry
 from fangs.orchestrator.core import parseBatchLine
-from fangs.orchestrator.pgstore import CHECKED, PostgresStore, engine as postgresEngine
+from fangs.orchestrator.pgstore import PostgresStore
 from tests.orchestrator.helpers import batchLine, connectEvent, dnsEvent, execEvent, fileEvent, sniEvent
 from tests.orchestrator.test_review import BENIGN, MALICIOUS
 
@@ -537,83 +538,6 @@ class SQLiteContractTests(StoreContract, TestCase):
         await st.start()
         self.addCleanup(st.stop)
         return st
-
-
-class PostgresContractTests(StoreContract, TestCase):
-    async def makeStore(self) -> Any:
-        from tests import pg
-
-        st = PostgresStore(pg.freshDatabase(self), reactor, listen=False)
-        await st.start()
-        self.addCleanup(st.stop)
-        return st
-
-    def test_everyPublicMethodChecked(self) -> None:
-        """
-        Every public method of SQLiteStore exists on PostgresStore and was
-        checked on PostgreSQL (listed in L{CHECKED}): a method added to the
-        SQLite store fails here until its SQL is made to work here too.
-        """
-        public = [m for m in dir(S.SQLiteStore) if not m.startswith("_") and callable(getattr(S.SQLiteStore, m))]
-        self.assertEqual([m for m in public if not callable(getattr(PostgresStore, m, None))], [])
-        self.assertEqual(sorted(set(public) - CHECKED), [])
-
-    def test_placeholders(self) -> None:
-        """
-        The one change PostgreSQL's engine makes to the shared SQL: C{?}
-        placeholders become C{%s} (not inside quotes), a literal C{%} is
-        escaped; every other character stays as written.
-        """
-        sql = postgresEngine().sql
-        self.assertEqual(sql("SELECT a FROM t WHERE b = ? AND c LIKE '%?%'"), "SELECT a FROM t WHERE b = %s AND c LIKE '%%?%%'")
-        self.assertEqual(sql("INSERT INTO t (a) VALUES (?) ON CONFLICT DO NOTHING"), "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING")
-        self.assertEqual(sql('SELECT "a?", MAX(b, c) FROM t'), 'SELECT "a?", MAX(b, c) FROM t')
-
-    @coro
-    async def test_notifyWakesAnotherStore(self) -> None:
-        """
-        A job queued through one store wakes the listeners of another store
-        on the same database (another orchestrator), with the runner id.
-        """
-        from tests import pg
-
-        dsn = pg.freshDatabase(self)
-        a = PostgresStore(dsn, reactor, listen=False)
-        b = PostgresStore(dsn, reactor)
-        for st in (a, b):
-            await st.start()
-            self.addCleanup(st.stop)
-        woken: List[Any] = []
-        got = Deferred()
-        b.jobListeners.append(lambda target: (woken.append(target), target == "w9" and not got.called and got.callback(None)))
-        from tests.procs import sleep
-
-        await sleep(0.3)  # b is listening
-        await a.createRun(newRun("nn1", target="w9"))
-        got.addTimeout(10, reactor)
-        await got
-        self.assertIn("w9", woken)
-        self.assertEqual((await b.claimJob("w9"))[0], "nn1")
-
-    @coro
-    async def test_twoStoresShareTheQueue(self) -> None:
-        """
-        Two stores (two orchestrators) claiming at once from one queue: each
-        job goes to exactly one claim.
-        """
-        from tests import pg
-
-        dsn = pg.freshDatabase(self)
-        a = PostgresStore(dsn, reactor, listen=False)
-        b = PostgresStore(dsn, reactor, listen=False)
-        for st in (a, b):
-            await st.start()
-            self.addCleanup(st.stop)
-        for i in range(60):
-            await (a if i % 2 else b).createRun(newRun("m%02d" % i))
-        claims = [(a if i % 2 else b).claimJob("w%d" % (i % 5)) for i in range(80)]
-        got = [lease[0] for ok, lease in await DeferredList(claims, fireOnOneErrback=True) if lease is not None]
-        self.assertEqual(sorted(got), ["m%02d" % i for i in range(60)])
 
 
 class PrunerTests(SynchronousTestCase):

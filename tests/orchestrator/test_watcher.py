@@ -1,11 +1,10 @@
 """
 The npm watcher against a fake registry: in memory (StubTreq + Clock + the
-in-memory orchestrator) for the logic, on a loopback socket once, and
-against the real registry when FANGS_REAL_REGISTRY=1.
+in-memory orchestrator) for the logic, and on a loopback socket once (the
+real registry: L{tests.integration.orchestrator.test_watcher}).
 """
 
 import json
-import os
 import random
 
 from treq.client import HTTPClient
@@ -13,7 +12,7 @@ from treq.testing import StubTreq
 from twisted.application.internet import TimerService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -21,6 +20,7 @@ from fangs import npm, wire
 from fangs.orchestrator import registryclient as rc
 from fangs.orchestrator import tap
 from fangs.orchestrator.config import DEFAULT_SANDBOX_IMAGE
+from fangs.orchestrator.compose import watcherSubmit
 from fangs.orchestrator.watcher import Watcher, idempotencyKey
 from tests.orchestrator.fakeregistry import FakeRegistry
 from tests.orchestrator.helpers import InMemoryOrchestrator, batchLine
@@ -361,10 +361,7 @@ class LoopbackTests(TestCase):
         for n in ("@acme/widget", "plain"):
             await o.store.addPackage(n, "test", 1)
 
-        async def submit(request, key):
-            return (await o.core.submitScan(request, key, requireTarget=False))[0]
-
-        w = Watcher(reactor, o.store, self.client, submit)
+        w = Watcher(reactor, o.store, self.client, watcherSubmit(o.core))
         stats = await w.pollOnce()
         self.assertEqual((stats.fetched, stats.queued, stats.errors), (2, 2, 0))
         self.fake.publish("plain", "1.1.0")
@@ -382,48 +379,6 @@ class LoopbackTests(TestCase):
         with self.assertRaises(rc.RegistryError) as cm:
             await client.fetch("x")
         self.assertIn("ConnectionRefused", str(cm.exception))
-
-
-class RealRegistryTests(TestCase):
-    """
-    Opt-in: FANGS_REAL_REGISTRY=1 polls https://registry.npmjs.org.  CI
-    (CI=true) opts in too: it reaches the registry for the end-to-end scans
-    anyway.
-    """
-
-    timeout = 60
-
-    def setUp(self):
-        from tests import prereq
-
-        if os.environ.get("FANGS_REAL_REGISTRY") != "1" and not prereq.required():
-            raise SkipTest("set FANGS_REAL_REGISTRY=1 to poll the real npm registry")
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        self.addCleanup(pool.closeCachedConnections)
-        self.client = rc.RegistryClient(HTTPClient(Agent(reactor, pool=pool)), reactor)
-
-    def test_realPackages(self):
-        return Deferred.fromCoroutine(self._real())
-
-    async def _real(self):
-        o = InMemoryOrchestrator(self)
-        for n in ("is-number", "@sindresorhus/is"):
-            await o.store.addPackage(n, "test", 1)
-
-        async def submit(request, key):
-            return (await o.core.submitScan(request, key, requireTarget=False))[0]
-
-        w = Watcher(reactor, o.store, self.client, submit)
-        stats = await w.pollOnce()
-        self.assertEqual((stats.fetched, stats.queued, stats.errors), (2, 2, 0), stats)
-        rows = await o.store.listReleases("is-number", 1000)
-        latest = [r for r in rows if "latest" in r["dist_tags"]][0]
-        self.assertTrue(latest["integrity"].startswith("sha512-"))
-        self.assertEqual(len(latest["shasum"]), 40)
-        self.assertIsNotNone(latest["published_ns"])
-        self.assertGreater(len(rows), 5)
-        with self.assertRaises(rc.PackageNotFound):
-            await self.client.fetch("fangs-no-such-package-" + os.urandom(6).hex())
 
 
 class ManifestDeltaTests(SynchronousTestCase):

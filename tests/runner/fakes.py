@@ -18,7 +18,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from fangs import wire
-from fangs.runner.sandbox import LifeSnapshot, ProcessInfo
+from fangs.runner.sandboxprocs import LifeSnapshot, ProcessInfo
 from fangs.wire import (
     WatchedPath,
     EventBatch,

@@ -1,20 +1,18 @@
 """
 Tests for L{fangs.runner.cgroups}: a temporary directory stands in for the
-hierarchy in the unit tests; the real v2 hierarchy in the root-only ones
-(a real container's placement is tested in C{test_sandbox}).
+hierarchy (the real v2 hierarchy: L{tests.integration.runner.test_cgroups};
+a real container's placement: L{tests.integration.runner.test_sandbox}).
 """
 
 import errno
 import os
-import secrets
 import tempfile
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fangs.runner.cgroups import CgroupError, CgroupManager, cgroupOfPid, findCgroup2Mount
-from tests import prereq
+from fangs.runner.cgroups import CgroupError, CgroupManager
 
 
 def fakeHierarchy(testCase) -> str:
@@ -92,25 +90,6 @@ class CgroupManagerTests(SynchronousTestCase):
         cg = mgr.create("01" * 16)
         os.rmdir(cg.absPath)
         self.assertTrue(self.successResultOf(Deferred.fromCoroutine(mgr.remove(cg, Clock()))))
-
-
-class RealHierarchyTests(SynchronousTestCase):
-    def test_realCreateRemove(self):
-        prereq.requireRoot()
-        mgr = CgroupManager()
-        if not mgr.available():
-            prereq.missing("no cgroup v2 hierarchy at /sys/fs/cgroup/unified")
-        cg = mgr.create(secrets.token_hex(16))
-        self.addCleanup(lambda: os.path.isdir(cg.absPath) and os.rmdir(cg.absPath))
-        self.assertTrue(os.path.exists(os.path.join(cg.absPath, "cgroup.procs")))
-        self.assertEqual(mgr.cgroupID(cg.relPath), cg.cgroupID)
-        self.assertTrue(self.successResultOf(Deferred.fromCoroutine(mgr.remove(cg, Clock()))))
-        self.assertFalse(os.path.exists(cg.absPath))
-
-    def test_mountAndOwnCgroup(self):
-        self.assertIsNotNone(findCgroup2Mount())
-        self.assertIsNotNone(cgroupOfPid(os.getpid()))
-        self.assertIsNone(cgroupOfPid(0))
 
 
 class OwnedPathTests(SynchronousTestCase):

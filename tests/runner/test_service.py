@@ -16,7 +16,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from fangs.runner.client import NotRegistered, OrchestratorError
-from fangs.runner.service import CANCELLED, SHUTTING_DOWN, TIMED_OUT, RunnerService
+from fangs.runner.jobrunner import CANCELLED, SHUTTING_DOWN, TIMED_OUT
+from fangs.runner.service import RunnerService
 from fangs.runner.streamer import EventStreamer
 from fangs.wire import SECOND, TAG_INTERESTING, HeartbeatAck, Job, RegistrationAck, SandboxSpec, WatchedPath
 from tests.runner.fakes import (

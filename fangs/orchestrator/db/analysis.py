@@ -20,6 +20,7 @@ from fangs.orchestrator.db.model import (
     Conflict,
     RunRow,
     _RUN_SELECT,
+    _TENANT_RUN_SELECT,
     _runRow,
     StoredEvent,
     Page,
@@ -45,26 +46,53 @@ class AnalysisComponent:
 
     # -- analysis (the differ's plan, executed in one transaction) -------------
 
-    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":
+    def analyzeRun(self, runID: str, nowNs: int, credPaths: Sequence[str] = (), tenant: Optional[str] = None) -> "Deferred[AnalysisOutcome]":
         """
         Compare the run's fingerprints with its package's baseline and store
         the verdict, deviations and baseline rows, all in one transaction.
         Idempotent: the plan depends only on the run's events, the other
         runs' baseline rows, the allowlist and the operator's decision.
-        """
-        return self._call(self._thd_analyzeRun, runID, nowNs, credPaths)
 
-    def _thd_analyzeRun(self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str]) -> "AnalysisOutcome":
+        A run is judged for each tenant it is linked to, against that
+        tenant's baseline and allowlist: C{tenant} names one (default: the
+        run's owner).  The owner's verdict is also the run's own columns.
+        """
+        return self._call(self._thd_analyzeRun, runID, nowNs, credPaths, tenant)
+
+    def analyzeRunTenants(self, runID: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[List[AnalysisOutcome]]":
+        """
+        L{analyzeRun} for every tenant the run is linked to (owner first),
+        in one transaction.
+        """
+
+        def thd(conn: Any) -> List[AnalysisOutcome]:
+            with _transaction(conn):
+                tenants = [r[0] for r in conn.execute(
+                    "SELECT rt.tenant FROM run_tenants rt JOIN runs ON runs.id = rt.run_id WHERE rt.run_id = ?"
+                    " ORDER BY CASE WHEN rt.tenant = runs.tenant THEN 0 ELSE 1 END, rt.tenant", (runID,))]
+                if not tenants:
+                    return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)]
+                return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, t) for t in tenants]
+
+        return self._call(thd)
+
+    def _thd_analyzeRun(self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str],
+                        tenant: Optional[str] = None) -> "AnalysisOutcome":
         with _transaction(conn):
-            return self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)
+            return self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, tenant)
 
     def _thd_analyzeInTransaction(
-        self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str]
+        self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str], tenant: Optional[str] = None
     ) -> "AnalysisOutcome":
         row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
         if row is None:
             raise NotFound("run %s not found" % (runID,))
-        run = _runRow(row)
+        owned = _runRow(row)
+        tenant = tenant or owned.tenant
+        row = conn.execute(_TENANT_RUN_SELECT + " WHERE runs.id = ?", (tenant, runID)).fetchone()
+        if row is None:
+            raise NotFound("run %s not found" % (runID,))
+        run = _runRow(row)  # the run as this tenant judged it so far
         before = (run.verdict, run.deviation_count, run.max_severity)
         fps = differ.FingerprintSet.fromTuples(
             conn.execute(
@@ -73,18 +101,19 @@ class AnalysisComponent:
             ),
             credPaths or differ.DEFAULT_CRED_PATHS,
         )
-        allow = Allowlist(self._thd_allowEntries(conn), run.package_name)
+        allow = Allowlist(self._thd_allowEntries(conn, tenant), run.package_name)
         baselineKeys = {
             (c, v, a)
             for c, v, a in conn.execute(
-                "SELECT DISTINCT category, value, actor FROM baseline WHERE package_name = ? AND run_id != ?",
-                (run.package_name, runID),
+                "SELECT DISTINCT category, value, actor FROM baseline WHERE tenant = ? AND package_name = ? AND run_id != ?",
+                (tenant, run.package_name, runID),
             )
         }
         hasBaseline = (
             conn.execute(
-                "SELECT 1 FROM runs WHERE package_name = ? AND id != ? AND verdict IN ('baseline', 'clean') LIMIT 1",
-                (run.package_name, runID),
+                "SELECT 1 FROM runs JOIN run_tenants rt ON rt.run_id = runs.id AND rt.tenant = ?"
+                " WHERE runs.package_name = ? AND runs.id != ? AND rt.verdict IN ('baseline', 'clean') LIMIT 1",
+                (tenant, run.package_name, runID),
             ).fetchone()
             is not None
         )
@@ -104,14 +133,14 @@ class AnalysisComponent:
             context=context,
             manifestDeltas=deltas,
         )
-        conn.execute("DELETE FROM deviations WHERE run_id = ?", (runID,))
+        conn.execute("DELETE FROM deviations WHERE run_id = ? AND tenant = ?", (runID, tenant))
         conn.executemany(
             "INSERT INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
-            " evidence_event_id, count, detected_ns, actor, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " evidence_event_id, count, detected_ns, actor, detail, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT DO NOTHING",
             [
                 (
-                    deviationID(runID, d.category, d.value, d.actor),
+                    deviationID(runID, d.category, d.value, d.actor, tenant),
                     runID,
                     run.package_name,
                     d.category,
@@ -124,27 +153,34 @@ class AnalysisComponent:
                     run.analyzed_ns or nowNs,
                     d.actor,
                     json.dumps(dict(d.detail), sort_keys=True),
+                    tenant,
                 )
                 for d in plan.deviations
             ],
         )
-        conn.execute("DELETE FROM baseline WHERE run_id = ?", (runID,))
+        conn.execute("DELETE FROM baseline WHERE run_id = ? AND tenant = ?", (runID, tenant))
         if run.package_name:
             conn.executemany(
-                "INSERT INTO baseline (package_name, category, value, actor, run_id, count, added_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [(run.package_name, f.category, f.value, f.actor_class, runID, f.count, nowNs) for f in plan.baseline_add],
+                "INSERT INTO baseline (tenant, package_name, category, value, actor, run_id, count, added_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                [(tenant, run.package_name, f.category, f.value, f.actor_class, runID, f.count, nowNs) for f in plan.baseline_add],
             )
-        conn.execute("UPDATE runs SET analysis_reason = ? WHERE id = ?", (plan.reason, runID))
         blocking = len(plan.blocking) if plan.verdict != differ.VERDICT_CLEAN else 0
         maxSeverity = plan.max_severity.label if plan.max_severity is not None else None
         conn.execute(
-            "UPDATE runs SET verdict = ?, analyzed_ns = COALESCE(analyzed_ns, ?), deviation_count = ?,"
-            " max_severity = ?, severity_rank = ? WHERE id = ?",
-            (plan.verdict, nowNs, blocking, maxSeverity, int(plan.max_severity or 0), runID),
+            "UPDATE run_tenants SET verdict = ?, analyzed_ns = COALESCE(analyzed_ns, ?), deviation_count = ?,"
+            " max_severity = ?, severity_rank = ?, analysis_reason = ? WHERE run_id = ? AND tenant = ?",
+            (plan.verdict, nowNs, blocking, maxSeverity, int(plan.max_severity or 0), plan.reason, runID, tenant),
         )
+        if tenant == owned.tenant:
+            conn.execute("UPDATE runs SET analysis_reason = ? WHERE id = ?", (plan.reason, runID))
+            conn.execute(
+                "UPDATE runs SET verdict = ?, analyzed_ns = COALESCE(analyzed_ns, ?), deviation_count = ?,"
+                " max_severity = ?, severity_rank = ? WHERE id = ?",
+                (plan.verdict, nowNs, blocking, maxSeverity, int(plan.max_severity or 0), runID),
+            )
         after = (plan.verdict, blocking, maxSeverity)
-        outcome = AnalysisOutcome(runID, run.package_name, plan.verdict, blocking, maxSeverity, after != before)
+        outcome = AnalysisOutcome(runID, run.package_name, plan.verdict, blocking, maxSeverity, after != before, tenant)
         self._thd_enqueueNotifications(conn, run, outcome, nowNs)  # the outbox row commits with the verdict
         return outcome
 
@@ -158,9 +194,12 @@ class AnalysisComponent:
 
         scripts: Dict[str, str] = {}
         deltas: List[differ.ManifestDelta] = []
+        # What the registry published of the release, as the run's tenant's
+        # watch recorded it, else as another tenant's did.
         row = conn.execute(
-            "SELECT manifest, deltas FROM releases WHERE package_name = ? AND version = ?",
-            (run.package_name, run.version),
+            "SELECT manifest, deltas FROM releases WHERE package_name = ? AND version = ?"
+            " ORDER BY CASE WHEN tenant = ? THEN 0 ELSE 1 END LIMIT 1",
+            (run.package_name, run.version, run.tenant),
         ).fetchone()
         if row is not None:
             try:
@@ -182,7 +221,8 @@ class AnalysisComponent:
                                                "the tarball does not match the registry's integrity: " + mismatch[1]))
         return RunContext(run.package_name, run.version, scripts), deltas
 
-    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = ()) -> "Deferred[AnalysisOutcome]":
+    def decide(self, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str] = (),
+               tenant: str = "default") -> "Deferred[AnalysisOutcome]":
         """
         An operator's decision on a finished run: C{promoted} (accept its
         behaviour into the baseline) or C{rejected} (keep the findings, mark
@@ -193,13 +233,14 @@ class AnalysisComponent:
         @raise NotFound: no such run.
         @raise Conflict: the run is not finished, or cannot be promoted.
         """
-        return self._call(self._thd_decide, runID, decision, actor, nowNs, credPaths)
+        return self._call(self._thd_decide, runID, decision, actor, nowNs, credPaths, tenant)
 
     def _thd_decide(
-        self, conn: Any, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str]
+        self, conn: Any, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str],
+        tenant: str = "default",
     ) -> "AnalysisOutcome":
         with _transaction(conn):
-            row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+            row = conn.execute(_TENANT_RUN_SELECT + " WHERE runs.id = ?", (tenant, runID)).fetchone()
             if row is None:
                 raise NotFound("run %s not found" % (runID,))
             run = _runRow(row)
@@ -218,11 +259,13 @@ class AnalysisComponent:
                 if not run.package_name:
                     raise Conflict("run %s has no package to baseline" % (runID,))
             if decision in ("promoted", "rejected"):
-                conn.execute("UPDATE runs SET decision = ? WHERE id = ?", (decision, runID))
-            outcome = self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)
+                conn.execute("UPDATE run_tenants SET decision = ? WHERE run_id = ? AND tenant = ?", (decision, runID, tenant))
+                conn.execute("UPDATE runs SET decision = ? WHERE id = ? AND tenant = ?", (decision, runID, tenant))
+            outcome = self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, tenant)
             conn.execute(
-                "INSERT INTO audit (at_ns, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO audit (tenant, at_ns, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 (
+                    tenant,
                     nowNs,
                     actor,
                     {"promoted": "promote", "rejected": "reject"}.get(decision, decision),
@@ -234,21 +277,26 @@ class AnalysisComponent:
 
     # -- review reads -------------------------------------------------------------
 
-    def deviationsForRun(self, runID: str) -> "Deferred[List[DeviationRow]]":
+    def deviationsForRun(self, runID: str, tenant: str = "default") -> "Deferred[List[DeviationRow]]":
+        """
+        C{tenant}'s deviations of a run (each tenant judges a shared run).
+        """
         return self._call(
             lambda conn: [
                 DeviationRow(*r)
                 for r in conn.execute(
-                    _DEVIATION_SELECT + " WHERE run_id = ? ORDER BY severity_rank DESC, category, value", (runID,)
+                    _DEVIATION_SELECT + " WHERE run_id = ? AND tenant = ? ORDER BY severity_rank DESC, category, value",
+                    (runID, tenant),
                 )
             ]
         )
 
-    def getDeviation(self, deviationID: str) -> "Deferred[Optional[Tuple[DeviationRow, Optional[StoredEvent]]]]":
-        return self._call(self._thd_getDeviation, deviationID)
+    def getDeviation(self, deviationID: str, tenant: str = "default") -> "Deferred[Optional[Tuple[DeviationRow, Optional[StoredEvent]]]]":
+        return self._call(self._thd_getDeviation, deviationID, tenant)
 
-    def _thd_getDeviation(self, conn: Any, deviationID: str) -> Optional[Tuple["DeviationRow", Optional[StoredEvent]]]:
-        r = conn.execute(_DEVIATION_SELECT + " WHERE id = ?", (deviationID,)).fetchone()
+    def _thd_getDeviation(self, conn: Any, deviationID: str,
+                          tenant: str = "default") -> Optional[Tuple["DeviationRow", Optional[StoredEvent]]]:
+        r = conn.execute(_DEVIATION_SELECT + " WHERE id = ? AND tenant = ?", (deviationID, tenant)).fetchone()
         if r is None:
             return None
         dev = DeviationRow(*r)
@@ -263,8 +311,8 @@ class AnalysisComponent:
         return self._call(self._thd_listDeviations, filter, pageSize, after)
 
     def _thd_listDeviations(self, conn: Any, filter: "DeviationFilter", pageSize: int, after: Optional[List[Any]]) -> Page:
-        where: List[str] = []
-        args: List[Any] = []
+        where: List[str] = ["tenant = ?"]
+        args: List[Any] = [filter.tenant]
         if filter.package is not None:
             where.append("package_name = ?")
             args.append(filter.package)
@@ -290,23 +338,24 @@ class AnalysisComponent:
             token = encodeToken([rows[-1].detected_ns, rows[-1].id])
         return Page(rows, token)
 
-    def pendingRuns(self, pageSize: int, pageToken: Optional[str]) -> "Deferred[Page]":
+    def pendingRuns(self, pageSize: int, pageToken: Optional[str], tenant: str = "default") -> "Deferred[Page]":
         """
-        Runs waiting for a decision, highest severity first, then newest.
+        C{tenant}'s runs waiting for its decision, highest severity first,
+        then newest.
         """
         after = decodeToken(pageToken, (int, int, str)) if pageToken else None
-        return self._call(self._thd_pendingRuns, pageSize, after)
+        return self._call(self._thd_pendingRuns, pageSize, after, tenant)
 
-    def _thd_pendingRuns(self, conn: Any, pageSize: int, after: Optional[List[Any]]) -> Page:
-        sql = _RUN_SELECT + " WHERE verdict = 'deviations' AND decision IS NULL"
-        args: List[Any] = []
+    def _thd_pendingRuns(self, conn: Any, pageSize: int, after: Optional[List[Any]], tenant: str = "default") -> Page:
+        sql = _TENANT_RUN_SELECT + " WHERE rt.verdict = 'deviations' AND rt.decision IS NULL"
+        args: List[Any] = [tenant]
         if after is not None:
             sql += (
-                " AND (severity_rank < ? OR (severity_rank = ? AND (COALESCE(finished_ns, 0) < ?"
-                " OR (COALESCE(finished_ns, 0) = ? AND id < ?))))"
+                " AND (rt.severity_rank < ? OR (rt.severity_rank = ? AND (COALESCE(runs.finished_ns, 0) < ?"
+                " OR (COALESCE(runs.finished_ns, 0) = ? AND runs.id < ?))))"
             )
-            args = [after[0], after[0], after[1], after[1], after[2]]
-        sql += " ORDER BY severity_rank DESC, COALESCE(finished_ns, 0) DESC, id DESC LIMIT ?"
+            args += [after[0], after[0], after[1], after[1], after[2]]
+        sql += " ORDER BY rt.severity_rank DESC, COALESCE(runs.finished_ns, 0) DESC, runs.id DESC LIMIT ?"
         args.append(pageSize + 1)
         rows = [_runRow(r) for r in conn.execute(sql, args)]
         token = None

@@ -9,7 +9,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from fangs.orchestrator.db.model import _RUN_SELECT, _runRow, StoredEvent, Page, encodeToken, decodeToken
+from fangs.orchestrator.db.model import _TENANT_RUN_SELECT, _runRow, StoredEvent, Page, encodeToken, decodeToken
+
+
+#: The runs one tenant sees (the first parameter), with its verdicts.
+_TENANT_RUNS = (
+    "(SELECT runs.id AS id, runs.package_name AS package_name, runs.version AS version, runs.state AS state,"
+    " runs.created_ns AS created_ns, runs.events_dropped AS events_dropped, rt.verdict AS verdict,"
+    " rt.decision AS decision, rt.max_severity AS max_severity"
+    " FROM runs JOIN run_tenants rt ON rt.run_id = runs.id AND rt.tenant = ?) tr"
+)
 
 
 class DashboardComponent:
@@ -21,31 +30,34 @@ class DashboardComponent:
     # -- dashboard queries --
     # Read-only queries of the web dashboard (fangs.orchestrator.ui).
 
-    def dashboardSummary(self, sinceNs: int) -> "Deferred[Dict[str, Any]]":
+    # Every figure is one tenant's: its linked runs with its verdicts.
+
+    def dashboardSummary(self, sinceNs: int, tenant: str = "default") -> "Deferred[Dict[str, Any]]":
         """
         Overview figures: runs by verdict since C{sinceNs}, open reviews by
         severity, events dropped (since and ever), runs and packages.
         """
-        return self._call(self._thd_dashboardSummary, sinceNs)
+        return self._call(self._thd_dashboardSummary, sinceNs, tenant)
 
-    def _thd_dashboardSummary(self, conn: Any, sinceNs: int) -> Dict[str, Any]:
+    def _thd_dashboardSummary(self, conn: Any, sinceNs: int, tenant: str = "default") -> Dict[str, Any]:
         byVerdict = {
             (v or "in progress"): n
             for v, n in conn.execute(
-                "SELECT verdict, COUNT(*) FROM runs WHERE created_ns >= ? GROUP BY verdict", (sinceNs,)
+                "SELECT verdict, COUNT(*) FROM " + _TENANT_RUNS + " WHERE created_ns >= ? GROUP BY verdict", (tenant, sinceNs)
             )
         }
         pending = {
             (s or "none"): n
             for s, n in conn.execute(
-                "SELECT max_severity, COUNT(*) FROM runs WHERE verdict = 'deviations' AND decision IS NULL"
-                " GROUP BY max_severity"
+                "SELECT max_severity, COUNT(*) FROM " + _TENANT_RUNS + " WHERE verdict = 'deviations' AND decision IS NULL"
+                " GROUP BY max_severity",
+                (tenant,),
             )
         }
         dropped, droppedRecent, total = conn.execute(
             "SELECT COALESCE(SUM(events_dropped), 0),"
-            " COALESCE(SUM(CASE WHEN created_ns >= ? THEN events_dropped ELSE 0 END), 0), COUNT(*) FROM runs",
-            (sinceNs,),
+            " COALESCE(SUM(CASE WHEN created_ns >= ? THEN events_dropped ELSE 0 END), 0), COUNT(*) FROM " + _TENANT_RUNS,
+            (sinceNs, tenant),
         ).fetchone()
         return {
             "runs_by_verdict": byVerdict,
@@ -53,12 +65,13 @@ class DashboardComponent:
             "events_dropped": dropped,
             "events_dropped_recent": droppedRecent,
             "runs_total": total,
-            "watched": conn.execute("SELECT COUNT(*) FROM packages").fetchone()[0],
-            "scanned_packages": conn.execute("SELECT COUNT(DISTINCT package_name) FROM runs").fetchone()[0],
+            "watched": conn.execute("SELECT COUNT(*) FROM packages WHERE tenant = ?", (tenant,)).fetchone()[0],
+            "scanned_packages": conn.execute("SELECT COUNT(DISTINCT package_name) FROM " + _TENANT_RUNS, (tenant,)).fetchone()[0],
         }
 
     def dashboardRuns(
-        self, package: Optional[str], verdict: Optional[str], state: Optional[str], pageSize: int, pageToken: Optional[str]
+        self, package: Optional[str], verdict: Optional[str], state: Optional[str], pageSize: int, pageToken: Optional[str],
+        tenant: str = "default",
     ) -> "Deferred[Page]":
         """
         Runs newest first, filtered by package, verdict (C{"none"} for runs
@@ -67,7 +80,7 @@ class DashboardComponent:
         @raise BadPageToken: C{pageToken} was not issued by this server.
         """
         after = decodeToken(pageToken, (int, str)) if pageToken else None
-        return self._call(self._thd_dashboardRuns, package, verdict, state, pageSize, after)
+        return self._call(self._thd_dashboardRuns, package, verdict, state, pageSize, after, tenant)
 
     def _thd_dashboardRuns(
         self,
@@ -77,25 +90,26 @@ class DashboardComponent:
         state: Optional[str],
         pageSize: int,
         after: Optional[List[Any]],
+        tenant: str = "default",
     ) -> Page:
         where: List[str] = []
-        args: List[Any] = []
+        args: List[Any] = [tenant]
         if package:
-            where.append("package_name = ?")
+            where.append("runs.package_name = ?")
             args.append(package)
         if verdict == "none":
-            where.append("verdict IS NULL")
+            where.append("rt.verdict IS NULL")
         elif verdict:
-            where.append("verdict = ?")
+            where.append("rt.verdict = ?")
             args.append(verdict)
         if state:
-            where.append("state = ?")
+            where.append("runs.state = ?")
             args.append(state)
         if after is not None:
-            where.append("(created_ns < ? OR (created_ns = ? AND id < ?))")
+            where.append("(runs.created_ns < ? OR (runs.created_ns = ? AND runs.id < ?))")
             args.extend([after[0], after[0], after[1]])
-        sql = _RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_ns DESC, id DESC LIMIT ?"
+        sql = _TENANT_RUN_SELECT + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY runs.created_ns DESC, runs.id DESC LIMIT ?"
         args.append(pageSize + 1)
         rows = [_runRow(r) for r in conn.execute(sql, args)]
         token = None
@@ -104,23 +118,24 @@ class DashboardComponent:
             token = encodeToken([rows[-1].created_ns, rows[-1].id])
         return Page(rows, token)
 
-    def dashboardPackages(self) -> "Deferred[List[Dict[str, Any]]]":
+    def dashboardPackages(self, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         """
         Every package that is watched or was scanned, with its run counts
         and its latest run.
         """
 
         def thd(conn: Any) -> List[Dict[str, Any]]:
-            watched = {r[0]: r[1] for r in conn.execute("SELECT name, added_ns FROM packages")}
+            watched = {r[0]: r[1] for r in conn.execute("SELECT name, added_ns FROM packages WHERE tenant = ?", (tenant,))}
             out: Dict[str, Dict[str, Any]] = {}
             for name, runs, pending, latest in conn.execute(
                 "SELECT package_name, COUNT(*),"
                 " SUM(CASE WHEN verdict = 'deviations' AND decision IS NULL THEN 1 ELSE 0 END), MAX(created_ns)"
-                " FROM runs WHERE package_name != '' GROUP BY package_name"
-            ):
+                " FROM " + _TENANT_RUNS + " WHERE package_name != '' GROUP BY package_name",
+                (tenant,),
+            ).fetchall():
                 last = conn.execute(
-                    "SELECT id, version, verdict FROM runs WHERE package_name = ? AND created_ns = ? LIMIT 1",
-                    (name, latest),
+                    "SELECT id, version, verdict FROM " + _TENANT_RUNS + " WHERE package_name = ? AND created_ns = ? LIMIT 1",
+                    (tenant, name, latest),
                 ).fetchone()
                 out[name] = {"name": name, "runs": runs, "pending": pending, "latest_ns": latest,
                              "latest_run_id": last[0], "latest_version": last[1], "latest_verdict": last[2]}
@@ -150,12 +165,13 @@ class DashboardComponent:
 
         return self._call(thd)
 
-    def tableRows(self, table: str, limit: int = 100) -> "Deferred[Optional[List[Dict[str, Any]]]]":
+    def tableRows(self, table: str, limit: int = 100, tenant: Optional[str] = None) -> "Deferred[Optional[List[Dict[str, Any]]]]":
         """
         Up to C{limit} rows of C{table}, newest first (SQLite's rowid order; PostgreSQL's numbered id), as
-        dicts; C{None} when there is no such table (yet).
+        dicts; C{None} when there is no such table (yet).  With C{tenant},
+        only that tenant's rows of a table with a C{tenant} column.
         """
-        return self._call(lambda conn: conn.engine.tableRows(conn, table, limit))
+        return self._call(lambda conn: conn.engine.tableRows(conn, table, limit, tenant))
 
     def tableNames(self) -> "Deferred[List[str]]":
         return self._call(lambda conn: conn.engine.tableNames(conn))

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from fangs.orchestrator.db.model import ConstraintViolation, StorageBusy, StorageFull, StoreError
 
@@ -120,8 +120,18 @@ class Engine:
     def tableNames(self, conn: Any) -> List[str]:
         raise NotImplementedError
 
-    def tableRows(self, conn: Any, table: str, limit: int) -> Optional[List[Dict[str, Any]]]:
+    def tableRows(self, conn: Any, table: str, limit: int, tenant: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
         raise NotImplementedError
+
+
+def _tenantWhere(tenant: Optional[str], hasTenant: bool, limit: int) -> Tuple[str, Tuple[Any, ...]]:
+    """
+    The condition (and arguments) of a table's rows query: only C{tenant}'s
+    rows when it is given and the table has a C{tenant} column.
+    """
+    if tenant is not None and hasTenant:
+        return " WHERE tenant = ?", (tenant, limit)
+    return "", (limit,)
 
 
 class SQLiteEngine(Engine):
@@ -177,14 +187,16 @@ class SQLiteEngine(Engine):
     def tableNames(self, conn: Any) -> List[str]:
         return [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
 
-    def tableRows(self, conn: Any, table: str, limit: int) -> Optional[List[Dict[str, Any]]]:
+    def tableRows(self, conn: Any, table: str, limit: int, tenant: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
         known = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
         if known is None:
             return None
+        columns = {r[1] for r in conn.execute('PRAGMA table_info("%s")' % (known[0],))}
+        where, args = _tenantWhere(tenant, "tenant" in columns, limit)
         try:
-            cur = conn.execute('SELECT * FROM "%s" ORDER BY rowid DESC LIMIT ?' % (known[0],), (limit,))
+            cur = conn.execute('SELECT * FROM "%s"%s ORDER BY rowid DESC LIMIT ?' % (known[0], where), args)
         except sqlite3.OperationalError:  # a WITHOUT ROWID table
-            cur = conn.execute('SELECT * FROM "%s" LIMIT ?' % (known[0],), (limit,))
+            cur = conn.execute('SELECT * FROM "%s"%s LIMIT ?' % (known[0], where), args)
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r)) for r in cur]
 
@@ -317,7 +329,7 @@ class PostgresEngine(Engine):
             )
         ]
 
-    def tableRows(self, conn: Any, table: str, limit: int) -> Optional[List[Dict[str, Any]]]:
+    def tableRows(self, conn: Any, table: str, limit: int, tenant: Optional[str] = None) -> Optional[List[Dict[str, Any]]]:
         known = conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?",
             (table,),
@@ -330,6 +342,12 @@ class PostgresEngine(Engine):
             " AND table_name = ? AND column_name = 'id' AND data_type = 'bigint'",
             (table,),
         ).fetchone()
-        cur = conn.execute('SELECT * FROM "%s"%s LIMIT ?' % (known[0], " ORDER BY id DESC" if hasID else ""), (limit,))
+        hasTenant = conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = ? AND column_name = 'tenant'",
+            (table,),
+        ).fetchone()
+        where, args = _tenantWhere(tenant, hasTenant is not None, limit)
+        cur = conn.execute('SELECT * FROM "%s"%s%s LIMIT ?' % (known[0], where, " ORDER BY id DESC" if hasID else ""), args)
         names = [d.name for d in cur.description]
         return [dict(zip(names, r)) for r in cur]

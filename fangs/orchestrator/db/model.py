@@ -108,6 +108,8 @@ class NewRun:
     idempotency_key: Optional[str] = None
     #: SHA-256 of the request body the key was first used with.
     idempotency_digest: str = ""
+    #: The tenant that queues it (migration 60); others may be linked later.
+    tenant: str = "default"
 
 
 @attrs.frozen
@@ -159,10 +161,21 @@ class RunRow:
     events_unresolved: int = 0
     #: Why the differ held a first run or called a run incomplete.
     analysis_reason: str = ""
+    #: The tenant whose view this is: its verdict, decision and deviation
+    #: counts (migration 60); unscoped reads show the run's owner's.
+    tenant: str = "default"
 
 
 _RUN_COLUMNS = [f.name for f in attrs.fields(RunRow)]
 _RUN_SELECT = "SELECT " + ", ".join(_RUN_COLUMNS) + " FROM runs"
+#: What each tenant judges of a shared run for itself (C{run_tenants}).
+TENANT_RUN_COLUMNS = ("verdict", "decision", "analyzed_ns", "deviation_count", "max_severity", "analysis_reason", "tenant")
+#: A run as one tenant sees it; the first parameter is the tenant.  Only
+#: runs linked to the tenant exist in it.
+_TENANT_RUN_SELECT = (
+    "SELECT " + ", ".join(("rt." if c in TENANT_RUN_COLUMNS else "runs.") + c for c in _RUN_COLUMNS)
+    + " FROM runs JOIN run_tenants rt ON rt.run_id = runs.id AND rt.tenant = ?"
+)
 
 
 def _runRow(row: Sequence[Any]) -> RunRow:
@@ -213,6 +226,8 @@ class RunFilter:
     state: Optional[str] = None
     since_ns: Optional[int] = None
     until_ns: Optional[int] = None
+    #: Only this tenant's runs, as it sees them (None: every run, unscoped).
+    tenant: Optional[str] = None
 
 
 @attrs.frozen
@@ -235,6 +250,8 @@ class AnalysisOutcome:
     #: Whether the verdict, deviation count or severity changed (a repeated
     #: analysis of the same data changes nothing and notifies nobody).
     changed: bool
+    #: Whose verdict it is: each tenant a run is linked to judges it.
+    tenant: str = "default"
 
 
 @attrs.frozen
@@ -277,6 +294,7 @@ class DeviationFilter:
     min_severity_rank: int = 0
     run_id: Optional[str] = None
     since_ns: Optional[int] = None
+    tenant: str = "default"
 
 
 def _jsonList(text: Any) -> List[Any]:
@@ -300,11 +318,14 @@ def _actorLabel(actor: str, detail: str) -> str:
     return label if isinstance(label, str) and label else actor
 
 
-def deviationID(runID: str, category: str, value: str, actor: str = "") -> str:
+def deviationID(runID: str, category: str, value: str, actor: str = "", tenant: str = "default") -> str:
     """
-    Deterministic, so a re-analysis yields the same ids.
+    Deterministic, so a re-analysis yields the same ids; each tenant's
+    deviations of a shared run have ids of their own.
     """
     key = "%s|%s|%s" % (runID, category, value) + ("|" + actor if actor else "")
+    if tenant != "default":
+        key += "|tenant:" + tenant
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 

@@ -37,7 +37,8 @@ class OutboxComponent:
             return 0
         targets = [
             {"name": r[0], "template": r[1], "min_severity": r[2], "packages": json.loads(r[3] or "[]")}
-            for r in conn.execute("SELECT name, template, min_severity, packages FROM notifiers WHERE enabled = 1")
+            for r in conn.execute("SELECT name, template, min_severity, packages FROM notifiers WHERE enabled = 1 AND tenant = ?",
+                                  (outcome.tenant,))
         ]
         targets = [t for t in targets if N.wants(t, outcome.package_name, outcome.max_severity)]
         if not targets:
@@ -54,7 +55,8 @@ class OutboxComponent:
                 "actor": _actorLabel(r[11], r[12]),
             }
             for r in conn.execute(
-                _DEVIATION_SELECT + " WHERE run_id = ? ORDER BY severity_rank DESC, category, value", (run.id,)
+                _DEVIATION_SELECT + " WHERE run_id = ? AND tenant = ? ORDER BY severity_rank DESC, category, value",
+                (run.id, outcome.tenant),
             )
         ]
         info = {
@@ -69,10 +71,10 @@ class OutboxComponent:
         for t in targets:
             body, ctype = N.render(t["template"], info, deviations)
             added += conn.execute(
-                "INSERT INTO outbox (run_id, notifier_name, template, state, attempts, next_attempt_ns,"
-                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+                "INSERT INTO outbox (tenant, run_id, notifier_name, template, state, attempts, next_attempt_ns,"
+                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
-                (run.id, t["name"], t["template"], nowNs, nowNs, nowNs, body, ctype),
+                (outcome.tenant, run.id, t["name"], t["template"], nowNs, nowNs, nowNs, body, ctype),
             ).rowcount
         return added
 
@@ -96,7 +98,9 @@ class OutboxComponent:
         " FROM notifiers"
     )
 
-    def upsertNotifier(self, target: Dict[str, Any], actor: str, nowNs: int) -> "Deferred[bool]":
+    # Notifiers, their outbox and deliveries are a tenant's (migration 60).
+
+    def upsertNotifier(self, target: Dict[str, Any], actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
         """
         Create or replace a target (validated by
         L{fangs.orchestrator.notifier.parseNotifier}).  Returns True when
@@ -105,14 +109,16 @@ class OutboxComponent:
 
         def thd(conn: Any) -> bool:
             with _transaction(conn):
-                created = conn.execute("SELECT 1 FROM notifiers WHERE name = ?", (target["name"],)).fetchone() is None
+                created = conn.execute("SELECT 1 FROM notifiers WHERE tenant = ? AND name = ?",
+                                       (tenant, target["name"])).fetchone() is None
                 conn.execute(
-                    "INSERT INTO notifiers (name, url, template, secret_env, headers, min_severity, packages, enabled,"
-                    " created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (name) DO UPDATE SET url = excluded.url, template = excluded.template,"
+                    "INSERT INTO notifiers (tenant, name, url, template, secret_env, headers, min_severity, packages, enabled,"
+                    " created_ns, updated_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (tenant, name) DO UPDATE SET url = excluded.url, template = excluded.template,"
                     " secret_env = excluded.secret_env, headers = excluded.headers, min_severity = excluded.min_severity,"
                     " packages = excluded.packages, enabled = excluded.enabled, updated_ns = excluded.updated_ns",
                     (
+                        tenant,
                         target["name"],
                         target["url"],
                         target["template"],
@@ -126,8 +132,9 @@ class OutboxComponent:
                     ),
                 )
                 conn.execute(
-                    "INSERT INTO audit (at_ns, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO audit (tenant, at_ns, actor, action, target, detail) VALUES (?, ?, ?, ?, ?, ?)",
                     (
+                        tenant,
                         nowNs,
                         actor,
                         "notifier.add" if created else "notifier.update",
@@ -139,19 +146,19 @@ class OutboxComponent:
 
         return self._call(thd)
 
-    def listNotifiers(self) -> "Deferred[List[Dict[str, Any]]]":
+    def listNotifiers(self, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         return self._call(
-            lambda conn: [self._notifierDict(r) for r in conn.execute(self._NOTIFIER_SELECT + " ORDER BY name")]
+            lambda conn: [self._notifierDict(r) for r in conn.execute(self._NOTIFIER_SELECT + " WHERE tenant = ? ORDER BY name", (tenant,))]
         )
 
-    def getNotifier(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+    def getNotifier(self, name: str, tenant: str = "default") -> "Deferred[Optional[Dict[str, Any]]]":
         def thd(conn: Any) -> Optional[Dict[str, Any]]:
-            r = conn.execute(self._NOTIFIER_SELECT + " WHERE name = ?", (name,)).fetchone()
+            r = conn.execute(self._NOTIFIER_SELECT + " WHERE tenant = ? AND name = ?", (tenant, name)).fetchone()
             return None if r is None else self._notifierDict(r)
 
         return self._call(thd)
 
-    def deleteNotifier(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
+    def deleteNotifier(self, name: str, actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
         """
         Remove a target; its pending messages become C{dead}, its history
         stays.
@@ -159,16 +166,16 @@ class OutboxComponent:
 
         def thd(conn: Any) -> bool:
             with _transaction(conn):
-                if not conn.execute("DELETE FROM notifiers WHERE name = ?", (name,)).rowcount:
+                if not conn.execute("DELETE FROM notifiers WHERE tenant = ? AND name = ?", (tenant, name)).rowcount:
                     return False
                 conn.execute(
                     "UPDATE outbox SET state = 'dead', last_error = 'notifier removed', updated_ns = ?"
-                    " WHERE notifier_name = ? AND state = 'pending'",
-                    (nowNs, name),
+                    " WHERE tenant = ? AND notifier_name = ? AND state = 'pending'",
+                    (nowNs, tenant, name),
                 )
                 conn.execute(
-                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'notifier.remove', ?)",
-                    (nowNs, actor, "notifier:" + name),
+                    "INSERT INTO audit (tenant, at_ns, actor, action, target) VALUES (?, ?, ?, 'notifier.remove', ?)",
+                    (tenant, nowNs, actor, "notifier:" + name),
                 )
                 return True
 
@@ -196,7 +203,7 @@ class OutboxComponent:
                 }
                 for r in conn.execute(
                     "SELECT o.id, o.run_id, o.notifier_name, o.template, o.attempts, o.body, o.content_type,"
-                    " n.url, n.secret_env, n.headers FROM outbox o JOIN notifiers n ON n.name = o.notifier_name"
+                    " n.url, n.secret_env, n.headers FROM outbox o JOIN notifiers n ON n.tenant = o.tenant AND n.name = o.notifier_name"
                     " WHERE o.state = 'pending' AND o.next_attempt_ns <= ? AND n.enabled = 1"
                     " ORDER BY o.next_attempt_ns, o.id LIMIT ?",
                     (nowNs, limit),
@@ -207,7 +214,7 @@ class OutboxComponent:
     def nextNotificationDue(self) -> "Deferred[Optional[int]]":
         return self._call(
             lambda conn: conn.execute(
-                "SELECT MIN(o.next_attempt_ns) FROM outbox o JOIN notifiers n ON n.name = o.notifier_name"
+                "SELECT MIN(o.next_attempt_ns) FROM outbox o JOIN notifiers n ON n.tenant = o.tenant AND n.name = o.notifier_name"
                 " WHERE o.state = 'pending' AND n.enabled = 1"
             ).fetchone()[0]
         )
@@ -240,15 +247,15 @@ class OutboxComponent:
                 if not cur.rowcount:
                     return False
                 conn.execute(
-                    "INSERT INTO deliveries (outbox_id, notifier_name, attempt, at_ns, status, http_status, error,"
-                    " response_excerpt) SELECT id, notifier_name, ?, ?, ?, ?, ?, ? FROM outbox WHERE id = ?",
+                    "INSERT INTO deliveries (tenant, outbox_id, notifier_name, attempt, at_ns, status, http_status, error,"
+                    " response_excerpt) SELECT tenant, id, notifier_name, ?, ?, ?, ?, ?, ? FROM outbox WHERE id = ?",
                     (attempt, nowNs, status, httpStatus, error[:500], excerpt[:2048], outboxID),
                 )
                 return True
 
         return self._call(thd)
 
-    def deliveries(self, name: str, limit: int = 100) -> "Deferred[List[Dict[str, Any]]]":
+    def deliveries(self, name: str, limit: int = 100, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         """
         A target's attempts, newest first (also after it was removed).
         """
@@ -269,37 +276,54 @@ class OutboxComponent:
                 for r in conn.execute(
                     "SELECT d.outbox_id, o.run_id, d.attempt, d.at_ns, d.status, d.http_status, d.error,"
                     " d.response_excerpt, o.state, o.next_attempt_ns FROM deliveries d JOIN outbox o ON o.id = d.outbox_id"
-                    " WHERE d.notifier_name = ? ORDER BY d.at_ns DESC, d.id DESC LIMIT ?",
-                    (name, limit),
+                    " WHERE d.tenant = ? AND d.notifier_name = ? ORDER BY d.at_ns DESC, d.id DESC LIMIT ?",
+                    (tenant, name, limit),
                 )
             ]
         )
 
-    def outboxFor(self, runID: str) -> "Deferred[List[Dict[str, Any]]]":
+    def outboxFor(self, runID: str, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         return self._call(
             lambda conn: [
                 {"id": r[0], "notifier_name": r[1], "template": r[2], "state": r[3], "attempts": r[4], "last_error": r[5],
                  "created_ns": r[6], "updated_ns": r[7]}
                 for r in conn.execute(
                     "SELECT id, notifier_name, template, state, attempts, last_error, created_ns, updated_ns"
-                    " FROM outbox WHERE run_id = ?"
+                    " FROM outbox WHERE run_id = ? AND tenant = ?"
                     " ORDER BY notifier_name",
-                    (runID,),
+                    (runID, tenant),
                 )
             ]
         )
 
-    def metricCounts(self) -> "Deferred[Dict[str, Dict[str, int]]]":
+    def metricCounts(self, tenant: Optional[str] = None) -> "Deferred[Dict[str, Any]]":
         """
         For a metrics scrape: runs by state, stored deviations by severity,
-        outbox messages by state.
+        outbox messages by state; with C{tenant}, that tenant's only (its
+        linked runs), else everything plus C{tenant_runs} and
+        C{tenant_deviations} keyed C{(tenant, state|severity)}.
         """
 
-        def thd(conn: Any) -> Dict[str, Dict[str, int]]:
+        def thd(conn: Any) -> Dict[str, Any]:
+            if tenant is not None:
+                return {
+                    "runs": dict(conn.execute(
+                        "SELECT runs.state, COUNT(*) FROM runs JOIN run_tenants rt ON rt.run_id = runs.id AND rt.tenant = ?"
+                        " GROUP BY runs.state", (tenant,)).fetchall()),
+                    "deviations": dict(conn.execute(
+                        "SELECT severity, COUNT(*) FROM deviations WHERE tenant = ? GROUP BY severity", (tenant,)).fetchall()),
+                    "outbox": dict(conn.execute(
+                        "SELECT state, COUNT(*) FROM outbox WHERE tenant = ? GROUP BY state", (tenant,)).fetchall()),
+                }
             return {
                 "runs": dict(conn.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()),
                 "deviations": dict(conn.execute("SELECT severity, COUNT(*) FROM deviations GROUP BY severity").fetchall()),
                 "outbox": dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()),
+                "tenant_runs": {(r[0], r[1]): r[2] for r in conn.execute(
+                    "SELECT rt.tenant, runs.state, COUNT(*) FROM runs JOIN run_tenants rt ON rt.run_id = runs.id"
+                    " GROUP BY rt.tenant, runs.state")},
+                "tenant_deviations": {(r[0], r[1]): r[2] for r in conn.execute(
+                    "SELECT tenant, severity, COUNT(*) FROM deviations GROUP BY tenant, severity")},
             }
 
         return self._call(thd)

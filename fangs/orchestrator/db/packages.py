@@ -16,54 +16,61 @@ from fangs.orchestrator.db.connector import _transaction
 class PackagesComponent:
     """
     Watched packages, their baselines, and releases seen by the watcher.
+
+    Every one of them is a tenant's (migration 60): two tenants watching one
+    package have a row each, with their own releases' watch state and
+    baseline; the scans those releases queue are shared runs.
     """
 
     # -- packages and baselines -------------------------------------------------
 
-    def addPackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
-        return self._call(self._thd_addPackage, name, actor, nowNs)
+    def addPackage(self, name: str, actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
+        return self._call(self._thd_addPackage, name, actor, nowNs, tenant)
 
-    def _thd_addPackage(self, conn: Any, name: str, actor: str, nowNs: int) -> bool:
+    def _thd_addPackage(self, conn: Any, name: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
         with _transaction(conn):
             cur = conn.execute(
-                "INSERT INTO packages (name, added_ns, added_by) VALUES (?, ?, ?) ON CONFLICT DO NOTHING", (name, nowNs, actor)
+                "INSERT INTO packages (tenant, name, added_ns, added_by) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (tenant, name, nowNs, actor),
             )
             if cur.rowcount:
                 conn.execute(
-                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'package.add', ?)",
-                    (nowNs, actor, "package:" + name),
+                    "INSERT INTO audit (tenant, at_ns, actor, action, target) VALUES (?, ?, ?, 'package.add', ?)",
+                    (tenant, nowNs, actor, "package:" + name),
                 )
             return cur.rowcount == 1
 
-    def removePackage(self, name: str, actor: str, nowNs: int) -> "Deferred[bool]":
-        return self._call(self._thd_removePackage, name, actor, nowNs)
+    def removePackage(self, name: str, actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
+        return self._call(self._thd_removePackage, name, actor, nowNs, tenant)
 
-    def _thd_removePackage(self, conn: Any, name: str, actor: str, nowNs: int) -> bool:
+    def _thd_removePackage(self, conn: Any, name: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
         with _transaction(conn):
-            cur = conn.execute("DELETE FROM packages WHERE name = ?", (name,))
+            cur = conn.execute("DELETE FROM packages WHERE tenant = ? AND name = ?", (tenant, name))
             if cur.rowcount:
                 conn.execute(
-                    "INSERT INTO audit (at_ns, actor, action, target) VALUES (?, ?, 'package.remove', ?)",
-                    (nowNs, actor, "package:" + name),
+                    "INSERT INTO audit (tenant, at_ns, actor, action, target) VALUES (?, ?, ?, 'package.remove', ?)",
+                    (tenant, nowNs, actor, "package:" + name),
                 )
             return cur.rowcount == 1
 
-    def listPackages(self) -> "Deferred[List[Dict[str, Any]]]":
-        return self._call(self._thd_listPackages)
+    def listPackages(self, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(self._thd_listPackages, None, tenant)
 
-    def _thd_listPackages(self, conn: Any, name: Optional[str] = None) -> List[Dict[str, Any]]:
+    def _thd_listPackages(self, conn: Any, name: Optional[str] = None, tenant: str = "default") -> List[Dict[str, Any]]:
+        runs = "SELECT COUNT(*) FROM runs r JOIN run_tenants rt ON rt.run_id = r.id AND rt.tenant = p.tenant WHERE r.package_name = p.name"
         sql = (
             "SELECT p.name, p.added_ns, p.last_checked_ns, p.last_seen_version,"
-            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name),"
-            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict IN ('baseline', 'clean')),"
-            " (SELECT COUNT(*) FROM runs r WHERE r.package_name = p.name AND r.verdict = 'deviations' AND r.decision IS NULL),"
-            " (SELECT COUNT(*) FROM (SELECT DISTINCT category, value FROM baseline b WHERE b.package_name = p.name) d)"
-            " FROM packages p"
+            " (" + runs + "),"
+            " (" + runs + " AND rt.verdict IN ('baseline', 'clean')),"
+            " (" + runs + " AND rt.verdict = 'deviations' AND rt.decision IS NULL),"
+            " (SELECT COUNT(*) FROM (SELECT DISTINCT category, value FROM baseline b"
+            " WHERE b.tenant = p.tenant AND b.package_name = p.name) d)"
+            " FROM packages p WHERE p.tenant = ?"
         )
-        args: Tuple[Any, ...] = ()
+        args: Tuple[Any, ...] = (tenant,)
         if name is not None:
-            sql += " WHERE p.name = ?"
-            args = (name,)
+            sql += " AND p.name = ?"
+            args = (tenant, name)
         sql += " ORDER BY p.name"
         return [
             {
@@ -79,10 +86,10 @@ class PackagesComponent:
             for r in conn.execute(sql, args)
         ]
 
-    def getPackage(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
-        return self._call(lambda conn: (self._thd_listPackages(conn, name) or [None])[0])
+    def getPackage(self, name: str, tenant: str = "default") -> "Deferred[Optional[Dict[str, Any]]]":
+        return self._call(lambda conn: (self._thd_listPackages(conn, name, tenant) or [None])[0])
 
-    def baselineFor(self, package: str) -> "Deferred[List[Dict[str, Any]]]":
+    def baselineFor(self, package: str, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         """
         The package's baseline: each fingerprint with the number of runs that
         showed it and the first and last of them.
@@ -100,15 +107,18 @@ class PackagesComponent:
                 }
                 for r in conn.execute(
                     "SELECT category, value, COUNT(*), SUM(count), MIN(run_id), MAX(run_id), actor FROM baseline"
-                    " WHERE package_name = ? GROUP BY category, value, actor ORDER BY category, value, actor",
-                    (package,),
+                    " WHERE tenant = ? AND package_name = ? GROUP BY category, value, actor ORDER BY category, value, actor",
+                    (tenant, package),
                 )
             ]
         )
 
-    def packageHasRuns(self, package: str) -> "Deferred[bool]":
+    def packageHasRuns(self, package: str, tenant: str = "default") -> "Deferred[bool]":
         return self._call(
-            lambda conn: conn.execute("SELECT 1 FROM runs WHERE package_name = ? LIMIT 1", (package,)).fetchone()
+            lambda conn: conn.execute(
+                "SELECT 1 FROM runs JOIN run_tenants rt ON rt.run_id = runs.id AND rt.tenant = ? WHERE runs.package_name = ? LIMIT 1",
+                (tenant, package),
+            ).fetchone()
             is not None
         )
 
@@ -124,17 +134,18 @@ class PackagesComponent:
 
     def _thd_watchList(self, conn: Any, nowNs: int) -> List[Dict[str, Any]]:
         return [
-            {"name": r[0], "etag": r[1], "last_seen_version": r[2], "seeded": bool(r[3]), "waiting": r[4]}
+            {"name": r[0], "etag": r[1], "last_seen_version": r[2], "seeded": bool(r[3]), "waiting": r[4], "tenant": r[5]}
             for r in conn.execute(
                 "SELECT p.name, p.etag, p.last_seen_version,"
-                " EXISTS (SELECT 1 FROM releases r WHERE r.package_name = p.name),"
-                " (SELECT COUNT(*) FROM releases r WHERE r.package_name = p.name AND r.queued = 0 AND r.seeded = 0)"
-                " FROM packages p WHERE p.next_check_ns IS NULL OR p.next_check_ns <= ? ORDER BY p.name",
+                " EXISTS (SELECT 1 FROM releases r WHERE r.tenant = p.tenant AND r.package_name = p.name),"
+                " (SELECT COUNT(*) FROM releases r WHERE r.tenant = p.tenant AND r.package_name = p.name AND r.queued = 0 AND r.seeded = 0),"
+                " p.tenant"
+                " FROM packages p WHERE p.next_check_ns IS NULL OR p.next_check_ns <= ? ORDER BY p.name, p.tenant",
                 (nowNs,),
             )
         ]
 
-    def knownVersions(self, name: str) -> "Deferred[Dict[str, bool]]":
+    def knownVersions(self, name: str, tenant: str = "default") -> "Deferred[Dict[str, bool]]":
         """
         Every recorded version of C{name} and whether it is settled (queued
         for a scan, or seen at seeding time).
@@ -143,7 +154,7 @@ class PackagesComponent:
             lambda conn: {
                 r[0]: bool(r[1])
                 for r in conn.execute(
-                    "SELECT version, queued <> 0 OR seeded <> 0 FROM releases WHERE package_name = ?", (name,)
+                    "SELECT version, queued <> 0 OR seeded <> 0 FROM releases WHERE tenant = ? AND package_name = ?", (tenant, name)
                 )
             }
         )
@@ -155,6 +166,7 @@ class PackagesComponent:
         latest: Optional[str],
         etag: Optional[str],
         nowNs: int,
+        tenant: str = "default",
     ) -> "Deferred[List[Dict[str, Any]]]":
         """
         In one transaction: insert the releases not recorded yet (each a dict
@@ -165,7 +177,7 @@ class PackagesComponent:
 
         @return: the releases still waiting to be queued (unsorted).
         """
-        return self._call(self._thd_recordPackument, name, releases, latest, etag, nowNs)
+        return self._call(self._thd_recordPackument, name, releases, latest, etag, nowNs, tenant)
 
     def _thd_recordPackument(
         self,
@@ -175,23 +187,25 @@ class PackagesComponent:
         latest: Optional[str],
         etag: Optional[str],
         nowNs: int,
+        tenant: str = "default",
     ) -> List[Dict[str, Any]]:
         with _transaction(conn):
             cur = conn.execute(
                 "UPDATE packages SET last_checked_ns = ?, last_seen_version = COALESCE(?, last_seen_version),"
-                " etag = ?, last_error = '', next_check_ns = NULL WHERE name = ?",
-                (nowNs, latest, etag, name),
+                " etag = ?, last_error = '', next_check_ns = NULL WHERE tenant = ? AND name = ?",
+                (nowNs, latest, etag, tenant, name),
             )
             if not cur.rowcount:
                 return []
             conn.executemany(
-                "INSERT INTO releases (package_name, version, integrity, shasum, tarball, published_ns, dist_tags,"
-                " discovered_ns, seeded, manifest, deltas) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags,"
+                "INSERT INTO releases (tenant, package_name, version, integrity, shasum, tarball, published_ns, dist_tags,"
+                " discovered_ns, seeded, manifest, deltas) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (tenant, package_name, version) DO UPDATE SET dist_tags = excluded.dist_tags,"
                 " manifest = CASE WHEN releases.manifest = '' THEN excluded.manifest ELSE releases.manifest END"
                 " WHERE releases.dist_tags != excluded.dist_tags OR (releases.manifest = '' AND excluded.manifest != '')",
                 [
                     (
+                        tenant,
                         name,
                         r["version"],
                         r.get("integrity") or "",
@@ -207,68 +221,69 @@ class PackagesComponent:
                     for r in releases
                 ],
             )
-            return self._thd_waitingReleases(conn, name)
+            return self._thd_waitingReleases(conn, name, tenant)
 
-    def waitingReleases(self, name: str) -> "Deferred[List[Dict[str, Any]]]":
-        return self._call(self._thd_waitingReleases, name)
+    def waitingReleases(self, name: str, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
+        return self._call(self._thd_waitingReleases, name, tenant)
 
-    def _thd_waitingReleases(self, conn: Any, name: str) -> List[Dict[str, Any]]:
+    def _thd_waitingReleases(self, conn: Any, name: str, tenant: str = "default") -> List[Dict[str, Any]]:
         return [
             {"version": r[0], "published_ns": r[1], "attempts": r[2]}
             for r in conn.execute(
                 "SELECT version, published_ns, attempts FROM releases"
-                " WHERE package_name = ? AND queued = 0 AND seeded = 0",
-                (name,),
+                " WHERE tenant = ? AND package_name = ? AND queued = 0 AND seeded = 0",
+                (tenant, name),
             )
         ]
 
-    def markReleaseQueued(self, name: str, version: str, runID: str, nowNs: int) -> "Deferred[bool]":
+    def markReleaseQueued(self, name: str, version: str, runID: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
         def thd(conn: Any) -> bool:
             with _transaction(conn):
                 return bool(
                     conn.execute(
                         "UPDATE releases SET queued = 1, queued_ns = ?, run_id = ?, last_error = ''"
-                        " WHERE package_name = ? AND version = ?",
-                        (nowNs, runID, name, version),
+                        " WHERE tenant = ? AND package_name = ? AND version = ?",
+                        (nowNs, runID, tenant, name, version),
                     ).rowcount
                 )
 
         return self._call(thd)
 
-    def markReleaseFailed(self, name: str, version: str, error: str) -> "Deferred[None]":
+    def markReleaseFailed(self, name: str, version: str, error: str, tenant: str = "default") -> "Deferred[None]":
         def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.execute(
-                    "UPDATE releases SET attempts = attempts + 1, last_error = ? WHERE package_name = ? AND version = ?",
-                    (error[:500], name, version),
+                    "UPDATE releases SET attempts = attempts + 1, last_error = ? WHERE tenant = ? AND package_name = ? AND version = ?",
+                    (error[:500], tenant, name, version),
                 )
 
         return self._call(thd)
 
-    def finishChecks(self, outcomes: Sequence[Tuple[str, str, Optional[int]]], nowNs: int) -> "Deferred[None]":
+    def finishChecks(self, outcomes: Sequence[Tuple[Any, ...]], nowNs: int) -> "Deferred[None]":
         """
         Stamp many packages checked in one transaction: each outcome is
-        C{(name, error, next_check_ns)} (error C{""} when all went well).
+        C{(name, error, next_check_ns)} or C{(name, error, next_check_ns,
+        tenant)} (error C{""} when all went well; default tenant).
         """
 
         def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.executemany(
-                    "UPDATE packages SET last_checked_ns = ?, last_error = ?, next_check_ns = ? WHERE name = ?",
-                    [(nowNs, error[:500], nextNs, name) for name, error, nextNs in outcomes],
+                    "UPDATE packages SET last_checked_ns = ?, last_error = ?, next_check_ns = ? WHERE tenant = ? AND name = ?",
+                    [(nowNs, o[1][:500], o[2], o[3] if len(o) > 3 else "default", o[0]) for o in outcomes],
                 )
 
         return self._call(thd)
 
-    def watchStatus(self, name: str) -> "Deferred[Optional[Dict[str, Any]]]":
+    def watchStatus(self, name: str, tenant: str = "default") -> "Deferred[Optional[Dict[str, Any]]]":
         """
         The watcher's view of one package: last check, error, hold-off.
         """
 
         def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(
-                "SELECT last_checked_ns, last_seen_version, etag, last_error, next_check_ns FROM packages WHERE name = ?",
-                (name,),
+                "SELECT last_checked_ns, last_seen_version, etag, last_error, next_check_ns FROM packages WHERE tenant = ? AND name = ?",
+                (tenant, name),
             ).fetchone()
             if r is None:
                 return None
@@ -282,7 +297,7 @@ class PackagesComponent:
 
         return self._call(thd)
 
-    def listReleases(self, name: str, limit: int = 50) -> "Deferred[List[Dict[str, Any]]]":
+    def listReleases(self, name: str, limit: int = 50, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         """
         The package's recorded releases, newest discovered (then published)
         first.
@@ -309,9 +324,9 @@ class PackagesComponent:
                 }
                 for r in conn.execute(
                     "SELECT version, integrity, shasum, tarball, published_ns, dist_tags, discovered_ns, seeded,"
-                    " queued, queued_ns, run_id, attempts, last_error, deltas FROM releases WHERE package_name = ?"
+                    " queued, queued_ns, run_id, attempts, last_error, deltas FROM releases WHERE tenant = ? AND package_name = ?"
                     " ORDER BY COALESCE(published_ns, discovered_ns) DESC, version DESC LIMIT ?",
-                    (name, limit),
+                    (tenant, name, limit),
                 )
             ]
         )

@@ -5,7 +5,7 @@ cancel, results, listing and the sweeps that fail lost runs.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 
@@ -20,6 +20,7 @@ from fangs.orchestrator.db.model import (
     ResultLifecycle,
     RunRow,
     _RUN_SELECT,
+    _TENANT_RUN_SELECT,
     _runRow,
     RunFilter,
     Page,
@@ -55,8 +56,8 @@ class RunsComponent:
             try:
                 row = conn.execute(
                     "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job,"
-                    " queue_seq, idempotency_key, idempotency_digest, created_ns)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, %s, ?, ?, ?)"
+                    " queue_seq, idempotency_key, idempotency_digest, created_ns, tenant)"
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, %s, ?, ?, ?, ?)"
                     " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id" % (engine.nextQueueSeq,),
                     (
                         run.id,
@@ -68,6 +69,7 @@ class RunsComponent:
                         run.idempotency_key,
                         run.idempotency_digest,
                         run.created_ns,
+                        run.tenant,
                     ),
                 ).fetchone()
             except engine.IntegrityError:
@@ -78,15 +80,104 @@ class RunsComponent:
                 ).fetchone()
                 checkIdempotency(found[1], run.idempotency_digest)
                 return found[0], False
+            conn.execute("INSERT INTO run_tenants (run_id, tenant, linked_ns) VALUES (?, ?, ?)", (run.id, run.tenant, run.created_ns))
             engine.notify(conn, JOBS_CHANNEL, run.target_runner or SHARED_QUEUE)
             return run.id, True
 
-    def getRun(self, runID: str) -> "Deferred[Optional[RunRow]]":
-        return self._call(self._thd_getRun, runID)
+    def getRun(self, runID: str, tenant: Optional[str] = None) -> "Deferred[Optional[RunRow]]":
+        """
+        A run; with C{tenant}, as that tenant sees it (its own verdict,
+        decision and counts), or None when the run is not linked to it.
+        """
+        return self._call(self._thd_getRun, runID, tenant)
 
-    def _thd_getRun(self, conn: Any, runID: str) -> Optional[RunRow]:
-        row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+    def _thd_getRun(self, conn: Any, runID: str, tenant: Optional[str] = None) -> Optional[RunRow]:
+        if tenant is None:
+            row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
+        else:
+            row = conn.execute(_TENANT_RUN_SELECT + " WHERE runs.id = ?", (tenant, runID)).fetchone()
         return None if row is None else _runRow(row)
+
+    # -- tenants of a run (migration 60) --
+
+    def linkRunTenant(self, runID: str, tenant: str, nowNs: int) -> "Deferred[bool]":
+        """
+        Link a run to one more tenant (a release it watches too was scanned
+        already): the run's evidence becomes visible to it, to be judged
+        against its own baseline.  False when it was linked already.
+        """
+
+        def thd(conn: Any) -> bool:
+            with _transaction(conn):
+                if conn.execute("SELECT 1 FROM run_tenants WHERE run_id = ? AND tenant = ?", (runID, tenant)).fetchone():
+                    return False
+                conn.execute("INSERT INTO run_tenants (run_id, tenant, linked_ns) VALUES (?, ?, ?)", (runID, tenant, nowNs))
+                return True
+
+        return self._call(thd)
+
+    def runTenants(self, runID: str) -> "Deferred[List[str]]":
+        """
+        The tenants a run is linked to, its owner first.
+        """
+        return self._call(
+            lambda conn: [
+                r[0]
+                for r in conn.execute(
+                    "SELECT rt.tenant FROM run_tenants rt JOIN runs ON runs.id = rt.run_id WHERE rt.run_id = ?"
+                    " ORDER BY CASE WHEN rt.tenant = runs.tenant THEN 0 ELSE 1 END, rt.tenant",
+                    (runID,),
+                )
+            ]
+        )
+
+    def artifactVisible(self, sha512: str, tenant: str) -> "Deferred[bool]":
+        """
+        Whether one of C{tenant}'s runs references the artifact (a tarball is
+        served only to a tenant that scanned it).
+        """
+        return self._call(
+            lambda conn: conn.execute(
+                "SELECT 1 FROM run_artifacts ra JOIN run_tenants rt ON rt.run_id = ra.run_id AND rt.tenant = ?"
+                " WHERE ra.sha512 = ? LIMIT 1",
+                (tenant, sha512),
+            ).fetchone()
+            is not None
+        )
+
+    def sharedScanCandidates(self, package: str, version: str, kind: str, tenant: str) -> "Deferred[List[Tuple[str, str]]]":
+        """
+        C{(run_id, job)} of the runs of C{package@version} another tenant
+        queued that are queued, running or finished well and not linked to
+        C{tenant} yet, newest first: a scan C{tenant} asks for may be one of
+        them (the caller compares the jobs).
+        """
+        return self._call(
+            lambda conn: [
+                (r[0], r[1])
+                for r in conn.execute(
+                    "SELECT id, job FROM runs WHERE package_name = ? AND version = ? AND kind = ? AND tenant != ?"
+                    " AND state NOT IN ('failed', 'cancelled') AND cancel_requested = 0"
+                    " AND (result_status IS NULL OR result_status = 'ok')"
+                    " AND NOT EXISTS (SELECT 1 FROM run_tenants rt WHERE rt.run_id = runs.id AND rt.tenant = ?)"
+                    " ORDER BY created_ns DESC LIMIT 20",
+                    (package, version, kind, tenant, tenant),
+                )
+            ]
+        )
+
+    def queueDepthByTenant(self) -> "Deferred[Dict[str, int]]":
+        """
+        Jobs waiting for a runner, by tenant (a shared one counts for each).
+        """
+        return self._call(
+            lambda conn: dict(
+                conn.execute(
+                    "SELECT rt.tenant, COUNT(*) FROM runs JOIN run_tenants rt ON rt.run_id = runs.id"
+                    " WHERE runs.state = 'pending' GROUP BY rt.tenant"
+                ).fetchall()
+            )
+        )
 
     def claimJob(self, runnerID: str) -> "Deferred[Optional[Tuple[str, str]]]":
         """
@@ -324,6 +415,9 @@ class RunsComponent:
             where.append("(created_ns < ? OR (created_ns = ? AND id < ?))")
             args.extend([after[0], after[0], after[1]])
         sql = _RUN_SELECT
+        if filter.tenant is not None:
+            sql = _TENANT_RUN_SELECT
+            args.insert(0, filter.tenant)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_ns DESC, id DESC LIMIT ?"

@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import List, NamedTuple, Tuple, Union
 
 from fangs.orchestrator import differ
+from fangs.orchestrator.db import tenants as tenantdb
 
 
 class Only(NamedTuple):
@@ -461,5 +462,12 @@ MIGRATIONS: List[Migration] = [
             events_dropped {i64} NOT NULL
         )
         """,
+    ),
+    migration(
+        tenantdb.TENANTS_MIGRATION,
+        "tenants",
+        tenantdb.SHARED,
+        only("sqlite", tenantdb.SQLITE),
+        only(POSTGRESQL, tenantdb.POSTGRESQL),
     ),
 ]

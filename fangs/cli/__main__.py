@@ -1,0 +1,7 @@
+"""
+C{python -m fangs.cli}: the C{fangs} command.
+"""
+
+from fangs.cli import run
+
+run()

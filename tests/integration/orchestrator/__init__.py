@@ -1,0 +1,3 @@
+"""
+Integration tests of L{fangs.orchestrator}: PostgreSQL and the real npm registry.
+"""
