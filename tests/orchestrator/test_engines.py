@@ -13,14 +13,13 @@ import tempfile
 
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet.defer import fail
+from twisted.trial.unittest import SynchronousTestCase
 
 from fangs.orchestrator import store as S
 from fangs.orchestrator.db import schema
 from fangs.orchestrator.db.connector import SQLITE
-from fangs.orchestrator.pgstore import PostgresStore, engine as postgresEngine
+from fangs.orchestrator.pgstore import engine as postgresEngine
 from tests.orchestrator.helpers import InMemoryOrchestrator
 
 
@@ -129,7 +128,7 @@ class EdgeMappingTests(SynchronousTestCase):
 
     def answer(self, error: Exception) -> Any:
         o = InMemoryOrchestrator(self)
-        o.store.getRun = lambda runID: fail(error)
+        o.store.getRun = lambda runID, tenant=None: fail(error)
         response = o.request("GET", "/v1/runs/" + "ab" * 16)
         return response.code, response.headers.getRawHeaders(b"retry-after"), json.loads(self.successResultOf(response.content()))
 
@@ -146,39 +145,3 @@ class EdgeMappingTests(SynchronousTestCase):
         code, retry, body = self.answer(S.ConstraintViolation('duplicate key value violates unique constraint "runs_pkey"'))
         self.assertEqual((code, body["error"]["code"]), (409, "conflict"))
         self.assertNotIn("runs_pkey", body["error"]["message"])
-
-
-
-class PostgresLockTimeoutTests(TestCase):
-    """
-    PostgreSQL requests wait for a lock at most the lock timeout (then
-    L{S.StorageBusy}, as SQLite's busy timeout); a migration waits for
-    another orchestrator's migration however long it takes.
-    """
-
-    def test_requestsTimeOutMigrationsWait(self) -> Deferred:
-        return Deferred.fromCoroutine(self._scenario())
-
-    async def _scenario(self) -> None:
-        import psycopg
-
-        from tests import pg
-        from tests.procs import sleep
-
-        dsn = pg.freshDatabase(self, "locks")
-        other = psycopg.connect(dsn, autocommit=True)
-        self.addCleanup(other.close)
-        other.execute("SELECT pg_advisory_lock(%s)", (postgresEngine().MIGRATION_LOCK,))  # "migrating"
-        st = PostgresStore(dsn, reactor, listen=False, lockTimeoutMs=200)
-        self.addCleanup(st.stop)
-        started = Deferred.fromCoroutine(st.start())
-        await sleep(1.0)  # five lock timeouts
-        self.assertFalse(started.called)
-        other.execute("SELECT pg_advisory_unlock(%s)", (postgresEngine().MIGRATION_LOCK,))
-        await started
-        other.execute("BEGIN")
-        other.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
-        with self.assertRaises(S.StorageBusy):
-            await st.getRun("x")
-        other.execute("ROLLBACK")
-        self.assertIsNone(await st.getRun("x"))
