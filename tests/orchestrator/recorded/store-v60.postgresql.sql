@@ -538,217 +538,171 @@ ALTER TABLE ONLY public.outbox ALTER COLUMN id SET DEFAULT nextval('public.outbo
 -- Data for Name: allowlist; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.allowlist (id, scope, package_name, kind, value, note, source, created_ns, created_by, tenant) FROM stdin;
-oldal	global		path	/etc/old	n	operator	1800000000000000000	alice	default
-\.
+INSERT INTO public.allowlist VALUES ('oldal', 'global', '', 'path', '/etc/old', 'n', 'operator', 1800000000000000000, 'alice', 'default');
 
 
 --
 -- Data for Name: api_tokens; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.api_tokens (id, name, scopes, secret_hash, created_ns, created_by, revoked_ns, tenant) FROM stdin;
-oldtok	ci	orchestrator:admin	hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh	1800000000000000000	alice	\N	*
-\.
+INSERT INTO public.api_tokens VALUES ('oldtok', 'ci', 'orchestrator:admin', 'hhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhhh', 1800000000000000000, 'alice', NULL, '*');
 
 
 --
 -- Data for Name: artifacts; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.artifacts (sha512, size, data, created_ns, last_used_ns) FROM stdin;
-\.
 
 
 --
 -- Data for Name: audit; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.audit (id, at_ns, actor, action, target, detail, tenant) FROM stdin;
-1	1800000000000000000	alice	package.add	package:oldpkg	{}	default
-2	1800000000000000000	alice	allow.add	allow:oldal	{"kind": "path", "value": "/etc/old", "scope": "global", "package": ""}	default
-3	1800000000000000000	alice	token.create	token:oldtok	{"name": "ci", "scopes": "orchestrator:admin"}	default
-\.
+INSERT INTO public.audit VALUES (1, 1800000000000000000, 'alice', 'package.add', 'package:oldpkg', '{}', 'default');
+INSERT INTO public.audit VALUES (2, 1800000000000000000, 'alice', 'allow.add', 'allow:oldal', '{"kind": "path", "value": "/etc/old", "scope": "global", "package": ""}', 'default');
+INSERT INTO public.audit VALUES (3, 1800000000000000000, 'alice', 'token.create', 'token:oldtok', '{"name": "ci", "scopes": "orchestrator:admin"}', 'default');
 
 
 --
 -- Data for Name: baseline; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.baseline (package_name, category, value, actor, run_id, count, added_ns, tenant) FROM stdin;
-\.
 
 
 --
 -- Data for Name: batches; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.batches (run_id, seq, events, received_ns) FROM stdin;
-old1	1	3	1800000000000000001
-\.
+INSERT INTO public.batches VALUES ('old1', 1, 3, 1800000000000000001);
 
 
 --
 -- Data for Name: dashboard_sessions; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.dashboard_sessions (id_hash, token_id, created_ns, expires_ns) FROM stdin;
-oldsess	oldtok	1800000000000000000	1800001000000000000
-\.
+INSERT INTO public.dashboard_sessions VALUES ('oldsess', 'oldtok', 1800000000000000000, 1800001000000000000);
 
 
 --
 -- Data for Name: deliveries; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.deliveries (id, outbox_id, notifier_name, attempt, at_ns, status, http_status, error, response_excerpt, tenant) FROM stdin;
-\.
 
 
 --
 -- Data for Name: deviations; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.deviations (id, run_id, package_name, category, value, severity, severity_rank, reason, evidence_event_id, count, detected_ns, actor, detail, tenant) FROM stdin;
-6913c354740c39d7c88aa9262b7de096	old1	left-pad	fs_new_path_read	/root/.npmrc	high	3	read of cred-tagged path; by other	1	1	1800000000000000003	other	{"actors": ["other"], "argv": [], "class": "other", "detached": false, "label": "other", "package": "", "phase": "", "pid": 0, "version": ""}	default
-\.
+INSERT INTO public.deviations VALUES ('6913c354740c39d7c88aa9262b7de096', 'old1', 'left-pad', 'fs_new_path_read', '/root/.npmrc', 'high', 3, 'read of cred-tagged path; by other', 1, 1, 1800000000000000003, 'other', '{"actors": ["other"], "argv": [], "class": "other", "detached": false, "label": "other", "package": "", "phase": "", "pid": 0, "version": ""}', 'default');
 
 
 --
 -- Data for Name: events; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.events (id, run_id, seq, idx, type, ts_ns, received_ns, pid, data) FROM stdin;
-1	old1	1	0	1	1100	1800000000000000001	100	{"Header":{"TsNs":1100,"PID":100,"PPID":1,"Type":1,"Tags":0},"PathName":"/root/.npmrc","Flags":0,"CommStr":"node"}
-2	old1	1	1	2	5	1800000000000000001	101	{"Header":{"TsNs":5,"PID":101,"PPID":100,"Type":2},"BinaryPathStr":"/bin/sh","ArgvStrs":["/bin/sh"],"CommStr":"sh"}
-3	old1	1	2	1	1100	1800000000000000001	100	{"Header":{"TsNs":1100,"PID":100,"PPID":1,"Type":1,"Tags":0},"PathName":"/x","Flags":0,"CommStr":"node"}
-\.
+INSERT INTO public.events VALUES (1, 'old1', 1, 0, 1, 1100, 1800000000000000001, 100, '{"Header":{"TsNs":1100,"PID":100,"PPID":1,"Type":1,"Tags":0},"PathName":"/root/.npmrc","Flags":0,"CommStr":"node"}');
+INSERT INTO public.events VALUES (2, 'old1', 1, 1, 2, 5, 1800000000000000001, 101, '{"Header":{"TsNs":5,"PID":101,"PPID":100,"Type":2},"BinaryPathStr":"/bin/sh","ArgvStrs":["/bin/sh"],"CommStr":"sh"}');
+INSERT INTO public.events VALUES (3, 'old1', 1, 2, 1, 1100, 1800000000000000001, 100, '{"Header":{"TsNs":1100,"PID":100,"PPID":1,"Type":1,"Tags":0},"PathName":"/x","Flags":0,"CommStr":"node"}');
 
 
 --
 -- Data for Name: notifiers; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.notifiers (name, url, template, secret_env, headers, min_severity, packages, enabled, created_ns, updated_ns, tenant) FROM stdin;
-\.
 
 
 --
 -- Data for Name: outbox; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.outbox (id, run_id, notifier_name, template, state, attempts, next_attempt_ns, created_ns, updated_ns, last_error, body, content_type, tenant) FROM stdin;
-\.
 
 
 --
 -- Data for Name: packages; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.packages (name, added_ns, added_by, last_checked_ns, last_seen_version, etag, last_error, next_check_ns, tenant) FROM stdin;
-oldpkg	1800000000000000000	alice	\N	\N	\N		\N	default
-\.
+INSERT INTO public.packages VALUES ('oldpkg', 1800000000000000000, 'alice', NULL, NULL, NULL, '', NULL, 'default');
 
 
 --
 -- Data for Name: releases; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.releases (package_name, version, integrity, shasum, tarball, published_ns, dist_tags, discovered_ns, seeded, queued, queued_ns, run_id, attempts, last_error, manifest, deltas, tenant) FROM stdin;
-\.
 
 
 --
 -- Data for Name: run_artifacts; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.run_artifacts (run_id, sha512, status, detail, integrity, tarball_url, size, checked_ns) FROM stdin;
-\.
 
 
 --
 -- Data for Name: run_fingerprints; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.run_fingerprints (run_id, category, value, count, first_event_id, cred, raw_ip) FROM stdin;
-old1	_exec	101/bin/sh100/bin/sh	1	2	0	0
-old1	_exec_ts	101/bin/sh100/bin/sh	1	5	0	0
-old1	fs_new_path_read	100:1/root/.npmrc	1	1	1	0
-old1	fs_new_path_read	100:1/x	1	3	0	0
-\.
+INSERT INTO public.run_fingerprints VALUES ('old1', '_exec', '101/bin/sh100/bin/sh', 1, 2, 0, 0);
+INSERT INTO public.run_fingerprints VALUES ('old1', '_exec_ts', '101/bin/sh100/bin/sh', 1, 5, 0, 0);
+INSERT INTO public.run_fingerprints VALUES ('old1', 'fs_new_path_read', '100:1/root/.npmrc', 1, 1, 1, 0);
+INSERT INTO public.run_fingerprints VALUES ('old1', 'fs_new_path_read', '100:1/x', 1, 3, 0, 0);
 
 
 --
 -- Data for Name: run_stream; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.run_stream (cursor, ts_ns, tenant, run_id, type, body) FROM stdin;
-1	1800000000000000000	default	old1	run.completed	{"a": 1}
-\.
+INSERT INTO public.run_stream VALUES (1, 1800000000000000000, 'default', 'old1', 'run.completed', '{"a": 1}');
 
 
 --
 -- Data for Name: run_stream_head; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.run_stream_head (one, cursor) FROM stdin;
-1	1
-\.
+INSERT INTO public.run_stream_head VALUES (1, 1);
 
 
 --
 -- Data for Name: run_tenants; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.run_tenants (run_id, tenant, linked_ns, verdict, decision, analyzed_ns, deviation_count, max_severity, severity_rank, analysis_reason) FROM stdin;
-old1	default	1800000000000000000	deviations	\N	1800000000000000003	1	high	3	first run of the package, held for review: 1 finding(s) of the kind that must not seed a baseline silently
-\.
+INSERT INTO public.run_tenants VALUES ('old1', 'default', 1800000000000000000, 'deviations', NULL, 1800000000000000003, 1, 'high', 3, 'first run of the package, held for review: 1 finding(s) of the kind that must not seed a baseline silently');
 
 
 --
 -- Data for Name: runner_drop_counters; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.runner_drop_counters (runner_id, events_dropped) FROM stdin;
-\.
 
 
 --
 -- Data for Name: runners; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.runners (runner_id, registration, registered_ns, last_seen_ns, status, active_run_ids, events_queued) FROM stdin;
-oldw	{"runner_id": "x"}	1800000000000000000	1800000000000000000		[]	0
-\.
+INSERT INTO public.runners VALUES ('oldw', '{"runner_id": "x"}', 1800000000000000000, 1800000000000000000, '', '[]', 0);
 
 
 --
 -- Data for Name: runs; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.runs (id, package_name, version, kind, state, target_runner, runner_id, job, queue_seq, idempotency_key, created_ns, dispatched_ns, last_activity_ns, deadline_ns, finished_ns, cancel_requested, result_status, failure_reason, events_emitted, events_dropped, duration_ns, events_received, batches_received, verdict, decision, analyzed_ns, deviation_count, max_severity, severity_rank, leased_ns, install_exit_code, install_finished_ns, observation_ended_ns, events_unresolved, analysis_reason, idempotency_digest, tenant) FROM stdin;
-old1	left-pad	1.0.0	sandbox_scan	done	\N	w	{"duration": 1}	1	oldk	1800000000000000000	1800000000000000000	1800000000000000001	1800000100000000000	1800000000000000002	0	ok		3	0	1000000000	3	1	deviations	\N	1800000000000000003	1	high	3	1796128705839045000	\N	\N	\N	0	first run of the package, held for review: 1 finding(s) of the kind that must not seed a baseline silently		default
-\.
+INSERT INTO public.runs VALUES ('old1', 'left-pad', '1.0.0', 'sandbox_scan', 'done', NULL, 'w', '{"duration": 1}', 1, 'oldk', 1800000000000000000, 1800000000000000000, 1800000000000000001, 1800000100000000000, 1800000000000000002, 0, 'ok', '', 3, 0, 1000000000, 3, 1, 'deviations', NULL, 1800000000000000003, 1, 'high', 3, 1796128705839045000, NULL, NULL, NULL, 0, 'first run of the package, held for review: 1 finding(s) of the kind that must not seed a baseline silently', '', 'default');
 
 
 --
 -- Data for Name: schema_migrations; Type: TABLE DATA; Schema: public; Owner: -
 --
 
-COPY public.schema_migrations (version, name, applied_ns) FROM stdin;
-1	core	1796128705729942000
-2	differ	1796128705729942000
-3	watcher	1796128705729942000
-4	notifier	1796128705729942000
-5	auth	1796128705729942000
-6	runners and retention	1796128705729942000
-7	install lifecycle	1796128705729942000
-9	actors and manifest deltas	1796128705729942000
-20	run stream	1796128705729942000
-21	artifacts	1796128705729942000
-50	harden: server-side sessions, idempotency digests, runner drop counters	1796128705729942000
-60	tenants	1796131393465440000
-\.
+INSERT INTO public.schema_migrations VALUES (1, 'core', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (2, 'differ', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (3, 'watcher', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (4, 'notifier', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (5, 'auth', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (6, 'runners and retention', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (7, 'install lifecycle', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (9, 'actors and manifest deltas', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (20, 'run stream', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (21, 'artifacts', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (50, 'harden: server-side sessions, idempotency digests, runner drop counters', 1796128705729942000);
+INSERT INTO public.schema_migrations VALUES (60, 'tenants', 1796132184314623000);
 
 
 --
