@@ -22,18 +22,18 @@ new migration takes the next free version and is appended to L{MIGRATIONS},
 for example::
 
     migration(
-        60,
-        "tenants",
+        61,
+        "run labels",
         '''
-        ALTER TABLE runs ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
-        CREATE INDEX runs_by_tenant ON runs(tenant, created_ns)
+        ALTER TABLE runs ADD COLUMN label {text} NOT NULL DEFAULT '';
+        CREATE INDEX runs_by_label ON runs(label, created_ns)
         ''',
         only("postgresql", "CREATE INDEX ..."),  # only where one engine needs it
     ),
 
 A version once released is never changed (databases that applied it keep
 what it did; L{tests.orchestrator.test_store_compat} opens databases recorded
-at version 50 and compares their schema with a new database's).
+at versions 50 and 60 and compares their schema with a new database's).
 """
 
 from __future__ import annotations
