@@ -27,15 +27,17 @@ def benchIngest(total: int = 100_000, batchSize: int = 64) -> None:
 
     # Reference: the same rows, the same schema, raw sqlite3 executemany.
     from fangs.orchestrator.core import parseBatchLine
-    from fangs.orchestrator.store import MIGRATIONS
+    from fangs.orchestrator.db.connector import SQLITE
+    from fangs.orchestrator.db.schema import MIGRATIONS, render
 
     tmp = tempfile.mkdtemp(prefix="fangs-bench-ref-")
     conn = sqlite3.connect(os.path.join(tmp, "ref.db"), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA synchronous=NORMAL")
-    for _, _, sql in MIGRATIONS:
-        conn.executescript(sql)
+    for m in sorted(MIGRATIONS):
+        for statement in render(m, SQLITE):
+            conn.execute(statement)
     runID = "ab" * 16
     conn.execute("INSERT INTO runs (id, state, job, queue_seq, created_ns) VALUES (?, 'running', '{}', 1, 0)", (runID,))
     rows = []

@@ -5,7 +5,8 @@ On a real loopback socket (the twistd plugin's service in this process, its
 SQLite database on disk): the database locked by another process while
 events arrive (a 503 in the envelope, nothing half-written, a resend stores
 each batch once, and the runner's streamer delivers every event exactly
-once).  The database's disk full (root: a tmpfs) is in
+once).  The database's disk full (root: a tmpfs), and the lock and the full
+disk on PostgreSQL (the same fault, the same answer on both engines), are in
 L{tests.integration.test_orchestrator_faults}.
 
 With a L{Clock}: jumps forward (runners pruned and re-registering, lost runs
@@ -111,14 +112,25 @@ class LiveOrchestrator:
     async def post(self, runID: str, body: bytes) -> Tuple[int, Any]:
         return await call(self.client, "POST", self.url + "/v1/runs/%s/events" % (runID,), raw=body)
 
-    def seqs(self, runID: str) -> List[int]:
+    def query(self, sql: str, args: Tuple[Any, ...]) -> List[Tuple[Any, ...]]:
+        """
+        Rows of C{sql} (C{?} placeholders), read directly from the database.
+        """
+        if self.db.startswith("postgresql://"):
+            import psycopg
+
+            with psycopg.connect(self.db, autocommit=True) as conn:
+                return list(conn.execute(sql.replace("?", "%s"), args))
         import sqlite3
 
         conn = sqlite3.connect(self.db, timeout=30)
         try:
-            return [r[0] for r in conn.execute("SELECT seq FROM batches WHERE run_id = ? ORDER BY seq", (runID,))]
+            return list(conn.execute(sql, args))
         finally:
             conn.close()
+
+    def seqs(self, runID: str) -> List[int]:
+        return [r[0] for r in self.query("SELECT seq FROM batches WHERE run_id = ? ORDER BY seq", (runID,))]
 
     async def health(self) -> int:
         return (await call(self.client, "GET", self.url + "/v1/health"))[0]
@@ -127,14 +139,8 @@ class LiveOrchestrator:
         """
         (events, distinct (seq, idx), batches) of a run, read directly.
         """
-        import sqlite3
-
-        conn = sqlite3.connect(self.db, timeout=30)
-        try:
-            events, distinct = conn.execute("SELECT count(*), count(DISTINCT seq * 100000 + idx) FROM events WHERE run_id = ?", (runID,)).fetchone()
-            batches = conn.execute("SELECT count(*) FROM batches WHERE run_id = ?", (runID,)).fetchone()[0]
-        finally:
-            conn.close()
+        ((events, distinct),) = self.query("SELECT count(*), count(DISTINCT seq * 100000 + idx) FROM events WHERE run_id = ?", (runID,))
+        ((batches,),) = self.query("SELECT count(*) FROM batches WHERE run_id = ?", (runID,))
         return events, distinct, batches
 
 
@@ -144,8 +150,38 @@ def assertEnvelope(test: Any, body: Any, code: str) -> None:
     test.assertEqual(body["error"]["code"], code)
 
 
-class DatabaseLockedTests(TestCase):
-    timeout = 60
+class PostgresLocker:
+    """
+    Another session holding C{ACCESS EXCLUSIVE} on the C{batches} table (a
+    migration or a vacuum full would), so ingest waits out the store's
+    C{lock_timeout}.
+    """
+
+    def __init__(self, testCase: TestCase, dsn: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.conn.execute("BEGIN")
+        self.conn.execute("LOCK TABLE batches IN ACCESS EXCLUSIVE MODE")
+        testCase.addCleanup(self.release)
+
+    def release(self) -> None:
+        if not self.conn.closed:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
+
+
+class LockedScenario:
+    """
+    The locked-database scenario, on whichever engine C{database()} and
+    C{lock()} give.
+    """
+
+    def database(self) -> str:
+        raise NotImplementedError
+
+    def lock(self, db: str) -> Any:
+        raise NotImplementedError
 
     def test_lockedAnswers503AndResendStoresOnce(self) -> Deferred:
         return Deferred.fromCoroutine(self._locked())
@@ -158,14 +194,14 @@ class DatabaseLockedTests(TestCase):
         it in the same stream are, whole); after the lock goes, resending
         the whole stream stores every batch exactly once.
         """
-        o = LiveOrchestrator(self, self.mktemp() + ".db")
+        o = LiveOrchestrator(self, self.database())
         await o.start()
         runID = await o.dispatchedRun()
         first = batchLine(1, [fileEvent("/etc/a%d" % i) for i in range(10)])
         code, ack = await o.post(runID, first)
         self.assertEqual((code, ack["persisted"]), (200, 10))
 
-        locker = Locker(self, o.db)
+        locker = self.lock(o.db)
         stream = b"".join(batchLine(seq, [fileEvent("/etc/b%d" % i) for i in range(10)]) for seq in (2, 3))
         code, body = await o.post(runID, stream)
         self.assertEqual(code, 503, body)
@@ -187,6 +223,16 @@ class DatabaseLockedTests(TestCase):
         self.assertEqual(o.stored(runID), (30, 30, 3))
         code, run = await call(o.client, "GET", o.url + "/v1/runs/" + runID)
         self.assertEqual((run["events_received"], run["batches_received"]), (30, 3))
+
+
+class DatabaseLockedTests(LockedScenario, TestCase):
+    timeout = 60
+
+    def database(self) -> str:
+        return self.mktemp() + ".db"
+
+    def lock(self, db: str) -> Any:
+        return Locker(self, db)
 
     def test_streamerRetriesThroughLock(self) -> Deferred:
         return Deferred.fromCoroutine(self._streamer())

@@ -19,7 +19,6 @@ import functools
 import inspect
 import ipaddress
 import re
-import sqlite3
 from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 from urllib.parse import unquote, urlsplit
 
@@ -35,6 +34,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from fangs import wire
 from fangs.errors import BadRequest, FangsError, Forbidden, NotFoundError, Unauthorized
+from fangs.orchestrator import store as S
 from fangs.orchestrator.auth import Access, Authenticator, TenantForbidden  # noqa: F401 (TenantForbidden: re-exported)
 from fangs.orchestrator.core import Orchestrator
 from fangs.orchestrator.routes.admin import AdminRoutes
@@ -304,9 +304,24 @@ class OrchestratorAPI(*AREAS):
             request.redirect(b"/ui/login")  # a browser without a session signs in
             return b""
         trace = traceID(request)
-        if failure.check(FangsError):
+        if failure.check(S.StorageFault):
+            # Locked by another writer, unreachable, or out of disk, on
+            # either engine (the engine classified the driver's error): the
+            # failed write was rolled back, and the client may retry it.
             err = failure.value
             status, code, message = err.status, err.code, err.message
+            request.setHeader(b"Retry-After", b"1")
+            log.warn("{method} {path} -> {status}: {error} (trace {trace_id})", method=request.method, path=request.path, status=status, error=err.detail or err.message, trace_id=trace)
+        elif failure.check(FangsError):
+            err = failure.value
+            status, code, message = err.status, err.code, err.message
+        elif failure.check(S.ConstraintViolation):
+            # A write the schema refused (e.g. events for a run deleted
+            # meanwhile); the driver's text stays in the log.
+            status, code, message = 409, "conflict", "the request conflicts with what is stored (trace %s)" % (trace,)
+            log.info("constraint refused on {method} {path}: {error} (trace {trace_id})", method=request.method, path=request.path, error=str(failure.value), trace_id=trace)
+        elif failure.check(S.Conflict):
+            status, code, message = 409, "conflict", str(failure.value)
         elif failure.check(wire.WireError):
             status, code, message = 400, "bad_request", str(failure.value)
         elif failure.check(MethodNotAllowed):
@@ -323,12 +338,6 @@ class OrchestratorAPI(*AREAS):
             )
         elif failure.check(HTTPException):
             status, code, message = failure.value.code, "http_error", failure.value.description or ""
-        elif failure.check(sqlite3.OperationalError) and _storageCondition(str(failure.value)):
-            # Locked by another writer, or out of disk: the failed write was
-            # rolled back, and the client may retry it.
-            status, code, message = _storageCondition(str(failure.value))
-            request.setHeader(b"Retry-After", b"1")
-            log.warn("{method} {path} -> {status}: {error} (trace {trace_id})", method=request.method, path=request.path, status=status, error=str(failure.value), trace_id=trace)
         else:
             status, code, message = 500, "internal", "internal error; see the orchestrator log (trace %s)" % (trace,)
             log.failure(
@@ -382,15 +391,3 @@ class _UTF8URLs(Resource):
         except FangsError:
             return self._api.error(request, Failure())
         return self._inner.render(request)
-
-
-def _storageCondition(error: str) -> Optional[Tuple[int, str, str]]:
-    """
-    The answer for an SQLite error a client can wait out, or None.
-    """
-    if "locked" in error or "busy" in error:
-        return 503, "database_busy", "the database is locked by another writer; the failed write was rolled back, retry shortly"
-    if "disk is full" in error:
-        return 507, "insufficient_storage", "the database disk is full; the failed write was rolled back, retry once space is freed"
-    return None
-

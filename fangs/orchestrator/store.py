@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from fangs.orchestrator.db.allow import AllowComponent
 from fangs.orchestrator.db.analysis import AnalysisComponent
-from fangs.orchestrator.db.artifacts import SQLiteArtifactStorage
-from fangs.orchestrator.db.connector import SQLiteConnector, _statements, _transaction, synchronousRunner
+from fangs.orchestrator.db.artifacts import ArtifactStorage
+from fangs.orchestrator.db.connector import SQLiteConnector, _transaction, synchronousRunner  # noqa: F401
 from fangs.orchestrator.db.dashboard import DashboardComponent
 from fangs.orchestrator.db.events import EventsComponent
 from fangs.orchestrator.db.model import *  # noqa: F401,F403 (the store's vocabulary)
@@ -38,14 +38,16 @@ from fangs.orchestrator.db.outbox import OutboxComponent
 from fangs.orchestrator.db.packages import PackagesComponent
 from fangs.orchestrator.db.runners import RunnersComponent
 from fangs.orchestrator.db.runs import RunsComponent
-from fangs.orchestrator.db.schema import ACTORS_MIGRATION, MIGRATIONS, _credCondition, actorsMigration  # noqa: F401
+from fangs.orchestrator.db.schema import ACTORS_MIGRATION, MIGRATIONS, Migration, migration, only  # noqa: F401
 from fangs.orchestrator.db.stream import SQLiteStreamStorage
 from fangs.orchestrator.db.tokens import TokensComponent
 
 __all__ = ["SQLiteStore", "synchronousRunner"]
 
 
-class SQLiteStore(
+#: The components of every store, whatever its engine (the SQL in them is
+#: the same for both; what differs is asked of C{conn.engine}).
+COMPONENTS = (
     RunsComponent,
     EventsComponent,
     AnalysisComponent,
@@ -55,13 +57,11 @@ class SQLiteStore(
     TokensComponent,
     RunnersComponent,
     OutboxComponent,
-    SQLiteStreamStorage,
-    SQLiteArtifactStorage,
-    SQLiteConnector,
-):
+    ArtifactStorage,
+)
+
+
+class SQLiteStore(*COMPONENTS, SQLiteStreamStorage, SQLiteConnector):  # type: ignore[misc]
     """
     The SQLite store: every component over one connection on one thread.
     """
-
-
-_ = (_statements, _transaction)  # re-exported for the PostgreSQL backend

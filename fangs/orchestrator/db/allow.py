@@ -5,7 +5,6 @@ The allowlist (entries from the API and from configuration) and its audit trail.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
@@ -25,7 +24,7 @@ class AllowComponent:
     # Entries are a tenant's own, or the configuration's (tenant C{*}), which
     # apply to every tenant.
 
-    def _thd_allowEntries(self, conn: sqlite3.Connection, tenant: str = "default") -> List[AllowEntry]:
+    def _thd_allowEntries(self, conn: Any, tenant: str = "default") -> List[AllowEntry]:
         return [
             AllowEntry(id=r[0], kind=r[1], value=r[2], scope=r[3], package_name=r[4], note=r[5])
             for r in conn.execute(
@@ -63,7 +62,7 @@ class AllowComponent:
         """
         return self._call(self._thd_addAllow, entry, actor, nowNs, tenant)
 
-    def _thd_addAllow(self, conn: sqlite3.Connection, entry: AllowEntry, actor: str, nowNs: int, tenant: str = "default") -> str:
+    def _thd_addAllow(self, conn: Any, entry: AllowEntry, actor: str, nowNs: int, tenant: str = "default") -> str:
         with _transaction(conn):
             try:
                 conn.execute(
@@ -71,7 +70,7 @@ class AllowComponent:
                     " VALUES (?, ?, ?, ?, ?, ?, ?, 'operator', ?, ?)",
                     (entry.id, tenant, entry.scope, entry.package_name, entry.kind, entry.value, entry.note, nowNs, actor),
                 )
-            except sqlite3.IntegrityError:
+            except conn.engine.IntegrityError:
                 raise Conflict("an identical %s allowlist entry exists already" % (entry.kind,)) from None
             conn.execute(
                 "INSERT INTO audit (tenant, at_ns, actor, action, target, detail) VALUES (?, ?, ?, 'allow.add', ?, ?)",
@@ -82,7 +81,7 @@ class AllowComponent:
     def removeAllow(self, entryID: str, actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
         return self._call(self._thd_removeAllow, entryID, actor, nowNs, tenant)
 
-    def _thd_removeAllow(self, conn: sqlite3.Connection, entryID: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
+    def _thd_removeAllow(self, conn: Any, entryID: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
         with _transaction(conn):
             row = conn.execute("SELECT source FROM allowlist WHERE id = ? AND tenant IN (?, '*')", (entryID, tenant)).fetchone()
             if row is None:
@@ -103,7 +102,7 @@ class AllowComponent:
         """
         return self._call(self._thd_syncConfigAllow, wanted, nowNs)
 
-    def _thd_syncConfigAllow(self, conn: sqlite3.Connection, wanted: Sequence[AllowEntry], nowNs: int) -> ConfigSync:
+    def _thd_syncConfigAllow(self, conn: Any, wanted: Sequence[AllowEntry], nowNs: int) -> ConfigSync:
         with _transaction(conn):
             existing = [
                 AllowEntry(id=r[0], kind=r[1], value=r[2], scope=r[3], package_name=r[4], note=r[5])
@@ -113,8 +112,15 @@ class AllowComponent:
             ]
             plan = planConfigSync(existing, wanted)
             for e in plan.insert:
+                # The new line replaces any row with its id or its (tenant,
+                # scope, package, kind, value).
                 conn.execute(
-                    "INSERT OR REPLACE INTO allowlist (id, tenant, scope, package_name, kind, value, note, source, created_ns, created_by)"
+                    "DELETE FROM allowlist WHERE id = ? OR (tenant = '*' AND scope = 'global' AND package_name = ''"
+                    " AND kind = ? AND value = ?)",
+                    (e.id, e.kind, e.value),
+                )
+                conn.execute(
+                    "INSERT INTO allowlist (id, tenant, scope, package_name, kind, value, note, source, created_ns, created_by)"
                     " VALUES (?, '*', 'global', '', ?, ?, ?, 'config', ?, 'config')",
                     (e.id, e.kind, e.value, e.note, nowNs),
                 )

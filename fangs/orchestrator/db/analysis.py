@@ -6,7 +6,6 @@ decisions, deviations and the pending queue.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
@@ -67,7 +66,7 @@ class AnalysisComponent:
         """
         return self._call(self._thd_analyzeRunTenants, runID, nowNs, credPaths)
 
-    def _thd_analyzeRunTenants(self, conn: sqlite3.Connection, runID: str, nowNs: int,
+    def _thd_analyzeRunTenants(self, conn: Any, runID: str, nowNs: int,
                                credPaths: Sequence[str]) -> List[AnalysisOutcome]:
         with _transaction(conn):
             tenants = [r[0] for r in conn.execute(
@@ -77,13 +76,13 @@ class AnalysisComponent:
                 return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths)]
             return [self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, t) for t in tenants]
 
-    def _thd_analyzeRun(self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str],
+    def _thd_analyzeRun(self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str],
                         tenant: Optional[str] = None) -> "AnalysisOutcome":
         with _transaction(conn):
             return self._thd_analyzeInTransaction(conn, runID, nowNs, credPaths, tenant)
 
     def _thd_analyzeInTransaction(
-        self, conn: sqlite3.Connection, runID: str, nowNs: int, credPaths: Sequence[str], tenant: Optional[str] = None
+        self, conn: Any, runID: str, nowNs: int, credPaths: Sequence[str], tenant: Optional[str] = None
     ) -> "AnalysisOutcome":
         row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
         if row is None:
@@ -136,8 +135,9 @@ class AnalysisComponent:
         )
         conn.execute("DELETE FROM deviations WHERE run_id = ? AND tenant = ?", (runID, tenant))
         conn.executemany(
-            "INSERT OR IGNORE INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
-            " evidence_event_id, count, detected_ns, actor, detail, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO deviations (id, run_id, package_name, category, value, severity, severity_rank, reason,"
+            " evidence_event_id, count, detected_ns, actor, detail, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
             [
                 (
                     deviationID(runID, d.category, d.value, d.actor, tenant),
@@ -161,8 +161,8 @@ class AnalysisComponent:
         conn.execute("DELETE FROM baseline WHERE run_id = ? AND tenant = ?", (runID, tenant))
         if run.package_name:
             conn.executemany(
-                "INSERT OR IGNORE INTO baseline (tenant, package_name, category, value, actor, run_id, count, added_ns)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO baseline (tenant, package_name, category, value, actor, run_id, count, added_ns)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [(tenant, run.package_name, f.category, f.value, f.actor_class, runID, f.count, nowNs) for f in plan.baseline_add],
             )
         blocking = len(plan.blocking) if plan.verdict != differ.VERDICT_CLEAN else 0
@@ -236,7 +236,7 @@ class AnalysisComponent:
         return self._call(self._thd_decide, runID, decision, actor, nowNs, credPaths, tenant)
 
     def _thd_decide(
-        self, conn: sqlite3.Connection, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str],
+        self, conn: Any, runID: str, decision: str, actor: str, nowNs: int, credPaths: Sequence[str],
         tenant: str = "default",
     ) -> "AnalysisOutcome":
         with _transaction(conn):
@@ -294,7 +294,7 @@ class AnalysisComponent:
     def getDeviation(self, deviationID: str, tenant: str = "default") -> "Deferred[Optional[Tuple[DeviationRow, Optional[StoredEvent]]]]":
         return self._call(self._thd_getDeviation, deviationID, tenant)
 
-    def _thd_getDeviation(self, conn: sqlite3.Connection, deviationID: str,
+    def _thd_getDeviation(self, conn: Any, deviationID: str,
                           tenant: str = "default") -> Optional[Tuple["DeviationRow", Optional[StoredEvent]]]:
         r = conn.execute(_DEVIATION_SELECT + " WHERE id = ? AND tenant = ?", (deviationID, tenant)).fetchone()
         if r is None:
@@ -310,7 +310,7 @@ class AnalysisComponent:
         after = decodeToken(pageToken, (int, str)) if pageToken else None
         return self._call(self._thd_listDeviations, filter, pageSize, after)
 
-    def _thd_listDeviations(self, conn: sqlite3.Connection, filter: "DeviationFilter", pageSize: int, after: Optional[List[Any]]) -> Page:
+    def _thd_listDeviations(self, conn: Any, filter: "DeviationFilter", pageSize: int, after: Optional[List[Any]]) -> Page:
         where: List[str] = ["tenant = ?"]
         args: List[Any] = [filter.tenant]
         if filter.package is not None:
@@ -346,7 +346,7 @@ class AnalysisComponent:
         after = decodeToken(pageToken, (int, int, str)) if pageToken else None
         return self._call(self._thd_pendingRuns, pageSize, after, tenant)
 
-    def _thd_pendingRuns(self, conn: sqlite3.Connection, pageSize: int, after: Optional[List[Any]], tenant: str = "default") -> Page:
+    def _thd_pendingRuns(self, conn: Any, pageSize: int, after: Optional[List[Any]], tenant: str = "default") -> Page:
         sql = _TENANT_RUN_SELECT + " WHERE rt.verdict = 'deviations' AND rt.decision IS NULL"
         args: List[Any] = [tenant]
         if after is not None:

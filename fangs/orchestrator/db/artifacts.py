@@ -14,28 +14,8 @@ from typing import Any, Optional
 
 import attrs
 
-SQLITE_SCHEMA = """
-    CREATE TABLE artifacts (
-        sha512 TEXT PRIMARY KEY,
-        size INTEGER NOT NULL,
-        data BLOB,
-        created_ns INTEGER NOT NULL,
-        last_used_ns INTEGER NOT NULL
-    );
-    CREATE TABLE run_artifacts (
-        run_id TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
-        sha512 TEXT,
-        status TEXT NOT NULL,
-        detail TEXT NOT NULL DEFAULT '',
-        integrity TEXT NOT NULL DEFAULT '',
-        tarball_url TEXT NOT NULL DEFAULT '',
-        size INTEGER NOT NULL DEFAULT 0,
-        checked_ns INTEGER NOT NULL
-    )
-"""
-
-POSTGRES_SCHEMA = SQLITE_SCHEMA.replace("INTEGER", "BIGINT").replace("BLOB", "BYTEA")
-
+from fangs.orchestrator.db.connector import _transaction
+from fangs.orchestrator.db.engines import READ_COMMITTED
 
 @attrs.frozen
 class RunArtifact:
@@ -56,7 +36,7 @@ class RunArtifact:
 _LINK_COLUMNS = "r.run_id, r.sha512, r.status, r.detail, r.integrity, r.tarball_url, r.size, r.checked_ns"
 
 
-class SQLiteArtifactStorage:
+class ArtifactStorage:
     def putArtifact(self, sha512: str, data: bytes, nowNs: int) -> Any:
         """
         Keep C{data} under its hash (once; a second put only marks it used).
@@ -64,9 +44,7 @@ class SQLiteArtifactStorage:
         return self._call(self._thd_putArtifact, sha512, data, nowNs)  # type: ignore[attr-defined]
 
     def _thd_putArtifact(self, conn: Any, sha512: str, data: bytes, nowNs: int) -> None:
-        from fangs.orchestrator.store import _transaction
-
-        with _transaction(conn):
+        with _transaction(conn, READ_COMMITTED):
             conn.execute(
                 "INSERT INTO artifacts (sha512, size, data, created_ns, last_used_ns) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (sha512) DO UPDATE SET last_used_ns = excluded.last_used_ns,"
@@ -78,9 +56,7 @@ class SQLiteArtifactStorage:
         return self._call(self._thd_linkArtifact, link)  # type: ignore[attr-defined]
 
     def _thd_linkArtifact(self, conn: Any, link: RunArtifact) -> None:
-        from fangs.orchestrator.store import _transaction
-
-        with _transaction(conn):
+        with _transaction(conn, READ_COMMITTED):
             conn.execute(
                 "INSERT INTO run_artifacts (run_id, sha512, status, detail, integrity, tarball_url, size, checked_ns)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET sha512 = excluded.sha512,"
@@ -125,54 +101,7 @@ class SQLiteArtifactStorage:
         return self._call(self._thd_pruneArtifacts, unusedSinceNs)  # type: ignore[attr-defined]
 
     def _thd_pruneArtifacts(self, conn: Any, unusedSinceNs: int) -> int:
-        from fangs.orchestrator.store import _transaction
-
-        with _transaction(conn):
+        with _transaction(conn, READ_COMMITTED):
             return conn.execute(
                 "UPDATE artifacts SET data = NULL WHERE data IS NOT NULL AND last_used_ns < ?", (unusedSinceNs,)
             ).rowcount
-
-
-class PostgresArtifactStorage(SQLiteArtifactStorage):
-    def _thd_putArtifact(self, conn: Any, sha512: str, data: bytes, nowNs: int) -> None:
-        from fangs.orchestrator.pgstore import _begin
-
-        with _begin(conn) as raw:
-            raw.execute(
-                "INSERT INTO artifacts (sha512, size, data, created_ns, last_used_ns) VALUES (%s, %s, %s, %s, %s)"
-                " ON CONFLICT (sha512) DO UPDATE SET last_used_ns = excluded.last_used_ns,"
-                " data = COALESCE(artifacts.data, excluded.data)",
-                (sha512, len(data), data, nowNs, nowNs),
-            )
-
-    def _thd_linkArtifact(self, conn: Any, link: RunArtifact) -> None:
-        from fangs.orchestrator.pgstore import _begin
-
-        with _begin(conn) as raw:
-            raw.execute(
-                "INSERT INTO run_artifacts (run_id, sha512, status, detail, integrity, tarball_url, size, checked_ns)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (run_id) DO UPDATE SET sha512 = excluded.sha512,"
-                " status = excluded.status, detail = excluded.detail, integrity = excluded.integrity,"
-                " tarball_url = excluded.tarball_url, size = excluded.size, checked_ns = excluded.checked_ns",
-                (link.run_id, link.sha512, link.status, link.detail, link.integrity, link.tarball_url, link.size,
-                 link.checked_ns),
-            )
-
-    def _thd_artifactFor(self, conn: Any, runID: str) -> Optional[RunArtifact]:
-        row = conn.raw.execute(
-            "SELECT " + _LINK_COLUMNS + ", a.data IS NOT NULL FROM run_artifacts r"
-            " LEFT JOIN artifacts a ON a.sha512 = r.sha512 WHERE r.run_id = %s",
-            (runID,),
-        ).fetchone()
-        return None if row is None else RunArtifact(*row[:8], stored=bool(row[8]))
-
-    def _thd_getArtifact(self, conn: Any, sha512: str) -> Optional[tuple]:
-        row = conn.raw.execute("SELECT size, data FROM artifacts WHERE sha512 = %s", (sha512,)).fetchone()
-        if row is None:
-            return None
-        return row[0], (bytes(row[1]) if row[1] is not None else None)
-
-    def _thd_pruneArtifacts(self, conn: Any, unusedSinceNs: int) -> int:
-        return conn.raw.execute(
-            "UPDATE artifacts SET data = NULL WHERE data IS NOT NULL AND last_used_ns < %s", (unusedSinceNs,)
-        ).rowcount

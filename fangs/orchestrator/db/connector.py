@@ -1,24 +1,90 @@
 """
 The store's connection, thread and transactions, shared by every component.
+
+L{Connector} is what both engines' connectors share: the migrations (one
+list, L{fangs.orchestrator.db.schema}, rendered by the engine), the schema
+version, and the one place a driver error becomes the store's own error
+(L{Connector._classified}).  L{SQLiteConnector} owns one SQLite connection on
+one thread; L{fangs.orchestrator.pgstore.PostgresStore} a pool of
+PostgreSQL connections.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from fangs.orchestrator.db.schema import MIGRATIONS
+from fangs.orchestrator.db.engines import READ_COMMITTED, SERIALIZABLE, SQLiteConnection, SQLiteEngine
+from fangs.orchestrator.db.schema import MIGRATIONS, render
 
 
 log = Logger()
 
+#: The SQLite engine (stateless; one for every store).
+SQLITE = SQLiteEngine()
 
-class SQLiteConnector:
+
+class Connector:
+    """
+    What the SQLite and PostgreSQL connectors share.  A subclass sets
+    C{engine} and provides C{_call(f, *args)}, which runs C{f(conn, *args)}
+    on a connection of its own thread and passes any exception through
+    L{_classified}.
+    """
+
+    engine: Any
+    #: The versioned migrations applied at start (a test may open a store at
+    #: an older version by giving a prefix of them).
+    migrations = MIGRATIONS
+
+    def _classified(self, error: BaseException) -> BaseException:
+        """
+        C{error}, or the store's error for it when it is a storage fault
+        (busy, full, a broken constraint): the same class on both engines.
+        """
+        fault = self.engine.classify(error)
+        if fault is None:
+            return error
+        fault.__cause__ = error
+        return fault
+
+    def _thd_migrate(self, conn: Any) -> None:
+        """
+        Apply the migrations not applied yet, each in its own transaction,
+        under the engine's migration lock (several orchestrators may start
+        at once on one PostgreSQL database).  READ COMMITTED: after waiting
+        for the lock, the check sees what the other migrator committed.
+        """
+        engine = conn.engine
+        with _transaction(conn, READ_COMMITTED):
+            engine.lockMigrations(conn)
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns {i64} NOT NULL)".format(**engine.types)
+            )
+        for m in sorted(self.migrations):
+            with _transaction(conn, READ_COMMITTED):
+                engine.lockMigrations(conn)
+                if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (m.version,)).fetchone():
+                    continue
+                for statement in render(m, engine):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, %s)" % (engine.nowNs,), (m.version, m.name))
+            log.info("applied migration {version} {name}", version=m.version, name=m.name)
+
+    def schemaVersion(self) -> "Deferred[int]":
+        """
+        The highest migration applied.
+        """
+        return self._call(lambda conn: conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0])  # type: ignore[attr-defined]
+
+
+class SQLiteConnector(Connector):
     """
     The SQLite connection and the thread it lives on: WAL, foreign keys,
     versioned migrations, one connection on one dedicated thread.
@@ -28,9 +94,7 @@ class SQLiteConnector:
     """
 
     backend = "sqlite"
-    #: The versioned migrations applied at start (a test may open a store at
-    #: an older version by giving a prefix of them).
-    migrations = MIGRATIONS
+    engine = SQLITE
 
     def __init__(
         self,
@@ -57,12 +121,15 @@ class SQLiteConnector:
         def inThread() -> Any:
             if self._conn is None:
                 self._conn = self._connect()
-            return f(self._conn, *args)
+            try:
+                return f(self._conn, *args)
+            except Exception as e:
+                raise self._classified(e)
 
         return self._runInThread(inThread)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, factory=SQLiteConnection)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -94,46 +161,20 @@ class SQLiteConnector:
             self._conn.close()
             self._conn = None
 
-    def _thd_migrate(self, conn: sqlite3.Connection) -> None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_ns INTEGER NOT NULL)"
-        )
-        applied = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
-        for version, name, sql in sorted(self.migrations):
-            if version in applied:
-                continue
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(sql):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, CAST(strftime('%s','now') AS INTEGER) * 1000000000)",
-                    (version, name),
-                )
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            log.info("applied migration {version} {name}", version=version, name=name)
-
-
-def _statements(sql: str) -> Iterable[str]:
-    for part in sql.split(";"):
-        if part.strip():
-            yield part
-
 
 class _transaction:
     """
-    C{BEGIN IMMEDIATE} ... C{COMMIT}, rolled back on any exception.
+    A transaction at the isolation it needs (the engine's C{BEGIN}: SQLite's
+    C{BEGIN IMMEDIATE}, PostgreSQL's C{SERIALIZABLE} or C{READ COMMITTED})
+    ... C{COMMIT}, rolled back on any exception.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Any, isolation: str = SERIALIZABLE) -> None:
         self._conn = conn
+        self._isolation = isolation
 
-    def __enter__(self) -> sqlite3.Connection:
-        self._conn.execute("BEGIN IMMEDIATE")
+    def __enter__(self) -> Any:
+        self._conn.execute(self._conn.engine.begin(self._isolation))
         return self._conn
 
     def __exit__(self, excType: Any, exc: Any, tb: Any) -> None:

@@ -5,7 +5,6 @@ the database browser.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
@@ -40,7 +39,7 @@ class DashboardComponent:
         """
         return self._call(self._thd_dashboardSummary, sinceNs, tenant)
 
-    def _thd_dashboardSummary(self, conn: sqlite3.Connection, sinceNs: int, tenant: str = "default") -> Dict[str, Any]:
+    def _thd_dashboardSummary(self, conn: Any, sinceNs: int, tenant: str = "default") -> Dict[str, Any]:
         byVerdict = {
             (v or "in progress"): n
             for v, n in conn.execute(
@@ -85,7 +84,7 @@ class DashboardComponent:
 
     def _thd_dashboardRuns(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         package: Optional[str],
         verdict: Optional[str],
         state: Optional[str],
@@ -125,7 +124,7 @@ class DashboardComponent:
         and its latest run.
         """
 
-        def thd(conn: sqlite3.Connection) -> List[Dict[str, Any]]:
+        def thd(conn: Any) -> List[Dict[str, Any]]:
             watched = {r[0]: r[1] for r in conn.execute("SELECT name, added_ns FROM packages WHERE tenant = ?", (tenant,))}
             out: Dict[str, Dict[str, Any]] = {}
             for name, runs, pending, latest in conn.execute(
@@ -152,7 +151,7 @@ class DashboardComponent:
     def eventsByID(self, ids: Sequence[int]) -> "Deferred[List[StoredEvent]]":
         ids = list(ids)[:500]
 
-        def thd(conn: sqlite3.Connection) -> List[StoredEvent]:
+        def thd(conn: Any) -> List[StoredEvent]:
             if not ids:
                 return []
             return [
@@ -168,27 +167,11 @@ class DashboardComponent:
 
     def tableRows(self, table: str, limit: int = 100, tenant: Optional[str] = None) -> "Deferred[Optional[List[Dict[str, Any]]]]":
         """
-        Up to C{limit} rows of C{table}, newest (highest rowid) first, as
+        Up to C{limit} rows of C{table}, newest first (SQLite's rowid order; PostgreSQL's numbered id), as
         dicts; C{None} when there is no such table (yet).  With C{tenant},
         only that tenant's rows of a table with a C{tenant} column.
         """
-
-        def thd(conn: sqlite3.Connection) -> Optional[List[Dict[str, Any]]]:
-            known = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
-            if known is None:
-                return None
-            columns = {r[1] for r in conn.execute('PRAGMA table_info("%s")' % (known[0],))}
-            where, args = (" WHERE tenant = ?", (tenant, limit)) if tenant is not None and "tenant" in columns else ("", (limit,))
-            try:
-                cur = conn.execute('SELECT * FROM "%s"%s ORDER BY rowid DESC LIMIT ?' % (known[0], where), args)
-            except sqlite3.OperationalError:  # a WITHOUT ROWID table
-                cur = conn.execute('SELECT * FROM "%s"%s LIMIT ?' % (known[0], where), args)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur]
-
-        return self._call(thd)
+        return self._call(lambda conn: conn.engine.tableRows(conn, table, limit, tenant))
 
     def tableNames(self) -> "Deferred[List[str]]":
-        return self._call(
-            lambda conn: [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
-        )
+        return self._call(lambda conn: conn.engine.tableNames(conn))

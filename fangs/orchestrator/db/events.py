@@ -4,7 +4,6 @@ Event batches and events: ingest, pages for export, counts, retention.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -12,6 +11,7 @@ from twisted.internet.defer import Deferred
 from fangs.orchestrator import differ
 from fangs.orchestrator.db.model import BatchWrite, EventRow, IngestOutcome, StoredEvent
 from fangs.orchestrator.db.connector import _transaction
+from fangs.orchestrator.db.engines import READ_COMMITTED
 
 
 #: Runs whose event counts L{EventsComponent.eventCounts} keeps.
@@ -51,61 +51,61 @@ class EventsComponent:
         """
         return self._call(self._thd_ingestBatches, list(writes))
 
-    def _thd_ingestBatches(self, conn: sqlite3.Connection, writes: Sequence[BatchWrite]) -> List[IngestOutcome]:
-        with _transaction(conn):
+    def _thd_ingestBatches(self, conn: Any, writes: Sequence[BatchWrite]) -> List[IngestOutcome]:
+        engine = conn.engine
+        with _transaction(conn, READ_COMMITTED):
             outcomes = []
             fresh = []
             for w in writes:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO batches (run_id, seq, events, received_ns) VALUES (?, ?, ?, ?)",
+                if conn.execute(
+                    "INSERT INTO batches (run_id, seq, events, received_ns) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (w.run_id, w.seq, len(w.rows), w.now_ns),
-                )
-                if cur.rowcount == 0:
+                ).rowcount == 0:
                     outcomes.append(IngestOutcome(False, 0))
                     continue
                 outcomes.append(IngestOutcome(True, len(w.rows)))
                 fresh.append(w)
             if not fresh:
                 return outcomes
-            events = [(w.run_id, r.seq, r.idx, r.type, r.ts_ns, w.now_ns, r.pid, r.data) for w in fresh for r in w.rows]
-            if events:
-                conn.executemany(
-                    "INSERT INTO events (run_id, seq, idx, type, ts_ns, received_ns, pid, data)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    events,
-                )
-                # One writer, one transaction, one statement: the ids just
-                # assigned are consecutive and end at last_insert_rowid().
-                eventID = conn.execute("SELECT last_insert_rowid()").fetchone()[0] - len(events) + 1
-                sets: Dict[Tuple[str, Tuple[str, ...]], differ.FingerprintSet] = {}
-                for w in fresh:
-                    key = (w.run_id, tuple(w.cred_paths))
-                    fps = sets.get(key)
-                    if fps is None:
-                        fps = sets[key] = differ.FingerprintSet(w.cred_paths or differ.DEFAULT_CRED_PATHS)
-                    add = fps.add
-                    for r in w.rows:
-                        if r.payload is not None:
-                            add(eventID, r.type, r.payload)
-                        eventID += 1
-                # The rows of several batches merged in one set are what
-                # the upsert of each batch's rows would have summed.
+            sets: Dict[Tuple[str, Tuple[str, ...]], differ.FingerprintSet] = {}
+            for w in fresh:
+                if not w.rows:
+                    continue
+                ids = engine.insertEvents(conn, w.run_id, w.rows, w.now_ns)
+                key = (w.run_id, tuple(w.cred_paths))
+                fps = sets.get(key)
+                if fps is None:
+                    fps = sets[key] = differ.FingerprintSet(w.cred_paths or differ.DEFAULT_CRED_PATHS)
+                add = fps.add
+                for eid, r in zip(ids, w.rows):
+                    if r.payload is not None:
+                        add(eid, r.type, r.payload)
+            # The rows of several batches merged in one set are what the
+            # upsert of each batch's rows would have summed.  One lock order,
+            # so concurrent groups (PostgreSQL, several orchestrators) never
+            # deadlock on a run's fingerprints.
+            found = sorted((runID,) + f for (runID, _), fps in sets.items() for f in fps.tuples())
+            if found:
                 conn.executemany(
                     "INSERT INTO run_fingerprints (run_id, category, value, count, first_event_id, cred, raw_ip)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (run_id, category, value) DO UPDATE SET"
-                    " count = count + excluded.count,"
-                    " first_event_id = MIN(first_event_id, excluded.first_event_id),"
-                    " cred = MAX(cred, excluded.cred), raw_ip = MAX(raw_ip, excluded.raw_ip)",
-                    [(runID,) + f for (runID, _), fps in sets.items() for f in fps.tuples()],
+                    " count = run_fingerprints.count + excluded.count,"
+                    " first_event_id = %s, cred = %s, raw_ip = %s"
+                    % (
+                        engine.least("run_fingerprints.first_event_id", "excluded.first_event_id"),
+                        engine.greatest("run_fingerprints.cred", "excluded.cred"),
+                        engine.greatest("run_fingerprints.raw_ip", "excluded.raw_ip"),
+                    ),
+                    found,
                 )
-            for runID, (events_, batches, nowNs, deadlineNs) in _perRun(fresh).items():
+            for runID, (events_, batches, nowNs, deadlineNs) in sorted(_perRun(fresh).items()):
                 conn.execute(
                     "UPDATE runs SET events_received = events_received + ?,"
                     " batches_received = batches_received + ?, last_activity_ns = ?,"
-                    " deadline_ns = MAX(COALESCE(deadline_ns, 0), ?),"
+                    " deadline_ns = %s,"
                     " state = CASE WHEN state = 'dispatched' THEN 'running' ELSE state END"
-                    " WHERE id = ?",
+                    " WHERE id = ?" % (engine.greatest("COALESCE(deadline_ns, 0)", "?"),),
                     (events_, batches, nowNs, deadlineNs, runID),
                 )
             return outcomes
@@ -121,7 +121,7 @@ class EventsComponent:
 
     def _thd_eventPage(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         runID: str,
         after: Tuple[int, int],
         limit: int,
@@ -153,7 +153,7 @@ class EventsComponent:
         """
         return self._call(self._thd_eventCounts, runID)
 
-    def _thd_eventCounts(self, conn: sqlite3.Connection, runID: str) -> Dict[int, int]:
+    def _thd_eventCounts(self, conn: Any, runID: str) -> Dict[int, int]:
         if not self._incrementalCounts:
             return {t: n for t, n in conn.execute(
                 "SELECT type, COUNT(*) FROM events WHERE run_id = ? GROUP BY type", (runID,))}
@@ -187,12 +187,15 @@ class EventsComponent:
         """
         return self._call(self._thd_pruneEvents, cutoffNs, batch)
 
-    def _thd_pruneEvents(self, conn: sqlite3.Connection, cutoffNs: int, batch: int) -> int:
+    def _thd_pruneEvents(self, conn: Any, cutoffNs: int, batch: int) -> int:
         self.__dict__.pop("_typeCounts", None)  # counts of pruned runs go down
-        with _transaction(conn):
+        # SKIP LOCKED where the engine has it: two orchestrators pruning at
+        # once take different rows.
+        with _transaction(conn, READ_COMMITTED):
             return conn.execute(
                 "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_ns < ?"
-                " AND NOT EXISTS (SELECT 1 FROM deviations d WHERE d.evidence_event_id = e.id) LIMIT ?)",
+                " AND NOT EXISTS (SELECT 1 FROM deviations d WHERE d.evidence_event_id = e.id) LIMIT ?%s)"
+                % (conn.engine.skipLocked,),
                 (cutoffNs, batch),
             ).rowcount
 

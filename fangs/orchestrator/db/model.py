@@ -13,6 +13,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import attrs
 
+from fangs.errors import FangsError
+
 
 # Run states.  A run is also its job: while C{pending} it waits in the queue.
 PENDING = "pending"  # queued, not yet handed to a runner
@@ -50,6 +52,48 @@ class IdempotencyMismatch(StoreError):
 
 class Conflict(StoreError):
     pass
+
+
+class ConstraintViolation(Conflict):
+    """
+    A write broke a constraint of the schema (a unique key, a foreign key, a
+    check) on either engine.
+    """
+
+
+class StorageFault(StoreError, FangsError):
+    """
+    The database could not do the work now; the failed write was rolled
+    back, so the caller may retry.  Raised by the engine's classification
+    of a driver error (L{fangs.orchestrator.db.engines.Engine.classify}),
+    the same class for the same fault on SQLite and PostgreSQL, so the HTTP
+    edge answers both alike.
+
+    @ivar detail: the driver's own message, for the log (never the client).
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        FangsError.__init__(self, message)
+        self.detail = detail
+
+
+class StorageBusy(StorageFault):
+    """
+    Locked by another writer, out of connections, a lock or statement
+    timeout, or the server unreachable: waited out by a retry.
+    """
+
+    status = 503
+    code = "database_busy"
+
+
+class StorageFull(StorageFault):
+    """
+    The database's disk is full.
+    """
+
+    status = 507
+    code = "insufficient_storage"
 
 
 @attrs.frozen

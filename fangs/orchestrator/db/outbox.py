@@ -5,7 +5,6 @@ Notifiers, the notification outbox and delivery history, metric counts.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
@@ -30,7 +29,7 @@ class OutboxComponent:
     # become C{dead}), and they still count against a re-created target of
     # the same name, so old runs are not announced again.
 
-    def _thd_enqueueNotifications(self, conn: sqlite3.Connection, run: RunRow, outcome: "AnalysisOutcome", nowNs: int) -> int:
+    def _thd_enqueueNotifications(self, conn: Any, run: RunRow, outcome: "AnalysisOutcome", nowNs: int) -> int:
         from fangs import wire
         from fangs.orchestrator import notifier as N
 
@@ -72,8 +71,9 @@ class OutboxComponent:
         for t in targets:
             body, ctype = N.render(t["template"], info, deviations)
             added += conn.execute(
-                "INSERT OR IGNORE INTO outbox (tenant, run_id, notifier_name, template, state, attempts, next_attempt_ns,"
-                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (tenant, run_id, notifier_name, template, state, attempts, next_attempt_ns,"
+                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
                 (outcome.tenant, run.id, t["name"], t["template"], nowNs, nowNs, nowNs, body, ctype),
             ).rowcount
         return added
@@ -107,7 +107,7 @@ class OutboxComponent:
         it was created.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 created = conn.execute("SELECT 1 FROM notifiers WHERE tenant = ? AND name = ?",
                                        (tenant, target["name"])).fetchone() is None
@@ -152,7 +152,7 @@ class OutboxComponent:
         )
 
     def getNotifier(self, name: str, tenant: str = "default") -> "Deferred[Optional[Dict[str, Any]]]":
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(self._NOTIFIER_SELECT + " WHERE tenant = ? AND name = ?", (tenant, name)).fetchone()
             return None if r is None else self._notifierDict(r)
 
@@ -164,7 +164,7 @@ class OutboxComponent:
         stays.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 if not conn.execute("DELETE FROM notifiers WHERE tenant = ? AND name = ?", (tenant, name)).rowcount:
                     return False
@@ -237,7 +237,7 @@ class OutboxComponent:
         C{attempt - 1} attempts.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 cur = conn.execute(
                     "UPDATE outbox SET state = ?, attempts = ?, next_attempt_ns = COALESCE(?, next_attempt_ns),"
@@ -304,7 +304,7 @@ class OutboxComponent:
         C{tenant_deviations} keyed C{(tenant, state|severity)}.
         """
 
-        def thd(conn: sqlite3.Connection) -> Dict[str, Any]:
+        def thd(conn: Any) -> Dict[str, Any]:
             if tenant is not None:
                 return {
                     "runs": dict(conn.execute(

@@ -5,7 +5,6 @@ Watched packages, their baselines, and releases seen by the watcher.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -28,10 +27,11 @@ class PackagesComponent:
     def addPackage(self, name: str, actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
         return self._call(self._thd_addPackage, name, actor, nowNs, tenant)
 
-    def _thd_addPackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
+    def _thd_addPackage(self, conn: Any, name: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
         with _transaction(conn):
             cur = conn.execute(
-                "INSERT OR IGNORE INTO packages (tenant, name, added_ns, added_by) VALUES (?, ?, ?, ?)", (tenant, name, nowNs, actor)
+                "INSERT INTO packages (tenant, name, added_ns, added_by) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (tenant, name, nowNs, actor),
             )
             if cur.rowcount:
                 conn.execute(
@@ -43,7 +43,7 @@ class PackagesComponent:
     def removePackage(self, name: str, actor: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
         return self._call(self._thd_removePackage, name, actor, nowNs, tenant)
 
-    def _thd_removePackage(self, conn: sqlite3.Connection, name: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
+    def _thd_removePackage(self, conn: Any, name: str, actor: str, nowNs: int, tenant: str = "default") -> bool:
         with _transaction(conn):
             cur = conn.execute("DELETE FROM packages WHERE tenant = ? AND name = ?", (tenant, name))
             if cur.rowcount:
@@ -56,14 +56,15 @@ class PackagesComponent:
     def listPackages(self, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         return self._call(self._thd_listPackages, None, tenant)
 
-    def _thd_listPackages(self, conn: sqlite3.Connection, name: Optional[str] = None, tenant: str = "default") -> List[Dict[str, Any]]:
+    def _thd_listPackages(self, conn: Any, name: Optional[str] = None, tenant: str = "default") -> List[Dict[str, Any]]:
         runs = "SELECT COUNT(*) FROM runs r JOIN run_tenants rt ON rt.run_id = r.id AND rt.tenant = p.tenant WHERE r.package_name = p.name"
         sql = (
             "SELECT p.name, p.added_ns, p.last_checked_ns, p.last_seen_version,"
             " (" + runs + "),"
             " (" + runs + " AND rt.verdict IN ('baseline', 'clean')),"
             " (" + runs + " AND rt.verdict = 'deviations' AND rt.decision IS NULL),"
-            " (SELECT COUNT(DISTINCT category || char(0) || value) FROM baseline b WHERE b.tenant = p.tenant AND b.package_name = p.name)"
+            " (SELECT COUNT(*) FROM (SELECT DISTINCT category, value FROM baseline b"
+            " WHERE b.tenant = p.tenant AND b.package_name = p.name) d)"
             " FROM packages p WHERE p.tenant = ?"
         )
         args: Tuple[Any, ...] = (tenant,)
@@ -131,7 +132,7 @@ class PackagesComponent:
         """
         return self._call(self._thd_watchList, nowNs)
 
-    def _thd_watchList(self, conn: sqlite3.Connection, nowNs: int) -> List[Dict[str, Any]]:
+    def _thd_watchList(self, conn: Any, nowNs: int) -> List[Dict[str, Any]]:
         return [
             {"name": r[0], "etag": r[1], "last_seen_version": r[2], "seeded": bool(r[3]), "waiting": r[4], "tenant": r[5]}
             for r in conn.execute(
@@ -153,7 +154,7 @@ class PackagesComponent:
             lambda conn: {
                 r[0]: bool(r[1])
                 for r in conn.execute(
-                    "SELECT version, queued OR seeded FROM releases WHERE tenant = ? AND package_name = ?", (tenant, name)
+                    "SELECT version, queued <> 0 OR seeded <> 0 FROM releases WHERE tenant = ? AND package_name = ?", (tenant, name)
                 )
             }
         )
@@ -180,7 +181,7 @@ class PackagesComponent:
 
     def _thd_recordPackument(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         name: str,
         releases: Sequence[Dict[str, Any]],
         latest: Optional[str],
@@ -225,7 +226,7 @@ class PackagesComponent:
     def waitingReleases(self, name: str, tenant: str = "default") -> "Deferred[List[Dict[str, Any]]]":
         return self._call(self._thd_waitingReleases, name, tenant)
 
-    def _thd_waitingReleases(self, conn: sqlite3.Connection, name: str, tenant: str = "default") -> List[Dict[str, Any]]:
+    def _thd_waitingReleases(self, conn: Any, name: str, tenant: str = "default") -> List[Dict[str, Any]]:
         return [
             {"version": r[0], "published_ns": r[1], "attempts": r[2]}
             for r in conn.execute(
@@ -236,7 +237,7 @@ class PackagesComponent:
         ]
 
     def markReleaseQueued(self, name: str, version: str, runID: str, nowNs: int, tenant: str = "default") -> "Deferred[bool]":
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 return bool(
                     conn.execute(
@@ -249,7 +250,7 @@ class PackagesComponent:
         return self._call(thd)
 
     def markReleaseFailed(self, name: str, version: str, error: str, tenant: str = "default") -> "Deferred[None]":
-        def thd(conn: sqlite3.Connection) -> None:
+        def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.execute(
                     "UPDATE releases SET attempts = attempts + 1, last_error = ? WHERE tenant = ? AND package_name = ? AND version = ?",
@@ -265,7 +266,7 @@ class PackagesComponent:
         tenant)} (error C{""} when all went well; default tenant).
         """
 
-        def thd(conn: sqlite3.Connection) -> None:
+        def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.executemany(
                     "UPDATE packages SET last_checked_ns = ?, last_error = ?, next_check_ns = ? WHERE tenant = ? AND name = ?",
@@ -279,7 +280,7 @@ class PackagesComponent:
         The watcher's view of one package: last check, error, hold-off.
         """
 
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(
                 "SELECT last_checked_ns, last_seen_version, etag, last_error, next_check_ns FROM packages WHERE tenant = ? AND name = ?",
                 (tenant, name),

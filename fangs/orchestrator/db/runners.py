@@ -5,12 +5,12 @@ The shared runner registry and runners' cumulative drop counters.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
 from fangs.orchestrator.db.connector import _transaction
+from fangs.orchestrator.db.engines import RUNNERS_CHANNEL
 
 
 class RunnersComponent:
@@ -27,7 +27,7 @@ class RunnersComponent:
         restarted: the whole value is new).
         """
 
-        def thd(conn: sqlite3.Connection) -> int:
+        def thd(conn: Any) -> int:
             with _transaction(conn):
                 row = conn.execute(
                     "SELECT events_dropped FROM runner_drop_counters WHERE runner_id = ?", (runnerID,)
@@ -62,7 +62,7 @@ class RunnersComponent:
         """
         return self._call(self._thd_upsertRunner, runnerID, registration, nowNs)
 
-    def _thd_upsertRunner(self, conn: sqlite3.Connection, runnerID: str, registration: str, nowNs: int) -> bool:
+    def _thd_upsertRunner(self, conn: Any, runnerID: str, registration: str, nowNs: int) -> bool:
         with _transaction(conn):
             replaced = conn.execute("SELECT 1 FROM runners WHERE runner_id = ?", (runnerID,)).fetchone() is not None
             conn.execute(
@@ -72,6 +72,7 @@ class RunnersComponent:
                 " active_run_ids = '[]', events_queued = 0",
                 (runnerID, registration, nowNs, nowNs),
             )
+            conn.engine.notify(conn, RUNNERS_CHANNEL, runnerID)
             return replaced
 
     def touchRunner(
@@ -89,9 +90,9 @@ class RunnersComponent:
         active = None if activeRunIDs is None else json.dumps(list(activeRunIDs))
         return self._call(
             lambda conn: conn.execute(
-                "UPDATE runners SET last_seen_ns = MAX(last_seen_ns, ?), status = COALESCE(?, status),"
+                "UPDATE runners SET last_seen_ns = %s, status = COALESCE(?, status),"
                 " active_run_ids = COALESCE(?, active_run_ids), events_queued = COALESCE(?, events_queued)"
-                " WHERE runner_id = ?",
+                " WHERE runner_id = ?" % (conn.engine.greatest("last_seen_ns", "?"),),
                 (nowNs, status, active, eventsQueued, runnerID),
             ).rowcount
             == 1
@@ -114,7 +115,7 @@ class RunnersComponent:
         }
 
     def getRunner(self, runnerID: str) -> "Deferred[Optional[Dict[str, Any]]]":
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(self._RUNNER_SELECT + " WHERE runner_id = ?", (runnerID,)).fetchone()
             return None if r is None else self._runnerDict(r)
 

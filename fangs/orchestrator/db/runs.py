@@ -5,7 +5,6 @@ cancel, results, listing and the sweeps that fail lost runs.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
@@ -30,6 +29,7 @@ from fangs.orchestrator.db.model import (
     checkIdempotency,
 )
 from fangs.orchestrator.db.connector import _transaction
+from fangs.orchestrator.db.engines import JOBS_CHANNEL, READ_COMMITTED, SHARED_QUEUE
 
 
 class RunsComponent:
@@ -50,21 +50,15 @@ class RunsComponent:
         """
         return self._call(self._thd_createRun, run)
 
-    def _thd_createRun(self, conn: sqlite3.Connection, run: NewRun) -> Tuple[str, bool]:
-        with _transaction(conn):
-            if run.idempotency_key is not None:
-                row = conn.execute(
-                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
-                ).fetchone()
-                if row is not None:
-                    checkIdempotency(row[1], run.idempotency_digest)
-                    return row[0], False
+    def _thd_createRun(self, conn: Any, run: NewRun) -> Tuple[str, bool]:
+        engine = conn.engine
+        with _transaction(conn, READ_COMMITTED):
             try:
-                conn.execute(
+                row = conn.execute(
                     "INSERT INTO runs (id, package_name, version, kind, state, target_runner, job,"
                     " queue_seq, idempotency_key, idempotency_digest, created_ns, tenant)"
-                    " VALUES (?, ?, ?, ?, 'pending', ?, ?,"
-                    " (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs), ?, ?, ?, ?)",
+                    " VALUES (?, ?, ?, ?, 'pending', ?, ?, %s, ?, ?, ?, ?)"
+                    " ON CONFLICT (idempotency_key) DO NOTHING RETURNING id" % (engine.nextQueueSeq,),
                     (
                         run.id,
                         run.package_name,
@@ -77,10 +71,17 @@ class RunsComponent:
                         run.created_ns,
                         run.tenant,
                     ),
-                )
-            except sqlite3.IntegrityError:
+                ).fetchone()
+            except engine.IntegrityError:
                 raise Conflict("run %s exists already" % (run.id,)) from None
+            if row is None:  # the idempotency key was used before
+                found = conn.execute(
+                    "SELECT id, idempotency_digest FROM runs WHERE idempotency_key = ?", (run.idempotency_key,)
+                ).fetchone()
+                checkIdempotency(found[1], run.idempotency_digest)
+                return found[0], False
             conn.execute("INSERT INTO run_tenants (run_id, tenant, linked_ns) VALUES (?, ?, ?)", (run.id, run.tenant, run.created_ns))
+            engine.notify(conn, JOBS_CHANNEL, run.target_runner or SHARED_QUEUE)
             return run.id, True
 
     def getRun(self, runID: str, tenant: Optional[str] = None) -> "Deferred[Optional[RunRow]]":
@@ -90,7 +91,7 @@ class RunsComponent:
         """
         return self._call(self._thd_getRun, runID, tenant)
 
-    def _thd_getRun(self, conn: sqlite3.Connection, runID: str, tenant: Optional[str] = None) -> Optional[RunRow]:
+    def _thd_getRun(self, conn: Any, runID: str, tenant: Optional[str] = None) -> Optional[RunRow]:
         if tenant is None:
             row = conn.execute(_RUN_SELECT + " WHERE id = ?", (runID,)).fetchone()
         else:
@@ -106,7 +107,7 @@ class RunsComponent:
         against its own baseline.  False when it was linked already.
         """
 
-        def thd(conn: sqlite3.Connection) -> bool:
+        def thd(conn: Any) -> bool:
             with _transaction(conn):
                 if conn.execute("SELECT 1 FROM run_tenants WHERE run_id = ? AND tenant = ?", (runID, tenant)).fetchone():
                     return False
@@ -188,7 +189,7 @@ class RunsComponent:
         """
         return self._call(self._thd_claimJob, runnerID)
 
-    def _thd_claimJob(self, conn: sqlite3.Connection, runnerID: str) -> Optional[Tuple[str, str]]:
+    def _thd_claimJob(self, conn: Any, runnerID: str) -> Optional[Tuple[str, str]]:
         with _transaction(conn):
             row = conn.execute(
                 "SELECT id, job FROM runs WHERE state = 'pending'"
@@ -204,7 +205,7 @@ class RunsComponent:
     def confirmDispatch(self, runID: str, nowNs: int, deadlineNs: int) -> "Deferred[bool]":
         return self._call(self._thd_confirmDispatch, runID, nowNs, deadlineNs)
 
-    def _thd_confirmDispatch(self, conn: sqlite3.Connection, runID: str, nowNs: int, deadlineNs: int) -> bool:
+    def _thd_confirmDispatch(self, conn: Any, runID: str, nowNs: int, deadlineNs: int) -> bool:
         # One conditional statement: atomic without a transaction of its own.
         cur = conn.execute(
             "UPDATE runs SET state = 'dispatched', dispatched_ns = ?, last_activity_ns = ?,"
@@ -220,7 +221,7 @@ class RunsComponent:
         """
         return self._call(self._thd_releaseLease, runID)
 
-    def _thd_releaseLease(self, conn: sqlite3.Connection, runID: str) -> bool:
+    def _thd_releaseLease(self, conn: Any, runID: str) -> bool:
         with _transaction(conn):
             cur = conn.execute(
                 "UPDATE runs SET state = 'pending', runner_id = NULL WHERE id = ? AND state = 'leased'",
@@ -235,7 +236,7 @@ class RunsComponent:
         """
         return self._call(self._thd_requeueLeased)
 
-    def _thd_requeueLeased(self, conn: sqlite3.Connection) -> int:
+    def _thd_requeueLeased(self, conn: Any) -> int:
         with _transaction(conn):
             return conn.execute(
                 "UPDATE runs SET state = 'pending', runner_id = NULL WHERE state = 'leased'"
@@ -265,7 +266,7 @@ class RunsComponent:
         """
         return self._call(self._thd_cancelRun, runID, nowNs)
 
-    def _thd_cancelRun(self, conn: sqlite3.Connection, runID: str, nowNs: int) -> RunRow:
+    def _thd_cancelRun(self, conn: Any, runID: str, nowNs: int) -> RunRow:
         with _transaction(conn):
             row = conn.execute("SELECT state FROM runs WHERE id = ?", (runID,)).fetchone()
             if row is None:
@@ -298,22 +299,27 @@ class RunsComponent:
         """
         return self._call(self._thd_sweepLost, nowNs)
 
-    def _thd_sweepLost(self, conn: sqlite3.Connection, nowNs: int) -> List[str]:
-        with _transaction(conn):
-            ids = [
+    def _thd_sweepLost(self, conn: Any, nowNs: int) -> List[str]:
+        # One UPDATE: of two orchestrators sweeping at once (PostgreSQL),
+        # each run is failed (and so analysed) by exactly one of them.
+        with _transaction(conn, READ_COMMITTED):
+            self._thd_requeueStaleLeases(conn)
+            return sorted(
                 r[0]
                 for r in conn.execute(
-                    "SELECT id FROM runs WHERE state IN ('dispatched', 'running') AND deadline_ns < ?",
-                    (nowNs,),
-                )
-            ]
-            for runID in ids:
-                conn.execute(
-                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost',"
-                    " finished_ns = ? WHERE id = ?",
-                    (nowNs, runID),
-                )
-            return ids
+                    "UPDATE runs SET state = 'failed', failure_reason = 'runner lost', finished_ns = ?"
+                    " WHERE state IN ('dispatched', 'running') AND deadline_ns < ? RETURNING id",
+                    (nowNs, nowNs),
+                ).fetchall()
+            )
+
+    def _thd_requeueStaleLeases(self, conn: Any) -> int:
+        """
+        Put back leases whose orchestrator died before confirming them.  One
+        SQLite orchestrator's leases are its own and alive (a restart puts
+        them back, L{requeueLeased}); PostgreSQL's stores override this.
+        """
+        return 0
 
     # -- results ---------------------------------------------------------------
 
@@ -343,7 +349,7 @@ class RunsComponent:
 
     def _thd_recordResult(
         self,
-        conn: sqlite3.Connection,
+        conn: Any,
         runID: str,
         status: str,
         reason: str,
@@ -385,7 +391,7 @@ class RunsComponent:
         return self._call(self._thd_listRuns, filter, pageSize, after)
 
     def _thd_listRuns(
-        self, conn: sqlite3.Connection, filter: RunFilter, pageSize: int, after: Optional[List[Any]]
+        self, conn: Any, filter: RunFilter, pageSize: int, after: Optional[List[Any]]
     ) -> Page:
         where: List[str] = []
         args: List[Any] = []
@@ -435,7 +441,7 @@ class RunsComponent:
         return self._call(self._thd_failRunsMissingFromHeartbeat, runnerID, list(activeRunIDs), dispatchedBeforeNs, nowNs)
 
     def _thd_failRunsMissingFromHeartbeat(
-        self, conn: sqlite3.Connection, runnerID: str, activeRunIDs: List[str], dispatchedBeforeNs: int, nowNs: int
+        self, conn: Any, runnerID: str, activeRunIDs: List[str], dispatchedBeforeNs: int, nowNs: int
     ) -> List[str]:
         active = set(activeRunIDs)
         with _transaction(conn):

@@ -17,35 +17,38 @@ from __future__ import annotations
 
 TENANTS_MIGRATION = 60
 
-_RUN_TENANTS = """
+#: Both engines: the run links (existing runs linked to C{default}) and the
+#: columns added in place.  A L{fangs.orchestrator.db.schema} template.
+SHARED = """
         CREATE TABLE run_tenants (
-            run_id {T} NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-            tenant {T} NOT NULL,
+            run_id {text} NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+            tenant {text} NOT NULL,
             linked_ns BIGINT NOT NULL,
-            verdict {T},
-            decision {T},
+            verdict {text},
+            decision {text},
             analyzed_ns BIGINT,
             deviation_count INTEGER NOT NULL DEFAULT 0,
-            max_severity {T},
+            max_severity {text},
             severity_rank INTEGER NOT NULL DEFAULT 0,
-            analysis_reason {T} NOT NULL DEFAULT '',
+            analysis_reason {text} NOT NULL DEFAULT '',
             PRIMARY KEY (run_id, tenant)
-        ){W};
+        ){norowid};
         CREATE INDEX run_tenants_by_tenant ON run_tenants(tenant, run_id);
         CREATE INDEX run_tenants_pending ON run_tenants(tenant, severity_rank) WHERE verdict = 'deviations' AND decision IS NULL;
         INSERT INTO run_tenants (run_id, tenant, linked_ns, verdict, decision, analyzed_ns, deviation_count, max_severity,
                                  severity_rank, analysis_reason)
             SELECT id, 'default', created_ns, verdict, decision, analyzed_ns, deviation_count, max_severity, severity_rank,
                    analysis_reason FROM runs;
-        ALTER TABLE runs ADD COLUMN tenant {T} NOT NULL DEFAULT 'default';
-        ALTER TABLE deviations ADD COLUMN tenant {T} NOT NULL DEFAULT 'default';
+        ALTER TABLE runs ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
+        ALTER TABLE deviations ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         CREATE INDEX deviations_by_tenant ON deviations(tenant, detected_ns, id);
-        ALTER TABLE audit ADD COLUMN tenant {T} NOT NULL DEFAULT 'default';
-        ALTER TABLE api_tokens ADD COLUMN tenant {T} NOT NULL DEFAULT 'default';
+        ALTER TABLE audit ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
+        ALTER TABLE api_tokens ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         UPDATE api_tokens SET tenant = '*' WHERE scopes LIKE '%orchestrator:admin%' OR scopes = 'runner';
 """
 
-SQLITE_SCHEMA = _RUN_TENANTS.format(T="TEXT", W=" WITHOUT ROWID") + """
+#: SQLite changes keys by rebuilding the tables.
+SQLITE = """
         CREATE TABLE baseline_t (
             tenant TEXT NOT NULL DEFAULT 'default',
             package_name TEXT NOT NULL,
@@ -130,7 +133,7 @@ SQLITE_SCHEMA = _RUN_TENANTS.format(T="TEXT", W=" WITHOUT ROWID") + """
             url TEXT NOT NULL,
             template TEXT NOT NULL,
             secret_env TEXT,
-            headers TEXT NOT NULL DEFAULT '{}',
+            headers TEXT NOT NULL DEFAULT '{{}}',
             min_severity TEXT,
             packages TEXT NOT NULL DEFAULT '[]',
             enabled INTEGER NOT NULL DEFAULT 1,
@@ -187,13 +190,13 @@ SQLITE_SCHEMA = _RUN_TENANTS.format(T="TEXT", W=" WITHOUT ROWID") + """
 # PostgreSQL changes keys in place (the constraint names are PostgreSQL's
 # defaults; baseline's is its table's name before the actors migration
 # renamed it).
-POSTGRES_SCHEMA = _RUN_TENANTS.format(T="TEXT", W="") + """
-        ALTER TABLE baseline ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+POSTGRESQL = """
+        ALTER TABLE baseline ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         ALTER TABLE baseline DROP CONSTRAINT IF EXISTS baseline_actors_pkey;
         ALTER TABLE baseline DROP CONSTRAINT IF EXISTS baseline_pkey;
         ALTER TABLE baseline ADD PRIMARY KEY (tenant, package_name, category, value, actor, run_id);
-        ALTER TABLE packages ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
-        ALTER TABLE releases ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE packages ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
+        ALTER TABLE releases ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         ALTER TABLE releases DROP CONSTRAINT IF EXISTS releases_package_name_fkey;
         ALTER TABLE releases DROP CONSTRAINT IF EXISTS releases_pkey;
         ALTER TABLE packages DROP CONSTRAINT IF EXISTS packages_pkey;
@@ -203,17 +206,17 @@ POSTGRES_SCHEMA = _RUN_TENANTS.format(T="TEXT", W="") + """
         DROP INDEX IF EXISTS releases_waiting;
         CREATE INDEX releases_waiting ON releases(tenant, package_name) WHERE queued = 0 AND seeded = 0;
         CREATE INDEX releases_by_release ON releases(package_name, version);
-        ALTER TABLE allowlist ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE allowlist ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         UPDATE allowlist SET tenant = '*' WHERE source <> 'operator';
         ALTER TABLE allowlist DROP CONSTRAINT IF EXISTS allowlist_scope_package_name_kind_value_key;
         ALTER TABLE allowlist ADD UNIQUE (tenant, scope, package_name, kind, value);
-        ALTER TABLE notifiers ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE notifiers ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         ALTER TABLE notifiers DROP CONSTRAINT IF EXISTS notifiers_pkey;
         ALTER TABLE notifiers ADD PRIMARY KEY (tenant, name);
-        ALTER TABLE outbox ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE outbox ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         ALTER TABLE outbox DROP CONSTRAINT IF EXISTS outbox_run_id_notifier_name_key;
         ALTER TABLE outbox ADD UNIQUE (run_id, tenant, notifier_name);
-        ALTER TABLE deliveries ADD COLUMN tenant TEXT NOT NULL DEFAULT 'default';
+        ALTER TABLE deliveries ADD COLUMN tenant {text} NOT NULL DEFAULT 'default';
         DROP INDEX IF EXISTS deliveries_by_notifier;
         CREATE INDEX deliveries_by_notifier ON deliveries(tenant, notifier_name, at_ns)
 """

@@ -5,7 +5,6 @@ API tokens and server-side dashboard sessions.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Dict, List, Optional
 
 from twisted.internet.defer import Deferred
@@ -27,7 +26,7 @@ class TokensComponent:
                     tenant: str = "*") -> "Deferred[None]":
         return self._call(self._thd_createToken, tokenID, name, scopes, secretHash, actor, nowNs, tenant)
 
-    def _thd_createToken(self, conn: sqlite3.Connection, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int,
+    def _thd_createToken(self, conn: Any, tokenID: str, name: str, scopes: str, secretHash: str, actor: str, nowNs: int,
                          tenant: str = "*") -> None:
         with _transaction(conn):
             conn.execute(
@@ -42,7 +41,7 @@ class TokensComponent:
     def lookupToken(self, tokenID: str) -> "Deferred[Optional[Dict[str, Any]]]":
         return self._call(self._thd_lookupToken, tokenID)
 
-    def _thd_lookupToken(self, conn: sqlite3.Connection, tokenID: str) -> Optional[Dict[str, Any]]:
+    def _thd_lookupToken(self, conn: Any, tokenID: str) -> Optional[Dict[str, Any]]:
         r = conn.execute(
             "SELECT id, name, scopes, secret_hash, created_ns, created_by, revoked_ns, tenant FROM api_tokens WHERE id = ?",
             (tokenID,),
@@ -73,7 +72,7 @@ class TokensComponent:
         """
         return self._call(self._thd_revokeToken, tokenID, actor, nowNs, tenant)
 
-    def _thd_revokeToken(self, conn: sqlite3.Connection, tokenID: str, actor: str, nowNs: int, tenant: Optional[str] = None) -> bool:
+    def _thd_revokeToken(self, conn: Any, tokenID: str, actor: str, nowNs: int, tenant: Optional[str] = None) -> bool:
         with _transaction(conn):
             row = conn.execute("SELECT tenant FROM api_tokens WHERE id = ? AND revoked_ns IS NULL", (tokenID,)).fetchone()
             if row is None or (tenant is not None and row[0] != tenant):
@@ -114,7 +113,7 @@ class TokensComponent:
     # (the lookup joins the token).
 
     def createSession(self, idHash: str, tokenID: str, nowNs: int, expiresNs: int) -> "Deferred[None]":
-        def thd(conn: sqlite3.Connection) -> None:
+        def thd(conn: Any) -> None:
             with _transaction(conn):
                 conn.execute("DELETE FROM dashboard_sessions WHERE expires_ns < ?", (nowNs,))
                 conn.execute(
@@ -129,7 +128,7 @@ class TokensComponent:
         The live session with this id hash and its token, or None.
         """
 
-        def thd(conn: sqlite3.Connection) -> Optional[Dict[str, Any]]:
+        def thd(conn: Any) -> Optional[Dict[str, Any]]:
             r = conn.execute(
                 "SELECT s.token_id, s.expires_ns, t.name, t.scopes, t.revoked_ns, t.tenant FROM dashboard_sessions s"
                 " JOIN api_tokens t ON t.id = s.token_id WHERE s.id_hash = ?",

@@ -10,12 +10,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from fangs.orchestrator import pgstore
+from fangs.orchestrator import pgstore, store as S
 from tests.orchestrator.test_actors_store import MigrationContract
 
 
 class PostgresMigrationTests(MigrationContract, TestCase):
-    module = pgstore
+    module = S  # one schema, both engines
 
     def setUp(self) -> None:
         from tests import pg
@@ -23,14 +23,10 @@ class PostgresMigrationTests(MigrationContract, TestCase):
         self.dsn = pg.freshDatabase(self)
 
     async def open(self, migrations: Any = None) -> Any:
-        saved = pgstore.MIGRATIONS
+        st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
         if migrations is not None:
-            pgstore.MIGRATIONS = migrations
-        try:
-            st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
-            await st.start()
-        finally:
-            pgstore.MIGRATIONS = saved
+            st.migrations = migrations
+        await st.start()
         self.addCleanup(st.stop)
         return st
 
