@@ -173,7 +173,7 @@ CHECKED = frozenset(
     dueNotifications nextNotificationDue recordDelivery deliveries outboxFor metricCounts
     pruneEvents upsertRunner touchRunner getRunner listRunners backend failRunsMissingFromHeartbeat
     appendStream appendStreamLines streamSince streamBounds putArtifact linkArtifact artifactFor getArtifact pruneArtifacts
-    createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored schemaVersion
+    createSession lookupSession deleteSession revokeTokenSessions dropIncrease batchStored schemaVersion runInTransaction
     analyzeRunTenants artifactVisible linkRunTenant queueDepthByTenant runTenants sharedScanCandidates auditLog
     """.split()
 )

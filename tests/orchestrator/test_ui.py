@@ -231,8 +231,11 @@ class DashboardTests(SynchronousTestCase):
         """
         import sqlite3
 
+        from fangs.orchestrator.db.engines import SQLiteEngine
+
         def locked(*a: Any, **kw: Any) -> Any:
-            raise sqlite3.OperationalError("database is locked")
+            # What the connector raises for SQLite's "database is locked".
+            raise SQLiteEngine().classify(sqlite3.OperationalError("database is locked"))
 
         self.patch(self.o.store, "dashboardPackages", locked)
         page = self.get("/ui/packages")

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 
-from fangs.orchestrator.db.model import RunRow, AnalysisOutcome, _DEVIATION_SELECT, _actorLabel
+from fangs.orchestrator.db.model import _DEVIATION_SELECT, _actorLabel
 from fangs.orchestrator.db.connector import _transaction
 
 
@@ -23,27 +23,27 @@ class OutboxComponent:
     # Targets live in C{notifiers} (secrets are named by environment
     # variable, never stored).  An analysis whose verdict changed writes one
     # C{outbox} row per matching target in its own transaction
-    # (L{_thd_enqueueNotifications}); UNIQUE(run_id, notifier_name) keeps a
+    # (L{_thd_enqueue}, as the analysis decides); UNIQUE(run_id, notifier_name) keeps a
     # re-analysis from sending twice.  Each attempt adds one C{deliveries}
     # row.  Removing a target keeps its history: its rows stay (pending ones
     # become C{dead}), and they still count against a re-created target of
     # the same name, so old runs are not announced again.
 
-    def _thd_enqueueNotifications(self, conn: Any, run: RunRow, outcome: "AnalysisOutcome", nowNs: int) -> int:
-        from fangs import wire
-        from fangs.orchestrator import notifier as N
+    # Which verdict notifies whom is decided by the analysis
+    # (L{fangs.orchestrator.judgement.notificationsFor}); these read what it
+    # needs and queue what it decided, in its transaction.
 
-        if not outcome.changed or not outcome.deviations or outcome.verdict not in N.NOTIFY_VERDICTS:
-            return 0
-        targets = [
+    def _thd_enabledNotifiers(self, conn: Any, tenant: str) -> List[Dict[str, Any]]:
+        return [
             {"name": r[0], "template": r[1], "min_severity": r[2], "packages": json.loads(r[3] or "[]")}
             for r in conn.execute("SELECT name, template, min_severity, packages FROM notifiers WHERE enabled = 1 AND tenant = ?",
-                                  (outcome.tenant,))
+                                  (tenant,))
         ]
-        targets = [t for t in targets if N.wants(t, outcome.package_name, outcome.max_severity)]
-        if not targets:
-            return 0
-        deviations = [
+
+    def _thd_deviationsToNotify(self, conn: Any, runID: str, tenant: str) -> List[Dict[str, Any]]:
+        from fangs import wire
+
+        return [
             {
                 "id": r[0],
                 "category": r[3],
@@ -56,27 +56,21 @@ class OutboxComponent:
             }
             for r in conn.execute(
                 _DEVIATION_SELECT + " WHERE run_id = ? AND tenant = ? ORDER BY severity_rank DESC, category, value",
-                (run.id, outcome.tenant),
+                (runID, tenant),
             )
         ]
-        info = {
-            "run_id": run.id,
-            "package_name": run.package_name,
-            "version": run.version,
-            "state": run.state,
-            "verdict": outcome.verdict,
-            "max_severity": outcome.max_severity,
-        }
-        added = 0
-        for t in targets:
-            body, ctype = N.render(t["template"], info, deviations)
-            added += conn.execute(
-                "INSERT INTO outbox (tenant, run_id, notifier_name, template, state, attempts, next_attempt_ns,"
-                " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
-                " ON CONFLICT DO NOTHING",
-                (outcome.tenant, run.id, t["name"], t["template"], nowNs, nowNs, nowNs, body, ctype),
-            ).rowcount
-        return added
+
+    def _thd_enqueue(self, conn: Any, tenant: str, runID: str, message: Any, nowNs: int) -> int:
+        """
+        Queue one message; a second one for the same run and target (a
+        re-analysis) is dropped.  @return: 1 if queued.
+        """
+        return conn.execute(
+            "INSERT INTO outbox (tenant, run_id, notifier_name, template, state, attempts, next_attempt_ns,"
+            " created_ns, updated_ns, body, content_type) VALUES (?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)"
+            " ON CONFLICT DO NOTHING",
+            (tenant, runID, message.notifier, message.template, nowNs, nowNs, nowNs, message.body, message.content_type),
+        ).rowcount
 
     @staticmethod
     def _notifierDict(r: Sequence[Any]) -> Dict[str, Any]:
