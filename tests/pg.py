@@ -129,3 +129,29 @@ def freshDatabase(testCase: Any, prefix: str = "t") -> str:
     name = c.createDatabase(prefix)
     testCase.addCleanup(c.dropDatabase, name)
     return c.dsn(name)
+
+
+class PostgresStoreDatabase:
+    """
+    A test case mixin: C{open(migrations=None)} a store on one fresh
+    PostgreSQL database (at an older schema with a prefix of the
+    migrations), C{close} it.
+    """
+
+    def setUp(self) -> None:
+        self.dsn = freshDatabase(self)
+
+    async def open(self, migrations: Any = None) -> Any:
+        from twisted.internet import reactor
+
+        from fangs.orchestrator.pgstore import PostgresStore
+
+        st = PostgresStore(self.dsn, reactor, listen=False)
+        if migrations is not None:
+            st.migrations = migrations
+        await st.start()
+        self.addCleanup(st.stop)  # type: ignore[attr-defined]
+        return st
+
+    async def close(self, st: Any) -> None:
+        st.stop()

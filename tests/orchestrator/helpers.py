@@ -161,3 +161,29 @@ def runScan(o: "InMemoryOrchestrator", events: list, status: str = "ok", dropped
     code, ack = o.call("POST", "/v1/runs/%s/result" % (runID,), {"status": status, "events_emitted": len(events), "events_dropped": dropped})
     assert code == 200, ack
     return runID
+
+
+class SQLiteStoreFile:
+    """
+    A test case mixin: C{open(migrations=None)} a store on one SQLite file
+    (at an older schema with a prefix of the migrations), C{close} it.
+    """
+
+    def setUp(self) -> None:
+        import os
+        import tempfile
+
+        self.path = os.path.join(tempfile.mkdtemp(prefix="fangs-store-"), "fangs.db")
+
+    async def open(self, migrations: Any = None) -> Any:
+        from twisted.internet import reactor
+
+        st = SQLiteStore(self.path, reactor)
+        if migrations is not None:
+            st.migrations = migrations
+        await st.start()
+        self.addCleanup(st.stop)  # type: ignore[attr-defined]
+        return st
+
+    async def close(self, st: Any) -> None:
+        st.stop()

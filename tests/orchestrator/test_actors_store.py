@@ -6,14 +6,12 @@ L{tests.integration.orchestrator.test_actors_store}).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any, List
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from fangs.orchestrator import store as S
+from tests.orchestrator.helpers import SQLiteStoreFile
 from tests.orchestrator.test_store_contract import SEC, T0, coro, rows
 
 PKG = "left-pad"
@@ -113,19 +111,6 @@ class MigrationContract:
         self.assertFalse(again.changed)
 
 
-class SQLiteMigrationTests(MigrationContract, TestCase):
+class SQLiteMigrationTests(SQLiteStoreFile, MigrationContract, TestCase):
     module = S
 
-    def setUp(self) -> None:
-        self.path = os.path.join(tempfile.mkdtemp(prefix="fangs-actors-"), "fangs.db")
-
-    async def open(self, migrations: Any = None) -> Any:
-        st = S.SQLiteStore(self.path, reactor)
-        if migrations is not None:
-            st.migrations = migrations
-        await st.start()
-        self.addCleanup(st.stop)
-        return st
-
-    async def close(self, st: Any) -> None:
-        st.stop()

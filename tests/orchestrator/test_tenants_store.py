@@ -8,18 +8,15 @@ packages, tokens) behave the same on both engines.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from fangs.orchestrator import store as S
 from fangs.orchestrator.allowlist import makeEntry
 from fangs.orchestrator.db.artifacts import RunArtifact
 from fangs.orchestrator.db.tenants import TENANTS_MIGRATION
-from tests.orchestrator.helpers import dnsEvent, execEvent
+from tests.orchestrator.helpers import SQLiteStoreFile, dnsEvent, execEvent
 from tests.orchestrator.test_store_contract import SEC, T0, coro, rows
 
 PKG = "left-pad"
@@ -185,19 +182,6 @@ class TenantStoreContract:
         self.assertEqual([p["name"] for p in await st.listPackages(tenant="team-b")], [PKG])
 
 
-class SQLiteTenantStoreTests(TenantStoreContract, TestCase):
+class SQLiteTenantStoreTests(SQLiteStoreFile, TenantStoreContract, TestCase):
     module = S
 
-    def setUp(self) -> None:
-        self.path = os.path.join(tempfile.mkdtemp(prefix="fangs-tenants-"), "fangs.db")
-
-    async def open(self, migrations: Any = None) -> Any:
-        st = S.SQLiteStore(self.path, reactor)
-        if migrations is not None:
-            st.migrations = migrations
-        await st.start()
-        self.addCleanup(st.stop)
-        return st
-
-    async def close(self, st: Any) -> None:
-        st.stop()

@@ -5,30 +5,13 @@ PostgreSQL (L{tests.pg}).
 
 from __future__ import annotations
 
-from typing import Any
-
-from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from fangs.orchestrator import pgstore, store as S
+from fangs.orchestrator import store as S
+from tests.pg import PostgresStoreDatabase
 from tests.orchestrator.test_actors_store import MigrationContract
 
 
-class PostgresMigrationTests(MigrationContract, TestCase):
+class PostgresMigrationTests(PostgresStoreDatabase, MigrationContract, TestCase):
     module = S  # one schema, both engines
 
-    def setUp(self) -> None:
-        from tests import pg
-
-        self.dsn = pg.freshDatabase(self)
-
-    async def open(self, migrations: Any = None) -> Any:
-        st = pgstore.PostgresStore(self.dsn, reactor, listen=False)
-        if migrations is not None:
-            st.migrations = migrations
-        await st.start()
-        self.addCleanup(st.stop)
-        return st
-
-    async def close(self, st: Any) -> None:
-        st.stop()
