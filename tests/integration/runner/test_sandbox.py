@@ -86,20 +86,26 @@ class RealSandboxTests(TestCase):
                                       "setsid sh -c 'sleep 2; cat ~/.npmrc; echo late-read-done' "
                                       "</dev/null & exit 0"], cgroupParent=cg.relPath)
             self.assertEqual(await waitInstall(handle), 0)
-            snap = await handle.snapshot()
             # The install's own shell may still be listed for an instant
-            # after its exit status arrived; the detached child is the one
-            # whose script is the late read.
+            # after its exit status arrived, and its child may still be
+            # between fork and exec (setsid, then sh): the detached child is
+            # the one whose script is the late read, seen within a second
+            # (it lives two).
+            from twisted.internet.task import deferLater
+
             late = "sleep 2; cat ~/.npmrc; echo late-read-done"
-            detached = [p for p in snap.processes if p.argv[:3] == ("sh", "-c", late)]
+            for _ in range(20):
+                snap = await handle.snapshot()
+                detached = [p for p in snap.processes if p.argv[:3] == ("sh", "-c", late)]
+                if detached:
+                    break
+                await deferLater(reactor, 0.05, lambda: None)
             self.assertTrue(detached, snap.processes)
             self.assertEqual(detached[0].exe, "/usr/bin/dash")
             self.assertEqual(detached[0].uid, 1000)
             self.assertGreater(snap.installExitedMonoNs, 0)
             self.assertLessEqual(snap.installExitedMonoNs, snap.monoNs)
             while snap.processes:
-                from twisted.internet.task import deferLater
-
                 await deferLater(reactor, 0.2, lambda: None)
                 snap = await handle.snapshot()
             logs = await handle.logs(50)
