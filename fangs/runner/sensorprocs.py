@@ -115,6 +115,11 @@ class ProcessRecords(RecordHandlers):
             # execveat(fd, "", AT_EMPTY_PATH) / fexecve: what the fd is.
             target = self._resolver.fdOf(pid, dfd)
             payload["ExecFD"] = dfd
+            if target == b"/":
+                # A directory is never executed: the fd was looked up after
+                # the new image reused its number (the exec closed it), so
+                # what ran is what /proc/<pid>/exe shows.
+                target = None
             if target is None:
                 # An fd opened before the sensor saw the process (runc's
                 # cloned binary, say): what the kernel executed is
@@ -162,7 +167,7 @@ class ProcessRecords(RecordHandlers):
                 payload["ArgvUnreadable"] = True
         fd = payload.pop("_fdUnknown", None)
         if fd is not None:
-            if exe:
+            if exe and exe != b"/":
                 payload["RawBinaryPathStr"] = payload.get("BinaryPathStr", "")
                 payload["BinaryPathStr"] = decode.text(exe)
                 payload["BinaryFrom"] = "proc"

@@ -395,6 +395,20 @@ class FileRouteTests(SynchronousTestCase):
         self.assertEqual(sorted(t for t, _ in events), [decode.T_EXEC, decode.T_UNRESOLVED])
         self.assertEqual([p["Reason"] for t, p in events if t == decode.T_UNRESOLVED], ["executed fd 6 unknown"])
 
+    def test_execveatOfAReusedFdNumber(self) -> None:
+        """
+        An fd executed and looked up only after the new image reused its
+        number for a directory (the root) is not taken for the binary: what
+        ran is what /proc/<pid>/exe shows.
+        """
+        exe = header(decode.T_EXEC, slot=SLOT) + struct.pack("<BBHi", 1, 0, 0, 6) + bytes(decode.EXEC_SIZE - 88)
+        self.h.procfs.links["/proc/10/fd/6"] = b"/"
+        self.assertEqual(self.h.feed(exe), [])
+        self.h.procfs.links["/proc/10/exe"] = b"/memfd:runc_cloned:/proc/self/exe (deleted)"
+        events = self.h.feed(smallRecord(decode.T_EXECDONE, **H))
+        self.assertEqual([(t, p["BinaryPathStr"]) for t, p in events],
+                         [(decode.T_EXEC, "/memfd:runc_cloned:/proc/self/exe (deleted)")])
+
     def test_forkAndExit(self) -> None:
         events = self.h.feed(smallRecord(decode.T_FORK, 31, **H), smallRecord(decode.T_EXIT, 2, 1, **H))
         self.assertEqual([(t, p.get("ChildPID"), p.get("ExitCode")) for t, p in events],
