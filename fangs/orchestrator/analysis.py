@@ -7,9 +7,9 @@ same data changes nothing and tells nobody.
 
 from __future__ import annotations
 
-import json
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
+import orjson
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -20,15 +20,24 @@ from fangs.tenants import DEFAULT_TENANT
 log = Logger()
 
 
-def credPathsOf(run: RunRow) -> List[str]:
+def jobOf(run: RunRow) -> Dict[str, Any]:
     """
-    The cred-tagged watched prefixes of the run's job.
+    The run's stored job as a JSON object (empty when it is not one).
     """
     try:
-        job = json.loads(run.job)
-    except ValueError:
-        return []
-    return [w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged")]
+        job = orjson.loads(run.job)
+    except orjson.JSONDecodeError:
+        return {}
+    return job if isinstance(job, dict) else {}
+
+
+def credPathsOf(run: RunRow, job: Optional[Mapping[str, Any]] = None) -> Tuple[str, ...]:
+    """
+    The cred-tagged watched prefixes of the run's job (C{job}: already
+    parsed with L{jobOf}).
+    """
+    job = jobOf(run) if job is None else job
+    return tuple(w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged"))
 
 
 class RunAnalyzer:

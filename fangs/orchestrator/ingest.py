@@ -23,6 +23,7 @@ import orjson
 from fangs import wire
 from fangs.errors import BadRequest, ConflictError
 from fangs.orchestrator import store as S
+from fangs.orchestrator.analysis import credPathsOf, jobOf
 from fangs.orchestrator.db.model import BatchWrite
 
 DEFAULT_DURATION_NS = 10 * wire.SECOND
@@ -213,13 +214,7 @@ def _ingestTerms(run: S.RunRow) -> Tuple[int, Tuple[str, ...]]:
     run's deadline, and the cred-tagged watched prefixes (the fingerprints'
     cred paths).
     """
-    try:
-        job = orjson.loads(run.job)
-    except orjson.JSONDecodeError:
-        job = {}
-    if not isinstance(job, dict):
-        job = {}
+    job = jobOf(run)
     grace = (job.get("sandbox") or {}).get("grace_period") or 0
     span = (job.get("duration") or DEFAULT_DURATION_NS) + grace + LOST_MARGIN_NS
-    credPaths = tuple(w.get("prefix", "") for w in job.get("watched_paths") or () if w.get("cred_tagged"))
-    return span, credPaths
+    return span, credPathsOf(run, job)
